@@ -1,0 +1,200 @@
+//! The `check` and `explain` commands. `main.rs` parses arguments; these functions do the
+//! work and write to the given outputs so tests can read them.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::event::{self, Event, Parsed};
+use crate::pipelines::Pipelines;
+use crate::rules::{Check, NoResolver, PreviousState, Resolver, RuleOutcome, RuleSet};
+
+/// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
+pub type Status = u8;
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// `autofollow check PATH`: validates the rules; prints `ok: …` and warnings, or every error.
+pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
+    match RuleSet::load(path) {
+        Ok(set) => {
+            for w in set.warnings() {
+                writeln!(err, "{w}")?;
+            }
+            writeln!(
+                out,
+                "ok: {} in {}",
+                plural(set.rules().len(), "rule"),
+                plural(set.files().len(), "file")
+            )?;
+            Ok(0)
+        }
+        Err(e) => {
+            writeln!(err, "{e}")?;
+            Ok(1)
+        }
+    }
+}
+
+/// Arguments of `autofollow explain`.
+#[derive(Clone, Debug, Default)]
+pub struct ExplainArgs {
+    pub rules: PathBuf,
+    /// A webhook body (app or workflow); `-` reads standard input.
+    pub event: PathBuf,
+    pub previous_tags: Option<Vec<String>>,
+    pub previous_stage: Option<String>,
+    /// A saved `GET /opportunities/pipelines` response, to resolve pipeline and stage names.
+    pub pipelines: Option<PathBuf>,
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct JsonExplanation<'a> {
+    event: Option<&'a Event>,
+    unsupported: Option<&'a str>,
+    previous: &'a PreviousState,
+    rules: &'a [crate::rules::RuleTrace],
+    plan: &'a crate::rules::Plan,
+    summary: String,
+}
+
+/// `autofollow explain`: every rule's verdict for one event, with reasons, and the plan.
+pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
+    let set = match RuleSet::load(&args.rules) {
+        Ok(set) => set,
+        Err(e) => {
+            writeln!(err, "{e}")?;
+            return Ok(1);
+        }
+    };
+    let body = match read_input(&args.event) {
+        Ok(b) => b,
+        Err(e) => {
+            writeln!(err, "{}: cannot read: {e}", args.event.display())?;
+            return Ok(1);
+        }
+    };
+    let resolver: Box<dyn Resolver> = match &args.pipelines {
+        None => Box::new(NoResolver),
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                Pipelines::from_response(&b).map_err(|e| format!("not a pipelines response: {e}"))
+            }) {
+            Ok(p) => Box::new(p),
+            Err(e) => {
+                writeln!(err, "{}: {e}", path.display())?;
+                return Ok(1);
+            }
+        },
+    };
+    let previous = PreviousState {
+        tags: args.previous_tags.clone(),
+        stage: args.previous_stage.clone(),
+    };
+    let event = match event::parse_any(&body) {
+        Ok(Parsed::Event(e)) => e,
+        Ok(Parsed::Unsupported { event_type, .. }) => {
+            let plan = crate::rules::Plan::default();
+            if args.json {
+                let report = JsonExplanation {
+                    event: None,
+                    unsupported: Some(&event_type),
+                    previous: &previous,
+                    rules: &[],
+                    plan: &plan,
+                    summary: plan.summary(),
+                };
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(io::Error::other)?
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "event type {event_type:?} is not one autofollow acts on: no rule applies"
+                )?;
+                writeln!(out, "\nplan: {}", plan.summary())?;
+            }
+            return Ok(0);
+        }
+        Err(e) => {
+            writeln!(err, "{}: {e}", args.event.display())?;
+            return Ok(1);
+        }
+    };
+    let explanation = set.explain(&event, &previous, resolver.as_ref());
+    if args.json {
+        let report = JsonExplanation {
+            event: Some(&event),
+            unsupported: None,
+            previous: &previous,
+            rules: &explanation.rules,
+            plan: &explanation.plan,
+            summary: explanation.plan.summary(),
+        };
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(io::Error::other)?
+        )?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "event: {}, location {}, contact {}",
+        event.event_type, event.location_id, event.contact_id
+    )?;
+    if let Some(tags) = &previous.tags {
+        writeln!(out, "previous tags: {tags:?}")?;
+    }
+    if let Some(stage) = &previous.stage {
+        writeln!(out, "previous stage: {stage}")?;
+    }
+    for trace in &explanation.rules {
+        let outcome = match trace.outcome {
+            RuleOutcome::Matched => "matched",
+            RuleOutcome::NotMatched => "not matched",
+            RuleOutcome::Disabled => "disabled",
+            RuleOutcome::NotEvaluated => "not evaluated",
+        };
+        writeln!(out, "\n{} ({}): {outcome}", trace.rule, trace.origin)?;
+        write_checks(out, &trace.checks, 1)?;
+        for action in &trace.actions {
+            writeln!(out, "  => {action}")?;
+        }
+    }
+    writeln!(out, "\nplan: {}", explanation.plan.summary())?;
+    Ok(0)
+}
+
+fn write_checks(out: &mut dyn Write, checks: &[Check], depth: usize) -> io::Result<()> {
+    for c in checks {
+        let mark = if c.holds { "[yes]" } else { "[no] " };
+        writeln!(
+            out,
+            "{:indent$}{mark} {}: {}",
+            "",
+            c.condition,
+            c.detail,
+            indent = depth * 2
+        )?;
+        write_checks(out, &c.checks, depth + 2)?;
+    }
+    Ok(())
+}
+
+fn read_input(path: &Path) -> io::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        io::stdin().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else {
+        std::fs::read(path)
+    }
+}

@@ -1,0 +1,98 @@
+//! The `autofollow` command line.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use autofollow::cli::{self, ExplainArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "autofollow",
+    version,
+    about = "GoHighLevel contact followers, decided by YAML rules"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate rule files: prints `ok: N rules in M files`, or every error with file:line:column.
+    Check {
+        /// A rule file or a directory of *.yaml / *.yml files.
+        #[arg(env = "AUTOFOLLOW_RULES", default_value = "rules")]
+        path: PathBuf,
+    },
+    /// Show, for one webhook body, why each rule matches or not, and the resulting plan.
+    Explain {
+        /// A rule file or a directory of *.yaml / *.yml files.
+        #[arg(long, env = "AUTOFOLLOW_RULES", default_value = "rules")]
+        rules: PathBuf,
+        /// The contact's tags at its previous event, comma-separated (for tag_added / tag_removed).
+        #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+        previous_tags: Option<Vec<String>>,
+        /// The opportunity's stage (id or name) at its previous event (for stage_entered / stage_left).
+        #[arg(long, value_name = "STAGE")]
+        previous_stage: Option<String>,
+        /// A saved `GET /opportunities/pipelines` response, to resolve pipeline and stage names.
+        #[arg(long, value_name = "FILE")]
+        pipelines: Option<PathBuf>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A webhook body (app or workflow webhook) in a JSON file; `-` reads standard input.
+        event: PathBuf,
+    },
+    /// Run the webhook service (arrives with the service issue).
+    Serve,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+    let status = match cli.command {
+        Command::Check { path } => cli::check(&path, &mut out, &mut err),
+        Command::Explain {
+            rules,
+            previous_tags,
+            previous_stage,
+            pipelines,
+            json,
+            event,
+        } => {
+            let previous_tags = previous_tags.map(|tags| {
+                tags.into_iter()
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            });
+            let args = ExplainArgs {
+                rules,
+                event,
+                previous_tags,
+                previous_stage,
+                pipelines,
+                json,
+            };
+            cli::explain(&args, &mut out, &mut err)
+        }
+        Command::Serve => {
+            eprintln!(
+                "autofollow serve: not available yet; the webhook service arrives with the service issue (#3)"
+            );
+            Ok(2)
+        }
+    };
+    match status {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("autofollow: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

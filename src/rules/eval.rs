@@ -1,0 +1,794 @@
+//! Evaluation: an event (plus the contact's previous state) against a rule set gives a
+//! [`Plan`] of followers to add and remove, and on request an [`Explanation`] of every check.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::model::{Block, Condition, FieldPath, Rule, Status, UserRef};
+use super::pattern::{PatternSet, normalize};
+use crate::event::{AssignedUser, Event};
+use crate::ids::{LocationId, UserId};
+
+/// Names and ids the event does not carry, looked up by the caller.
+///
+/// The engine is synchronous and does no I/O: the service fills a cache from GoHighLevel's
+/// pipelines and users endpoints and answers from it. Every method may answer `None`; ids in
+/// rules always work without a resolver.
+pub trait Resolver {
+    /// Name of a pipeline, by id.
+    fn pipeline_name(&self, _location: &LocationId, _pipeline_id: &str) -> Option<&str> {
+        None
+    }
+    /// Name of a pipeline stage, by id.
+    fn stage_name(&self, _location: &LocationId, _stage_id: &str) -> Option<&str> {
+        None
+    }
+    /// Id of the user with this email (workflow webhooks name the assigned user by email).
+    fn user_id_by_email(&self, _location: &LocationId, _email: &str) -> Option<UserId> {
+        None
+    }
+}
+
+/// A resolver that knows nothing: names resolve only when the event carries them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoResolver;
+
+impl Resolver for NoResolver {}
+
+/// What the caller remembers of the contact (tags) and opportunity (stage) from their
+/// previous event; transitions compare against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PreviousState {
+    /// Tags at the contact's previous event; `None` when no earlier event carried tags.
+    pub tags: Option<Vec<String>>,
+    /// Stage (id or name) at the opportunity's previous event; `None` when unknown.
+    pub stage: Option<String>,
+}
+
+/// The followers one event should add and remove.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub add: Vec<PlanEntry>,
+    pub remove: Vec<PlanEntry>,
+}
+
+/// One user in a plan, with the rule that decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanEntry {
+    pub user: UserId,
+    /// How the rules named the user: an alias, `assigned_user`, or the id itself.
+    pub label: String,
+    pub rule: String,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// One line: `add: alice, bob; remove: carol`, or `no change`.
+    pub fn summary(&self) -> String {
+        let list = |entries: &[PlanEntry]| {
+            entries
+                .iter()
+                .map(|e| e.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if !self.add.is_empty() {
+            parts.push(format!("add: {}", list(&self.add)));
+        }
+        if !self.remove.is_empty() {
+            parts.push(format!("remove: {}", list(&self.remove)));
+        }
+        if parts.is_empty() {
+            "no change".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Builds a plan rule by rule; a later decision about a user replaces an earlier one.
+#[derive(Default)]
+struct PlanBuilder {
+    /// (user, add?, entry) in first-decision order.
+    decisions: Vec<(bool, PlanEntry)>,
+}
+
+impl PlanBuilder {
+    fn decide(&mut self, add: bool, entry: PlanEntry) {
+        match self
+            .decisions
+            .iter_mut()
+            .find(|(_, e)| e.user == entry.user)
+        {
+            Some(slot) => *slot = (add, entry),
+            None => self.decisions.push((add, entry)),
+        }
+    }
+
+    fn finish(self) -> Plan {
+        let (add, remove): (Vec<_>, Vec<_>) = self.decisions.into_iter().partition(|(a, _)| *a);
+        Plan {
+            add: add.into_iter().map(|(_, e)| e).collect(),
+            remove: remove.into_iter().map(|(_, e)| e).collect(),
+        }
+    }
+}
+
+/// The event's facets, normalized once per evaluation so each rule only compares strings.
+pub(crate) struct View<'a> {
+    pub event: &'a Event,
+    pub event_type: String,
+    pub location: String,
+    pub source: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub previous_tags: Option<HashSet<String>>,
+    /// Normalized stage id and stage name, whichever are known.
+    pub stage: Vec<String>,
+    pub stage_label: Option<String>,
+    pub previous_stage: Option<Vec<String>>,
+    pub previous_stage_label: Option<String>,
+    pub pipeline: Vec<String>,
+    pub pipeline_label: Option<String>,
+    pub workflow: Vec<String>,
+    pub status: Option<String>,
+    pub assigned_user: Option<UserId>,
+}
+
+impl<'a> View<'a> {
+    pub fn new(event: &'a Event, previous: &PreviousState, resolver: &dyn Resolver) -> View<'a> {
+        let loc = &event.location_id;
+        let stage_name = event.stage_name.as_deref().or_else(|| {
+            let id = event.stage_id.as_deref()?;
+            resolver.stage_name(loc, id)
+        });
+        let pipeline_name = event.pipeline_name.as_deref().or_else(|| {
+            let id = event.pipeline_id.as_deref()?;
+            resolver.pipeline_name(loc, id)
+        });
+        let previous_stage = previous.stage.as_deref().map(|s| {
+            let mut keys = vec![normalize(s)];
+            keys.extend(resolver.stage_name(loc, s).map(normalize));
+            keys
+        });
+        let previous_stage_label = previous
+            .stage
+            .as_deref()
+            .map(|s| label(resolver.stage_name(loc, s), Some(s)));
+        let mut tags: Option<Vec<String>> = event
+            .tags
+            .as_ref()
+            .map(|t| t.iter().map(|s| normalize(s)).collect());
+        if let Some(t) = tags.as_mut() {
+            let mut seen = HashSet::new();
+            t.retain(|s| seen.insert(s.clone()));
+        }
+        let assigned_user = match &event.assigned_user {
+            Some(AssignedUser::Id(id)) => Some(id.clone()),
+            Some(AssignedUser::Email(email)) => resolver.user_id_by_email(loc, email),
+            None => None,
+        };
+        View {
+            event,
+            event_type: normalize(event.event_type.name()),
+            location: normalize(loc.as_str()),
+            source: event.source.as_deref().map(normalize),
+            tags,
+            previous_tags: previous
+                .tags
+                .as_ref()
+                .map(|t| t.iter().map(|s| normalize(s)).collect()),
+            stage: keys([event.stage_id.as_deref(), stage_name]),
+            stage_label: (stage_name.is_some() || event.stage_id.is_some())
+                .then(|| label(stage_name, event.stage_id.as_deref())),
+            previous_stage,
+            previous_stage_label,
+            pipeline: keys([event.pipeline_id.as_deref(), pipeline_name]),
+            pipeline_label: (pipeline_name.is_some() || event.pipeline_id.is_some())
+                .then(|| label(pipeline_name, event.pipeline_id.as_deref())),
+            workflow: keys([event.workflow_id.as_deref(), event.workflow_name.as_deref()]),
+            status: event.status.as_deref().map(normalize),
+            assigned_user,
+        }
+    }
+
+    fn stage_changed(&self) -> bool {
+        match &self.previous_stage {
+            None => true,
+            Some(prev) => !prev.iter().any(|p| self.stage.contains(p)),
+        }
+    }
+}
+
+fn keys<const N: usize>(values: [Option<&str>; N]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(N);
+    for v in values.into_iter().flatten().map(normalize) {
+        if !v.is_empty() && !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// `Name (id)`, or whichever of the two is known.
+fn label(name: Option<&str>, id: Option<&str>) -> String {
+    match (name, id) {
+        (Some(n), Some(i)) if n != i => format!("{n:?} ({i})"),
+        (Some(n), _) => format!("{n:?}"),
+        (None, Some(i)) => format!("{i} (name unknown)"),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+/// One condition's verdict and the reason for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub condition: String,
+    pub holds: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+}
+
+/// Evaluates conditions, recording checks only when asked to (explain mode).
+pub(crate) struct Evaluator<'v, 'e> {
+    pub view: &'v View<'e>,
+    pub explain: bool,
+}
+
+impl Evaluator<'_, '_> {
+    /// Whether every condition holds; the checks, when explaining, come back in `out`.
+    /// Without explaining it stops at the first failing condition.
+    pub fn block(&self, block: &Block, out: &mut Vec<Check>) -> bool {
+        let mut all = true;
+        for condition in &block.0 {
+            let holds = self.condition(condition, out);
+            all &= holds;
+            if !all && !self.explain {
+                return false;
+            }
+        }
+        all
+    }
+
+    fn record(
+        &self,
+        out: &mut Vec<Check>,
+        name: &str,
+        holds: bool,
+        detail: impl FnOnce() -> String,
+    ) -> bool {
+        if self.explain {
+            out.push(Check {
+                condition: name.to_owned(),
+                holds,
+                detail: detail(),
+                checks: Vec::new(),
+            });
+        }
+        holds
+    }
+
+    fn condition(&self, condition: &Condition, out: &mut Vec<Check>) -> bool {
+        let v = self.view;
+        let key = condition.key();
+        match condition {
+            Condition::Source(set) => self.one_value(
+                out,
+                key,
+                "lead source",
+                v.source.as_deref(),
+                v.event.source.as_deref(),
+                set,
+            ),
+            Condition::HasTag(set) => match &v.tags {
+                None => self.record(out, key, false, || no_tags(v)),
+                Some(tags) => {
+                    let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
+                    self.record(out, key, hit.is_some(), || match hit {
+                        Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
+                        None => format!("none of the tags {} is in {set}", list(tags)),
+                    })
+                }
+            },
+            Condition::LacksTag(set) => match &v.tags {
+                None => self.record(out, key, false, || no_tags(v)),
+                Some(tags) => {
+                    let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
+                    self.record(out, key, hit.is_none(), || match hit {
+                        Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
+                        None => format!("none of the tags {} is in {set}", list(tags)),
+                    })
+                }
+            },
+            Condition::TagAdded(set) => match &v.tags {
+                None => self.record(out, key, false, || no_tags(v)),
+                Some(tags) => {
+                    let prev = v.previous_tags.as_ref();
+                    let added = |t: &String| prev.is_none_or(|p| !p.contains(t));
+                    let hit = tags
+                        .iter()
+                        .filter(|t| added(t))
+                        .find_map(|t| set.find(t).map(|p| (t, p)));
+                    self.record(out, key, hit.is_some(), || {
+                        let basis = match prev {
+                            None => "no previous tags known, so every current tag counts as added"
+                                .to_owned(),
+                            Some(p) => format!("previous tags {}", sorted(p)),
+                        };
+                        match hit {
+                            Some((t, p)) => {
+                                format!("tag {t:?} (matches {:?}) was added; {basis}", p.as_str())
+                            }
+                            None => format!(
+                                "no tag in {set} was added; current tags {}, {basis}",
+                                list(tags)
+                            ),
+                        }
+                    })
+                }
+            },
+            Condition::TagRemoved(set) => match (&v.tags, &v.previous_tags) {
+                (None, _) => self.record(out, key, false, || no_tags(v)),
+                (Some(_), None) => self.record(out, key, false, || {
+                    "no previous tags known, so no tag counts as removed".to_owned()
+                }),
+                (Some(tags), Some(prev)) => {
+                    let mut removed: Vec<&String> =
+                        prev.iter().filter(|t| !tags.contains(t)).collect();
+                    removed.sort();
+                    let hit = removed.iter().find_map(|t| set.find(t).map(|p| (*t, p)));
+                    self.record(out, key, hit.is_some(), || match hit {
+                        Some((t, p)) => format!("tag {t:?} (matches {:?}) was removed", p.as_str()),
+                        None => format!(
+                            "no tag in {set} was removed; previous tags {}, current tags {}",
+                            sorted(prev),
+                            list(tags)
+                        ),
+                    })
+                }
+            },
+            Condition::Pipeline(set) => self.keyed(
+                out,
+                key,
+                "pipeline",
+                &v.pipeline,
+                v.pipeline_label.as_deref(),
+                set,
+            ),
+            Condition::Stage(set) => {
+                self.keyed(out, key, "stage", &v.stage, v.stage_label.as_deref(), set)
+            }
+            Condition::StageEntered(set) => {
+                let hit = v.stage.iter().find_map(|s| set.find(s));
+                let holds = hit.is_some() && v.stage_changed();
+                self.record(out, key, holds, || {
+                    let Some(current) = &v.stage_label else {
+                        return "the event has no pipeline stage".to_owned();
+                    };
+                    match (hit, &v.previous_stage_label) {
+                        (None, _) => format!("stage {current} is not in {set}"),
+                        (Some(_), None) => {
+                            format!("stage {current} entered (no previous stage known)")
+                        }
+                        (Some(_), Some(prev)) if holds => {
+                            format!("stage {current} entered from {prev}")
+                        }
+                        (Some(_), Some(_)) => {
+                            format!("stage {current} is unchanged since the previous event")
+                        }
+                    }
+                })
+            }
+            Condition::StageLeft(set) => {
+                let prev_hit = v
+                    .previous_stage
+                    .as_ref()
+                    .and_then(|p| p.iter().find_map(|s| set.find(s)));
+                let holds = !v.stage.is_empty() && prev_hit.is_some() && v.stage_changed();
+                self.record(out, key, holds, || {
+                    let Some(current) = &v.stage_label else {
+                        return "the event has no pipeline stage".to_owned();
+                    };
+                    match (&v.previous_stage_label, prev_hit) {
+                        (None, _) => {
+                            "no previous stage known, so no stage counts as left".to_owned()
+                        }
+                        (Some(prev), None) => format!("previous stage {prev} is not in {set}"),
+                        (Some(prev), Some(_)) if holds => {
+                            format!("stage {prev} left for {current}")
+                        }
+                        (Some(prev), Some(_)) => format!("stage {prev} is unchanged"),
+                    }
+                })
+            }
+            Condition::Status(wanted) => {
+                let holds = v
+                    .status
+                    .as_deref()
+                    .is_some_and(|s| wanted.iter().any(|w| w.name() == s));
+                self.record(out, key, holds, || {
+                    let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
+                    match &v.event.status {
+                        None => "the event has no opportunity status".to_owned(),
+                        Some(s) if holds => format!("status {s:?} is in {names:?}"),
+                        Some(s) => format!("status {s:?} is not in {names:?}"),
+                    }
+                })
+            }
+            Condition::Workflow(set) => {
+                let label = match (&v.event.workflow_name, &v.event.workflow_id) {
+                    (None, None) => None,
+                    (n, i) => Some(label(n.as_deref(), i.as_deref())),
+                };
+                self.keyed(out, key, "workflow", &v.workflow, label.as_deref(), set)
+            }
+            Condition::Field(path, set) => {
+                let values = field_values(&v.event.raw, path);
+                let hit = values.iter().find(|s| set.matches(&normalize(s)));
+                let name = format!("fields.{}", path.text);
+                self.record(out, &name, hit.is_some(), || {
+                    match (hit, values.as_slice()) {
+                        (_, []) => format!("{} is missing", path.text),
+                        (Some(h), _) => format!("{} = {h:?} matches {set}", path.text),
+                        (None, [one]) => format!("{} = {one:?} is not in {set}", path.text),
+                        (None, many) => format!("{} = {many:?}: none is in {set}", path.text),
+                    }
+                })
+            }
+            Condition::Any(blocks) => {
+                let mut children = Vec::new();
+                let mut count = 0;
+                for (i, block) in blocks.iter().enumerate() {
+                    let mut inner = Vec::new();
+                    let holds = self.block(block, &mut inner);
+                    count += usize::from(holds);
+                    if self.explain {
+                        children.push(Check {
+                            condition: format!("any[{i}]"),
+                            holds,
+                            detail: if holds { "holds" } else { "does not hold" }.to_owned(),
+                            checks: inner,
+                        });
+                    } else if holds {
+                        return true;
+                    }
+                }
+                self.nested(
+                    out,
+                    key,
+                    count > 0,
+                    format!("{count} of {} blocks hold", blocks.len()),
+                    children,
+                )
+            }
+            Condition::Not(block) => {
+                let mut inner = Vec::new();
+                let holds = !self.block(block, &mut inner);
+                let detail = if holds {
+                    "the block does not hold"
+                } else {
+                    "the block holds"
+                };
+                self.nested(out, key, holds, detail.to_owned(), inner)
+            }
+        }
+    }
+
+    fn nested(
+        &self,
+        out: &mut Vec<Check>,
+        name: &str,
+        holds: bool,
+        detail: String,
+        checks: Vec<Check>,
+    ) -> bool {
+        if self.explain {
+            out.push(Check {
+                condition: name.to_owned(),
+                holds,
+                detail,
+                checks,
+            });
+        }
+        holds
+    }
+
+    /// A condition on one optional value (the lead source).
+    fn one_value(
+        &self,
+        out: &mut Vec<Check>,
+        key: &str,
+        what: &str,
+        value: Option<&str>,
+        original: Option<&str>,
+        set: &PatternSet,
+    ) -> bool {
+        let hit = value.and_then(|s| set.find(s));
+        self.record(out, key, hit.is_some(), || match (original, hit) {
+            (None, _) => format!("the event has no {what}"),
+            (Some(o), Some(p)) => format!("{what} {o:?} matches {:?}", p.as_str()),
+            (Some(o), None) => format!("{what} {o:?} is not in {set}"),
+        })
+    }
+
+    /// A condition on a thing known by id and/or name (pipeline, stage, workflow).
+    fn keyed(
+        &self,
+        out: &mut Vec<Check>,
+        key: &str,
+        what: &str,
+        keys: &[String],
+        label: Option<&str>,
+        set: &PatternSet,
+    ) -> bool {
+        let hit = keys.iter().find_map(|k| set.find(k));
+        self.record(out, key, hit.is_some(), || match (label, hit) {
+            (None, _) => format!("the event has no {what}"),
+            (Some(l), Some(p)) => format!("{what} {l} matches {:?}", p.as_str()),
+            (Some(l), None) => format!("{what} {l} is not in {set}"),
+        })
+    }
+}
+
+fn no_tags(v: &View) -> String {
+    format!(
+        "{} events do not carry the contact's tags",
+        v.event.event_type
+    )
+}
+
+fn list(items: &[String]) -> String {
+    format!("{items:?}")
+}
+
+fn sorted(items: &HashSet<String>) -> String {
+    let mut v: Vec<&String> = items.iter().collect();
+    v.sort();
+    format!("{v:?}")
+}
+
+/// The scalar values at `path` in the body, as strings.
+///
+/// A segment selects an object key; on an array it selects by index when numeric, else the
+/// element whose `id` equals it (GoHighLevel's `customFields: [{id, value}]`), taking its
+/// `value`. Arrays at the end give all their scalar elements.
+pub(crate) fn field_values(raw: &Value, path: &FieldPath) -> Vec<String> {
+    let mut node = raw;
+    for segment in &path.segments {
+        let next = match node {
+            Value::Object(map) => map.get(segment),
+            Value::Array(items) => match segment.parse::<usize>() {
+                Ok(i) => items.get(i),
+                Err(_) => items
+                    .iter()
+                    .find(|item| item.get("id").and_then(Value::as_str) == Some(segment.as_str()))
+                    .map(|item| item.get("value").unwrap_or(item)),
+            },
+            _ => None,
+        };
+        match next {
+            Some(n) => node = n,
+            None => return Vec::new(),
+        }
+    }
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match node {
+        Value::Array(items) => items.iter().filter_map(scalar).collect(),
+        other => scalar(other).into_iter().collect(),
+    }
+}
+
+/// How a rule fared for one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleOutcome {
+    Matched,
+    NotMatched,
+    Disabled,
+    /// An earlier matching rule had `stop: true`.
+    NotEvaluated,
+}
+
+/// One rule's part in an [`Explanation`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    pub rule: String,
+    pub origin: String,
+    pub outcome: RuleOutcome,
+    pub checks: Vec<Check>,
+    /// What the rule contributed, when it matched (`add alice`, `remove bob`, notes).
+    pub actions: Vec<String>,
+}
+
+/// Every rule's verdict and the reasons, plus the final plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub rules: Vec<RuleTrace>,
+    pub plan: Plan,
+}
+
+/// Checks a rule's filters and conditions. The filter checks come first so an explanation
+/// reads in the order the rule is written.
+pub(crate) fn rule_matches(rule: &Rule, eval: &Evaluator, out: &mut Vec<Check>) -> bool {
+    let v = eval.view;
+    let mut holds = true;
+    if let Some(events) = &rule.events {
+        let ok = events.contains(&v.event.event_type);
+        holds &= ok;
+        if eval.explain {
+            let names: Vec<&str> = events.iter().map(|e| e.name()).collect();
+            out.push(Check {
+                condition: "events".to_owned(),
+                holds: ok,
+                detail: format!(
+                    "{} is {}in {names:?}",
+                    v.event.event_type,
+                    if ok { "" } else { "not " }
+                ),
+                checks: Vec::new(),
+            });
+        } else if !ok {
+            return false;
+        }
+    }
+    if let Some(locations) = &rule.locations {
+        let ok = locations.matches(&v.location);
+        holds &= ok;
+        if eval.explain {
+            out.push(Check {
+                condition: "locations".to_owned(),
+                holds: ok,
+                detail: format!(
+                    "location {} is {}in {locations}",
+                    v.event.location_id,
+                    if ok { "" } else { "not " }
+                ),
+                checks: Vec::new(),
+            });
+        } else if !ok {
+            return false;
+        }
+    }
+    eval.block(&rule.when, out) && holds
+}
+
+/// Applies a matched rule to the plan. `add` entries go first, so a user both added (say, as
+/// `assigned_user`) and removed by the same rule stays added.
+fn apply(rule: &Rule, view: &View, plan: &mut PlanBuilder, actions: Option<&mut Vec<String>>) {
+    let explain = actions.is_some();
+    let mut log = Vec::new();
+    let mut adds: Vec<(UserId, String)> = Vec::new();
+    let mut removes: Vec<(UserId, String)> = Vec::new();
+    let entries = rule.add.iter().map(|u| (true, u));
+    for (add, user) in entries.chain(rule.remove.iter().map(|u| (false, u))) {
+        let id = match user {
+            UserRef::Alias { id, .. } | UserRef::Id(id) => id.clone(),
+            UserRef::AssignedUser => match (&view.assigned_user, &view.event.assigned_user) {
+                (Some(id), _) => id.clone(),
+                (None, Some(AssignedUser::Email(email))) => {
+                    if explain {
+                        log.push(format!(
+                            "assigned_user skipped: no user id known for {email:?}"
+                        ));
+                    }
+                    continue;
+                }
+                (None, _) => {
+                    if explain {
+                        log.push(
+                            "assigned_user skipped: the event has no assigned user".to_owned(),
+                        );
+                    }
+                    continue;
+                }
+            },
+        };
+        let label = match user {
+            UserRef::AssignedUser => format!("{id} (assigned_user)"),
+            other => other.to_string(),
+        };
+        if add {
+            adds.push((id, label));
+        } else if !adds.iter().any(|(a, _)| *a == id) {
+            removes.push((id, label));
+        }
+    }
+    let decisions = adds.into_iter().map(|a| (true, a));
+    for (add, (user, label)) in decisions.chain(removes.into_iter().map(|r| (false, r))) {
+        if explain {
+            log.push(format!("{} {label}", if add { "add" } else { "remove" }));
+        }
+        let entry = PlanEntry {
+            user,
+            label,
+            rule: rule.name.clone(),
+        };
+        plan.decide(add, entry);
+    }
+    if let Some(actions) = actions {
+        actions.append(&mut log);
+    }
+}
+
+/// Evaluates `rules` (indices into `all`, ascending) and returns the plan, the names of the
+/// matched rules and, when explaining, a trace of every rule in `all`.
+pub(crate) fn run(
+    all: &[Rule],
+    candidates: Option<&[u32]>,
+    view: &View,
+    explain: bool,
+) -> (Plan, Vec<String>, Vec<RuleTrace>) {
+    let eval = Evaluator { view, explain };
+    let mut plan = PlanBuilder::default();
+    let mut matched = Vec::new();
+    let mut traces = Vec::new();
+    let mut stopped_by: Option<&str> = None;
+    let indices: Box<dyn Iterator<Item = usize>> = match candidates {
+        Some(c) => Box::new(c.iter().map(|&i| i as usize)),
+        None => Box::new(0..all.len()),
+    };
+    for i in indices {
+        let Some(rule) = all.get(i) else { continue };
+        let mut trace = explain.then(|| RuleTrace {
+            rule: rule.name.clone(),
+            origin: rule.origin.to_string(),
+            outcome: RuleOutcome::NotMatched,
+            checks: Vec::new(),
+            actions: Vec::new(),
+        });
+        let outcome = if let Some(by) = stopped_by {
+            if let Some(t) = trace.as_mut() {
+                t.actions.push(format!(
+                    "not evaluated: rule {by:?} matched with stop: true"
+                ));
+            }
+            RuleOutcome::NotEvaluated
+        } else if !rule.enabled {
+            RuleOutcome::Disabled
+        } else {
+            let mut checks = Vec::new();
+            let ok = rule_matches(rule, &eval, &mut checks);
+            if let Some(t) = trace.as_mut() {
+                t.checks = checks;
+            }
+            if ok {
+                apply(
+                    rule,
+                    view,
+                    &mut plan,
+                    trace.as_mut().map(|t| &mut t.actions),
+                );
+                matched.push(rule.name.clone());
+                if rule.stop {
+                    stopped_by = Some(&rule.name);
+                }
+                RuleOutcome::Matched
+            } else {
+                RuleOutcome::NotMatched
+            }
+        };
+        if let Some(mut t) = trace {
+            t.outcome = outcome;
+            traces.push(t);
+        } else if stopped_by.is_some() && !explain {
+            break;
+        }
+    }
+    (plan.finish(), matched, traces)
+}
+
+pub(crate) fn status_from_name(name: &str) -> Option<Status> {
+    let n = normalize(name);
+    Status::ALL.into_iter().find(|s| s.name() == n)
+}

@@ -1,0 +1,822 @@
+//! Loading rule files: YAML with positions → validated, compiled [`Rule`]s.
+//!
+//! Every problem of every file is collected before giving up, each with file, line and column.
+//! The YAML is read into a tree that keeps positions (`marked-yaml`) and walked by hand:
+//! serde's derive stops at the first error and loses positions for the semantic checks
+//! (duplicate names, unknown aliases) that need them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError as YamlError, LoaderOptions, Node, Span};
+use serde::Serialize;
+
+use super::eval::status_from_name;
+use super::model::{Block, Condition, FieldPath, Origin, Rule, UserRef};
+use super::pattern::PatternSet;
+use crate::event::EventType;
+use crate::ids::{UserId, looks_like_ghl_id};
+
+/// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
+pub const MAX_FOLLOWERS: usize = 10;
+
+const TOP_KEYS: &[&str] = &["version", "users", "rules"];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "enabled",
+    "events",
+    "locations",
+    "when",
+    "add",
+    "remove",
+    "stop",
+];
+const CONDITION_KEYS: &[&str] = &[
+    "source",
+    "has_tag",
+    "lacks_tag",
+    "tag_added",
+    "tag_removed",
+    "pipeline",
+    "stage",
+    "stage_entered",
+    "stage_left",
+    "status",
+    "workflow",
+    "fields",
+    "any",
+    "not",
+];
+const ASSIGNED_USER: &str = "assigned_user";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem found while loading, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: Arc<str>,
+    /// 1-based; `None` for problems with the file as a whole (unreadable, empty directory).
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {severity}: {}", self.file, self.message),
+            _ => write!(f, "{}: {severity}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Loading failed: every error (and warning) found, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadError {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors().count();
+        write!(
+            f,
+            "{n} error{} in rule files",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for d in &self.diagnostics {
+            write!(f, "\n{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What loading produced: the rules in order, the aliases, and any warnings.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub rules: Vec<Rule>,
+    pub files: Vec<Arc<str>>,
+    pub aliases: BTreeMap<String, UserId>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads one rule file, or every `*.yaml` / `*.yml` file of a directory in file-name order
+/// (hidden files skipped: Kubernetes ConfigMap mounts keep their bookkeeping there).
+pub(crate) fn read_path(path: &Path) -> Result<Vec<(Arc<str>, String)>, LoadError> {
+    let display: Arc<str> = path.display().to_string().into();
+    let whole = |message: String| LoadError {
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            file: display.clone(),
+            line: None,
+            column: None,
+            message,
+        }],
+    };
+    let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    let paths = if meta.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|e| whole(format!("cannot list: {e}")))?;
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+                let ext = p.extension().and_then(|e| e.to_str());
+                !name.starts_with('.') && matches!(ext, Some("yaml" | "yml")) && p.is_file()
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(whole(
+                "no rule files (*.yaml, *.yml) in this directory".into(),
+            ));
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    let mut diagnostics = Vec::new();
+    for p in paths {
+        let name: Arc<str> = p.display().to_string().into();
+        match std::fs::read_to_string(&p) {
+            Ok(text) => out.push((name, text)),
+            Err(e) => diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: name,
+                line: None,
+                column: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(out)
+    } else {
+        Err(LoadError { diagnostics })
+    }
+}
+
+/// Parses and validates rule files given as (name, text), in the order given.
+pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, LoadError> {
+    let mut diags = Vec::new();
+    let mut files = Vec::new();
+    for (name, text) in sources {
+        let mut cx = Cx {
+            file: name.clone(),
+            diags: &mut diags,
+        };
+        if let Some(spec) = parse_file(&mut cx, text) {
+            files.push((name.clone(), spec));
+        }
+    }
+    let (rules, aliases) = link(&mut diags, files);
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(LoadError { diagnostics: diags });
+    }
+    Ok(Loaded {
+        rules,
+        files: sources.iter().map(|(n, _)| n.clone()).collect(),
+        aliases,
+        warnings: diags,
+    })
+}
+
+/// Diagnostics sink for one file.
+struct Cx<'a> {
+    file: Arc<str>,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    fn push(&mut self, severity: Severity, span: &Span, message: String) {
+        let start = span.start();
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.file.clone(),
+            line: start.map(|m| m.line()),
+            column: start.map(|m| m.column()),
+            message,
+        });
+    }
+
+    fn error(&mut self, span: &Span, message: impl Into<String>) {
+        self.push(Severity::Error, span, message.into());
+    }
+
+    fn warn(&mut self, span: &Span, message: impl Into<String>) {
+        self.push(Severity::Warning, span, message.into());
+    }
+
+    fn origin(&self, span: &Span) -> Origin {
+        Origin {
+            file: self.file.clone(),
+            line: span.start().map_or(0, |m| m.line()),
+            column: span.start().map_or(0, |m| m.column()),
+        }
+    }
+
+    /// Reports keys of `map` not in `allowed`, suggesting the closest allowed key.
+    fn unknown_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let hint = closest(key.as_str(), allowed.iter().copied())
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| format!("; expected one of: {}", allowed.join(", ")));
+                self.error(
+                    key.span(),
+                    format!("unknown key `{}` in {what}{hint}", key.as_str()),
+                );
+            }
+        }
+    }
+}
+
+/// The closest candidate to `word`, if it is close enough to be a likely typo.
+fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let lower = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (strsim::levenshtein(&lower, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len().max(lower.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn kind(node: &Node) -> &'static str {
+    match node {
+        Node::Scalar(s) if is_null(s) => "nothing",
+        Node::Scalar(_) => "a string",
+        Node::Mapping(_) => "a mapping",
+        Node::Sequence(_) => "a list",
+    }
+}
+
+fn is_null(s: &MarkedScalarNode) -> bool {
+    s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// A file before aliases and rule names are checked across files.
+struct FileSpec {
+    users: Vec<(String, UserId, Span)>,
+    rules: Vec<RawRule>,
+}
+
+struct RawRule {
+    name: Option<String>,
+    span: Span,
+    description: Option<String>,
+    enabled: bool,
+    events: Option<Vec<EventType>>,
+    locations: Option<PatternSet>,
+    when: Block,
+    add: Vec<(String, Span)>,
+    remove: Vec<(String, Span)>,
+    stop: bool,
+    origin: Origin,
+}
+
+fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
+    if let Some(line) = second_document(text) {
+        cx.diags.push(Diagnostic {
+            severity: Severity::Error,
+            file: cx.file.clone(),
+            line: Some(line),
+            column: Some(1),
+            message: "a rule file holds one YAML document; split this one into two files".into(),
+        });
+        return None;
+    }
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
+        Ok(node) => node,
+        Err(e) => {
+            let (span, message) = yaml_error(e);
+            cx.error(&span, message);
+            return None;
+        }
+    };
+    let Node::Mapping(top) = &root else {
+        cx.error(
+            root.span(),
+            format!("expected a mapping with `rules:`, found {}", kind(&root)),
+        );
+        return None;
+    };
+    cx.unknown_keys(top, TOP_KEYS, "the rule file");
+    if let Some(v) = top.get_node("version") {
+        match v {
+            Node::Scalar(s) if s.as_str().trim() == "1" => {}
+            other => cx.error(
+                other.span(),
+                format!(
+                    "`version` must be 1, the only version; found {}",
+                    describe(other)
+                ),
+            ),
+        }
+    }
+    let mut users = Vec::new();
+    match top.get_node("users") {
+        None => {}
+        Some(Node::Mapping(map)) => {
+            for (name, value) in map.iter() {
+                if name.as_str() == ASSIGNED_USER {
+                    cx.error(name.span(), "`assigned_user` is reserved for the event's assigned user and cannot be an alias");
+                    continue;
+                }
+                match value {
+                    Node::Scalar(id) if !is_null(id) && !id.as_str().trim().is_empty() => {
+                        let id_text = id.as_str().trim();
+                        if !looks_like_ghl_id(id_text) {
+                            cx.warn(id.span(), format!("user id `{id_text}` of alias `{}` does not look like a GoHighLevel id (20 letters and digits)", name.as_str()));
+                        }
+                        users.push((name.as_str().to_owned(), UserId::new(id_text), *name.span()));
+                    }
+                    other => cx.error(
+                        other.span(),
+                        format!(
+                            "alias `{}` must map to a user id (a string), found {}",
+                            name.as_str(),
+                            kind(other)
+                        ),
+                    ),
+                }
+            }
+        }
+        Some(other) => cx.error(
+            other.span(),
+            format!(
+                "`users` must map alias names to user ids, found {}",
+                kind(other)
+            ),
+        ),
+    }
+    let mut rules = Vec::new();
+    match top.get_node("rules") {
+        None => {}
+        Some(Node::Sequence(items)) => {
+            for item in items.iter() {
+                match item {
+                    Node::Mapping(map) => rules.push(parse_rule(cx, map)),
+                    other => cx.error(
+                        other.span(),
+                        format!("each rule must be a mapping, found {}", kind(other)),
+                    ),
+                }
+            }
+        }
+        Some(other) => cx.error(
+            other.span(),
+            format!("`rules` must be a list of rules, found {}", kind(other)),
+        ),
+    }
+    Some(FileSpec { users, rules })
+}
+
+/// Line of a `---` that starts a second document, if any. A `---` at column 0 after content
+/// can only be a document marker (block scalars are indented).
+fn second_document(text: &str) -> Option<usize> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker && seen_content {
+            return Some(i + 1);
+        }
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && !is_marker {
+            seen_content = true;
+        }
+    }
+    None
+}
+
+fn yaml_error(e: YamlError) -> (Span, String) {
+    let at = |m: marked_yaml::Marker| Span::new_start(m);
+    match e {
+        YamlError::ScanError(m, scan) => (at(m), format!("invalid YAML: {}", scan.info())),
+        YamlError::TopLevelMustBeMapping(m) => (
+            at(m),
+            "expected a mapping with `rules:` at the top of the file".into(),
+        ),
+        YamlError::TopLevelMustBeSequence(m) => (at(m), "expected a sequence".into()),
+        YamlError::UnexpectedAnchor(m) => (
+            at(m),
+            "YAML anchors and aliases (&, *) are not supported in rule files".into(),
+        ),
+        YamlError::MappingKeyMustBeScalar(m) => {
+            (at(m), "mapping keys must be plain strings".into())
+        }
+        YamlError::UnexpectedTag(m) => (
+            at(m),
+            "YAML tags (!, !!) are not supported in rule files".into(),
+        ),
+        YamlError::DuplicateKey(inner) => {
+            let first = inner
+                .prev_key
+                .span()
+                .start()
+                .map(|m| format!(" (first at line {}, column {})", m.line(), m.column()))
+                .unwrap_or_default();
+            (
+                *inner.key.span(),
+                format!("duplicate key `{}`{first}", inner.key.as_str()),
+            )
+        }
+    }
+}
+
+/// A short rendering of a node for messages.
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Scalar(s) if !is_null(s) => format!("`{}`", s.as_str()),
+        other => kind(other).to_owned(),
+    }
+}
+
+/// A string or a list of strings, non-empty; each with its span.
+fn strings(cx: &mut Cx, node: &Node, key: &str) -> Option<Vec<(String, Span)>> {
+    let scalar = |cx: &mut Cx, n: &Node| -> Option<(String, Span)> {
+        match n {
+            Node::Scalar(s) if !is_null(s) && !s.as_str().trim().is_empty() => {
+                Some((s.as_str().trim().to_owned(), *s.span()))
+            }
+            other => {
+                cx.error(
+                    other.span(),
+                    format!(
+                        "`{key}` values must be non-empty strings, found {}",
+                        kind(other)
+                    ),
+                );
+                None
+            }
+        }
+    };
+    match node {
+        Node::Sequence(items) if items.is_empty() => {
+            cx.error(node.span(), format!("`{key}` must list at least one value"));
+            None
+        }
+        Node::Sequence(items) => {
+            let values: Vec<_> = items.iter().map(|n| scalar(cx, n)).collect();
+            values.into_iter().collect()
+        }
+        Node::Mapping(_) => {
+            cx.error(
+                node.span(),
+                format!("`{key}` must be a string or a list of strings, found a mapping"),
+            );
+            None
+        }
+        Node::Scalar(_) => scalar(cx, node).map(|v| vec![v]),
+    }
+}
+
+fn patterns(cx: &mut Cx, node: &Node, key: &str) -> Option<PatternSet> {
+    strings(cx, node, key).map(|v| PatternSet::new(v.iter().map(|(s, _)| s)))
+}
+
+fn boolean(cx: &mut Cx, node: &Node, key: &str) -> Option<bool> {
+    match node {
+        Node::Scalar(s) if s.as_bool().is_some() => s.as_bool(),
+        other => {
+            cx.error(
+                other.span(),
+                format!("`{key}` must be true or false, found {}", describe(other)),
+            );
+            None
+        }
+    }
+}
+
+fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
+    cx.unknown_keys(map, RULE_KEYS, "a rule");
+    let span = *map.span();
+    let name = match map.get_node("name") {
+        None => {
+            cx.error(&span, "rule has no `name`; every rule needs a unique name");
+            None
+        }
+        Some(Node::Scalar(s)) if !is_null(s) && !s.as_str().trim().is_empty() => {
+            Some(s.as_str().trim().to_owned())
+        }
+        Some(other) => {
+            cx.error(
+                other.span(),
+                format!("`name` must be a non-empty string, found {}", kind(other)),
+            );
+            None
+        }
+    };
+    let description = map.get_node("description").and_then(|n| match n {
+        Node::Scalar(s) => Some(s.as_str().to_owned()),
+        other => {
+            cx.error(
+                other.span(),
+                format!("`description` must be a string, found {}", kind(other)),
+            );
+            None
+        }
+    });
+    let enabled = map
+        .get_node("enabled")
+        .and_then(|n| boolean(cx, n, "enabled"))
+        .unwrap_or(true);
+    let stop = map
+        .get_node("stop")
+        .and_then(|n| boolean(cx, n, "stop"))
+        .unwrap_or(false);
+    let events = map
+        .get_node("events")
+        .and_then(|n| strings(cx, n, "events"))
+        .map(|names| {
+            let mut events = Vec::new();
+            for (name, span) in names {
+                match event_type(&name) {
+                    Some(t) => {
+                        if !events.contains(&t) {
+                            events.push(t);
+                        }
+                    }
+                    None => {
+                        let hint = closest(&name, EventType::ALL.iter().map(|t| t.name()))
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_else(|| {
+                                "; see the README for the supported event types".to_owned()
+                            });
+                        cx.error(&span, format!("unknown event type `{name}`{hint}"));
+                    }
+                }
+            }
+            events
+        });
+    let locations = map
+        .get_node("locations")
+        .and_then(|n| patterns(cx, n, "locations"));
+    let when = match map.get_node("when") {
+        None => Block::default(),
+        Some(Node::Mapping(m)) => block(cx, m),
+        Some(other) => {
+            cx.error(
+                other.span(),
+                format!(
+                    "`when` must be a mapping of conditions, found {}",
+                    kind(other)
+                ),
+            );
+            Block::default()
+        }
+    };
+    let add = map.get_node("add").and_then(|n| strings(cx, n, "add"));
+    let remove = map
+        .get_node("remove")
+        .and_then(|n| strings(cx, n, "remove"));
+    // A rule that only stops evaluation has an effect (it shields the contact from later
+    // rules); any other rule without `add` or `remove` does nothing and is a mistake.
+    if map.get_node("add").is_none() && map.get_node("remove").is_none() && !stop {
+        let label = name
+            .as_deref()
+            .map(|n| format!("rule `{n}`"))
+            .unwrap_or_else(|| "rule".into());
+        cx.error(
+            &span,
+            format!("{label} has neither `add` nor `remove`, so it would do nothing"),
+        );
+    }
+    RawRule {
+        name,
+        span,
+        description,
+        enabled,
+        events,
+        locations,
+        when,
+        add: add.unwrap_or_default(),
+        remove: remove.unwrap_or_default(),
+        stop,
+        origin: cx.origin(&span),
+    }
+}
+
+/// An event type by name, ignoring case.
+fn event_type(name: &str) -> Option<EventType> {
+    EventType::ALL
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+}
+
+fn block(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
+    cx.unknown_keys(map, CONDITION_KEYS, "`when` (conditions)");
+    let mut conditions = Vec::new();
+    for (key, value) in map.iter() {
+        let k = key.as_str();
+        let set = |cx: &mut Cx| patterns(cx, value, k);
+        let condition = match k {
+            "source" => set(cx).map(Condition::Source),
+            "has_tag" => set(cx).map(Condition::HasTag),
+            "lacks_tag" => set(cx).map(Condition::LacksTag),
+            "tag_added" => set(cx).map(Condition::TagAdded),
+            "tag_removed" => set(cx).map(Condition::TagRemoved),
+            "pipeline" => set(cx).map(Condition::Pipeline),
+            "stage" => set(cx).map(Condition::Stage),
+            "stage_entered" => set(cx).map(Condition::StageEntered),
+            "stage_left" => set(cx).map(Condition::StageLeft),
+            "workflow" => set(cx).map(Condition::Workflow),
+            "status" => strings(cx, value, k).and_then(|values| {
+                let mut out = Vec::new();
+                let mut ok = true;
+                for (v, span) in values {
+                    match status_from_name(&v) {
+                        Some(s) => out.push(s),
+                        None => {
+                            ok = false;
+                            cx.error(&span, format!("invalid status `{v}`; expected one of: open, won, lost, abandoned"));
+                        }
+                    }
+                }
+                ok.then_some(Condition::Status(out))
+            }),
+            "fields" => {
+                match value {
+                    Node::Mapping(fields) if !fields.is_empty() => {
+                        for (path, expected) in fields.iter() {
+                            match FieldPath::parse(path.as_str()) {
+                                Some(p) => {
+                                    let label = format!("fields.{}", path.as_str());
+                                    if let Some(set) = patterns(cx, expected, &label) {
+                                        conditions.push(Condition::Field(p, set));
+                                    }
+                                }
+                                None => cx.error(path.span(), format!("invalid field path `{}`: use dot-separated keys such as `customData.team`", path.as_str())),
+                            }
+                        }
+                    }
+                    other => cx.error(other.span(), format!("`fields` must map dot paths to values, found {}", if matches!(other, Node::Mapping(_)) { "an empty mapping" } else { kind(other) })),
+                }
+                None
+            }
+            "any" => match value {
+                Node::Sequence(items) if !items.is_empty() => {
+                    let mut blocks = Vec::new();
+                    for item in items.iter() {
+                        match item {
+                            Node::Mapping(m) => blocks.push(block(cx, m)),
+                            other => cx.error(other.span(), format!("each entry of `any` must be a mapping of conditions, found {}", kind(other))),
+                        }
+                    }
+                    Some(Condition::Any(blocks))
+                }
+                other => {
+                    cx.error(other.span(), format!("`any` must be a non-empty list of condition mappings, found {}", kind(other)));
+                    None
+                }
+            },
+            "not" => match value {
+                Node::Mapping(m) => Some(Condition::Not(Box::new(block(cx, m)))),
+                other => {
+                    cx.error(other.span(), format!("`not` must be a mapping of conditions, found {}", kind(other)));
+                    None
+                }
+            },
+            _ => None, // reported by unknown_keys
+        };
+        conditions.extend(condition);
+    }
+    Block(conditions)
+}
+
+/// Checks names and aliases across all files and resolves `add`/`remove` entries.
+fn link(
+    diags: &mut Vec<Diagnostic>,
+    files: Vec<(Arc<str>, FileSpec)>,
+) -> (Vec<Rule>, BTreeMap<String, UserId>) {
+    let mut aliases: BTreeMap<String, (UserId, Origin)> = BTreeMap::new();
+    for (file, spec) in &files {
+        let mut cx = Cx {
+            file: file.clone(),
+            diags,
+        };
+        for (name, id, span) in &spec.users {
+            match aliases.get(name) {
+                Some((existing, at)) if existing != id => cx.error(
+                    span,
+                    format!("alias `{name}` is already defined as `{existing}` at {at}"),
+                ),
+                Some(_) => {}
+                None => {
+                    let origin = cx.origin(span);
+                    aliases.insert(name.clone(), (id.clone(), origin));
+                }
+            }
+        }
+    }
+    let mut names: HashMap<String, Origin> = HashMap::new();
+    let mut rules = Vec::new();
+    for (file, spec) in files {
+        let mut cx = Cx { file, diags };
+        for raw in spec.rules {
+            let resolve = |cx: &mut Cx, entries: &[(String, Span)]| -> Vec<UserRef> {
+                let mut out = Vec::new();
+                for (entry, span) in entries {
+                    out.push(if entry == ASSIGNED_USER {
+                        UserRef::AssignedUser
+                    } else if let Some((id, _)) = aliases.get(entry) {
+                        UserRef::Alias { name: entry.clone(), id: id.clone() }
+                    } else {
+                        if !looks_like_ghl_id(entry) {
+                            let hint = closest(entry, aliases.keys().map(String::as_str))
+                                .map(|a| format!("; did you mean alias `{a}`?"))
+                                .unwrap_or_default();
+                            cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
+                        }
+                        UserRef::Id(UserId::new(entry.clone()))
+                    });
+                }
+                out
+            };
+            let add = resolve(&mut cx, &raw.add);
+            let remove = resolve(&mut cx, &raw.remove);
+            let id_of = |u: &UserRef| match u {
+                UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
+                UserRef::AssignedUser => None,
+            };
+            let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
+            added_ids.sort();
+            added_ids.dedup();
+            let added = added_ids.len() + usize::from(add.contains(&UserRef::AssignedUser));
+            if added > MAX_FOLLOWERS {
+                let at = raw.add.first().map_or(raw.span, |(_, s)| *s);
+                cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
+            }
+            for ((entry, span), user) in raw.remove.iter().zip(&remove) {
+                if id_of(user).is_some_and(|id| added_ids.contains(&id)) {
+                    cx.error(
+                        span,
+                        format!("`{entry}` is both added and removed by this rule"),
+                    );
+                }
+            }
+            let dedup = |refs: Vec<UserRef>| {
+                let mut out: Vec<UserRef> = Vec::new();
+                for r in refs {
+                    if !out
+                        .iter()
+                        .any(|o| o == &r || (id_of(o).is_some() && id_of(o) == id_of(&r)))
+                    {
+                        out.push(r);
+                    }
+                }
+                out
+            };
+            let (add, remove) = (dedup(add), dedup(remove));
+            let Some(name) = raw.name else { continue };
+            if let Some(first) = names.get(&name) {
+                cx.error(
+                    &raw.span,
+                    format!("duplicate rule name `{name}` (first defined at {first})"),
+                );
+                continue;
+            }
+            names.insert(name.clone(), raw.origin.clone());
+            rules.push(Rule {
+                name,
+                description: raw.description,
+                enabled: raw.enabled,
+                events: raw.events,
+                locations: raw.locations,
+                when: raw.when,
+                add,
+                remove,
+                stop: raw.stop,
+                origin: raw.origin,
+            });
+        }
+    }
+    let aliases = aliases.into_iter().map(|(k, (id, _))| (k, id)).collect();
+    (rules, aliases)
+}

@@ -1,0 +1,118 @@
+//! Rules: which users should follow a contact, decided from YAML rule files.
+//!
+//! [`RuleSet::load`] reads and validates the files ([`load`]), compiles them ([`model`]) and
+//! indexes them ([`index`]); [`RuleSet::evaluate`] and [`RuleSet::explain`] run them
+//! ([`eval`]) against one [`Event`].
+
+mod eval;
+mod index;
+mod load;
+mod model;
+mod pattern;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use eval::{
+    Check, Explanation, NoResolver, Plan, PlanEntry, PreviousState, Resolver, RuleOutcome,
+    RuleTrace,
+};
+pub use load::{Diagnostic, LoadError, MAX_FOLLOWERS, Severity};
+pub use model::{Origin, Rule, Status, UserRef};
+
+use crate::event::Event;
+use crate::ids::UserId;
+use eval::View;
+use index::RuleIndex;
+
+/// A validated, compiled and indexed set of rules. Immutable: reloading builds a new one.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    index: RuleIndex,
+    files: Vec<Arc<str>>,
+    aliases: BTreeMap<String, UserId>,
+    warnings: Vec<Diagnostic>,
+}
+
+/// The outcome of evaluating one event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub plan: Plan,
+    /// Names of the rules that matched, in evaluation order.
+    pub matched: Vec<String>,
+}
+
+impl RuleSet {
+    /// Loads one rule file, or every `*.yaml` / `*.yml` file of a directory in file-name order.
+    pub fn load(path: &Path) -> Result<RuleSet, LoadError> {
+        let sources = load::read_path(path)?;
+        RuleSet::from_sources(&sources)
+    }
+
+    /// Builds a rule set from `(file name, YAML text)` pairs, evaluated in the order given.
+    pub fn from_sources<N: AsRef<str>, T: AsRef<str>>(
+        sources: &[(N, T)],
+    ) -> Result<RuleSet, LoadError> {
+        let sources: Vec<(Arc<str>, String)> = sources
+            .iter()
+            .map(|(n, t)| (Arc::from(n.as_ref()), t.as_ref().to_owned()))
+            .collect();
+        let loaded = load::load_sources(&sources)?;
+        Ok(RuleSet {
+            index: RuleIndex::build(&loaded.rules),
+            rules: loaded.rules,
+            files: loaded.files,
+            aliases: loaded.aliases,
+            warnings: loaded.warnings,
+        })
+    }
+
+    /// The rules in evaluation order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The files the rules came from, in load order.
+    pub fn files(&self) -> &[Arc<str>] {
+        &self.files
+    }
+
+    /// User aliases from every file's `users` section.
+    pub fn aliases(&self) -> &BTreeMap<String, UserId> {
+        &self.aliases
+    }
+
+    /// Problems that do not stop loading (see `autofollow check`).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// Decides the followers to add and remove for `event`, looking only at the rules the
+    /// index says could match.
+    pub fn evaluate(
+        &self,
+        event: &Event,
+        previous: &PreviousState,
+        resolver: &dyn Resolver,
+    ) -> Decision {
+        let view = View::new(event, previous, resolver);
+        let candidates = self.index.candidates(&view);
+        let (plan, matched, _) = eval::run(&self.rules, Some(&candidates), &view, false);
+        Decision { plan, matched }
+    }
+
+    /// Evaluates every rule and records why each matched or not. Same plan as
+    /// [`RuleSet::evaluate`], at the cost of checking every rule.
+    pub fn explain(
+        &self,
+        event: &Event,
+        previous: &PreviousState,
+        resolver: &dyn Resolver,
+    ) -> Explanation {
+        let view = View::new(event, previous, resolver);
+        let (plan, _, rules) = eval::run(&self.rules, None, &view, true);
+        Explanation { rules, plan }
+    }
+}

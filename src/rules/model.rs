@@ -1,0 +1,151 @@
+//! The compiled form of a rule set: what [`super::load`] builds from YAML and
+//! [`super::eval`] runs. Nothing here is parsed again at evaluation time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::pattern::PatternSet;
+use crate::event::EventType;
+use crate::ids::UserId;
+
+/// Where something was written: file, 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// One rule, ready to evaluate.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// `None`: every event type.
+    pub events: Option<Vec<EventType>>,
+    /// `None`: every location.
+    pub locations: Option<PatternSet>,
+    pub when: Block,
+    pub add: Vec<UserRef>,
+    pub remove: Vec<UserRef>,
+    pub stop: bool,
+    pub origin: Origin,
+}
+
+/// A user named in `add` or `remove`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserRef {
+    /// A name from a `users` section, resolved at load time.
+    Alias { name: String, id: UserId },
+    /// A literal GoHighLevel user id.
+    Id(UserId),
+    /// The user the event is assigned to, if any.
+    AssignedUser,
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserRef::Alias { name, .. } => f.write_str(name),
+            UserRef::Id(id) => f.write_str(id.as_str()),
+            UserRef::AssignedUser => f.write_str("assigned_user"),
+        }
+    }
+}
+
+/// Conditions that must all hold (a `when` mapping, or one entry of `any`).
+#[derive(Clone, Debug, Default)]
+pub struct Block(pub Vec<Condition>);
+
+/// Opportunity status, as GoHighLevel names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Open,
+    Won,
+    Lost,
+    Abandoned,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [Status::Open, Status::Won, Status::Lost, Status::Abandoned];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Won => "won",
+            Status::Lost => "lost",
+            Status::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One condition of a `when` block.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    Source(PatternSet),
+    HasTag(PatternSet),
+    LacksTag(PatternSet),
+    TagAdded(PatternSet),
+    TagRemoved(PatternSet),
+    Pipeline(PatternSet),
+    Stage(PatternSet),
+    StageEntered(PatternSet),
+    StageLeft(PatternSet),
+    Status(Vec<Status>),
+    Workflow(PatternSet),
+    Field(FieldPath, PatternSet),
+    Any(Vec<Block>),
+    Not(Box<Block>),
+}
+
+impl Condition {
+    /// The rule-file key this condition was written as.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Condition::Source(_) => "source",
+            Condition::HasTag(_) => "has_tag",
+            Condition::LacksTag(_) => "lacks_tag",
+            Condition::TagAdded(_) => "tag_added",
+            Condition::TagRemoved(_) => "tag_removed",
+            Condition::Pipeline(_) => "pipeline",
+            Condition::Stage(_) => "stage",
+            Condition::StageEntered(_) => "stage_entered",
+            Condition::StageLeft(_) => "stage_left",
+            Condition::Status(_) => "status",
+            Condition::Workflow(_) => "workflow",
+            Condition::Field(..) => "fields",
+            Condition::Any(_) => "any",
+            Condition::Not(_) => "not",
+        }
+    }
+}
+
+/// A dot path into the raw webhook body, e.g. `customData.team`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPath {
+    pub text: String,
+    pub segments: Vec<String>,
+}
+
+impl FieldPath {
+    pub fn parse(text: &str) -> Option<FieldPath> {
+        let segments: Vec<String> = text.split('.').map(|s| s.trim().to_owned()).collect();
+        if segments.iter().any(String::is_empty) {
+            return None;
+        }
+        Some(FieldPath {
+            text: text.trim().to_owned(),
+            segments,
+        })
+    }
+}
