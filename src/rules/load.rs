@@ -259,7 +259,7 @@ fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Opt
     let lower = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::levenshtein(&lower, &c.to_lowercase()), c))
+        .map(|c| (strsim::osa_distance(&lower, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.len().max(lower.len()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -516,7 +516,9 @@ fn boolean(cx: &mut Cx, node: &Node, key: &str) -> Option<bool> {
 
 fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
     cx.unknown_keys(map, RULE_KEYS, "a rule");
-    let span = *map.span();
+    // A block mapping's own mark lies after its first key; the first key is where the rule
+    // visibly starts.
+    let span = map.keys().next().map_or(*map.span(), |k| *k.span());
     let name = match map.get_node("name") {
         None => {
             cx.error(&span, "rule has no `name`; every rule needs a unique name");

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use autofollow::event::{self, Event, Parsed};
+use autofollow::rules::{NoResolver, PreviousState, Resolver, RuleSet};
+use serde_json::Value;
+
+pub const ALICE: &str = "9hTnVvSr1Q2ZyE5kHfXm";
+pub const BOB: &str = "4kLmPq7Rt2WvXy9ZaBcD";
+pub const CAROL: &str = "Zx8Yw7Vu6Ts5Rq4Po3Nm";
+
+/// The aliases every test rule file can use.
+pub const USERS: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n  carol: Zx8Yw7Vu6Ts5Rq4Po3Nm\n";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/fixtures").join(path)).expect("fixture")
+}
+
+/// A rule set from YAML `rules:` text, with the standard aliases; panics with every
+/// diagnostic when it does not load.
+pub fn rules(yaml: &str) -> RuleSet {
+    let text = format!("{USERS}{yaml}");
+    match RuleSet::from_sources(&[("test.yaml", text.as_str())]) {
+        Ok(set) => set,
+        Err(e) => panic!("rules did not load:\n{e}\n---\n{text}"),
+    }
+}
+
+/// An event from a JSON value (either kind of webhook).
+pub fn event(json: Value) -> Event {
+    match event::parse_any(json.to_string().as_bytes()) {
+        Ok(Parsed::Event(e)) => *e,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+/// A contact event with these tags (and optional extra keys).
+pub fn contact(event_type: &str, tags: &[&str], extra: Value) -> Event {
+    let mut body = serde_json::json!({
+        "type": event_type, "locationId": "ve9EPM428h8vShlRW1KT", "id": "nmFmQEsNgz6AVpgLVUJ0",
+        "tags": tags,
+    });
+    merge(&mut body, extra);
+    event(body)
+}
+
+/// An opportunity event in this stage (and optional extra keys).
+pub fn opportunity(event_type: &str, stage_id: &str, extra: Value) -> Event {
+    let mut body = serde_json::json!({
+        "type": event_type, "locationId": "ve9EPM428h8vShlRW1KT", "id": "wWhVuzqpRuOA1ZVWi4FC",
+        "contactId": "cJAWDskpkJHbRbhAT7bs", "pipelineId": "VDm7RPYC2GLUvdpKmBfC",
+        "pipelineStageId": stage_id, "status": "open",
+    });
+    merge(&mut body, extra);
+    event(body)
+}
+
+fn merge(body: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+}
+
+/// The plan summary (`add: …; remove: …` or `no change`), checked against `explain`.
+pub fn plan_with(set: &RuleSet, e: &Event, previous: &PreviousState, resolver: &dyn Resolver) -> String {
+    let fast = set.evaluate(e, previous, resolver);
+    let slow = set.explain(e, previous, resolver);
+    assert_eq!(fast.plan, slow.plan, "indexed evaluation and explain disagree");
+    fast.plan.summary()
+}
+
+pub fn plan(set: &RuleSet, e: &Event) -> String {
+    plan_with(set, e, &PreviousState::default(), &NoResolver)
+}
+
+pub fn previous_tags(tags: &[&str]) -> PreviousState {
+    PreviousState {
+        tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+        stage: None,
+    }
+}
+
+pub fn previous_stage(stage: &str) -> PreviousState {
+    PreviousState {
+        tags: None,
+        stage: Some(stage.to_owned()),
+    }
+}

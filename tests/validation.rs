@@ -1,0 +1,239 @@
+//! Loading reports every problem of every file, each at its file:line:column.
+
+use autofollow::rules::{RuleSet, Severity};
+
+/// Every diagnostic's text for these files, or an empty list when they load (warnings then).
+fn diagnostics(files: &[(&str, &str)]) -> Vec<String> {
+    match RuleSet::from_sources(files) {
+        Ok(set) => set.warnings().iter().map(ToString::to_string).collect(),
+        Err(e) => e.diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn one(text: &str) -> Vec<String> {
+    diagnostics(&[("r.yaml", text)])
+}
+
+const ALIASES: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n";
+
+#[test]
+fn yaml_syntax_errors_have_a_position() {
+    let d = one("rules:\n  - name: x\n    add: [alice\n");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].starts_with("r.yaml:4:1: error: invalid YAML:"), "{d:?}");
+}
+
+#[test]
+fn unknown_keys_are_reported_with_the_closest_valid_key() {
+    let d = one(&format!(
+        "{ALIASES}rule:\n  - x\nrules:\n  - name: a\n    ad: [alice]\n    when:\n      has_tags: vip\n      colour: red\n"
+    ));
+    assert_eq!(
+        d,
+        [
+            "r.yaml:3:1: error: unknown key `rule` in the rule file; did you mean `rules`?",
+            "r.yaml:7:5: error: unknown key `ad` in a rule; did you mean `add`?",
+            "r.yaml:9:7: error: unknown key `has_tags` in `when` (conditions); did you mean `has_tag`?",
+            "r.yaml:10:7: error: unknown key `colour` in `when` (conditions); expected one of: source, has_tag, lacks_tag, tag_added, tag_removed, pipeline, stage, stage_entered, stage_left, status, workflow, fields, any, not",
+            "r.yaml:6:5: error: rule `a` has neither `add` nor `remove`, so it would do nothing",
+        ]
+    );
+}
+
+#[test]
+fn wrong_value_types_are_reported() {
+    let d = one(
+        "users: [alice]\nrules:\n  - name: a\n    enabled: maybe\n    stop: \"true\"\n    when:\n      has_tag: {a: b}\n      source: [ok, [nested]]\n      any: {has_tag: x}\n      not: [x]\n      fields: {customData.x: {y: 1}}\n    add: alice\n  - just a string\n  - name: b\n    when: [x]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n",
+    );
+    assert_eq!(
+        d,
+        [
+            "r.yaml:1:8: error: `users` must map alias names to user ids, found a list",
+            "r.yaml:4:14: error: `enabled` must be true or false, found `maybe`",
+            "r.yaml:5:11: error: `stop` must be true or false, found `true`",
+            "r.yaml:7:16: error: `has_tag` must be a string or a list of strings, found a mapping",
+            "r.yaml:8:20: error: `source` values must be non-empty strings, found a list",
+            "r.yaml:9:12: error: `any` must be a non-empty list of condition mappings, found a mapping",
+            "r.yaml:10:12: error: `not` must be a mapping of conditions, found a list",
+            "r.yaml:11:30: error: `fields.customData.x` must be a string or a list of strings, found a mapping",
+            "r.yaml:13:5: error: each rule must be a mapping, found a string",
+            "r.yaml:15:11: error: `when` must be a mapping of conditions, found a list",
+            "r.yaml:12:10: warning: `alice` is not an alias and does not look like a GoHighLevel user id (20 letters and digits)",
+        ]
+    );
+}
+
+#[test]
+fn empty_and_missing_values_are_reported() {
+    let d = one("rules:\n  - name: a\n    when:\n      has_tag: []\n      source:\n      fields: {}\n    add: [\"\"]\n");
+    assert_eq!(
+        d,
+        [
+            "r.yaml:4:16: error: `has_tag` must list at least one value",
+            "r.yaml:6:7: error: `source` values must be non-empty strings, found nothing",
+            "r.yaml:6:15: error: `fields` must map dot paths to values, found an empty mapping",
+            "r.yaml:7:11: error: `add` values must be non-empty strings, found a string",
+        ]
+    );
+}
+
+#[test]
+fn missing_and_duplicate_rule_names_are_reported_across_files() {
+    let d = diagnostics(&[
+        ("a.yaml", "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\nrules:\n  - name: vip\n    add: [alice]\n  - add: [alice]\n"),
+        ("b.yaml", "rules:\n  - description: x\n    name: vip\n    add: [alice]\n"),
+    ]);
+    assert_eq!(
+        d,
+        [
+            "a.yaml:6:5: error: rule has no `name`; every rule needs a unique name",
+            "b.yaml:2:5: error: duplicate rule name `vip` (first defined at a.yaml:4:5)",
+        ]
+    );
+}
+
+#[test]
+fn a_rule_must_add_or_remove_or_stop() {
+    assert_eq!(
+        one("rules:\n  - name: idle\n    when: {has_tag: x}\n"),
+        ["r.yaml:2:5: error: rule `idle` has neither `add` nor `remove`, so it would do nothing"]
+    );
+    assert_eq!(one("rules:\n  - name: guard\n    when: {has_tag: x}\n    stop: true\n"), Vec::<String>::new());
+}
+
+#[test]
+fn a_rule_may_not_add_more_than_ten_users() {
+    let ids: Vec<String> = (0..11).map(|i| format!("User{i:016}")).collect();
+    let d = one(&format!("rules:\n  - name: crowd\n    add: [{}]\n", ids.join(", ")));
+    assert_eq!(
+        d,
+        ["r.yaml:3:11: error: rule adds 11 users; GoHighLevel allows at most 10 followers per contact"]
+    );
+    let ten = &ids[..10];
+    assert!(one(&format!("rules:\n  - name: ok\n    add: [{}]\n", ten.join(", "))).is_empty());
+}
+
+#[test]
+fn unknown_event_types_and_statuses_are_reported() {
+    let d = one("rules:\n  - name: a\n    events: [ContactCreated, Workflow, Foo]\n    when:\n      status: [won, closed]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
+    assert_eq!(
+        d,
+        [
+            "r.yaml:3:14: error: unknown event type `ContactCreated`; did you mean `ContactCreate`?",
+            "r.yaml:3:40: error: unknown event type `Foo`; see the README for the supported event types",
+            "r.yaml:5:21: error: invalid status `closed`; expected one of: open, won, lost, abandoned",
+        ]
+    );
+}
+
+#[test]
+fn a_literal_that_is_not_an_id_is_a_warning_with_the_closest_alias() {
+    let set = RuleSet::from_sources(&[(
+        "r.yaml",
+        "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\nrules:\n  - name: a\n    add: [alcie]\n",
+    )])
+    .expect("warnings do not fail loading");
+    let w: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        ["r.yaml:5:11: warning: `alcie` is not an alias and does not look like a GoHighLevel user id (20 letters and digits); did you mean alias `alice`?"]
+    );
+    assert_eq!(set.warnings()[0].severity, Severity::Warning);
+}
+
+#[test]
+fn version_must_be_one() {
+    assert_eq!(
+        one("version: 2\nrules: []\n"),
+        ["r.yaml:1:10: error: `version` must be 1, the only version; found `2`"]
+    );
+    assert!(one("version: 1\nrules: []\n").is_empty());
+}
+
+#[test]
+fn duplicate_keys_two_documents_anchors_and_tags_are_rejected() {
+    assert_eq!(
+        one("rules:\n  - name: a\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n    name: b\n"),
+        ["r.yaml:4:5: error: duplicate key `name` (first at line 2, column 5)"]
+    );
+    assert_eq!(
+        one("rules: []\n---\nrules: []\n"),
+        ["r.yaml:2:1: error: a rule file holds one YAML document; split this one into two files"]
+    );
+    assert_eq!(
+        one("users: &u\n  a: 9hTnVvSr1Q2ZyE5kHfXm\n"),
+        ["r.yaml:2:4: error: YAML anchors and aliases (&, *) are not supported in rule files"]
+    );
+    assert_eq!(
+        one("rules: !!seq []\n"),
+        ["r.yaml:1:14: error: YAML tags (!, !!) are not supported in rule files"]
+    );
+    assert_eq!(
+        one("- name: a\n"),
+        ["r.yaml:1:1: error: expected a mapping with `rules:` at the top of the file"]
+    );
+}
+
+#[test]
+fn aliases_are_checked_across_files() {
+    let d = diagnostics(&[
+        ("a.yaml", "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  assigned_user: 4kLmPq7Rt2WvXy9ZaBcD\n"),
+        ("b.yaml", "users:\n  alice: 4kLmPq7Rt2WvXy9ZaBcD\n  bob: bob\n  carol: [x]\n"),
+    ]);
+    assert_eq!(
+        d,
+        [
+            "a.yaml:3:3: error: `assigned_user` is reserved for the event's assigned user and cannot be an alias",
+            "b.yaml:3:8: warning: user id `bob` of alias `bob` does not look like a GoHighLevel id (20 letters and digits)",
+            "b.yaml:4:10: error: alias `carol` must map to a user id (a string), found a list",
+            "b.yaml:2:3: error: alias `alice` is already defined as `9hTnVvSr1Q2ZyE5kHfXm` at a.yaml:2:3",
+        ]
+    );
+}
+
+#[test]
+fn a_user_both_added_and_removed_by_one_rule_is_an_error() {
+    assert_eq!(
+        one(&format!("{ALIASES}rules:\n  - name: a\n    add: [alice]\n    remove: [9hTnVvSr1Q2ZyE5kHfXm]\n")),
+        ["r.yaml:6:14: error: `9hTnVvSr1Q2ZyE5kHfXm` is both added and removed by this rule"]
+    );
+}
+
+#[test]
+fn every_error_of_every_file_is_collected() {
+    let d = diagnostics(&[
+        ("a.yaml", "rules:\n  - name: a\n    add: [x]\n    when: {status: nope}\n  - name: b\n"),
+        ("b.yaml", "rules: [\n"),
+        ("c.yaml", "rules:\n  - name: c\n    events: [Nope]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n"),
+    ]);
+    let errors: Vec<&String> = d.iter().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(errors.len(), 4, "{d:#?}");
+    assert!(errors[0].starts_with("a.yaml:4:20: error: invalid status `nope`"), "{errors:#?}");
+    assert!(errors[1].starts_with("a.yaml:5:5: error: rule `b` has neither"));
+    assert!(errors[2].starts_with("b.yaml:2:1: error: invalid YAML"));
+    assert!(errors[3].starts_with("c.yaml:3:14: error: unknown event type `Nope`"));
+}
+
+#[test]
+fn files_that_cannot_be_read_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = RuleSet::load(&dir.path().join("missing.yaml")).expect_err("missing file");
+    assert!(err.to_string().contains("missing.yaml: error: cannot read:"), "{err}");
+    let err = RuleSet::load(dir.path()).expect_err("empty dir");
+    assert!(err.to_string().contains("no rule files (*.yaml, *.yml) in this directory"), "{err}");
+}
+
+#[test]
+fn a_directory_loads_yaml_and_yml_files_in_name_order_skipping_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+    write("20-b.yml", "rules:\n  - name: second\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
+    write("10-a.yaml", "rules:\n  - name: first\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
+    write("notes.txt", "not yaml: [");
+    write(".hidden.yaml", "not yaml: [");
+    std::fs::create_dir(dir.path().join("sub.yaml")).expect("mkdir");
+    let set = RuleSet::load(dir.path()).expect("loads");
+    let names: Vec<&str> = set.rules().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"]);
+    assert_eq!(set.files().len(), 2);
+}
