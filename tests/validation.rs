@@ -20,7 +20,10 @@ const ALIASES: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n";
 fn yaml_syntax_errors_have_a_position() {
     let d = one("rules:\n  - name: x\n    add: [alice\n");
     assert_eq!(d.len(), 1, "{d:?}");
-    assert!(d[0].starts_with("r.yaml:4:1: error: invalid YAML:"), "{d:?}");
+    assert!(
+        d[0].starts_with("r.yaml:4:1: error: invalid YAML:"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -65,7 +68,9 @@ fn wrong_value_types_are_reported() {
 
 #[test]
 fn empty_and_missing_values_are_reported() {
-    let d = one("rules:\n  - name: a\n    when:\n      has_tag: []\n      source:\n      fields: {}\n    add: [\"\"]\n");
+    let d = one(
+        "rules:\n  - name: a\n    when:\n      has_tag: []\n      source:\n      fields: {}\n    add: [\"\"]\n",
+    );
     assert_eq!(
         d,
         [
@@ -80,8 +85,14 @@ fn empty_and_missing_values_are_reported() {
 #[test]
 fn missing_and_duplicate_rule_names_are_reported_across_files() {
     let d = diagnostics(&[
-        ("a.yaml", "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\nrules:\n  - name: vip\n    add: [alice]\n  - add: [alice]\n"),
-        ("b.yaml", "rules:\n  - description: x\n    name: vip\n    add: [alice]\n"),
+        (
+            "a.yaml",
+            "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\nrules:\n  - name: vip\n    add: [alice]\n  - add: [alice]\n",
+        ),
+        (
+            "b.yaml",
+            "rules:\n  - description: x\n    name: vip\n    add: [alice]\n",
+        ),
     ]);
     assert_eq!(
         d,
@@ -98,24 +109,40 @@ fn a_rule_must_add_or_remove_or_stop() {
         one("rules:\n  - name: idle\n    when: {has_tag: x}\n"),
         ["r.yaml:2:5: error: rule `idle` has neither `add` nor `remove`, so it would do nothing"]
     );
-    assert_eq!(one("rules:\n  - name: guard\n    when: {has_tag: x}\n    stop: true\n"), Vec::<String>::new());
+    assert_eq!(
+        one("rules:\n  - name: guard\n    when: {has_tag: x}\n    stop: true\n"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn a_rule_may_not_add_more_than_ten_users() {
     let ids: Vec<String> = (0..11).map(|i| format!("User{i:016}")).collect();
-    let d = one(&format!("rules:\n  - name: crowd\n    add: [{}]\n", ids.join(", ")));
+    let d = one(&format!(
+        "rules:\n  - name: crowd\n    add: [{}]\n",
+        ids.join(", ")
+    ));
     assert_eq!(
         d,
-        ["r.yaml:3:11: error: rule adds 11 users; GoHighLevel allows at most 10 followers per contact"]
+        [
+            "r.yaml:3:11: error: rule adds 11 users; GoHighLevel allows at most 10 followers per contact"
+        ]
     );
     let ten = &ids[..10];
-    assert!(one(&format!("rules:\n  - name: ok\n    add: [{}]\n", ten.join(", "))).is_empty());
+    assert!(
+        one(&format!(
+            "rules:\n  - name: ok\n    add: [{}]\n",
+            ten.join(", ")
+        ))
+        .is_empty()
+    );
 }
 
 #[test]
 fn unknown_event_types_and_statuses_are_reported() {
-    let d = one("rules:\n  - name: a\n    events: [ContactCreated, Workflow, Foo]\n    when:\n      status: [won, closed]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
+    let d = one(
+        "rules:\n  - name: a\n    events: [ContactCreated, Workflow, Foo]\n    when:\n      status: [won, closed]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n",
+    );
     assert_eq!(
         d,
         [
@@ -136,7 +163,9 @@ fn a_literal_that_is_not_an_id_is_a_warning_with_the_closest_alias() {
     let w: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
     assert_eq!(
         w,
-        ["r.yaml:5:11: warning: `alcie` is not an alias and does not look like a GoHighLevel user id (20 letters and digits); did you mean alias `alice`?"]
+        [
+            "r.yaml:5:11: warning: `alcie` is not an alias and does not look like a GoHighLevel user id (20 letters and digits); did you mean alias `alice`?"
+        ]
     );
     assert_eq!(set.warnings()[0].severity, Severity::Warning);
 }
@@ -177,8 +206,14 @@ fn duplicate_keys_two_documents_anchors_and_tags_are_rejected() {
 #[test]
 fn aliases_are_checked_across_files() {
     let d = diagnostics(&[
-        ("a.yaml", "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  assigned_user: 4kLmPq7Rt2WvXy9ZaBcD\n"),
-        ("b.yaml", "users:\n  alice: 4kLmPq7Rt2WvXy9ZaBcD\n  bob: bob\n  carol: [x]\n"),
+        (
+            "a.yaml",
+            "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  assigned_user: 4kLmPq7Rt2WvXy9ZaBcD\n",
+        ),
+        (
+            "b.yaml",
+            "users:\n  alice: 4kLmPq7Rt2WvXy9ZaBcD\n  bob: bob\n  carol: [x]\n",
+        ),
     ]);
     assert_eq!(
         d,
@@ -194,7 +229,9 @@ fn aliases_are_checked_across_files() {
 #[test]
 fn a_user_both_added_and_removed_by_one_rule_is_an_error() {
     assert_eq!(
-        one(&format!("{ALIASES}rules:\n  - name: a\n    add: [alice]\n    remove: [9hTnVvSr1Q2ZyE5kHfXm]\n")),
+        one(&format!(
+            "{ALIASES}rules:\n  - name: a\n    add: [alice]\n    remove: [9hTnVvSr1Q2ZyE5kHfXm]\n"
+        )),
         ["r.yaml:6:14: error: `9hTnVvSr1Q2ZyE5kHfXm` is both added and removed by this rule"]
     );
 }
@@ -202,13 +239,22 @@ fn a_user_both_added_and_removed_by_one_rule_is_an_error() {
 #[test]
 fn every_error_of_every_file_is_collected() {
     let d = diagnostics(&[
-        ("a.yaml", "rules:\n  - name: a\n    add: [x]\n    when: {status: nope}\n  - name: b\n"),
+        (
+            "a.yaml",
+            "rules:\n  - name: a\n    add: [x]\n    when: {status: nope}\n  - name: b\n",
+        ),
         ("b.yaml", "rules: [\n"),
-        ("c.yaml", "rules:\n  - name: c\n    events: [Nope]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n"),
+        (
+            "c.yaml",
+            "rules:\n  - name: c\n    events: [Nope]\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n",
+        ),
     ]);
     let errors: Vec<&String> = d.iter().filter(|l| l.contains(": error: ")).collect();
     assert_eq!(errors.len(), 4, "{d:#?}");
-    assert!(errors[0].starts_with("a.yaml:4:20: error: invalid status `nope`"), "{errors:#?}");
+    assert!(
+        errors[0].starts_with("a.yaml:4:20: error: invalid status `nope`"),
+        "{errors:#?}"
+    );
     assert!(errors[1].starts_with("a.yaml:5:5: error: rule `b` has neither"));
     assert!(errors[2].starts_with("b.yaml:2:1: error: invalid YAML"));
     assert!(errors[3].starts_with("c.yaml:3:14: error: unknown event type `Nope`"));
@@ -218,17 +264,32 @@ fn every_error_of_every_file_is_collected() {
 fn files_that_cannot_be_read_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = RuleSet::load(&dir.path().join("missing.yaml")).expect_err("missing file");
-    assert!(err.to_string().contains("missing.yaml: error: cannot read:"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("missing.yaml: error: cannot read:"),
+        "{err}"
+    );
     let err = RuleSet::load(dir.path()).expect_err("empty dir");
-    assert!(err.to_string().contains("no rule files (*.yaml, *.yml) in this directory"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no rule files (*.yaml, *.yml) in this directory"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_directory_loads_yaml_and_yml_files_in_name_order_skipping_others() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
-    write("20-b.yml", "rules:\n  - name: second\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
-    write("10-a.yaml", "rules:\n  - name: first\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n");
+    let write =
+        |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+    write(
+        "20-b.yml",
+        "rules:\n  - name: second\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n",
+    );
+    write(
+        "10-a.yaml",
+        "rules:\n  - name: first\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n",
+    );
     write("notes.txt", "not yaml: [");
     write(".hidden.yaml", "not yaml: [");
     std::fs::create_dir(dir.path().join("sub.yaml")).expect("mkdir");

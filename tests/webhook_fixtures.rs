@@ -14,8 +14,16 @@ fn parse_fixture(name: &str) -> Parsed {
 
 #[test]
 fn every_documented_contact_example_parses_with_the_contact_id_from_id() {
-    for t in ["ContactCreate", "ContactUpdate", "ContactDelete", "ContactTagUpdate", "ContactDndUpdate"] {
-        let Parsed::Event(e) = parse_fixture(t) else { panic!("{t} is unsupported") };
+    for t in [
+        "ContactCreate",
+        "ContactUpdate",
+        "ContactDelete",
+        "ContactTagUpdate",
+        "ContactDndUpdate",
+    ] {
+        let Parsed::Event(e) = parse_fixture(t) else {
+            panic!("{t} is unsupported")
+        };
         assert_eq!(e.event_type.name(), t);
         assert_eq!(e.location_id.as_str(), "ve9EPM428h8vShlRW1KT");
         assert_eq!(e.contact_id.as_str(), "nmFmQEsNgz6AVpgLVUJ0");
@@ -23,11 +31,16 @@ fn every_documented_contact_example_parses_with_the_contact_id_from_id() {
         assert_eq!(e.source.as_deref(), Some("xyz form"));
         assert_eq!(
             e.tags,
-            Some(vec!["id magna sed Lorem".to_owned(), "Duis dolor commodo aliqua".to_owned()])
+            Some(vec![
+                "id magna sed Lorem".to_owned(),
+                "Duis dolor commodo aliqua".to_owned()
+            ])
         );
         assert_eq!(
             e.assigned_user,
-            Some(AssignedUser::Id(autofollow::ids::UserId::new("nmFmQEsNgz6AVpgLVUJ0")))
+            Some(AssignedUser::Id(autofollow::ids::UserId::new(
+                "nmFmQEsNgz6AVpgLVUJ0"
+            )))
         );
         assert_eq!(e.stage_id, None);
         assert!(e.raw.get("customFields").is_some(), "raw payload kept");
@@ -45,26 +58,44 @@ fn every_documented_opportunity_example_parses_with_the_contact_id_from_contact_
         "OpportunityAssignedToUpdate",
         "OpportunityMonetaryValueUpdate",
     ] {
-        let Parsed::Event(e) = parse_fixture(t) else { panic!("{t} is unsupported") };
+        let Parsed::Event(e) = parse_fixture(t) else {
+            panic!("{t} is unsupported")
+        };
         assert_eq!(e.event_type.name(), t);
         assert!(e.event_type.is_opportunity());
         assert_eq!(e.contact_id.as_str(), "cJAWDskpkJHbRbhAT7bs");
-        assert_eq!(e.opportunity_id.as_ref().map(|o| o.as_str()), Some("wWhVuzqpRuOA1ZVWi4FC"));
+        assert_eq!(
+            e.opportunity_id.as_ref().map(|o| o.as_str()),
+            Some("wWhVuzqpRuOA1ZVWi4FC")
+        );
         assert_eq!(e.pipeline_id.as_deref(), Some("VDm7RPYC2GLUvdpKmBfC"));
-        assert_eq!(e.stage_id.as_deref(), Some("e93ba61a-53b3-45e7-985a-c7732dbcdb69"));
+        assert_eq!(
+            e.stage_id.as_deref(),
+            Some("e93ba61a-53b3-45e7-985a-c7732dbcdb69")
+        );
         assert_eq!(e.stage_name, None, "app webhooks carry stage ids only");
         assert_eq!(e.status.as_deref(), Some("open"));
         assert_eq!(e.tags, None, "opportunity events do not describe tags");
         assert_eq!(
             e.assigned_user,
-            Some(AssignedUser::Id(autofollow::ids::UserId::new("bNl8QNGXhIQJLv8eeASQ")))
+            Some(AssignedUser::Id(autofollow::ids::UserId::new(
+                "bNl8QNGXhIQJLv8eeASQ"
+            )))
         );
     }
 }
 
 #[test]
 fn install_uninstall_and_user_examples_are_unsupported_not_errors() {
-    for name in ["AppInstall-1", "AppInstall-2", "AppInstall-3", "AppUninstall-1", "AppUninstall-2", "UserCreate-1", "UserCreate-2"] {
+    for name in [
+        "AppInstall-1",
+        "AppInstall-2",
+        "AppInstall-3",
+        "AppUninstall-1",
+        "AppUninstall-2",
+        "UserCreate-1",
+        "UserCreate-2",
+    ] {
         assert!(
             matches!(parse_fixture(name), Parsed::Unsupported { .. }),
             "{name} should be unsupported"
@@ -88,22 +119,36 @@ fn fixtures_cover_every_app_event_type() {
 #[test]
 fn fixtures_match_the_official_examples_when_the_docs_are_present() {
     let docs = repo().join("../shared/ghl-spec/docs/webhook events");
-    let Ok(entries) = std::fs::read_dir(&docs) else { return };
+    let Ok(entries) = std::fs::read_dir(&docs) else {
+        return;
+    };
     let mut compared = 0;
     for entry in entries.flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let Some((_, examples)) = text.split_once("#### Example") else { continue };
-        let stem = entry.path().file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let Some((_, examples)) = text.split_once("#### Example") else {
+            continue;
+        };
+        let stem = entry
+            .path()
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let blocks: Vec<&str> = examples
             .split("```json")
             .skip(1)
             .filter_map(|b| b.split("```").next())
             .collect();
         for (i, block) in blocks.iter().enumerate() {
-            let name = if blocks.len() == 1 { stem.clone() } else { format!("{stem}-{}", i + 1) };
+            let name = if blocks.len() == 1 {
+                stem.clone()
+            } else {
+                format!("{stem}-{}", i + 1)
+            };
             let doc: serde_json::Value = serde_json::from_str(block).expect("doc example is JSON");
             let ours: serde_json::Value =
-                serde_json::from_slice(&fixture(&format!("app-webhooks/{name}.json"))).expect("fixture is JSON");
+                serde_json::from_slice(&fixture(&format!("app-webhooks/{name}.json")))
+                    .expect("fixture is JSON");
             assert_eq!(doc, ours, "{name} differs from the official example");
             compared += 1;
         }
@@ -118,21 +163,37 @@ fn workflow_capture_parses() {
     assert_eq!(e.location_id.as_str(), "t9Ww7bY1xJJ6ThFHZVPC");
     assert_eq!(e.contact_id.as_str(), "gxGfB9wxEy3anxbHB4nT");
     assert_eq!(e.tags, Some(vec!["webinar".to_owned()]));
-    assert_eq!(e.workflow_id.as_deref(), Some("d325be72-ae1d-490a-b6e7-62b404ecd35b"));
-    assert_eq!(e.workflow_name.as_deref(), Some("New Workflow : 1785854951058"));
-    assert_eq!(e.opportunity_id, None, "a contact trigger has no opportunity");
+    assert_eq!(
+        e.workflow_id.as_deref(),
+        Some("d325be72-ae1d-490a-b6e7-62b404ecd35b")
+    );
+    assert_eq!(
+        e.workflow_name.as_deref(),
+        Some("New Workflow : 1785854951058")
+    );
+    assert_eq!(
+        e.opportunity_id, None,
+        "a contact trigger has no opportunity"
+    );
     assert_eq!(e.assigned_user, None);
 }
 
 #[test]
 fn workflow_opportunity_body_parses() {
-    let e = event::parse_workflow(&fixture("workflow-webhooks/opportunity-stage.json")).expect("parses");
-    assert_eq!(e.opportunity_id.as_ref().map(|o| o.as_str()), Some("wWhVuzqpRuOA1ZVWi4FC"));
+    let e = event::parse_workflow(&fixture("workflow-webhooks/opportunity-stage.json"))
+        .expect("parses");
+    assert_eq!(
+        e.opportunity_id.as_ref().map(|o| o.as_str()),
+        Some("wWhVuzqpRuOA1ZVWi4FC")
+    );
     assert_eq!(e.tags, Some(vec!["vip".to_owned(), "webinar".to_owned()]));
     assert_eq!(e.source.as_deref(), Some("Facebook Ads"));
     assert_eq!(e.pipeline_name.as_deref(), Some("Sales"));
     assert_eq!(e.stage_name.as_deref(), Some("Proposal"));
     assert_eq!(e.stage_id, None);
     assert_eq!(e.status.as_deref(), Some("open"));
-    assert_eq!(e.assigned_user, Some(AssignedUser::Email("rita@example.com".to_owned())));
+    assert_eq!(
+        e.assigned_user,
+        Some(AssignedUser::Email("rita@example.com".to_owned()))
+    );
 }

@@ -160,9 +160,12 @@ impl<'a> View<'a> {
             .stage
             .as_deref()
             .map(|s| label(resolver.stage_name(loc, s), Some(s)));
+        // Events that do not carry tags (opportunity events) see the contact's tags as of
+        // its last event that did: unchanged since, as far as anyone knows.
         let mut tags: Option<Vec<String>> = event
             .tags
             .as_ref()
+            .or(previous.tags.as_ref())
             .map(|t| t.iter().map(|s| normalize(s)).collect());
         if let Some(t) = tags.as_mut() {
             let mut seen = HashSet::new();

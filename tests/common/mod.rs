@@ -68,10 +68,18 @@ fn merge(body: &mut Value, extra: Value) {
 }
 
 /// The plan summary (`add: …; remove: …` or `no change`), checked against `explain`.
-pub fn plan_with(set: &RuleSet, e: &Event, previous: &PreviousState, resolver: &dyn Resolver) -> String {
+pub fn plan_with(
+    set: &RuleSet,
+    e: &Event,
+    previous: &PreviousState,
+    resolver: &dyn Resolver,
+) -> String {
     let fast = set.evaluate(e, previous, resolver);
     let slow = set.explain(e, previous, resolver);
-    assert_eq!(fast.plan, slow.plan, "indexed evaluation and explain disagree");
+    assert_eq!(
+        fast.plan, slow.plan,
+        "indexed evaluation and explain disagree"
+    );
     fast.plan.summary()
 }
 
