@@ -1,5 +1,7 @@
 //! The `autofollow` binary: `check`, `explain` and the `serve` placeholder.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 mod common;
 
 use std::io::Write;

@@ -2,6 +2,8 @@
 //! `stop`, conflicts and `assigned_user`. Each check also proves the indexed evaluation and
 //! the full explain agree (see `common::plan_with`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 mod common;
 
 use autofollow::ids::{LocationId, UserId};
@@ -530,7 +532,7 @@ fn aliases_and_literal_ids_name_the_same_users() {
 #[test]
 fn aliases_from_one_file_are_usable_in_another() {
     let set = autofollow::rules::RuleSet::from_sources(&[
-        ("00-users.yaml", format!("{USERS}").as_str()),
+        ("00-users.yaml", USERS),
         ("10-rules.yaml", "rules:\n  - name: r\n    add: [bob]\n"),
     ])
     .expect("loads");

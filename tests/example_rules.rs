@@ -1,5 +1,7 @@
 //! The example rule set in `rules/` loads cleanly and does what its comments say.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 mod common;
 
 use autofollow::pipelines::Pipelines;

@@ -1,6 +1,8 @@
 //! Property tests: the loader and the parser never panic on any input, and the indexed
 //! evaluation always agrees with checking every rule.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 use autofollow::event::{self, Parsed};
 use autofollow::rules::{PreviousState, RuleSet};
 use proptest::prelude::*;

@@ -1,5 +1,7 @@
 //! Every documented GoHighLevel webhook example parses into the event model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
 mod common;
 
 use autofollow::event::{self, AssignedUser, EventType, Parsed};
