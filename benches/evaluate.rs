@@ -12,14 +12,20 @@ use autofollow::rules::{NoResolver, PreviousState, RuleSet};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn rule_set(n: usize) -> RuleSet {
-    let mut yaml = String::from("users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\nrules:\n");
+    let mut yaml = String::from(
+        "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\nrules:\n",
+    );
     for i in 0..n {
         let condition = match i % 3 {
             0 => format!("source: [\"Source {i}\", \"src-{i}\"]"),
             1 => format!("has_tag: tag-{i}\n      lacks_tag: [spam, test]"),
             _ => format!("stage_entered: Stage {i}"),
         };
-        let action = if i % 2 == 0 { "add: [alice]" } else { "remove: [bob]" };
+        let action = if i % 2 == 0 {
+            "add: [alice]"
+        } else {
+            "remove: [bob]"
+        };
         yaml.push_str(&format!(
             "  - name: rule-{i}\n    events: [ContactCreate, ContactTagUpdate, OpportunityStageUpdate, Workflow]\n    when:\n      {condition}\n    {action}\n"
         ));
@@ -48,7 +54,10 @@ fn bench(c: &mut Criterion) {
     for n in [10, 1_000, 10_000] {
         let set = rule_set(n);
         let decision = set.evaluate(&e, &previous, &NoResolver);
-        assert!(!decision.plan.is_empty(), "the bench event must match some rules");
+        assert!(
+            !decision.plan.is_empty(),
+            "the bench event must match some rules"
+        );
         group.bench_with_input(BenchmarkId::new("indexed", n), &set, |b, set| {
             b.iter(|| set.evaluate(black_box(&e), black_box(&previous), &NoResolver))
         });
@@ -73,7 +82,9 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     let body = br#"{"type":"ContactCreate","locationId":"ve9EPM428h8vShlRW1KT","id":"nmFmQEsNgz6AVpgLVUJ0","source":"xyz form","tags":["a","b"]}"#;
-    c.bench_function("parse/app_webhook", |b| b.iter(|| event::parse_app(black_box(body))));
+    c.bench_function("parse/app_webhook", |b| {
+        b.iter(|| event::parse_app(black_box(body)))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -37,10 +37,10 @@ fn unknown_keys_are_reported_with_the_closest_valid_key() {
         d,
         [
             "r.yaml:3:1: error: unknown key `rule` in the rule file; did you mean `rules`?",
+            "r.yaml:6:5: error: rule `a` has neither `add` nor `remove`, so it would do nothing",
             "r.yaml:7:5: error: unknown key `ad` in a rule; did you mean `add`?",
             "r.yaml:9:7: error: unknown key `has_tags` in `when` (conditions); did you mean `has_tag`?",
             "r.yaml:10:7: error: unknown key `colour` in `when` (conditions); expected one of: source, has_tag, lacks_tag, tag_added, tag_removed, pipeline, stage, stage_entered, stage_left, status, workflow, fields, any, not",
-            "r.yaml:6:5: error: rule `a` has neither `add` nor `remove`, so it would do nothing",
         ]
     );
 }
@@ -61,9 +61,9 @@ fn wrong_value_types_are_reported() {
             "r.yaml:9:12: error: `any` must be a non-empty list of condition mappings, found a mapping",
             "r.yaml:10:12: error: `not` must be a mapping of conditions, found a list",
             "r.yaml:11:30: error: `fields.customData.x` must be a string or a list of strings, found a mapping",
+            "r.yaml:12:10: warning: `alice` is not an alias and does not look like a GoHighLevel user id (20 letters and digits)",
             "r.yaml:13:5: error: each rule must be a mapping, found a string",
             "r.yaml:15:11: error: `when` must be a mapping of conditions, found a list",
-            "r.yaml:12:10: warning: `alice` is not an alias and does not look like a GoHighLevel user id (20 letters and digits)",
         ]
     );
 }
@@ -221,9 +221,9 @@ fn aliases_are_checked_across_files() {
         d,
         [
             "a.yaml:3:3: error: `assigned_user` is reserved for the event's assigned user and cannot be an alias",
+            "b.yaml:2:3: error: alias `alice` is already defined as `9hTnVvSr1Q2ZyE5kHfXm` at a.yaml:2:3",
             "b.yaml:3:8: warning: user id `bob` of alias `bob` does not look like a GoHighLevel id (20 letters and digits)",
             "b.yaml:4:10: error: alias `carol` must map to a user id (a string), found a list",
-            "b.yaml:2:3: error: alias `alice` is already defined as `9hTnVvSr1Q2ZyE5kHfXm` at a.yaml:2:3",
         ]
     );
 }

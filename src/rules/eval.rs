@@ -127,6 +127,8 @@ pub(crate) struct View<'a> {
     pub location: String,
     pub source: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// The same tags as sent, for messages.
+    pub tags_as_sent: Option<&'a [String]>,
     pub previous_tags: Option<HashSet<String>>,
     /// Normalized stage id and stage name, whichever are known.
     pub stage: Vec<String>,
@@ -141,7 +143,7 @@ pub(crate) struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    pub fn new(event: &'a Event, previous: &PreviousState, resolver: &dyn Resolver) -> View<'a> {
+    pub fn new(event: &'a Event, previous: &'a PreviousState, resolver: &dyn Resolver) -> View<'a> {
         let loc = &event.location_id;
         let stage_name = event.stage_name.as_deref().or_else(|| {
             let id = event.stage_id.as_deref()?;
@@ -162,11 +164,9 @@ impl<'a> View<'a> {
             .map(|s| label(resolver.stage_name(loc, s), Some(s)));
         // Events that do not carry tags (opportunity events) see the contact's tags as of
         // its last event that did: unchanged since, as far as anyone knows.
-        let mut tags: Option<Vec<String>> = event
-            .tags
-            .as_ref()
-            .or(previous.tags.as_ref())
-            .map(|t| t.iter().map(|s| normalize(s)).collect());
+        let tags_as_sent = event.tags.as_deref().or(previous.tags.as_deref());
+        let mut tags: Option<Vec<String>> =
+            tags_as_sent.map(|t| t.iter().map(|s| normalize(s)).collect());
         if let Some(t) = tags.as_mut() {
             let mut seen = HashSet::new();
             t.retain(|s| seen.insert(s.clone()));
@@ -182,6 +182,7 @@ impl<'a> View<'a> {
             location: normalize(loc.as_str()),
             source: event.source.as_deref().map(normalize),
             tags,
+            tags_as_sent,
             previous_tags: previous
                 .tags
                 .as_ref()
@@ -295,7 +296,7 @@ impl Evaluator<'_, '_> {
                     let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
                     self.record(out, key, hit.is_some(), || match hit {
                         Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
-                        None => format!("none of the tags {} is in {set}", list(tags)),
+                        None => format!("none of the tags {} is in {set}", shown(v)),
                     })
                 }
             },
@@ -305,7 +306,7 @@ impl Evaluator<'_, '_> {
                     let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
                     self.record(out, key, hit.is_none(), || match hit {
                         Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
-                        None => format!("none of the tags {} is in {set}", list(tags)),
+                        None => format!("none of the tags {} is in {set}", shown(v)),
                     })
                 }
             },
@@ -330,7 +331,7 @@ impl Evaluator<'_, '_> {
                             }
                             None => format!(
                                 "no tag in {set} was added; current tags {}, {basis}",
-                                list(tags)
+                                shown(v)
                             ),
                         }
                     })
@@ -351,7 +352,7 @@ impl Evaluator<'_, '_> {
                         None => format!(
                             "no tag in {set} was removed; previous tags {}, current tags {}",
                             sorted(prev),
-                            list(tags)
+                            shown(v)
                         ),
                     })
                 }
@@ -546,8 +547,8 @@ fn no_tags(v: &View) -> String {
     )
 }
 
-fn list(items: &[String]) -> String {
-    format!("{items:?}")
+fn shown(v: &View) -> String {
+    format!("{:?}", v.tags_as_sent.unwrap_or_default())
 }
 
 fn sorted(items: &HashSet<String>) -> String {

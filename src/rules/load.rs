@@ -193,6 +193,9 @@ pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, Loa
         }
     }
     let (rules, aliases) = link(&mut diags, files);
+    // Report in reading order: file by file, top to bottom.
+    let file_order = |d: &Diagnostic| sources.iter().position(|(n, _)| *n == d.file);
+    diags.sort_by_key(|d| (file_order(d), d.line, d.column));
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(LoadError { diagnostics: diags });
     }
