@@ -1,0 +1,204 @@
+//! Every example in the README runs: each YAML block loads (with the aliases of
+//! `rules/00-users.yaml`), each rule example with a webhook body gives the plan the README
+//! states, each `console` block prints what the README shows, and every rule key has a section.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+use std::process::Command;
+
+use autofollow::event::{self, Parsed};
+use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+use common::repo;
+
+struct Block {
+    lang: String,
+    text: String,
+    /// 1-based line of the opening fence.
+    line: usize,
+    /// Index in `lines` of the line after the closing fence.
+    after: usize,
+}
+
+fn readme() -> (Vec<String>, Vec<Block>) {
+    let text = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some(lang) = lines[i].strip_prefix("```") {
+            let start = i;
+            let mut body = Vec::new();
+            i += 1;
+            while i < lines.len() && lines[i] != "```" {
+                body.push(lines[i].as_str());
+                i += 1;
+            }
+            blocks.push(Block {
+                lang: lang.trim().to_owned(),
+                text: body.join("\n") + "\n",
+                line: start + 1,
+                after: i + 1,
+            });
+        }
+        i += 1;
+    }
+    (lines, blocks)
+}
+
+fn load_with_aliases(block: &Block) -> RuleSet {
+    let users = std::fs::read_to_string(repo().join("rules/00-users.yaml")).expect("users file");
+    let name = format!("README.md@{}", block.line);
+    match RuleSet::from_sources(&[
+        ("rules/00-users.yaml", users.as_str()),
+        (name.as_str(), block.text.as_str()),
+    ]) {
+        Ok(set) => {
+            assert!(
+                set.warnings().is_empty(),
+                "README example at line {} has warnings: {:?}",
+                block.line,
+                set.warnings()
+            );
+            set
+        }
+        Err(e) => panic!("README example at line {} does not load:\n{e}", block.line),
+    }
+}
+
+/// The text between the first pair of backticks of the first non-empty line from `from`,
+/// if that line starts with `→`.
+fn expected_plan(lines: &[String], from: usize) -> Option<String> {
+    let line = lines[from..].iter().find(|l| !l.trim().is_empty())?;
+    let rest = line.strip_prefix("→ `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+#[test]
+fn every_yaml_example_loads_and_gives_the_plan_the_readme_states() {
+    let (lines, blocks) = readme();
+    let mut loaded = 0;
+    let mut checked = 0;
+    for (i, block) in blocks.iter().enumerate() {
+        if block.lang != "yaml" {
+            continue;
+        }
+        let set = load_with_aliases(block);
+        loaded += 1;
+        let Some(body) = blocks.get(i + 1).filter(|b| b.lang == "json") else {
+            continue;
+        };
+        let expected = expected_plan(&lines, body.after).unwrap_or_else(|| {
+            panic!(
+                "README line {}: a JSON example must be followed by `→ `plan``",
+                body.line
+            )
+        });
+        let event = match event::parse_any(body.text.as_bytes()) {
+            Ok(Parsed::Event(e)) => e,
+            other => panic!(
+                "README line {}: the body is not an event: {other:?}",
+                body.line
+            ),
+        };
+        let decision = set.evaluate(&event, &PreviousState::default(), &NoResolver);
+        let explained = set.explain(&event, &PreviousState::default(), &NoResolver);
+        assert_eq!(decision.plan, explained.plan);
+        assert_eq!(
+            decision.plan.summary(),
+            expected,
+            "README example at line {}",
+            block.line
+        );
+        checked += 1;
+    }
+    assert!(loaded >= 15, "only {loaded} YAML examples found");
+    assert!(checked >= 14, "only {checked} examples with a plan found");
+}
+
+#[test]
+fn every_console_example_prints_what_the_readme_shows() {
+    let (_, blocks) = readme();
+    let mut ran = 0;
+    for block in blocks.iter().filter(|b| b.lang == "console") {
+        let mut lines = block.text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let command = line
+                .strip_prefix("$ ")
+                .unwrap_or_else(|| panic!("README line {}: expected `$ command`", block.line));
+            let mut expected = String::new();
+            while let Some(next) = lines.peek().filter(|l| !l.starts_with("$ ")) {
+                expected.push_str(next);
+                expected.push('\n');
+                lines.next();
+            }
+            let mut words = command.split_whitespace();
+            assert_eq!(
+                words.next(),
+                Some("autofollow"),
+                "README line {}",
+                block.line
+            );
+            let out = Command::new(env!("CARGO_BIN_EXE_autofollow"))
+                .args(words)
+                .current_dir(repo())
+                .env_remove("AUTOFOLLOW_RULES")
+                .output()
+                .expect("runs");
+            let printed = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                printed, expected,
+                "README console example at line {}: `{command}`",
+                block.line
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 3, "only {ran} console examples found");
+}
+
+#[test]
+fn every_rule_key_has_a_reference_section() {
+    let text = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let headings: Vec<&str> = text.lines().filter(|l| l.starts_with("### ")).collect();
+    let keys = [
+        "name",
+        "description",
+        "enabled",
+        "events",
+        "locations",
+        "source",
+        "has_tag",
+        "lacks_tag",
+        "tag_added",
+        "tag_removed",
+        "pipeline",
+        "stage",
+        "stage_entered",
+        "stage_left",
+        "status",
+        "workflow",
+        "fields",
+        "any",
+        "not",
+        "add",
+        "remove",
+        "assigned_user",
+        "stop",
+    ];
+    for key in keys {
+        let quoted = format!("`{key}`");
+        assert!(
+            headings.iter().any(|h| h.contains(&quoted)),
+            "no README section for `{key}`"
+        );
+    }
+    for key in ["version", "users", "rules"] {
+        assert!(
+            text.contains(&format!("| `{key}` |")),
+            "top-level key `{key}` missing from the table"
+        );
+    }
+}
