@@ -3,6 +3,23 @@
 //! The data's path: [`event`] parses a webhook body into a normalized [`event::Event`];
 //! [`rules`] loads the rule files and decides a [`rules::Plan`] for each event;
 //! [`pipelines`] resolves pipeline and stage names; [`cli`] is the command line over them.
+//!
+//! ```
+//! use autofollow::event::{self, Parsed};
+//! use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+//!
+//! let rules = RuleSet::from_sources(&[(
+//!     "rules.yaml",
+//!     "users: {alice: 9hTnVvSr1Q2ZyE5kHfXm}\n\
+//!      rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n",
+//! )])?;
+//! let body = br#"{"type":"ContactTagUpdate","locationId":"L","id":"C","tags":["VIP"]}"#;
+//! let Parsed::Event(event) = event::parse_app(body)? else { unreachable!() };
+//! let decision = rules.evaluate(&event, &PreviousState::default(), &NoResolver);
+//! assert_eq!(decision.plan.summary(), "add: alice");
+//! assert_eq!(decision.plan.add[0].user.as_str(), "9hTnVvSr1Q2ZyE5kHfXm");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod cli;
 pub mod event;
