@@ -163,31 +163,10 @@ fn every_console_example_prints_what_the_readme_shows() {
 fn every_rule_key_has_a_reference_section() {
     let text = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     let headings: Vec<&str> = text.lines().filter(|l| l.starts_with("### ")).collect();
-    let keys = [
-        "name",
-        "description",
-        "enabled",
-        "events",
-        "locations",
-        "source",
-        "has_tag",
-        "lacks_tag",
-        "tag_added",
-        "tag_removed",
-        "pipeline",
-        "stage",
-        "stage_entered",
-        "stage_left",
-        "status",
-        "workflow",
-        "fields",
-        "any",
-        "not",
-        "add",
-        "remove",
-        "assigned_user",
-        "stop",
-    ];
+    let keys = autofollow::rules::RULE_KEYS
+        .iter()
+        .chain(autofollow::rules::CONDITION_KEYS)
+        .chain(&["assigned_user"]);
     for key in keys {
         let quoted = format!("`{key}`");
         assert!(
@@ -195,7 +174,7 @@ fn every_rule_key_has_a_reference_section() {
             "no README section for `{key}`"
         );
     }
-    for key in ["version", "users", "rules"] {
+    for key in autofollow::rules::TOP_KEYS {
         assert!(
             text.contains(&format!("| `{key}` |")),
             "top-level key `{key}` missing from the table"

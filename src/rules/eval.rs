@@ -290,21 +290,12 @@ impl Evaluator<'_, '_> {
                 v.event.source.as_deref(),
                 set,
             ),
-            Condition::HasTag(set) => match &v.tags {
+            Condition::HasTag(set) | Condition::LacksTag(set) => match &v.tags {
                 None => self.record(out, key, false, || no_tags(v)),
                 Some(tags) => {
                     let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
-                    self.record(out, key, hit.is_some(), || match hit {
-                        Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
-                        None => format!("none of the tags {} is in {set}", shown(v)),
-                    })
-                }
-            },
-            Condition::LacksTag(set) => match &v.tags {
-                None => self.record(out, key, false, || no_tags(v)),
-                Some(tags) => {
-                    let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
-                    self.record(out, key, hit.is_none(), || match hit {
+                    let wanted = matches!(condition, Condition::HasTag(_));
+                    self.record(out, key, hit.is_some() == wanted, || match hit {
                         Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
                         None => format!("none of the tags {} is in {set}", shown(v)),
                     })

@@ -23,8 +23,10 @@ use crate::ids::{UserId, looks_like_ghl_id};
 /// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
 pub const MAX_FOLLOWERS: usize = 10;
 
-const TOP_KEYS: &[&str] = &["version", "users", "rules"];
-const RULE_KEYS: &[&str] = &[
+/// Keys of a rule file's top level.
+pub const TOP_KEYS: &[&str] = &["version", "users", "rules"];
+/// Keys of a rule.
+pub const RULE_KEYS: &[&str] = &[
     "name",
     "description",
     "enabled",
@@ -35,7 +37,8 @@ const RULE_KEYS: &[&str] = &[
     "remove",
     "stop",
 ];
-const CONDITION_KEYS: &[&str] = &[
+/// Keys of a condition block (`when`, entries of `any`, `not`).
+pub const CONDITION_KEYS: &[&str] = &[
     "source",
     "has_tag",
     "lacks_tag",

@@ -18,7 +18,9 @@ pub use eval::{
     Check, Explanation, NoResolver, Plan, PlanEntry, PreviousState, Resolver, RuleOutcome,
     RuleTrace,
 };
-pub use load::{Diagnostic, LoadError, MAX_FOLLOWERS, Severity};
+pub use load::{
+    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
+};
 pub use model::{Origin, Rule, Status, UserRef};
 
 use crate::event::Event;
