@@ -21,8 +21,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod event;
+pub mod ghl;
 pub mod ids;
 pub mod pipelines;
 pub mod rules;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use autofollow::cli::{self, ExplainArgs};
+use autofollow::config::{Config, ServeArgs};
+use autofollow::{server, telemetry, worker};
 
 #[derive(Parser)]
 #[command(
@@ -47,8 +49,8 @@ enum Command {
         /// A webhook body (app or workflow webhook) in a JSON file; `-` reads standard input.
         event: PathBuf,
     },
-    /// Run the webhook service (arrives with the service issue).
-    Serve,
+    /// Run the webhook service: receive GoHighLevel webhooks, store them, apply the rules.
+    Serve(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -80,11 +82,9 @@ fn main() -> ExitCode {
             };
             cli::explain(&args, &mut out, &mut err)
         }
-        Command::Serve => {
-            eprintln!(
-                "autofollow serve: not available yet; the webhook service arrives with the service issue (#3)"
-            );
-            Ok(2)
+        Command::Serve(args) => {
+            drop((out, err));
+            return serve(*args);
         }
     };
     match status {
@@ -95,4 +95,57 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("autofollow serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("autofollow serve: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let running = match server::start(&config, worker::WorkerOptions::default()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::from(1);
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutting down: intake answers 429, in-flight work finishes");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

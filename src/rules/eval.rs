@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::{Block, Condition, FieldPath, Rule, Status, UserRef};
@@ -48,14 +48,14 @@ pub struct PreviousState {
 }
 
 /// The followers one event should add and remove.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub add: Vec<PlanEntry>,
     pub remove: Vec<PlanEntry>,
 }
 
 /// One user in a plan, with the rule that decided it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanEntry {
     pub user: UserId,
     /// How the rules named the user: an alias, `assigned_user`, or the id itself.

@@ -1,0 +1,333 @@
+//! `autofollow serve` configuration: environment variables (each also a flag), validated at
+//! start-up with every problem reported at once. Secrets are wrapped so they never print.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::auth::{self, Verifier};
+use crate::ids::LocationId;
+use crate::rules::RuleSet;
+
+pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
+
+/// The flags of `autofollow serve`; each reads its environment variable when not given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AUTOFOLLOW_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Rule file or directory.
+    #[arg(long, env = "AUTOFOLLOW_RULES", default_value = "rules")]
+    pub rules: PathBuf,
+    /// Store: sqlite://PATH (created if missing).
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_DATABASE_URL",
+        default_value = "sqlite://data/autofollow.db"
+    )]
+    pub database_url: String,
+    /// GoHighLevel API base URL.
+    #[arg(long, env = "GHL_API_BASE_URL", default_value = DEFAULT_GHL_API)]
+    pub ghl_api_base_url: String,
+    /// Private Integration Token for every location without a token of its own.
+    #[arg(long, env = "GHL_TOKEN", hide_env_values = true)]
+    pub ghl_token: Option<String>,
+    /// YAML file mapping location id to token.
+    #[arg(long, env = "GHL_LOCATION_TOKENS_FILE")]
+    pub ghl_location_tokens_file: Option<PathBuf>,
+    /// Shared secret for webhook authentication.
+    #[arg(long, env = "AUTOFOLLOW_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// PEM public keys for X-GHL-Signature, inline or as comma-separated file paths.
+    #[arg(long, env = "GHL_WEBHOOK_PUBLIC_KEYS")]
+    pub ghl_webhook_public_keys: Option<String>,
+    /// Evaluate and record, never call GoHighLevel (default: true when no token is set).
+    #[arg(long, env = "AUTOFOLLOW_DRY_RUN", action = clap::ArgAction::Set)]
+    pub dry_run: Option<bool>,
+    /// Log format: pretty or json. RUST_LOG filters.
+    #[arg(long, env = "AUTOFOLLOW_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// GoHighLevel tokens by location.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    default: Option<SecretString>,
+    by_location: HashMap<LocationId, SecretString>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("default", &self.default.as_ref().map(|_| "[redacted]"))
+            .field("locations", &self.by_location.len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    pub fn new(
+        default: Option<SecretString>,
+        by_location: HashMap<LocationId, SecretString>,
+    ) -> Tokens {
+        Tokens {
+            default,
+            by_location,
+        }
+    }
+
+    /// The location's own token, else the default one.
+    pub fn for_location(&self, location: &LocationId) -> Option<&SecretString> {
+        self.by_location.get(location).or(self.default.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.by_location.is_empty()
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub rules_path: PathBuf,
+    pub rules: Arc<RuleSet>,
+    pub database_url: String,
+    pub ghl_api_base_url: String,
+    pub tokens: Tokens,
+    pub verifier: Arc<Verifier>,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+}
+
+/// Every configuration problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let listen = args
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems.push(format!(
+                    "AUTOFOLLOW_LISTEN: `{}` is not an address such as 0.0.0.0:8080",
+                    args.listen
+                ))
+            })
+            .ok();
+        let database_url = args.database_url.trim().to_owned();
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            problems.push(
+                "AUTOFOLLOW_DATABASE_URL: PostgreSQL is not supported yet; use sqlite://PATH"
+                    .to_owned(),
+            );
+        } else if !database_url.starts_with("sqlite:") {
+            problems.push(format!(
+                "AUTOFOLLOW_DATABASE_URL: `{database_url}` is not a sqlite://PATH URL"
+            ));
+        }
+        let base = args
+            .ghl_api_base_url
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            problems.push(format!("GHL_API_BASE_URL: `{base}` is not an http(s) URL"));
+        }
+        let default_token = args
+            .ghl_token
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| SecretString::from(t.trim().to_owned()));
+        let mut by_location = HashMap::new();
+        if let Some(path) = &args.ghl_location_tokens_file {
+            match std::fs::read_to_string(path) {
+                Err(e) => problems.push(format!(
+                    "GHL_LOCATION_TOKENS_FILE: cannot read {}: {e}",
+                    path.display()
+                )),
+                Ok(text) => {
+                    match serde_yaml::from_str::<HashMap<String, String>>(&text) {
+                        Err(e) => problems.push(format!(
+                            "GHL_LOCATION_TOKENS_FILE: {} must map location ids to tokens: {}",
+                            path.display(),
+                            // serde_yaml errors quote the offending value; keep only where it is.
+                            e.location().map_or(
+                                "not a mapping of strings".to_owned(),
+                                |l| format!("problem at line {}, column {}", l.line(), l.column())
+                            )
+                        )),
+                        Ok(map) => {
+                            for (location, token) in map {
+                                if token.trim().is_empty() {
+                                    problems.push(format!("GHL_LOCATION_TOKENS_FILE: the token of location {location} is empty"));
+                                } else {
+                                    by_location.insert(
+                                        LocationId::new(location.trim()),
+                                        SecretString::from(token.trim().to_owned()),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let tokens = Tokens::new(default_token, by_location);
+        let keys = match args
+            .ghl_webhook_public_keys
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => auth::parse_public_keys(auth::GHL_PUBLIC_KEY_PEM).map_err(|e| e.0),
+            Some(inline) if inline.contains("-----BEGIN") => {
+                auth::parse_public_keys(inline).map_err(|e| e.0)
+            }
+            Some(paths) => {
+                let mut keys = Vec::new();
+                let mut error = None;
+                for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match std::fs::read_to_string(path) {
+                        Ok(text) => match auth::parse_public_keys(&text) {
+                            Ok(k) => keys.extend(k),
+                            Err(e) => error = Some(format!("{path}: {e}")),
+                        },
+                        Err(e) => error = Some(format!("cannot read {path}: {e}")),
+                    }
+                }
+                error.map_or(Ok(keys), Err)
+            }
+        }
+        .map_err(|e| problems.push(format!("GHL_WEBHOOK_PUBLIC_KEYS: {e}")))
+        .ok();
+        let secret = args
+            .webhook_secret
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from);
+        let verifier = keys.and_then(|keys| {
+            Verifier::new(keys, secret)
+                .map_err(|e| problems.push(format!("AUTOFOLLOW_WEBHOOK_SECRET: {e}")))
+                .ok()
+        });
+        let log_format = match args.log_format.trim() {
+            "pretty" => Some(LogFormat::Pretty),
+            "json" => Some(LogFormat::Json),
+            other => {
+                problems.push(format!(
+                    "AUTOFOLLOW_LOG_FORMAT: `{other}` is neither pretty nor json"
+                ));
+                None
+            }
+        };
+        let rules = RuleSet::load(&args.rules)
+            .map_err(|e| problems.push(format!("AUTOFOLLOW_RULES: {e}")))
+            .ok();
+        let dry_run = args.dry_run.unwrap_or(tokens.is_empty());
+        match (listen, verifier, log_format, rules) {
+            (Some(listen), Some(verifier), Some(log_format), Some(rules))
+                if problems.is_empty() =>
+            {
+                Ok(Config {
+                    listen,
+                    rules_path: args.rules,
+                    rules: Arc::new(rules),
+                    database_url,
+                    ghl_api_base_url: base,
+                    tokens,
+                    verifier: Arc::new(verifier),
+                    dry_run,
+                    log_format,
+                })
+            }
+            _ => Err(ConfigError(problems)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_and_no_secret_is() {
+        let dir = std::env::temp_dir().join("autofollow-config-test-tokens.yaml");
+        std::fs::write(&dir, "- not a map\n").ok();
+        let args = ServeArgs {
+            listen: "nowhere".into(),
+            rules: "does/not/exist".into(),
+            database_url: "mysql://x".into(),
+            ghl_api_base_url: "ftp://x".into(),
+            ghl_token: Some("tok-SECRET-1".into()),
+            ghl_location_tokens_file: Some(dir),
+            webhook_secret: Some("whsec_!!SECRET!!".into()),
+            ghl_webhook_public_keys: Some(
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
+            ),
+            dry_run: None,
+            log_format: "xml".into(),
+        };
+        let err = Config::from_args(args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for needle in [
+            "AUTOFOLLOW_LISTEN",
+            "AUTOFOLLOW_DATABASE_URL",
+            "GHL_API_BASE_URL",
+            "GHL_LOCATION_TOKENS_FILE",
+            "GHL_WEBHOOK_PUBLIC_KEYS",
+            "AUTOFOLLOW_LOG_FORMAT",
+            "AUTOFOLLOW_RULES",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from:\n{err}");
+        }
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn dry_run_defaults_to_true_without_tokens() {
+        let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let args = ServeArgs {
+            listen: "127.0.0.1:0".into(),
+            rules,
+            database_url: "sqlite://x.db".into(),
+            ghl_api_base_url: DEFAULT_GHL_API.into(),
+            log_format: "json".into(),
+            ..ServeArgs::default()
+        };
+        let config = Config::from_args(args.clone()).ok();
+        assert_eq!(config.map(|c| c.dry_run), Some(true));
+        let with_token = ServeArgs {
+            ghl_token: Some("t".into()),
+            ..args
+        };
+        assert_eq!(
+            Config::from_args(with_token).ok().map(|c| c.dry_run),
+            Some(false)
+        );
+    }
+}

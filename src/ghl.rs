@@ -1,0 +1,280 @@
+//! The GoHighLevel API client: followers, pipelines and users, with every failure classified
+//! as retryable or permanent in one place.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::ids::{ContactId, LocationId, UserId};
+use crate::pipelines::Pipelines;
+
+/// The API version header GoHighLevel requires on every call.
+pub const API_VERSION: &str = "2021-07-28";
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Worth trying again later: 429, 408, 5xx, timeouts, connection errors.
+    #[error("{reason}")]
+    Retryable {
+        reason: String,
+        /// `Retry-After` when GoHighLevel sent one.
+        retry_after: Option<Duration>,
+    },
+    /// Trying again gives the same answer: other 4xx, unreadable success bodies.
+    #[error("{reason}")]
+    Permanent { status: Option<u16>, reason: String },
+}
+
+/// What one followers call did, for the decision record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub method: String,
+    pub path: String,
+    pub users: Vec<UserId>,
+    /// HTTP status, or `None` when no answer came (or in dry-run).
+    pub status: Option<u16>,
+    /// `ok`, `dry-run`, or the error.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GhlClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl GhlClient {
+    pub fn new(base: &str, timeout: Duration) -> Result<GhlClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("autofollow/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(GhlClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove).
+    pub async fn followers(
+        &self,
+        token: &SecretString,
+        add: bool,
+        contact: &ContactId,
+        users: &[UserId],
+    ) -> Result<(), CallError> {
+        let method = if add { Method::POST } else { Method::DELETE };
+        let path = format!("/contacts/{}/followers", urlencode(contact.as_str()));
+        self.send(
+            token,
+            method,
+            &path,
+            &[],
+            Some(json!({ "followers": users })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET /opportunities/pipelines?locationId=…`.
+    pub async fn pipelines(
+        &self,
+        token: &SecretString,
+        location: &LocationId,
+    ) -> Result<Pipelines, CallError> {
+        let body = self
+            .send(
+                token,
+                Method::GET,
+                "/opportunities/pipelines",
+                &[("locationId", location.as_str())],
+                None,
+            )
+            .await?;
+        Pipelines::from_response(body.to_string().as_bytes()).map_err(|e| CallError::Permanent {
+            status: None,
+            reason: format!("unreadable pipelines response: {e}"),
+        })
+    }
+
+    /// The location's company id (`GET /locations/{id}`), which the users search needs.
+    pub async fn company_id(
+        &self,
+        token: &SecretString,
+        location: &LocationId,
+    ) -> Result<String, CallError> {
+        let path = format!("/locations/{}", urlencode(location.as_str()));
+        let body = self.send(token, Method::GET, &path, &[], None).await?;
+        body.pointer("/location/companyId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| CallError::Permanent {
+                status: None,
+                reason: "GET /locations/{id} answered without location.companyId".into(),
+            })
+    }
+
+    /// The id of the location's user with this email (`GET /users/search`), if any.
+    pub async fn user_by_email(
+        &self,
+        token: &SecretString,
+        company_id: &str,
+        location: &LocationId,
+        email: &str,
+    ) -> Result<Option<UserId>, CallError> {
+        let query = [
+            ("companyId", company_id),
+            ("locationId", location.as_str()),
+            ("query", email),
+        ];
+        let body = self
+            .send(token, Method::GET, "/users/search", &query, None)
+            .await?;
+        let users = body
+            .get("users")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(users
+            .iter()
+            .filter(|u| u.get("deleted").and_then(Value::as_bool) != Some(true))
+            .find(|u| {
+                u.get("email")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
+            })
+            .and_then(|u| u.get("id").and_then(Value::as_str))
+            .map(UserId::new))
+    }
+
+    async fn send(
+        &self,
+        token: &SecretString,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Value, CallError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token.expose_secret())
+            .header("Version", API_VERSION)
+            .header("Accept", "application/json");
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| CallError::Retryable {
+            reason: if e.is_timeout() {
+                "GoHighLevel did not answer in time".to_owned()
+            } else {
+                format!("cannot reach GoHighLevel: {}", without_url(&e))
+            },
+            retry_after: None,
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        let reason = format!(
+            "GoHighLevel answered {}: {}",
+            status.as_u16(),
+            error_message(&text)
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status.is_server_error()
+        {
+            Err(CallError::Retryable {
+                reason,
+                retry_after,
+            })
+        } else {
+            Err(CallError::Permanent {
+                status: Some(status.as_u16()),
+                reason,
+            })
+        }
+    }
+}
+
+/// The `message` of a GoHighLevel error body (a string, or a list of strings for 422).
+fn error_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|v| v.get("message"));
+    let text = match message {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => body.chars().take(200).collect(),
+    };
+    if text.is_empty() {
+        "(no message)".to_owned()
+    } else {
+        text
+    }
+}
+
+/// A reqwest error's text without its URL (which may carry query parameters).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url (") {
+        e.truncate(i);
+    }
+    e
+}
+
+/// Percent-encodes a path segment (ids are alphanumeric, but a body can say anything).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_come_from_the_body() {
+        assert_eq!(
+            error_message(r#"{"statusCode":400,"message":"Bad"}"#),
+            "Bad"
+        );
+        assert_eq!(
+            error_message(r#"{"statusCode":422,"message":["a","b"],"error":"x"}"#),
+            "a; b"
+        );
+        assert_eq!(error_message("oops"), "oops");
+        assert_eq!(error_message(""), "(no message)");
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(urlencode("abc123"), "abc123");
+        assert_eq!(urlencode("a/b?c"), "a%2Fb%3Fc");
+    }
+}

@@ -1,0 +1,328 @@
+//! HTTP intake: authenticate, parse, store, answer. Nothing is stored for any answer but 200,
+//! and 200 means the event is committed. When it cannot be stored now, the answer is 429 with
+//! `Retry-After`, the only status GoHighLevel retries on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{AuthError, Verified, Verifier};
+use crate::config::Config;
+use crate::event::{self, Event, ParseError, Parsed};
+use crate::ghl::GhlClient;
+use crate::rules::RuleSet;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{BodyKind, Inserted, NewEvent, Store, StoreError};
+use crate::worker::{Worker, WorkerOptions};
+
+/// Largest webhook body accepted.
+pub const MAX_BODY: usize = 256 * 1024;
+/// GoHighLevel re-sends a webhook for up to ~70 minutes; remember ids well past that.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// What a 429 asks GoHighLevel (or any sender) to wait.
+const RETRY_AFTER_SECS: u64 = 30;
+
+/// Shared by every request; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub verifier: Arc<Verifier>,
+    pub rules: Arc<RuleSet>,
+    /// False once shutdown began: intake answers 429.
+    pub accepting: Arc<AtomicBool>,
+    /// Wakes the worker when an event is stored.
+    pub wake: Arc<Notify>,
+}
+
+/// The one error type of the HTTP edge; internals are logged, never sent.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    Unauthorized(AuthError),
+    Unavailable(&'static str),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
+            ApiError::Unavailable(m) => (StatusCode::TOO_MANY_REQUESTS, m.to_owned()),
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/ghl", post(app_webhook))
+        .route("/webhooks/workflow", post(workflow_webhook))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(
+            // The span names the path only: the query string may hold the webhook secret.
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let id = request
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(Counter::default()))
+        .with_state(state)
+}
+
+/// Request ids: process start time plus a counter, unique enough to follow one request.
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl MakeRequestId for Counter {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("af-{}-{n}", std::process::id()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+async fn app_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("shutting down; try again shortly"));
+    }
+    let proof = state
+        .verifier
+        .app(&headers, &body)
+        .map_err(ApiError::Unauthorized)?;
+    match event::parse_app(&body)? {
+        Parsed::Unsupported { event_type, .. } => {
+            tracing::info!(event_type = %event_type, answer = "ignored", "webhook");
+            Ok(Json(json!({ "status": "ignored" })).into_response())
+        }
+        Parsed::Event(e) => store(&state, proof, BodyKind::App, &e, &body).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct WorkflowQuery {
+    secret: Option<String>,
+}
+
+async fn workflow_webhook(
+    State(state): State<AppState>,
+    Query(query): Query<WorkflowQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state.accepting.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("shutting down; try again shortly"));
+    }
+    let proof = state
+        .verifier
+        .shared(&headers, query.secret.as_deref(), &body)
+        .map_err(ApiError::Unauthorized)?;
+    let e = event::parse_workflow(&body)?;
+    store(&state, proof, BodyKind::Workflow, &e, &body).await
+}
+
+async fn store(
+    state: &AppState,
+    _proof: Verified,
+    kind: BodyKind,
+    e: &Event,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let new = NewEvent {
+        kind,
+        event_type: e.event_type.name().to_owned(),
+        location_id: e.location_id.clone(),
+        contact_id: e.contact_id.clone(),
+        opportunity_id: e.opportunity_id.clone(),
+        webhook_id: e.webhook_id.clone(),
+        body: String::from_utf8_lossy(body).into_owned(),
+        available_at: SystemTime::now(),
+    };
+    let inserted = state.store.insert_event(new, DEDUP_WINDOW).await;
+    let fields = (
+        e.event_type.name(),
+        e.location_id.as_str(),
+        e.contact_id.as_str(),
+    );
+    match inserted {
+        Ok(Inserted::Accepted(id)) => {
+            state.wake.notify_one();
+            tracing::info!(
+                event_type = fields.0,
+                location = fields.1,
+                contact = fields.2,
+                event_id = id,
+                answer = "accepted",
+                "webhook"
+            );
+            Ok(Json(json!({ "status": "accepted", "event_id": id })).into_response())
+        }
+        Ok(Inserted::Duplicate) => {
+            tracing::info!(
+                event_type = fields.0,
+                location = fields.1,
+                contact = fields.2,
+                answer = "duplicate",
+                "webhook"
+            );
+            Ok(Json(json!({ "status": "duplicate" })).into_response())
+        }
+        Err(err) => {
+            tracing::error!(error = %err, event_type = fields.0, location = fields.1, contact = fields.2, answer = "429", "cannot store webhook");
+            Err(ApiError::Unavailable(
+                "cannot store the event right now; try again later",
+            ))
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let body = json!({
+        "store": if store.is_ok() { "ok" } else { "unreachable" },
+        "rules": { "count": state.rules.rules().len(), "files": state.rules.files().len() },
+        "accepting": state.accepting.load(Ordering::SeqCst),
+    });
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A running service: its address and the means to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    accepting: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+/// How long shutdown waits for in-flight work before releasing it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+impl Running {
+    /// Stops intake (429), lets in-flight work finish (up to a grace period), releases leases.
+    pub async fn shutdown(self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.worker).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.server).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Opens the store, starts the worker and the HTTP server.
+pub async fn start(config: &Config, options: WorkerOptions) -> Result<Running, StartError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url).await?);
+    let released = store.release_all().await?;
+    if released > 0 {
+        tracing::info!(released, "resuming events a previous run left unfinished");
+    }
+    let pending = store.pending().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let wake = Arc::new(Notify::new());
+    let accepting = Arc::new(AtomicBool::new(true));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let ghl = GhlClient::new(&config.ghl_api_base_url, Duration::from_secs(15))?;
+    let worker = Arc::new(Worker::new(
+        Arc::clone(&store),
+        Arc::clone(&config.rules),
+        ghl,
+        config.tokens.clone(),
+        WorkerOptions {
+            dry_run: config.dry_run,
+            ..options
+        },
+        Arc::clone(&wake),
+    ));
+    let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+    let state = AppState {
+        store: Arc::clone(&store),
+        verifier: Arc::clone(&config.verifier),
+        rules: Arc::clone(&config.rules),
+        accepting: Arc::clone(&accepting),
+        wake,
+    };
+    let app = router(state);
+    let mut stop = shutdown_rx;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(
+        %addr,
+        rules = config.rules.rules().len(),
+        dry_run = config.dry_run,
+        pending,
+        "autofollow is listening"
+    );
+    Ok(Running {
+        addr,
+        store,
+        shutdown,
+        accepting,
+        server,
+        worker,
+    })
+}

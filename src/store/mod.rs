@@ -1,0 +1,221 @@
+//! Durable storage: accepted events, the processing queue with leases, per-contact and
+//! per-opportunity state, and a decision record per processing attempt.
+//!
+//! [`Store`] is the contract every backend keeps; [`sqlite::SqliteStore`] is the embedded
+//! default. An event is committed before the webhook is acknowledged; a worker *claims* an
+//! event with a lease, and only the lease holder may finish it or schedule a retry. Events of
+//! one contact are claimed one at a time, oldest first.
+
+pub mod sqlite;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::ghl::CallRecord;
+use crate::ids::{ContactId, LocationId, OpportunityId};
+use crate::rules::{Plan, PreviousState};
+
+/// Which parser reads a stored body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKind {
+    App,
+    Workflow,
+}
+
+impl BodyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyKind::App => "app",
+            BodyKind::Workflow => "workflow",
+        }
+    }
+
+    fn parse(s: &str) -> BodyKind {
+        if s == "workflow" {
+            BodyKind::Workflow
+        } else {
+            BodyKind::App
+        }
+    }
+}
+
+/// A webhook to store, already authenticated and parsed.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: BodyKind,
+    pub event_type: String,
+    pub location_id: LocationId,
+    pub contact_id: ContactId,
+    pub opportunity_id: Option<OpportunityId>,
+    pub webhook_id: Option<String>,
+    pub body: String,
+    /// Not to be processed before this (the settle delay); usually now.
+    pub available_at: SystemTime,
+}
+
+/// What storing a webhook did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Accepted(i64),
+    /// Its `webhookId` was seen within the deduplication window.
+    Duplicate,
+}
+
+/// A claimed event: the worker holds its lease until it finishes or reschedules it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub id: i64,
+    pub kind: BodyKind,
+    pub body: String,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    pub received_at: SystemTime,
+    pub lease_owner: String,
+}
+
+/// The stored state of an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub event_type: String,
+    pub location_id: String,
+    pub contact_id: String,
+    pub status: EventStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Done => "done",
+            EventStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> EventStatus {
+        match s {
+            "done" => EventStatus::Done,
+            "failed" => EventStatus::Failed,
+            _ => EventStatus::Pending,
+        }
+    }
+}
+
+/// What one processing attempt decided and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub attempt: u32,
+    pub matched: Vec<String>,
+    pub plan: Plan,
+    pub calls: Vec<CallRecord>,
+    /// `done`, `failed` or `retry`.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub dry_run: bool,
+}
+
+/// The state an event leaves behind for its contact and opportunity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewState {
+    pub location_id: Option<LocationId>,
+    pub contact_id: Option<ContactId>,
+    /// Set when the event carried the contact's tags.
+    pub tags: Option<Vec<String>>,
+    /// Set when the event carried the opportunity's stage (id, or name for workflow bodies).
+    pub stage: Option<(OpportunityId, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Commits a webhook to the queue, unless its `webhookId` was seen within `dedup_window`.
+    async fn insert_event(
+        &self,
+        event: NewEvent,
+        dedup_window: Duration,
+    ) -> Result<Inserted, StoreError>;
+
+    /// Leases up to `limit` events that are due: for each contact only its oldest unfinished
+    /// event, and only when no other lease on it is live.
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// What earlier events said about this contact and opportunity.
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError>;
+
+    /// Ends a claimed event as done or failed, with its decision and the state it leaves.
+    /// Returns false (and changes nothing) when the lease was lost.
+    async fn finish(
+        &self,
+        event: &Claimed,
+        status: EventStatus,
+        decision: &Decision,
+        state: &NewState,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases a claimed event to be tried again at `at`, recording the attempt.
+    async fn retry_at(
+        &self,
+        event: &Claimed,
+        at: SystemTime,
+        decision: &Decision,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases every lease `owner` holds (shutdown).
+    async fn release(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Releases every lease: on start-up of a single-instance store, no other process can
+    /// hold one, so a crashed process's events resume at once instead of after lease expiry.
+    async fn release_all(&self) -> Result<u64, StoreError>;
+
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
+
+    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+
+    /// Events not finished yet.
+    async fn pending(&self) -> Result<u64, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub(crate) fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}

@@ -1,0 +1,360 @@
+//! The embedded SQLite store (WAL mode): the default, for a single instance.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if missing) and migrates the database.
+    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit survives power loss, which an acknowledgement promises.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(dir) = std::path::Path::new(options.get_filename()).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "cannot create the database directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+async fn insert_decision(
+    tx: &mut sqlx::SqliteConnection,
+    event_id: i64,
+    d: &Decision,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (matched, plan, calls) = (to_json(&d.matched)?, to_json(&d.plan)?, to_json(&d.calls)?);
+    sqlx::query(
+        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event_id)
+    .bind(i64::from(d.attempt))
+    .bind(matched)
+    .bind(plan)
+    .bind(calls)
+    .bind(&d.outcome)
+    .bind(&d.error)
+    .bind(d.dry_run)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_event(
+        &self,
+        e: NewEvent,
+        dedup_window: Duration,
+    ) -> Result<Inserted, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        if let Some(webhook_id) = &e.webhook_id {
+            // A write first, so this transaction holds the write lock from its start.
+            let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
+            let claimed = sqlx::query(
+                "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES (?, 0, ?)
+                 ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
+                 WHERE webhook_ids.received_at < ?",
+            )
+            .bind(webhook_id)
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(Inserted::Duplicate);
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(e.kind.as_str())
+        .bind(&e.event_type)
+        .bind(e.location_id.as_str())
+        .bind(e.contact_id.as_str())
+        .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
+        .bind(&e.webhook_id)
+        .bind(&e.body)
+        .bind(now)
+        .bind(millis(e.available_at).max(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(webhook_id) = &e.webhook_id {
+            sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
+                .bind(id)
+                .bind(webhook_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Inserted::Accepted(id))
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = millis(SystemTime::now());
+        let expires = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let rows = sqlx::query(
+            "UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT e.id FROM events e
+                 WHERE e.status = 'pending' AND e.available_at <= ?
+                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM events p
+                       WHERE p.status = 'pending' AND p.location_id = e.location_id
+                         AND p.contact_id = e.contact_id AND p.id < e.id)
+                 ORDER BY e.available_at, e.id
+                 LIMIT ?)
+             RETURNING id, kind, body, attempts, received_at",
+        )
+        .bind(owner)
+        .bind(expires)
+        .bind(now)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|r| Claimed {
+                id: r.get("id"),
+                kind: BodyKind::parse(r.get::<&str, _>("kind")),
+                body: r.get("body"),
+                attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+                received_at: from_millis(r.get("received_at")),
+                lease_owner: owner.to_owned(),
+            })
+            .collect();
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError> {
+        let tags: Option<String> = sqlx::query_scalar(
+            "SELECT tags FROM contact_state WHERE location_id = ? AND contact_id = ?",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let tags = match tags {
+            Some(t) => {
+                Some(serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        let stage = match opportunity {
+            Some(o) => sqlx::query_scalar(
+                "SELECT stage FROM opportunity_state WHERE location_id = ? AND opportunity_id = ?",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .fetch_optional(&self.pool)
+            .await?,
+            None => None,
+        };
+        Ok(PreviousState { tags, stage })
+    }
+
+    async fn finish(
+        &self,
+        event: &Claimed,
+        status: EventStatus,
+        decision: &Decision,
+        state: &NewState,
+    ) -> Result<bool, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE events SET status = ?, lease_owner = NULL, lease_expires_at = NULL, last_error = ?, finished_at = ?
+             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+        )
+        .bind(status.as_str())
+        .bind(&decision.error)
+        .bind(now)
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_decision(&mut tx, event.id, decision, now).await?;
+        if let (Some(location), Some(contact), Some(tags)) =
+            (&state.location_id, &state.contact_id, &state.tags)
+        {
+            let tags = to_json(tags)?;
+            sqlx::query(
+                "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
+            )
+            .bind(location.as_str())
+            .bind(contact.as_str())
+            .bind(tags)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage) {
+            sqlx::query(
+                "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+            )
+            .bind(location.as_str())
+            .bind(opportunity.as_str())
+            .bind(stage)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn retry_at(
+        &self,
+        event: &Claimed,
+        at: SystemTime,
+        decision: &Decision,
+    ) -> Result<bool, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = ?, last_error = ?
+             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+        )
+        .bind(millis(at))
+        .bind(&decision.error)
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_decision(&mut tx, event.id, decision, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn release_all(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error FROM events WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| EventRecord {
+            id: r.get("id"),
+            event_type: r.get("event_type"),
+            location_id: r.get("location_id"),
+            contact_id: r.get("contact_id"),
+            status: EventStatus::parse(r.get::<&str, _>("status")),
+            attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+            last_error: r.get("last_error"),
+        }))
+    }
+
+    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, matched, plan, calls, outcome, error, dry_run FROM decisions WHERE event_id = ? ORDER BY id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let json = |s: &str| -> Result<serde_json::Value, StoreError> {
+            serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        rows.iter()
+            .map(|r| {
+                let value = serde_json::json!({
+                    "attempt": r.get::<i64, _>("attempt"),
+                    "matched": json(r.get("matched"))?,
+                    "plan": json(r.get("plan"))?,
+                    "calls": json(r.get("calls"))?,
+                    "outcome": r.get::<String, _>("outcome"),
+                    "error": r.get::<Option<String>, _>("error"),
+                    "dry_run": r.get::<bool, _>("dry_run"),
+                });
+                serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn pending(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
