@@ -245,6 +245,11 @@ pub struct Running {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 impl Running {
+    /// Makes intake answer 429 with `Retry-After` from now on (the first step of shutdown).
+    pub fn stop_intake(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
     /// Stops intake (429), lets in-flight work finish (up to a grace period), releases leases.
     pub async fn shutdown(self) {
         self.accepting.store(false, Ordering::SeqCst);

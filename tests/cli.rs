@@ -294,8 +294,28 @@ fn explain_refuses_invalid_rules() {
 }
 
 #[test]
-fn serve_is_not_available_yet() {
-    let o = autofollow(&["serve"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("arrives with the service issue"));
+fn serve_refuses_invalid_configuration_listing_every_problem_without_secrets() {
+    let o = Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .args(["serve", "--listen", "nowhere", "--rules", "no/such/dir"])
+        .env("AUTOFOLLOW_DATABASE_URL", "postgres://db/x")
+        .env("AUTOFOLLOW_WEBHOOK_SECRET", "whsec_not*base64-TOPSECRET")
+        .env("GHL_TOKEN", "pit-TOPSECRET")
+        .current_dir(repo())
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("autofollow serve: invalid configuration:"),
+        "{err}"
+    );
+    for needle in [
+        "AUTOFOLLOW_LISTEN",
+        "AUTOFOLLOW_RULES",
+        "AUTOFOLLOW_DATABASE_URL",
+        "AUTOFOLLOW_WEBHOOK_SECRET",
+    ] {
+        assert!(err.contains(needle), "{needle} missing:\n{err}");
+    }
+    assert!(!err.contains("TOPSECRET"), "{err}");
 }

@@ -101,3 +101,5 @@ pub fn previous_stage(stage: &str) -> PreviousState {
         stage: Some(stage.to_owned()),
     }
 }
+
+pub mod service;

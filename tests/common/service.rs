@@ -1,0 +1,200 @@
+//! `spawn_app`: the real service on a random port, a fresh SQLite database and a wiremock
+//! GoHighLevel; helpers to sign webhooks and to wait until the queue is drained.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use autofollow::config::{Config, ServeArgs};
+use autofollow::server::{self, Running};
+use autofollow::store::{Decision, EventRecord};
+use autofollow::worker::{RetryPolicy, WorkerOptions};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::{Signer, SigningKey};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use wiremock::MockServer;
+
+pub const TOKEN: &str = "pit-test-token-0001";
+pub const SECRET: &str = "test-webhook-secret";
+
+/// The key tests sign app webhooks with; its public half is configured as
+/// `GHL_WEBHOOK_PUBLIC_KEYS`.
+pub fn signing_key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+pub fn public_key_pem() -> String {
+    signing_key()
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .expect("pem")
+}
+
+pub fn sign(body: &[u8]) -> String {
+    BASE64.encode(signing_key().sign(body).to_bytes())
+}
+
+/// A Standard Webhooks signature header set for `body` at `timestamp` (unix seconds).
+pub fn standard_webhooks(body: &[u8], timestamp: u64) -> [(String, String); 3] {
+    let id = "msg_test_1";
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let sig = BASE64.encode(mac.finalize().into_bytes());
+    [
+        ("webhook-id".into(), id.into()),
+        ("webhook-timestamp".into(), timestamp.to_string()),
+        ("webhook-signature".into(), format!("v1,bm90IGl0 v1,{sig}")),
+    ]
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub ghl: MockServer,
+    pub running: Option<Running>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub rules: String,
+    pub token: bool,
+    pub dry_run: Option<bool>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rules: String::new(),
+            token: true,
+            dry_run: None,
+        }
+    }
+}
+
+pub async fn spawn_app(rules: &str) -> TestApp {
+    spawn_with(Options {
+        rules: rules.to_owned(),
+        ..Options::default()
+    })
+    .await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, format!("{}{}", super::USERS, options.rules)).expect("rules");
+    let ghl = MockServer::start().await;
+    let args = ServeArgs {
+        listen: "127.0.0.1:0".into(),
+        rules: rules_path,
+        database_url: format!(
+            "sqlite://{}",
+            dir.path().join("data/autofollow.db").display()
+        ),
+        ghl_api_base_url: ghl.uri(),
+        ghl_token: options.token.then(|| TOKEN.to_owned()),
+        ghl_location_tokens_file: None,
+        webhook_secret: Some(SECRET.into()),
+        ghl_webhook_public_keys: Some(public_key_pem()),
+        dry_run: options.dry_run,
+        log_format: "pretty".into(),
+    };
+    let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
+    let worker = WorkerOptions {
+        poll: Duration::from_millis(20),
+        retry: RetryPolicy {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+            max_attempts: 4,
+        },
+        ..WorkerOptions::default()
+    };
+    let running = server::start(&config, worker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    TestApp {
+        base: format!("http://{}", running.addr),
+        ghl,
+        running: Some(running),
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// An app webhook signed with the test key.
+    pub async fn post_app(&self, body: &Value) -> reqwest::Response {
+        let body = body.to_string();
+        self.http
+            .post(format!("{}/webhooks/ghl", self.base))
+            .header("X-GHL-Signature", sign(body.as_bytes()))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A workflow webhook with the secret in the query string, as GoHighLevel's action sends it.
+    pub async fn post_workflow(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/webhooks/workflow?secret={SECRET}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub fn store(&self) -> &dyn autofollow::store::Store {
+        self.running.as_ref().expect("running").store.as_ref()
+    }
+
+    /// Waits until every stored event is finished (done or failed).
+    pub async fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.store().pending().await.expect("store") == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "events still pending after 15 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn event(&self, id: i64) -> EventRecord {
+        self.store()
+            .event(id)
+            .await
+            .expect("store")
+            .expect("event exists")
+    }
+
+    pub async fn decisions(&self, id: i64) -> Vec<Decision> {
+        self.store().decisions(id).await.expect("store")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The event id of a 200 `accepted` answer.
+pub async fn accepted(response: reqwest::Response) -> i64 {
+    let status = response.status();
+    let body: Value = response.json().await.expect("json answer");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "accepted", "{body}");
+    body["event_id"].as_i64().expect("event_id")
+}

@@ -1,0 +1,612 @@
+//! End to end: the real server, a temporary SQLite database and a wiremock GoHighLevel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+use std::time::Duration;
+
+use autofollow::store::EventStatus;
+use common::service::*;
+use common::{ALICE, BOB, CAROL, fixture};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Mock, ResponseTemplate};
+
+const LOC: &str = "ve9EPM428h8vShlRW1KT";
+
+fn contact_event(kind: &str, contact: &str, extra: Value) -> Value {
+    let mut body = json!({"type": kind, "locationId": LOC, "id": contact});
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    body
+}
+
+/// A followers call answered with `status`, expected exactly `times` times.
+async fn followers(
+    app: &TestApp,
+    verb: &str,
+    contact: &str,
+    users: &[&str],
+    status: u16,
+    times: u64,
+) {
+    Mock::given(method(verb))
+        .and(path(format!("/contacts/{contact}/followers")))
+        .and(header("Authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("Version", "2021-07-28"))
+        .and(header("Content-Type", "application/json"))
+        .and(body_json(json!({ "followers": users })))
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"followers": users})))
+        .expect(times)
+        .mount(&app.ghl)
+        .await;
+}
+
+async fn calls(app: &TestApp) -> Vec<(String, String, Value)> {
+    app.ghl
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path().ends_with("/followers"))
+        .map(|r| {
+            let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.method.to_string(), r.url.path().to_owned(), body)
+        })
+        .collect()
+}
+
+const SOURCE_RULE: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n";
+
+#[tokio::test]
+async fn a_source_rule_adds_a_follower_with_the_exact_request_shape() {
+    let app = spawn_app(SOURCE_RULE).await;
+    followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "FB-spring"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    let d = app.decisions(id).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].matched, ["fb"]);
+    assert_eq!(d[0].calls[0].status, Some(201));
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_no_rule_matches_is_stored_and_makes_no_call() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "web"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    assert!(calls(&app).await.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn tag_added_and_tag_removed_compare_with_the_stored_state() {
+    let rules = "rules:\n  - name: on\n    when: {tag_added: vip}\n    add: [carol]\n  - name: off\n    when: {tag_removed: vip}\n    remove: [carol]\n";
+    let app = spawn_app(rules).await;
+    followers(&app, "POST", "c1", &[CAROL], 201, 1).await;
+    followers(&app, "DELETE", "c1", &[CAROL], 200, 1).await;
+    accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"tags": ["webinar"]}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    assert!(calls(&app).await.is_empty(), "webinar is not vip");
+    accepted(
+        app.post_app(&contact_event(
+            "ContactTagUpdate",
+            "c1",
+            json!({"tags": ["webinar", "vip"]}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    // The same tags again: nothing was added, so no call.
+    accepted(
+        app.post_app(&contact_event(
+            "ContactUpdate",
+            "c1",
+            json!({"tags": ["webinar", "vip"]}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    accepted(
+        app.post_app(&contact_event(
+            "ContactTagUpdate",
+            "c1",
+            json!({"tags": ["webinar"]}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let seen: Vec<String> = calls(&app).await.into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(seen, ["POST", "DELETE"]);
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_of_one_contact_are_processed_in_arrival_order() {
+    let rules = "rules:\n  - name: on\n    when: {has_tag: vip}\n    add: [carol]\n  - name: off\n    when: {lacks_tag: vip}\n    remove: [carol]\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(50)))
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&app.ghl)
+        .await;
+    for i in 0..6 {
+        let tags = if i % 2 == 0 {
+            json!(["vip"])
+        } else {
+            json!([])
+        };
+        accepted(
+            app.post_app(&contact_event(
+                "ContactTagUpdate",
+                "c1",
+                json!({"tags": tags}),
+            ))
+            .await,
+        )
+        .await;
+    }
+    app.drain().await;
+    let seen: Vec<String> = calls(&app).await.into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(seen, ["POST", "DELETE", "POST", "DELETE", "POST", "DELETE"]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stage_rule_by_name_resolves_stage_ids_through_the_pipelines_api() {
+    let rules = "rules:\n  - name: proposal\n    when: {pipeline: Sales, stage_entered: Proposal}\n    add: [assigned_user]\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("GET"))
+        .and(path("/opportunities/pipelines"))
+        .and(query_param("locationId", LOC))
+        .and(header("Authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(fixture("pipelines.json"), "application/json"),
+        )
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    followers(
+        &app,
+        "POST",
+        "cJAWDskpkJHbRbhAT7bs",
+        &["bNl8QNGXhIQJLv8eeASQ"],
+        201,
+        1,
+    )
+    .await;
+    let body: Value =
+        serde_json::from_slice(&fixture("app-webhooks/OpportunityStageUpdate.json")).unwrap();
+    let id = accepted(app.post_app(&body).await).await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    // The same stage again: not entered, no call; the pipelines stay cached.
+    accepted(app.post_app(&body).await).await;
+    app.drain().await;
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_workflow_webhook_resolves_the_assignee_email_through_the_users_api() {
+    let rules = "rules:\n  - name: enterprise\n    events: [Workflow]\n    when: {workflow: Hot leads, fields: {customData.team: enterprise}}\n    add: [bob, assigned_user]\n";
+    let app = spawn_app(rules).await;
+    let location = "t9Ww7bY1xJJ6ThFHZVPC";
+    Mock::given(method("GET"))
+        .and(path(format!("/locations/{location}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"location": {"id": location, "companyId": "Comp0000000000000001"}}),
+        ))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/users/search"))
+        .and(query_param("companyId", "Comp0000000000000001"))
+        .and(query_param("locationId", location))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"users": [
+            {"id": "OtherUser00000000001", "email": "other@example.com"},
+            {"id": "RitaRepUserId0000001", "email": "Rita@Example.com"}], "count": 2})))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    followers(
+        &app,
+        "POST",
+        "gxGfB9wxEy3anxbHB4nT",
+        &[BOB, "RitaRepUserId0000001"],
+        201,
+        1,
+    )
+    .await;
+    let body: Value =
+        serde_json::from_slice(&fixture("workflow-webhooks/opportunity-stage.json")).unwrap();
+    let id = accepted(app.post_workflow(&body).await).await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_or_missing_authentication_is_401_and_stores_nothing() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let body = contact_event("ContactCreate", "c1", json!({"source": "fb-x"})).to_string();
+    let post = |url: &str| {
+        app.http
+            .post(format!("{}{url}", app.base))
+            .body(body.clone())
+    };
+    let cases = [
+        (
+            "bad signature",
+            post("/webhooks/ghl").header("X-GHL-Signature", sign(b"another body")),
+        ),
+        (
+            "garbage signature",
+            post("/webhooks/ghl").header("X-GHL-Signature", "not base64!"),
+        ),
+        ("no signature", post("/webhooks/ghl")),
+        (
+            "wrong secret header",
+            post("/webhooks/ghl").header("X-Webhook-Secret", "nope"),
+        ),
+        ("workflow without secret", post("/webhooks/workflow")),
+        (
+            "workflow wrong secret",
+            post("/webhooks/workflow?secret=nope"),
+        ),
+        (
+            "ed25519 is not accepted for workflows",
+            post("/webhooks/workflow").header("X-GHL-Signature", sign(body.as_bytes())),
+        ),
+    ];
+    for (name, request) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{name}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| !e.contains(SECRET)),
+            "{name}: {answer}"
+        );
+    }
+    let mut stale = post("/webhooks/ghl");
+    for (k, v) in standard_webhooks(body.as_bytes(), now_secs() - 600) {
+        stale = stale.header(k, v);
+    }
+    assert_eq!(
+        stale.send().await.unwrap().status(),
+        401,
+        "stale Standard Webhooks timestamp"
+    );
+    assert_eq!(app.store().pending().await.unwrap(), 0);
+    assert!(
+        app.store().event(1).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    assert!(calls(&app).await.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shared_secret_header_and_standard_webhooks_signatures_are_accepted() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let body = contact_event("ContactCreate", "c1", json!({})).to_string();
+    let r = app
+        .http
+        .post(format!("{}/webhooks/ghl", app.base))
+        .header("X-Webhook-Secret", SECRET)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    accepted(r).await;
+    let mut signed = app
+        .http
+        .post(format!("{}/webhooks/ghl", app.base))
+        .body(body.clone());
+    for (k, v) in standard_webhooks(body.as_bytes(), now_secs()) {
+        signed = signed.header(k, v);
+    }
+    accepted(signed.send().await.unwrap()).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_and_oversized_ones_413() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let send = |body: Vec<u8>| {
+        let sig = sign(&body);
+        app.http
+            .post(format!("{}/webhooks/ghl", app.base))
+            .header("X-GHL-Signature", sig)
+            .body(body)
+            .send()
+    };
+    let r = send(b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = send(br#"{"type":"ContactCreate","locationId":"L"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "missing field `id`"
+    );
+    let big =
+        json!({"type": "ContactCreate", "locationId": "L", "id": "c", "x": "a".repeat(300 * 1024)});
+    let r = send(big.to_string().into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = app.post_workflow(&json!({"contact_id": "c"})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "missing field `location.id`"
+    );
+    assert_eq!(app.store().pending().await.unwrap(), 0);
+    assert!(
+        app.store().event(1).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsupported_event_types_are_ignored_and_not_stored() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let body: Value = serde_json::from_slice(&fixture("app-webhooks/AppInstall-1.json")).unwrap();
+    let r = app.post_app(&body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "ignored"})
+    );
+    assert!(app.store().event(1).await.unwrap().is_none());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_repeated_webhook_id_is_a_duplicate_and_makes_one_call() {
+    let app = spawn_app(SOURCE_RULE).await;
+    followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
+    let body = contact_event(
+        "ContactCreate",
+        "c1",
+        json!({"source": "fb-x", "webhookId": "wh-1"}),
+    );
+    accepted(app.post_app(&body).await).await;
+    let r = app.post_app(&body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "duplicate"})
+    );
+    app.drain().await;
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_and_then_done() {
+    let app = spawn_app(SOURCE_RULE).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let e = app.event(id).await;
+    assert_eq!((e.status, e.attempts), (EventStatus::Done, 2));
+    let outcomes: Vec<String> = app
+        .decisions(id)
+        .await
+        .into_iter()
+        .map(|d| d.outcome)
+        .collect();
+    assert_eq!(outcomes, ["retry", "done"]);
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_422_fails_with_the_reason_and_is_not_retried() {
+    let app = spawn_app(SOURCE_RULE).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"statusCode": 422, "message": ["followers must be valid user ids"], "error": "Unprocessable Entity"})))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let e = app.event(id).await;
+    assert_eq!(e.status, EventStatus::Failed);
+    assert_eq!(
+        e.last_error.as_deref(),
+        Some("GoHighLevel answered 422: followers must be valid user ids")
+    );
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistent_5xx_gives_up_after_the_last_attempt() {
+    let app = spawn_app(SOURCE_RULE).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(4)
+        .mount(&app.ghl)
+        .await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let e = app.event(id).await;
+    assert_eq!(e.status, EventStatus::Failed);
+    assert!(
+        e.last_error
+            .as_deref()
+            .is_some_and(|m| m.starts_with("gave up after 4 attempts: GoHighLevel answered 503")),
+        "{e:?}"
+    );
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_service_runs_dry_and_records_the_calls_it_would_make() {
+    let app = spawn_with(Options {
+        rules: SOURCE_RULE.into(),
+        token: false,
+        dry_run: None,
+    })
+    .await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let d = app.decisions(id).await;
+    assert!(d[0].dry_run);
+    assert_eq!(d[0].calls[0].method, "POST");
+    assert_eq!(d[0].calls[0].outcome, "dry-run");
+    assert!(
+        app.ghl
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_location_without_a_token_fails_with_the_reason() {
+    let app = spawn_with(Options {
+        rules: SOURCE_RULE.into(),
+        token: false,
+        dry_run: Some(false),
+    })
+    .await;
+    let id = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await,
+    )
+    .await;
+    app.drain().await;
+    let e = app.event(id).await;
+    assert_eq!(e.status, EventStatus::Failed);
+    assert!(
+        e.last_error
+            .unwrap_or_default()
+            .starts_with("no GoHighLevel token for location ve9EPM428h8vShlRW1KT")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn once_shutdown_begins_intake_answers_429_with_retry_after_and_stores_nothing() {
+    let app = spawn_app(SOURCE_RULE).await;
+    assert_eq!(
+        app.http
+            .get(format!("{}/readyz", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.running.as_ref().unwrap().stop_intake();
+    let r = app
+        .post_app(&contact_event(
+            "ContactCreate",
+            "c1",
+            json!({"source": "fb-x"}),
+        ))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    assert!(app.store().event(1).await.unwrap().is_none());
+    let base = app.base.clone();
+    let http = app.http.clone();
+    app.shutdown().await;
+    assert!(
+        http.get(format!("{base}/healthz")).send().await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
