@@ -64,6 +64,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
             ApiError::Unavailable(m) => (StatusCode::TOO_MANY_REQUESTS, m.to_owned()),
         };
+        // Inside the request span, which names the path and request id.
+        tracing::info!(answer = status.as_u16(), reason = %message, "webhook rejected");
         let mut response = (status, Json(json!({ "error": message }))).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response
