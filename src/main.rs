@@ -51,6 +51,12 @@ enum Command {
     },
     /// Run the webhook service: receive GoHighLevel webhooks, store them, apply the rules.
     Serve(Box<ServeArgs>),
+    /// Exit 0 when the service at URL answers /healthz (for container health checks).
+    Healthcheck {
+        /// Default: http://127.0.0.1:PORT/healthz, PORT from AUTOFOLLOW_LISTEN (else 8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
             };
             cli::explain(&args, &mut out, &mut err)
         }
+        Command::Healthcheck { url } => return healthcheck(url),
         Command::Serve(args) => {
             drop((out, err));
             return serve(*args);
@@ -148,4 +155,30 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+fn healthcheck(url: Option<String>) -> ExitCode {
+    let url = url.unwrap_or_else(|| {
+        let port = std::env::var("AUTOFOLLOW_LISTEN")
+            .ok()
+            .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+            .map_or(8080, |a| a.port());
+        format!("http://127.0.0.1:{port}/healthz")
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let ok = runtime.is_ok_and(|rt| {
+        rt.block_on(async {
+            let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build();
+            match client {
+                Ok(c) => c.get(&url).send().await.is_ok_and(|r| r.status().is_success()),
+                Err(_) => false,
+            }
+        })
+    });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("autofollow healthcheck: {url} is not healthy");
+        ExitCode::from(1)
+    }
 }
