@@ -165,12 +165,20 @@ fn healthcheck(url: Option<String>) -> ExitCode {
             .map_or(8080, |a| a.port());
         format!("http://127.0.0.1:{port}/healthz")
     });
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let ok = runtime.is_ok_and(|rt| {
         rt.block_on(async {
-            let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build();
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build();
             match client {
-                Ok(c) => c.get(&url).send().await.is_ok_and(|r| r.status().is_success()),
+                Ok(c) => c
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
                 Err(_) => false,
             }
         })

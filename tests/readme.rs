@@ -181,3 +181,100 @@ fn every_rule_key_has_a_reference_section() {
         );
     }
 }
+
+/// The quick start's `curl` command, sent to a service started as the quick start says
+/// (example rules, the secret `change-me`, no token: dry run), gives the answer it states.
+#[tokio::test]
+async fn the_quick_start_curl_example_is_accepted_and_decided_as_described() {
+    use common::service::{Options, spawn_with};
+    let (lines, _) = readme();
+    let curl = lines
+        .iter()
+        .find(|l| l.starts_with("curl "))
+        .expect("a curl example");
+    let words: Vec<String> = shell_words(curl);
+    let mut headers = Vec::new();
+    let mut data = None;
+    let mut url = None;
+    let mut i = 1;
+    while i < words.len() {
+        match words[i].as_str() {
+            "-H" => {
+                headers.push(words[i + 1].clone());
+                i += 1;
+            }
+            "-d" => {
+                data = Some(words[i + 1].clone());
+                i += 1;
+            }
+            "-X" => i += 1,
+            w if !w.starts_with('-') => url = Some(w.to_owned()),
+            _ => {}
+        }
+        i += 1;
+    }
+    let secret = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("X-Webhook-Secret: "))
+        .expect("secret header")
+        .to_owned();
+    let app = spawn_with(Options {
+        token: false,
+        secret,
+        rules_path: Some(repo().join("rules")),
+        ..Options::default()
+    })
+    .await;
+    let url = url.expect("url");
+    let path = &url[url.find('/').expect("path")..];
+    let body =
+        std::fs::read(repo().join(data.expect("-d").trim_start_matches('@'))).expect("body file");
+    let mut request = app.http.post(format!("{}{path}", app.base)).body(body);
+    for h in &headers {
+        let (k, v) = h.split_once(": ").expect("header");
+        request = request.header(k, v);
+    }
+    let answer = request
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    let stated = lines
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("It answers `")
+                .and_then(|r| r.split('`').next())
+        })
+        .expect("the README states the answer");
+    assert_eq!(answer, stated);
+    app.drain().await;
+    let decisions = app.decisions(1).await;
+    assert_eq!(decisions[0].matched, ["facebook-leads"]);
+    assert_eq!(decisions[0].plan.summary(), "add: alice");
+    assert!(decisions[0].dry_run);
+    app.shutdown().await;
+}
+
+/// Splits a shell line on spaces, honouring single quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}

@@ -522,6 +522,7 @@ async fn without_a_token_the_service_runs_dry_and_records_the_calls_it_would_mak
         rules: SOURCE_RULE.into(),
         token: false,
         dry_run: None,
+        ..Options::default()
     })
     .await;
     let id = accepted(
@@ -554,6 +555,7 @@ async fn a_location_without_a_token_fails_with_the_reason() {
         rules: SOURCE_RULE.into(),
         token: false,
         dry_run: Some(false),
+        ..Options::default()
     })
     .await;
     let id = accepted(
@@ -609,4 +611,17 @@ async fn once_shutdown_begins_intake_answers_429_with_retry_after_and_stores_not
         http.get(format!("{base}/healthz")).send().await.is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_passes_against_a_running_service() {
+    let app = spawn_app(SOURCE_RULE).await;
+    let url = format!("{}/healthz", app.base);
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .args(["healthcheck", "--url", &url])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    app.shutdown().await;
 }

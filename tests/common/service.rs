@@ -69,6 +69,9 @@ pub struct Options {
     pub rules: String,
     pub token: bool,
     pub dry_run: Option<bool>,
+    pub secret: String,
+    /// Use this rule file or directory instead of `rules` (with the test aliases).
+    pub rules_path: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -77,6 +80,8 @@ impl Default for Options {
             rules: String::new(),
             token: true,
             dry_run: None,
+            secret: SECRET.to_owned(),
+            rules_path: None,
         }
     }
 }
@@ -96,7 +101,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let ghl = MockServer::start().await;
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
-        rules: rules_path,
+        rules: options.rules_path.unwrap_or(rules_path),
         database_url: format!(
             "sqlite://{}",
             dir.path().join("data/autofollow.db").display()
@@ -104,7 +109,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         ghl_api_base_url: ghl.uri(),
         ghl_token: options.token.then(|| TOKEN.to_owned()),
         ghl_location_tokens_file: None,
-        webhook_secret: Some(SECRET.into()),
+        webhook_secret: Some(options.secret),
         ghl_webhook_public_keys: Some(public_key_pem()),
         dry_run: options.dry_run,
         log_format: "pretty".into(),
