@@ -274,6 +274,15 @@ pub enum StartError {
 /// Opens the store, starts the worker and the HTTP server.
 pub async fn start(config: &Config, options: WorkerOptions) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url).await?);
+    start_with_store(config, options, store).await
+}
+
+/// [`start`] on a store the caller opened (tests wrap one to inject faults).
+pub async fn start_with_store(
+    config: &Config,
+    options: WorkerOptions,
+    store: Arc<dyn Store>,
+) -> Result<Running, StartError> {
     let released = store.release_all().await?;
     if released > 0 {
         tracing::info!(released, "resuming events a previous run left unfinished");

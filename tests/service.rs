@@ -625,3 +625,110 @@ async fn the_healthcheck_command_passes_against_a_running_service() {
     assert!(status.success());
     app.shutdown().await;
 }
+
+/// A store whose inserts fail while `DOWN` is set, like a full disk or a locked database.
+#[derive(Debug)]
+struct Flaky(std::sync::Arc<dyn autofollow::store::Store>);
+
+static DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+#[async_trait::async_trait]
+impl autofollow::store::Store for Flaky {
+    async fn insert_event(
+        &self,
+        e: autofollow::store::NewEvent,
+        w: Duration,
+    ) -> Result<autofollow::store::Inserted, autofollow::store::StoreError> {
+        if DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(autofollow::store::StoreError::Corrupt(
+                "disk I/O error".into(),
+            ));
+        }
+        self.0.insert_event(e, w).await
+    }
+    async fn claim(
+        &self,
+        o: &str,
+        l: u32,
+        d: Duration,
+    ) -> Result<Vec<autofollow::store::Claimed>, autofollow::store::StoreError> {
+        self.0.claim(o, l, d).await
+    }
+    async fn previous_state(
+        &self,
+        l: &autofollow::ids::LocationId,
+        c: &autofollow::ids::ContactId,
+        o: Option<&autofollow::ids::OpportunityId>,
+    ) -> Result<autofollow::rules::PreviousState, autofollow::store::StoreError> {
+        self.0.previous_state(l, c, o).await
+    }
+    async fn finish(
+        &self,
+        e: &autofollow::store::Claimed,
+        s: EventStatus,
+        d: &autofollow::store::Decision,
+        n: &autofollow::store::NewState,
+    ) -> Result<bool, autofollow::store::StoreError> {
+        self.0.finish(e, s, d, n).await
+    }
+    async fn retry_at(
+        &self,
+        e: &autofollow::store::Claimed,
+        at: std::time::SystemTime,
+        d: &autofollow::store::Decision,
+    ) -> Result<bool, autofollow::store::StoreError> {
+        self.0.retry_at(e, at, d).await
+    }
+    async fn release(&self, o: &str) -> Result<u64, autofollow::store::StoreError> {
+        self.0.release(o).await
+    }
+    async fn release_all(&self) -> Result<u64, autofollow::store::StoreError> {
+        self.0.release_all().await
+    }
+    async fn event(
+        &self,
+        id: i64,
+    ) -> Result<Option<autofollow::store::EventRecord>, autofollow::store::StoreError> {
+        self.0.event(id).await
+    }
+    async fn decisions(
+        &self,
+        id: i64,
+    ) -> Result<Vec<autofollow::store::Decision>, autofollow::store::StoreError> {
+        self.0.decisions(id).await
+    }
+    async fn pending(&self) -> Result<u64, autofollow::store::StoreError> {
+        self.0.pending().await
+    }
+    async fn ping(&self) -> Result<(), autofollow::store::StoreError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test]
+async fn when_the_store_cannot_commit_the_answer_is_429_never_5xx_and_later_200() {
+    let app = spawn_with(Options {
+        rules: SOURCE_RULE.into(),
+        wrap_store: Some(|s| std::sync::Arc::new(Flaky(s))),
+        ..Options::default()
+    })
+    .await;
+    followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
+    let body = contact_event(
+        "ContactCreate",
+        "c1",
+        json!({"source": "fb-x", "webhookId": "wh-9"}),
+    );
+    let r = app.post_app(&body).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    DOWN.store(false, std::sync::atomic::Ordering::SeqCst);
+    // GoHighLevel's retry of the same delivery is then accepted, not taken for a duplicate.
+    accepted(app.post_app(&body).await).await;
+    app.drain().await;
+    app.ghl.verify().await;
+    app.shutdown().await;
+}

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autofollow::config::{Config, ServeArgs};
 use autofollow::server::{self, Running};
-use autofollow::store::{Decision, EventRecord};
+use std::sync::Arc;
+
+use autofollow::store::sqlite::SqliteStore;
+use autofollow::store::{Decision, EventRecord, Store};
 use autofollow::worker::{RetryPolicy, WorkerOptions};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -72,6 +75,8 @@ pub struct Options {
     pub secret: String,
     /// Use this rule file or directory instead of `rules` (with the test aliases).
     pub rules_path: Option<std::path::PathBuf>,
+    /// Wraps the SQLite store before the service starts (fault injection).
+    pub wrap_store: Option<fn(Arc<dyn Store>) -> Arc<dyn Store>>,
 }
 
 impl Default for Options {
@@ -82,6 +87,7 @@ impl Default for Options {
             dry_run: None,
             secret: SECRET.to_owned(),
             rules_path: None,
+            wrap_store: None,
         }
     }
 }
@@ -124,7 +130,16 @@ pub async fn spawn_with(options: Options) -> TestApp {
         },
         ..WorkerOptions::default()
     };
-    let running = server::start(&config, worker)
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.database_url)
+            .await
+            .expect("store"),
+    );
+    let store = match options.wrap_store {
+        Some(wrap) => wrap(store),
+        None => store,
+    };
+    let running = server::start_with_store(&config, worker, store)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     TestApp {
