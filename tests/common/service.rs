@@ -68,6 +68,8 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+pub type StoreWrapper = fn(Arc<dyn Store>) -> Arc<dyn Store>;
+
 pub struct Options {
     pub rules: String,
     pub token: bool,
@@ -76,7 +78,7 @@ pub struct Options {
     /// Use this rule file or directory instead of `rules` (with the test aliases).
     pub rules_path: Option<std::path::PathBuf>,
     /// Wraps the SQLite store before the service starts (fault injection).
-    pub wrap_store: Option<fn(Arc<dyn Store>) -> Arc<dyn Store>>,
+    pub wrap_store: Option<StoreWrapper>,
 }
 
 impl Default for Options {
