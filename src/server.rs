@@ -124,9 +124,7 @@ async fn app_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !state.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::Unavailable("shutting down; try again shortly"));
-    }
+    accepting(&state)?;
     let proof = state
         .verifier
         .app(&headers, &body)
@@ -137,6 +135,14 @@ async fn app_webhook(
             Ok(Json(json!({ "status": "ignored" })).into_response())
         }
         Parsed::Event(e) => store(&state, proof, BodyKind::App, &e, &body).await,
+    }
+}
+
+fn accepting(state: &AppState) -> Result<(), ApiError> {
+    if state.accepting.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable("shutting down; try again shortly"))
     }
 }
 
@@ -151,9 +157,7 @@ async fn workflow_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !state.accepting.load(Ordering::SeqCst) {
-        return Err(ApiError::Unavailable("shutting down; try again shortly"));
-    }
+    accepting(&state)?;
     let proof = state
         .verifier
         .shared(&headers, query.secret.as_deref(), &body)

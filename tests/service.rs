@@ -58,6 +58,12 @@ async fn calls(app: &TestApp) -> Vec<(String, String, Value)> {
         .collect()
 }
 
+/// A Facebook lead for contact c1, which SOURCE_RULE gives to Alice; its event id.
+async fn fb_lead(app: &TestApp) -> i64 {
+    let body = contact_event("ContactCreate", "c1", json!({"source": "fb-x"}));
+    accepted(app.post_app(&body).await).await
+}
+
 const SOURCE_RULE: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n";
 
 #[tokio::test]
@@ -435,15 +441,7 @@ async fn a_429_is_retried_and_then_done() {
         .mount(&app.ghl)
         .await;
     followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "fb-x"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = fb_lead(&app).await;
     app.drain().await;
     let e = app.event(id).await;
     assert_eq!((e.status, e.attempts), (EventStatus::Done, 2));
@@ -466,15 +464,7 @@ async fn a_422_fails_with_the_reason_and_is_not_retried() {
         .expect(1)
         .mount(&app.ghl)
         .await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "fb-x"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = fb_lead(&app).await;
     app.drain().await;
     let e = app.event(id).await;
     assert_eq!(e.status, EventStatus::Failed);
@@ -494,15 +484,7 @@ async fn persistent_5xx_gives_up_after_the_last_attempt() {
         .expect(4)
         .mount(&app.ghl)
         .await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "fb-x"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = fb_lead(&app).await;
     app.drain().await;
     let e = app.event(id).await;
     assert_eq!(e.status, EventStatus::Failed);
@@ -525,15 +507,7 @@ async fn without_a_token_the_service_runs_dry_and_records_the_calls_it_would_mak
         ..Options::default()
     })
     .await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "fb-x"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = fb_lead(&app).await;
     app.drain().await;
     let d = app.decisions(id).await;
     assert!(d[0].dry_run);
@@ -558,15 +532,7 @@ async fn a_location_without_a_token_fails_with_the_reason() {
         ..Options::default()
     })
     .await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "fb-x"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = fb_lead(&app).await;
     app.drain().await;
     let e = app.event(id).await;
     assert_eq!(e.status, EventStatus::Failed);
