@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::service::{SECRET, TOKEN, public_key_pem, sign};
@@ -20,6 +20,17 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 struct Service {
     child: Child,
     base: String,
+    /// Everything the process logged.
+    log: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Service {
+    /// The whole log, once the process has exited.
+    fn logs(self) -> String {
+        let _ = self.reader.join();
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
 }
 
 /// Starts `autofollow serve` and waits for the address it logs.
@@ -43,8 +54,14 @@ fn start(dir: &Path, ghl: &str) -> Service {
         .expect("spawn autofollow");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if let Some(addr) = v.get("addr").and_then(Value::as_str) {
                     let _ = tx.send(addr.to_owned());
@@ -58,6 +75,8 @@ fn start(dir: &Path, ghl: &str) -> Service {
     Service {
         child,
         base: format!("http://{addr}"),
+        log,
+        reader,
     }
 }
 
@@ -106,6 +125,14 @@ async fn acknowledged_events_survive_sigkill_and_are_processed_after_restart() {
             .unwrap();
         assert_eq!(r.status(), 200, "acknowledged");
     }
+    let workflow = json!({"contact_id": "contact0", "location": {"id": "L1"}, "tags": "a"});
+    let r = http
+        .post(format!("{}/webhooks/workflow?secret={SECRET}", first.base))
+        .json(&workflow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(15);
     while slow
         .received_requests()
@@ -144,4 +171,11 @@ async fn acknowledged_events_survive_sigkill_and_are_processed_after_restart() {
     assert!(status.success());
     let exit = second.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+
+    // A workflow webhook carries the secret in its URL; neither it nor the token is logged.
+    let logs = format!("{}{}", first.logs(), second.logs());
+    assert!(logs.contains("webhook"), "the runs logged their webhooks");
+    assert!(logs.contains("/webhooks/workflow"), "{logs}");
+    assert!(!logs.contains(SECRET), "the webhook secret was logged");
+    assert!(!logs.contains(TOKEN), "the GoHighLevel token was logged");
 }
