@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use secrecy::SecretString;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Tokens;
@@ -152,19 +152,28 @@ impl Worker {
 
     /// Runs until `shutdown` turns true, then finishes the events in hand and releases leases.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        // Claim whenever a slot is free, so one slow call never holds up other contacts.
+        let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1) as usize));
+        let mut tasks = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let claimed = match self
-                .store
-                .claim(&self.owner, self.options.concurrency, self.options.lease)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim events; retrying");
-                    Vec::new()
+            while tasks.try_join_next().is_some() {}
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match self
+                    .store
+                    .claim(&self.owner, free, self.options.lease)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim events; retrying");
+                        Vec::new()
+                    }
                 }
             };
             if claimed.is_empty() {
@@ -172,16 +181,23 @@ impl Worker {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(self.options.poll) => {}
                     _ = shutdown.changed() => {}
+                    // A finished event frees a slot and may unblock its contact's next event.
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
                 continue;
             }
-            let mut tasks = JoinSet::new();
             for event in claimed {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
                 let worker = Arc::clone(&self);
-                tasks.spawn(async move { worker.process(event).await });
+                tasks.spawn(async move {
+                    worker.process(event).await;
+                    drop(permit);
+                });
             }
-            while tasks.join_next().await.is_some() {}
         }
+        while tasks.join_next().await.is_some() {}
         if let Err(e) = self.store.release(&self.owner).await {
             tracing::warn!(error = %e, "cannot release leases at shutdown; they expire on their own");
         }

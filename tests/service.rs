@@ -698,3 +698,61 @@ async fn when_the_store_cannot_commit_the_answer_is_429_never_5xx_and_later_200(
     app.ghl.verify().await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_slow_call_for_one_contact_does_not_hold_up_other_contacts() {
+    let rules = "rules:\n  - name: all\n    add: [alice]\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("POST"))
+        .and(path("/contacts/slow/followers"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(3)))
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    let slow = accepted(
+        app.post_app(&contact_event("ContactCreate", "slow", json!({})))
+            .await,
+    )
+    .await;
+    // Let the worker pick up the slow event alone first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while calls(&app).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut fast = Vec::new();
+    for c in ["f1", "f2", "f3"] {
+        fast.push(
+            accepted(
+                app.post_app(&contact_event("ContactCreate", c, json!({})))
+                    .await,
+            )
+            .await,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let mut done = 0;
+        for id in &fast {
+            done += usize::from(app.event(*id).await.status == EventStatus::Done);
+        }
+        if done == fast.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "other contacts waited for the slow call"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.event(slow).await.status,
+        EventStatus::Pending,
+        "the slow call is still in flight"
+    );
+    app.drain().await;
+    app.shutdown().await;
+}
