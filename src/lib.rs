@@ -27,6 +27,7 @@ pub mod config;
 pub mod event;
 pub mod ghl;
 pub mod ids;
+pub mod ops;
 pub mod pipelines;
 pub mod rules;
 pub mod server;

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 
 use autofollow::cli::{self, ExplainArgs};
 use autofollow::config::{Config, ServeArgs};
-use autofollow::{server, telemetry, worker};
+use autofollow::ids::ContactId;
+use autofollow::store::sqlite::SqliteStore;
+use autofollow::store::{EventFilter, Store};
+use autofollow::{ops, server, telemetry, worker};
 
 #[derive(Parser)]
 #[command(
@@ -51,12 +54,61 @@ enum Command {
     },
     /// Run the webhook service: receive GoHighLevel webhooks, store them, apply the rules.
     Serve(Box<ServeArgs>),
+    /// List stored events with their latest decision and error, newest first.
+    Events {
+        #[command(flatten)]
+        db: Database,
+        /// Only events with this status: pending, done, failed or skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only events of this contact.
+        #[arg(long)]
+        contact: Option<String>,
+        /// Only events received within this long (2h, 30m, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put events back in the queue: by id, or all with --status (and --since).
+    Replay {
+        #[command(flatten)]
+        db: Database,
+        /// Event ids.
+        ids: Vec<i64>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// The history of decisions for a contact: events, matched rules, plans, calls.
+    Why {
+        #[command(flatten)]
+        db: Database,
+        contact: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the service at URL answers /healthz (for container health checks).
     Healthcheck {
         /// Default: http://127.0.0.1:PORT/healthz, PORT from AUTOFOLLOW_LISTEN (else 8080).
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct Database {
+    /// The service's store.
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_DATABASE_URL",
+        default_value = "sqlite://data/autofollow.db"
+    )]
+    database_url: String,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +141,53 @@ fn main() -> ExitCode {
             cli::explain(&args, &mut out, &mut err)
         }
         Command::Healthcheck { url } => return healthcheck(url),
+        Command::Events {
+            db,
+            status,
+            contact,
+            since,
+            limit,
+            json,
+        } => {
+            return operate(&db, |store| async move {
+                let filter = filter(status.as_deref(), contact, since.as_deref(), limit)?;
+                let mut out = io::stdout().lock();
+                ops::events(store.as_ref(), &filter, json, &mut out)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        Command::Replay {
+            db,
+            ids,
+            status,
+            since,
+        } => {
+            return operate(&db, |store| async move {
+                if ids.is_empty() && status.is_none() {
+                    return Err(
+                        "name event ids, or select events with --status (and --since)".to_owned(),
+                    );
+                }
+                let selection = match status {
+                    Some(_) => Some(filter(status.as_deref(), None, since.as_deref(), 0)?),
+                    None => None,
+                };
+                let mut out = io::stdout().lock();
+                ops::replay(store.as_ref(), &ids, selection.as_ref(), &mut out)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        }
+        Command::Why { db, contact, json } => {
+            return operate(&db, |store| async move {
+                let mut out = io::stdout().lock();
+                ops::why(store.as_ref(), &ContactId::new(contact), json, &mut out)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
         Command::Serve(args) => {
             drop((out, err));
             return serve(*args);
@@ -188,5 +287,50 @@ fn healthcheck(url: Option<String>) -> ExitCode {
     } else {
         eprintln!("autofollow healthcheck: {url} is not healthy");
         ExitCode::from(1)
+    }
+}
+
+fn filter(
+    status: Option<&str>,
+    contact: Option<String>,
+    since: Option<&str>,
+    limit: u32,
+) -> Result<EventFilter, String> {
+    Ok(EventFilter {
+        status: status.map(ops::status).transpose()?,
+        contact: contact.map(ContactId::new),
+        since: since.map(ops::since).transpose()?,
+        limit,
+    })
+}
+
+/// Opens the store and runs one operator command on it.
+fn operate<F, Fut>(db: &Database, command: F) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("autofollow: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = SqliteStore::open_existing(&db.database_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        command(std::sync::Arc::new(store)).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("autofollow: {e}");
+            ExitCode::from(1)
+        }
     }
 }

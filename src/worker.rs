@@ -354,9 +354,15 @@ impl Worker {
                     record
                         .calls
                         .push(call_record(add, &event, users, status, &reason));
-                    record.outcome = "failed".into();
+                    // 404: the contact was deleted; nothing is left to do, and nothing failed.
+                    let end = if status == Some(404) {
+                        EventStatus::Skipped
+                    } else {
+                        EventStatus::Failed
+                    };
+                    record.outcome = end.as_str().into();
                     record.error = Some(reason);
-                    return Ok(Outcome::Finished(EventStatus::Failed, record, state));
+                    return Ok(Outcome::Finished(end, record, state));
                 }
             }
         }

@@ -666,6 +666,27 @@ impl autofollow::store::Store for Flaky {
     async fn pending(&self) -> Result<u64, autofollow::store::StoreError> {
         self.0.pending().await
     }
+    async fn list_events(
+        &self,
+        f: &autofollow::store::EventFilter,
+    ) -> Result<Vec<autofollow::store::EventSummary>, autofollow::store::StoreError> {
+        self.0.list_events(f).await
+    }
+    async fn replay(&self, ids: &[i64]) -> Result<u64, autofollow::store::StoreError> {
+        self.0.replay(ids).await
+    }
+    async fn history(
+        &self,
+        c: &autofollow::ids::ContactId,
+    ) -> Result<
+        Vec<(
+            autofollow::store::EventSummary,
+            Vec<autofollow::store::Decision>,
+        )>,
+        autofollow::store::StoreError,
+    > {
+        self.0.history(c).await
+    }
     async fn ping(&self) -> Result<(), autofollow::store::StoreError> {
         self.0.ping().await
     }

@@ -94,21 +94,32 @@ pub enum EventStatus {
     Pending,
     Done,
     Failed,
+    /// Nothing to do after all: the contact no longer exists in GoHighLevel.
+    Skipped,
 }
 
 impl EventStatus {
+    pub const ALL: [EventStatus; 4] = [
+        EventStatus::Pending,
+        EventStatus::Done,
+        EventStatus::Failed,
+        EventStatus::Skipped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventStatus::Pending => "pending",
             EventStatus::Done => "done",
             EventStatus::Failed => "failed",
+            EventStatus::Skipped => "skipped",
         }
     }
 
-    fn parse(s: &str) -> EventStatus {
+    pub fn parse(s: &str) -> EventStatus {
         match s {
             "done" => EventStatus::Done,
             "failed" => EventStatus::Failed,
+            "skipped" => EventStatus::Skipped,
             _ => EventStatus::Pending,
         }
     }
@@ -121,10 +132,30 @@ pub struct Decision {
     pub matched: Vec<String>,
     pub plan: Plan,
     pub calls: Vec<CallRecord>,
-    /// `done`, `failed` or `retry`.
+    /// `done`, `failed`, `skipped` or `retry`.
     pub outcome: String,
     pub error: Option<String>,
     pub dry_run: bool,
+}
+
+/// Which events to list or replay; every field narrows the selection.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub status: Option<EventStatus>,
+    pub contact: Option<ContactId>,
+    /// Received at or after this time.
+    pub since: Option<SystemTime>,
+    pub limit: u32,
+}
+
+/// An event with its latest decision, for operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventSummary {
+    #[serde(flatten)]
+    pub event: EventRecord,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    pub last_decision: Option<Decision>,
 }
 
 /// The state an event leaves behind for its contact and opportunity.
@@ -144,7 +175,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored data is unreadable: {0}")]
+    /// Unreadable stored data, or a store that cannot be opened as asked.
+    #[error("{0}")]
     Corrupt(String),
 }
 
@@ -202,6 +234,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+
+    /// Events matching the filter, newest first, with their latest decision.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+
+    /// Puts finished (or waiting) events back in the queue, due now, with a fresh attempt
+    /// count. Events under a live lease are left alone. Returns how many were queued.
+    async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// Every event of a contact, oldest first, with every decision.
+    async fn history(
+        &self,
+        contact: &ContactId,
+    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
 
     /// Events not finished yet.
     async fn pending(&self) -> Result<u64, StoreError>;

@@ -17,15 +17,30 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating the file and its directory if missing) and migrates the database.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::connect(url, true).await
+    }
+
+    /// Opens an existing database (operator commands must not create an empty one).
+    pub async fn open_existing(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::connect(url, false).await
+    }
+
+    async fn connect(url: &str, create: bool) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit survives power loss, which an acknowledgement promises.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        if !create && !options.get_filename().exists() {
+            return Err(StoreError::Corrupt(format!(
+                "no database at {} (is AUTOFOLLOW_DATABASE_URL the service's?)",
+                options.get_filename().display()
+            )));
+        }
         if let Some(dir) = std::path::Path::new(options.get_filename()).parent() {
-            if !dir.as_os_str().is_empty() {
+            if create && !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::Corrupt(format!(
                         "cannot create the database directory {}: {e}",
@@ -41,6 +56,18 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
+    }
+}
+
+fn record(r: &sqlx::sqlite::SqliteRow) -> EventRecord {
+    EventRecord {
+        id: r.get("id"),
+        event_type: r.get("event_type"),
+        location_id: r.get("location_id"),
+        contact_id: r.get("contact_id"),
+        status: EventStatus::parse(r.get::<&str, _>("status")),
+        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+        last_error: r.get("last_error"),
     }
 }
 
@@ -309,15 +336,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| EventRecord {
-            id: r.get("id"),
-            event_type: r.get("event_type"),
-            location_id: r.get("location_id"),
-            contact_id: r.get("contact_id"),
-            status: EventStatus::parse(r.get::<&str, _>("status")),
-            attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-            last_error: r.get("last_error"),
-        }))
+        Ok(row.as_ref().map(record))
     }
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
@@ -344,6 +363,70 @@ impl Store for SqliteStore {
                 serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
             })
             .collect()
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error, received_at FROM events
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR contact_id = ?2) AND (?3 IS NULL OR received_at >= ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(filter.status.map(EventStatus::as_str))
+        .bind(filter.contact.as_ref().map(|c| c.as_str()))
+        .bind(filter.since.map(millis))
+        .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let event = record(&r);
+            let last_decision = self.decisions(event.id).await?.pop();
+            out.push(EventSummary {
+                event,
+                received_at: r.get("received_at"),
+                last_decision,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let mut queued = 0;
+        for id in ids {
+            let r = sqlx::query(
+                "UPDATE events SET status = 'pending', available_at = ?, attempts = 0, finished_at = NULL,
+                        lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            queued += r.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn history(
+        &self,
+        contact: &ContactId,
+    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError> {
+        let filter = EventFilter {
+            contact: Some(contact.clone()),
+            ..EventFilter::default()
+        };
+        let mut events = self.list_events(&filter).await?;
+        events.reverse();
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let decisions = self.decisions(e.event.id).await?;
+            out.push((e, decisions));
+        }
+        Ok(out)
     }
 
     async fn pending(&self) -> Result<u64, StoreError> {

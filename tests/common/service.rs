@@ -62,6 +62,7 @@ pub fn now_secs() -> u64 {
 
 pub struct TestApp {
     pub base: String,
+    pub database_url: String,
     pub ghl: MockServer,
     pub running: Option<Running>,
     pub http: reqwest::Client,
@@ -146,6 +147,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         .unwrap_or_else(|e| panic!("{e}"));
     TestApp {
         base: format!("http://{}", running.addr),
+        database_url: config.database_url.clone(),
         ghl,
         running: Some(running),
         http: reqwest::Client::new(),

@@ -1,0 +1,153 @@
+//! Operator commands on the store: `events`, `replay` and `why`. They work on the same
+//! database as a running service, which picks replayed events up within its poll interval.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::ids::ContactId;
+use crate::store::{Decision, EventFilter, EventStatus, EventSummary, Store, StoreError};
+
+/// `2h`, `30m`, `7d`… as a point in the past.
+pub fn since(ago: &str) -> Result<SystemTime, String> {
+    let d = humantime::parse_duration(ago.trim())
+        .map_err(|e| format!("`{ago}` is not a duration such as 2h or 7d: {e}"))?;
+    SystemTime::now()
+        .checked_sub(d)
+        .ok_or_else(|| format!("`{ago}` reaches before 1970"))
+}
+
+pub fn status(name: &str) -> Result<EventStatus, String> {
+    EventStatus::ALL
+        .into_iter()
+        .find(|s| s.as_str() == name.trim())
+        .ok_or_else(|| format!("`{name}` is not a status: pending, done, failed or skipped"))
+}
+
+fn time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn decision_line(d: &Decision) -> String {
+    let mut parts = vec![format!("attempt {}: {}", d.attempt, d.outcome)];
+    if !d.matched.is_empty() {
+        parts.push(format!("rules {}", d.matched.join(", ")));
+    }
+    parts.push(d.plan.summary());
+    if let Some(e) = &d.error {
+        parts.push(format!("error: {e}"));
+    }
+    parts.join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// `autofollow events`: one line per event, newest first.
+pub async fn events(
+    store: &dyn Store,
+    filter: &EventFilter,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), OpsError> {
+    let events = store.list_events(filter).await?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&events).map_err(io::Error::other)?
+        )?;
+        return Ok(());
+    }
+    if events.is_empty() {
+        writeln!(out, "no events")?;
+    }
+    for e in &events {
+        writeln!(out, "{}", summary_line(e))?;
+        if let Some(d) = &e.last_decision {
+            writeln!(out, "    {}", decision_line(d))?;
+        }
+    }
+    Ok(())
+}
+
+fn summary_line(e: &EventSummary) -> String {
+    let r = &e.event;
+    format!(
+        "#{} {} {} location {} contact {}: {} after {} attempt{}",
+        r.id,
+        time(e.received_at),
+        r.event_type,
+        r.location_id,
+        r.contact_id,
+        r.status.as_str(),
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" }
+    )
+}
+
+/// `autofollow replay`: puts the given events (or those the filter selects) back in the queue.
+pub async fn replay(
+    store: &dyn Store,
+    ids: &[i64],
+    filter: Option<&EventFilter>,
+    out: &mut dyn Write,
+) -> Result<u64, OpsError> {
+    let mut ids = ids.to_vec();
+    if let Some(filter) = filter {
+        ids.extend(store.list_events(filter).await?.iter().map(|e| e.event.id));
+    }
+    let queued = store.replay(&ids).await?;
+    writeln!(
+        out,
+        "queued {queued} event{} for processing",
+        if queued == 1 { "" } else { "s" }
+    )?;
+    Ok(queued)
+}
+
+/// `autofollow why CONTACT_ID`: every event of the contact and every decision, oldest first.
+pub async fn why(
+    store: &dyn Store,
+    contact: &ContactId,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), OpsError> {
+    let history = store.history(contact).await?;
+    if json {
+        let v: Vec<_> = history
+            .iter()
+            .map(|(e, d)| serde_json::json!({"event": e, "decisions": d}))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(io::Error::other)?
+        )?;
+        return Ok(());
+    }
+    if history.is_empty() {
+        writeln!(out, "no events for contact {contact}")?;
+    }
+    for (e, decisions) in &history {
+        writeln!(out, "{}", summary_line(e))?;
+        for d in decisions {
+            writeln!(out, "    {}", decision_line(d))?;
+            for c in &d.calls {
+                let users: Vec<&str> = c.users.iter().map(|u| u.as_str()).collect();
+                let status = c.status.map_or_else(|| "-".to_owned(), |s| s.to_string());
+                writeln!(
+                    out,
+                    "      {} {} {:?} -> {status} {}",
+                    c.method, c.path, users, c.outcome
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
