@@ -120,12 +120,16 @@ pub struct Worker {
     owner: String,
     wake: Arc<Notify>,
     lookups: Lookups,
+    /// Locations with parked events; a successful call for one of them resumes the rest.
+    parked: Mutex<std::collections::HashSet<LocationId>>,
 }
 
 /// How processing one event ended.
 enum Outcome {
     Finished(EventStatus, Decision, NewState),
     Retry(SystemTime, Decision),
+    /// The location's token was refused: wait for a new token or a replay.
+    Park(Decision),
 }
 
 impl Worker {
@@ -147,11 +151,15 @@ impl Worker {
             owner,
             wake,
             lookups: Lookups::default(),
+            parked: Mutex::default(),
         }
     }
 
     /// Runs until `shutdown` turns true, then finishes the events in hand and releases leases.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.resume_changed_tokens().await {
+            tracing::warn!(error = %e, "cannot check parked locations; they resume on replay");
+        }
         // Claim whenever a slot is free, so one slow call never holds up other contacts.
         let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1) as usize));
         let mut tasks = JoinSet::new();
@@ -203,6 +211,22 @@ impl Worker {
         }
     }
 
+    /// Resumes the parked events of every location whose token changed since it was refused.
+    async fn resume_changed_tokens(&self) -> Result<(), StoreError> {
+        for (location, refused) in self.store.token_failures().await? {
+            let current = self.tokens.for_location(&location).map(fingerprint);
+            if current.as_deref() != Some(refused.as_str()) {
+                let resumed = self.store.resume_location(&location).await?;
+                tracing::info!(%location, resumed, "the location's token changed; its parked events resume");
+            }
+        }
+        self.parked
+            .lock()
+            .await
+            .extend(self.store.parked_locations().await?);
+        Ok(())
+    }
+
     /// Processes one claimed event to its end or to its next retry.
     pub async fn process(&self, claimed: Claimed) {
         let id = claimed.id;
@@ -230,6 +254,14 @@ impl Worker {
                     "event will be retried"
                 );
                 self.store.retry_at(&claimed, at, &decision).await
+            }
+            Ok(Outcome::Park(decision)) => {
+                tracing::warn!(
+                    event_id = id,
+                    error = decision.error.as_deref().unwrap_or(""),
+                    "event parked until the location's token works (new token, or `autofollow replay`)"
+                );
+                self.store.park(&claimed, &decision).await
             }
             Err(e) => {
                 // The store failed mid-way: leave the lease to expire; nothing is lost.
@@ -266,6 +298,26 @@ impl Worker {
             }
             Err(e) => return Ok(self.failed(claimed, format!("stored body no longer parses: {e}"))),
         };
+        let token = self.tokens.for_location(&event.location_id);
+        if let (false, Some(token)) = (self.options.dry_run, token) {
+            match self.store.token_failing(&event.location_id).await? {
+                Some(refused) if refused == fingerprint(token) => {
+                    let mut d = Decision::empty(claimed.attempt, false);
+                    d.outcome = "waiting".into();
+                    d.error = Some(format!(
+                        "GoHighLevel refused the token of location {}; waiting for a new token or a replay",
+                        event.location_id
+                    ));
+                    self.parked.lock().await.insert(event.location_id.clone());
+                    return Ok(Outcome::Park(d));
+                }
+                // The token changed since it was refused: try again.
+                Some(_) => {
+                    self.store.resume_location(&event.location_id).await?;
+                }
+                None => {}
+            }
+        }
         let previous = self
             .store
             .previous_state(
@@ -274,7 +326,6 @@ impl Worker {
                 event.opportunity_id.as_ref(),
             )
             .await?;
-        let token = self.tokens.for_location(&event.location_id);
         let resolver = match self.resolve(&event, previous.stage.as_deref(), token).await {
             Ok(r) => r,
             Err(e) => {
@@ -354,6 +405,17 @@ impl Worker {
                     record
                         .calls
                         .push(call_record(add, &event, users, status, &reason));
+                    if matches!(status, Some(401 | 403)) {
+                        self.store
+                            .mark_token_failing(&event.location_id, &fingerprint(token), &reason)
+                            .await?;
+                        self.parked.lock().await.insert(event.location_id.clone());
+                        record.outcome = "waiting".into();
+                        record.error = Some(format!(
+                            "{reason}; the location's events wait for a new token or a replay"
+                        ));
+                        return Ok(Outcome::Park(record));
+                    }
                     // 404: the contact was deleted; nothing is left to do, and nothing failed.
                     let end = if status == Some(404) {
                         EventStatus::Skipped
@@ -365,6 +427,12 @@ impl Worker {
                     return Ok(Outcome::Finished(end, record, state));
                 }
             }
+        }
+        // The token works: events parked while it did not can go.
+        let was_parked = self.parked.lock().await.remove(&event.location_id);
+        if was_parked {
+            let resumed = self.store.resume_location(&event.location_id).await?;
+            tracing::info!(location = %event.location_id, resumed, "the location's token works again; its parked events resume");
         }
         Ok(Outcome::Finished(EventStatus::Done, record, state))
     }
@@ -534,6 +602,14 @@ impl Decision {
             dry_run,
         }
     }
+}
+
+/// Identifies a token in the store without storing it: a SHA-256 prefix.
+fn fingerprint(token: &SecretString) -> String {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.expose_secret().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// At most one add call and one remove call, adds first.

@@ -675,6 +675,43 @@ impl autofollow::store::Store for Flaky {
     async fn replay(&self, ids: &[i64]) -> Result<u64, autofollow::store::StoreError> {
         self.0.replay(ids).await
     }
+    async fn mark_token_failing(
+        &self,
+        l: &autofollow::ids::LocationId,
+        f: &str,
+        e: &str,
+    ) -> Result<(), autofollow::store::StoreError> {
+        self.0.mark_token_failing(l, f, e).await
+    }
+    async fn token_failing(
+        &self,
+        l: &autofollow::ids::LocationId,
+    ) -> Result<Option<String>, autofollow::store::StoreError> {
+        self.0.token_failing(l).await
+    }
+    async fn token_failures(
+        &self,
+    ) -> Result<Vec<(autofollow::ids::LocationId, String)>, autofollow::store::StoreError> {
+        self.0.token_failures().await
+    }
+    async fn park(
+        &self,
+        e: &autofollow::store::Claimed,
+        d: &autofollow::store::Decision,
+    ) -> Result<bool, autofollow::store::StoreError> {
+        self.0.park(e, d).await
+    }
+    async fn parked_locations(
+        &self,
+    ) -> Result<Vec<autofollow::ids::LocationId>, autofollow::store::StoreError> {
+        self.0.parked_locations().await
+    }
+    async fn resume_location(
+        &self,
+        l: &autofollow::ids::LocationId,
+    ) -> Result<u64, autofollow::store::StoreError> {
+        self.0.resume_location(l).await
+    }
     async fn history(
         &self,
         c: &autofollow::ids::ContactId,
@@ -775,5 +812,83 @@ async fn a_slow_call_for_one_contact_does_not_hold_up_other_contacts() {
         "the slow call is still in flight"
     );
     app.drain().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_parks_its_locations_events_without_burning_retries_until_a_replay() {
+    let app = spawn_app(SOURCE_RULE).await;
+    Mock::given(method("POST"))
+        .and(path("/contacts/c1/followers"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"statusCode": 401, "message": "Invalid JWT"})),
+        )
+        .up_to_n_times(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    let first = fb_lead(&app).await;
+    // Wait until the 401 parked the location, then send more of its events and another's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.decisions(first).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = accepted(
+        app.post_app(&contact_event(
+            "ContactCreate",
+            "c2",
+            json!({"source": "fb-y"}),
+        ))
+        .await,
+    )
+    .await;
+    let other = accepted(
+        app.post_app(&json!({"type": "ContactCreate", "locationId": "OtherLocation0000001", "id": "c3", "source": "fb-z"}))
+            .await,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.decisions(second).await.is_empty()
+        || app.event(other).await.status != EventStatus::Done
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other location must go on"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in [first, second] {
+        let e = app.event(id).await;
+        assert_eq!(
+            e.status,
+            EventStatus::Pending,
+            "parked, not failed: {:?}",
+            app.decisions(id).await
+        );
+        let d = app.decisions(id).await;
+        assert_eq!(d.len(), 1, "parked once, not retried");
+        assert_eq!(d[0].outcome, "waiting");
+    }
+    let to_c2 = |c: &str| format!("/contacts/{c}/followers");
+    let made: Vec<String> = calls(&app).await.into_iter().map(|(_, p, _)| p).collect();
+    assert!(
+        !made.contains(&to_c2("c2")),
+        "no call for a location whose token is refused: {made:?}"
+    );
+
+    // The operator fixes the token in GoHighLevel and replays the first event: the location resumes.
+    assert_eq!(app.store().replay(&[first]).await.unwrap(), 1);
+    app.drain().await;
+    assert_eq!(app.event(first).await.status, EventStatus::Done);
+    assert_eq!(
+        app.event(second).await.status,
+        EventStatus::Done,
+        "parked events resume with it"
+    );
     app.shutdown().await;
 }

@@ -239,7 +239,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
 
     /// Puts finished (or waiting) events back in the queue, due now, with a fresh attempt
-    /// count. Events under a live lease are left alone. Returns how many were queued.
+    /// count, and clears the token-failure mark of their locations so they are tried.
+    /// Events under a live lease are left alone. Returns how many were queued.
     async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
 
     /// Every event of a contact, oldest first, with every decision.
@@ -247,6 +248,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         contact: &ContactId,
     ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
+
+    /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
+    async fn mark_token_failing(
+        &self,
+        location: &LocationId,
+        fingerprint: &str,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The fingerprint of the refused token, when the location's token is marked failing.
+    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
+
+    /// Every location marked failing, with the refused token's fingerprint.
+    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+
+    /// Parks a claimed event until its location's token works again.
+    async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError>;
+
+    /// Locations that have parked events.
+    async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError>;
+
+    /// Clears the location's failure mark and makes its parked events due now.
+    async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
 
     /// Events not finished yet.
     async fn pending(&self) -> Result<u64, StoreError>;

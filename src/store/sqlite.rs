@@ -9,6 +9,10 @@ use sqlx::{Row, SqlitePool};
 
 use super::*;
 
+/// `available_at` of a parked event: later than any real time (year ~2255 in milliseconds,
+/// safely inside `SystemTime`).
+const PARKED: i64 = 9_000_000_000_000;
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -406,6 +410,10 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             queued += r.rows_affected();
+            sqlx::query("DELETE FROM token_failures WHERE location_id = (SELECT location_id FROM events WHERE id = ?)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(queued)
@@ -427,6 +435,78 @@ impl Store for SqliteStore {
             out.push((e, decisions));
         }
         Ok(out)
+    }
+
+    async fn mark_token_failing(
+        &self,
+        location: &LocationId,
+        fingerprint: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO token_failures (location_id, fingerprint, error, since) VALUES (?, ?, ?, ?)
+             ON CONFLICT (location_id) DO UPDATE SET fingerprint = excluded.fingerprint, error = excluded.error",
+        )
+        .bind(location.as_str())
+        .bind(fingerprint)
+        .bind(error)
+        .bind(millis(SystemTime::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = ?")
+                .bind(location.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
+        let rows = sqlx::query("SELECT location_id, fingerprint FROM token_failures")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    LocationId::new(r.get::<String, _>("location_id")),
+                    r.get("fingerprint"),
+                )
+            })
+            .collect())
+    }
+
+    async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
+        self.retry_at(event, from_millis(PARKED), decision).await
+    }
+
+    async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT location_id FROM events WHERE status = 'pending' AND available_at >= ?")
+                .bind(PARKED)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(LocationId::new).collect())
+    }
+
+    async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE events SET available_at = ? WHERE status = 'pending' AND available_at >= ? AND location_id = ?")
+            .bind(millis(SystemTime::now()))
+            .bind(PARKED)
+            .bind(location.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM token_failures WHERE location_id = ?")
+            .bind(location.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
     }
 
     async fn pending(&self) -> Result<u64, StoreError> {
