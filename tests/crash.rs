@@ -35,6 +35,10 @@ impl Service {
 
 /// Starts `autofollow serve` and waits for the address it logs.
 fn start(dir: &Path, ghl: &str) -> Service {
+    start_with_token(dir, ghl, TOKEN)
+}
+
+fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_autofollow"))
         .arg("serve")
         .env("AUTOFOLLOW_LISTEN", "127.0.0.1:0")
@@ -44,7 +48,7 @@ fn start(dir: &Path, ghl: &str) -> Service {
             format!("sqlite://{}", dir.join("db/autofollow.db").display()),
         )
         .env("GHL_API_BASE_URL", ghl)
-        .env("GHL_TOKEN", TOKEN)
+        .env("GHL_TOKEN", token)
         .env("AUTOFOLLOW_WEBHOOK_SECRET", SECRET)
         .env("GHL_WEBHOOK_PUBLIC_KEYS", public_key_pem())
         .env("AUTOFOLLOW_LOG_FORMAT", "json")
@@ -178,4 +182,95 @@ async fn acknowledged_events_survive_sigkill_and_are_processed_after_restart() {
     assert!(logs.contains("/webhooks/workflow"), "{logs}");
     assert!(!logs.contains(SECRET), "the webhook secret was logged");
     assert!(!logs.contains(TOKEN), "the GoHighLevel token was logged");
+}
+
+async fn sigterm(service: Service) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut service = service;
+    assert_eq!(service.child.wait().unwrap().code(), Some(0));
+    service.logs()
+}
+
+#[tokio::test]
+async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_a_new_token() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        format!("{}rules:\n  - name: all\n    add: [alice]\n", common::USERS),
+    )
+    .unwrap();
+    let refusing = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&refusing)
+        .await;
+    let first = start_with_token(dir.path(), &refusing.uri(), "pit-old-token");
+    let http = reqwest::Client::new();
+    for c in ["a", "b", "c"] {
+        let body = json!({"type": "ContactCreate", "locationId": "L1", "id": c}).to_string();
+        let r = http
+            .post(format!("{}/webhooks/ghl", first.base))
+            .header("X-GHL-Signature", sign(body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Wait until every event met the refused token: one parked by the 401, the rest parked
+    // without a call.
+    let url = format!("sqlite://{}", dir.path().join("db/autofollow.db").display());
+    let store = autofollow::store::sqlite::SqliteStore::open_existing(&url)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in 1..=3 {
+        while autofollow::store::Store::decisions(&store, id)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "event {id} was not handled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let record = autofollow::store::Store::event(&store, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record.status,
+            autofollow::store::EventStatus::Pending,
+            "parked, not failed"
+        );
+    }
+    let logs = sigterm(first).await;
+    assert!(logs.contains("parked"), "{logs}");
+    assert!(!logs.contains("pit-old-token"));
+    assert_eq!(
+        refusing.received_requests().await.unwrap_or_default().len(),
+        1,
+        "no retries burned"
+    );
+
+    let accepting = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&accepting)
+        .await;
+    let second = start_with_token(dir.path(), &accepting.uri(), "pit-new-token");
+    let all: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while followed_contacts(&accepting).await != all {
+        assert!(
+            Instant::now() < deadline,
+            "resumed: {:?}",
+            followed_contacts(&accepting).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(second).await;
 }
