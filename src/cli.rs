@@ -62,6 +62,39 @@ struct JsonExplanation<'a> {
     summary: String,
 }
 
+/// The explanation of one webhook body (either kind) as JSON: `event` (or `unsupported`),
+/// `previous`, `rules`, `plan` and `summary`. Shared by `explain --json` and `POST /admin/explain`.
+pub fn explain_json(
+    set: &RuleSet,
+    body: &[u8],
+    previous: &PreviousState,
+    resolver: &dyn Resolver,
+) -> Result<serde_json::Value, event::ParseError> {
+    let plan = crate::rules::Plan::default();
+    let report = match event::parse_any(body)? {
+        Parsed::Unsupported { event_type, .. } => serde_json::to_value(JsonExplanation {
+            event: None,
+            unsupported: Some(&event_type),
+            previous,
+            rules: &[],
+            plan: &plan,
+            summary: plan.summary(),
+        }),
+        Parsed::Event(event) => {
+            let explanation = set.explain(&event, previous, resolver);
+            serde_json::to_value(JsonExplanation {
+                event: Some(&event),
+                unsupported: None,
+                previous,
+                rules: &explanation.rules,
+                plan: &explanation.plan,
+                summary: explanation.plan.summary(),
+            })
+        }
+    };
+    Ok(report.unwrap_or_default())
+}
+
 /// `autofollow explain`: every rule's verdict for one event, with reasons, and the plan.
 pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
     let set = match RuleSet::load(&args.rules) {
@@ -96,31 +129,27 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         tags: args.previous_tags.clone(),
         stage: args.previous_stage.clone(),
     };
+    if args.json {
+        return match explain_json(&set, &body, &previous, resolver.as_ref()) {
+            Ok(report) => {
+                let text = serde_json::to_string_pretty(&report).map_err(io::Error::other)?;
+                writeln!(out, "{text}")?;
+                Ok(0)
+            }
+            Err(e) => {
+                writeln!(err, "{}: {e}", args.event.display())?;
+                Ok(1)
+            }
+        };
+    }
     let event = match event::parse_any(&body) {
         Ok(Parsed::Event(e)) => e,
         Ok(Parsed::Unsupported { event_type, .. }) => {
-            let plan = crate::rules::Plan::default();
-            if args.json {
-                let report = JsonExplanation {
-                    event: None,
-                    unsupported: Some(&event_type),
-                    previous: &previous,
-                    rules: &[],
-                    plan: &plan,
-                    summary: plan.summary(),
-                };
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(io::Error::other)?
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "event type {event_type:?} is not one autofollow acts on: no rule applies"
-                )?;
-                writeln!(out, "\nplan: {}", plan.summary())?;
-            }
+            writeln!(
+                out,
+                "event type {event_type:?} is not one autofollow acts on: no rule applies"
+            )?;
+            writeln!(out, "\nplan: {}", crate::rules::Plan::default().summary())?;
             return Ok(0);
         }
         Err(e) => {
@@ -129,22 +158,6 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         }
     };
     let explanation = set.explain(&event, &previous, resolver.as_ref());
-    if args.json {
-        let report = JsonExplanation {
-            event: Some(&event),
-            unsupported: None,
-            previous: &previous,
-            rules: &explanation.rules,
-            plan: &explanation.plan,
-            summary: explanation.plan.summary(),
-        };
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(io::Error::other)?
-        )?;
-        return Ok(0);
-    }
     writeln!(
         out,
         "event: {}, location {}, contact {}",

@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Evaluate and record, never call GoHighLevel (default: true when no token is set).
     #[arg(long, env = "AUTOFOLLOW_DRY_RUN", action = clap::ArgAction::Set)]
     pub dry_run: Option<bool>,
+    /// Bearer token of the admin API (/admin/…); without it the admin API is off.
+    #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Log format: pretty or json. RUST_LOG filters.
     #[arg(long, env = "AUTOFOLLOW_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -110,6 +113,7 @@ pub struct Config {
     pub verifier: Arc<Verifier>,
     pub dry_run: bool,
     pub log_format: LogFormat,
+    pub admin_token: Option<SecretString>,
 }
 
 /// Every configuration problem found.
@@ -261,6 +265,10 @@ impl Config {
                     verifier: Arc::new(verifier),
                     dry_run,
                     log_format,
+                    admin_token: args
+                        .admin_token
+                        .filter(|t| !t.trim().is_empty())
+                        .map(|t| SecretString::from(t.trim().to_owned())),
                 })
             }
             _ => Err(ConfigError(problems)),
@@ -289,6 +297,7 @@ mod tests {
             ),
             dry_run: None,
             log_format: "xml".into(),
+            admin_token: Some("admin-SECRET".into()),
         };
         let err = Config::from_args(args)
             .err()

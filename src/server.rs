@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
     /// Wakes the worker when an event is stored.
     pub wake: Arc<Notify>,
+    /// Bearer token of the admin API; `None` turns the API off.
+    pub admin_token: Option<Arc<SecretString>>,
 }
 
 /// The one error type of the HTTP edge; internals are logged, never sent.
@@ -83,7 +86,12 @@ impl From<ParseError> for ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
+    let admin = match state.admin_token {
+        Some(_) => crate::admin::router(state.clone()),
+        None => Router::new(),
+    };
     Router::new()
+        .merge(admin)
         .route("/webhooks/ghl", post(app_webhook))
         .route("/webhooks/workflow", post(workflow_webhook))
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -320,6 +328,7 @@ pub async fn start_with_store(
         rules: Arc::clone(&config.rules),
         accepting: Arc::clone(&accepting),
         wake,
+        admin_token: config.admin_token.clone().map(Arc::new),
     };
     let app = router(state);
     let mut stop = shutdown_rx;

@@ -80,6 +80,7 @@ pub struct Options {
     pub rules_path: Option<std::path::PathBuf>,
     /// Wraps the SQLite store before the service starts (fault injection).
     pub wrap_store: Option<StoreWrapper>,
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -91,6 +92,7 @@ impl Default for Options {
             secret: SECRET.to_owned(),
             rules_path: None,
             wrap_store: None,
+            admin_token: None,
         }
     }
 }
@@ -122,6 +124,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         ghl_webhook_public_keys: Some(public_key_pem()),
         dry_run: options.dry_run,
         log_format: "pretty".into(),
+        admin_token: options.admin_token,
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {

@@ -1,0 +1,194 @@
+//! The operators' HTTP API, on only when `AUTOFOLLOW_ADMIN_TOKEN` is set: list, replay and
+//! explain events, and a contact's history. Every request needs `Authorization: Bearer <token>`.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::same_secret;
+use crate::cli::explain_json;
+use crate::ids::ContactId;
+use crate::ops;
+use crate::rules::{NoResolver, PreviousState};
+use crate::server::AppState;
+use crate::store::EventFilter;
+
+/// The admin routes, behind the bearer-token check.
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/events", get(list))
+        .route("/admin/events/{id}/replay", post(replay_one))
+        .route("/admin/replay", post(replay_many))
+        .route("/admin/contacts/{id}/history", get(history))
+        .route("/admin/explain", post(explain))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match (&state.admin_token, given) {
+        (Some(token), Some(given)) => same_secret(given.trim(), token.expose_secret()),
+        _ => false,
+    };
+    if ok {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer …)",
+        )
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin request failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the store cannot answer right now",
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct Selection {
+    status: Option<String>,
+    contact: Option<String>,
+    since: Option<String>,
+    limit: Option<u32>,
+}
+
+impl Selection {
+    /// The filter, or the message of a 400.
+    fn filter(self) -> Result<EventFilter, String> {
+        Ok(EventFilter {
+            status: self
+                .status
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(ops::status)
+                .transpose()?,
+            contact: self.contact.filter(|c| !c.is_empty()).map(ContactId::new),
+            since: self
+                .since
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(ops::since)
+                .transpose()?,
+            limit: self.limit.unwrap_or(100),
+        })
+    }
+}
+
+async fn list(State(state): State<AppState>, Query(selection): Query<Selection>) -> Response {
+    let filter = match selection.filter() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match state.store.list_events(&filter).await {
+        Ok(events) => Json(events).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn replay_one(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    match state.store.event(id).await {
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no event {id}")),
+        Err(e) => return internal(e),
+        Ok(Some(_)) => {}
+    }
+    match state.store.replay(&[id]).await {
+        Ok(queued) => {
+            state.wake.notify_one();
+            Json(json!({ "queued": queued })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn replay_many(
+    State(state): State<AppState>,
+    Query(selection): Query<Selection>,
+) -> Response {
+    if selection.status.as_deref().is_none_or(str::is_empty) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "select events with status= (and since=)",
+        );
+    }
+    let filter = match (Selection {
+        limit: Some(0),
+        ..selection
+    })
+    .filter()
+    {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ids = match state.store.list_events(&filter).await {
+        Ok(events) => events.iter().map(|e| e.event.id).collect::<Vec<_>>(),
+        Err(e) => return internal(e),
+    };
+    match state.store.replay(&ids).await {
+        Ok(queued) => {
+            state.wake.notify_one();
+            Json(json!({ "queued": queued })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn history(State(state): State<AppState>, Path(contact): Path<String>) -> Response {
+    match state.store.history(&ContactId::new(contact)).await {
+        Ok(h) => {
+            let items: Vec<_> = h
+                .iter()
+                .map(|(e, d)| json!({ "event": e, "decisions": d }))
+                .collect();
+            Json(items).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    /// Comma-separated tags of the contact's previous event.
+    previous_tags: Option<String>,
+    previous_stage: Option<String>,
+}
+
+async fn explain(
+    State(state): State<AppState>,
+    Query(q): Query<ExplainQuery>,
+    body: Bytes,
+) -> Response {
+    let previous = PreviousState {
+        tags: q.previous_tags.map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }),
+        stage: q.previous_stage.filter(|s| !s.is_empty()),
+    };
+    match explain_json(&state.rules, &body, &previous, &NoResolver) {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}

@@ -1,0 +1,197 @@
+//! The admin API: off without `AUTOFOLLOW_ADMIN_TOKEN`, 401 without the bearer token, and
+//! the same list / replay / history / explain as the command line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+use autofollow::store::EventStatus;
+use common::service::*;
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+const ADMIN: &str = "admin-test-token";
+const RULES: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n";
+
+async fn admin_app() -> TestApp {
+    spawn_with(Options {
+        rules: RULES.into(),
+        admin_token: Some(ADMIN.into()),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn call(
+    app: &TestApp,
+    verb: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = app
+        .http
+        .request(verb, format!("{}{path}", app.base))
+        .bearer_auth(ADMIN);
+    if let Some(b) = body {
+        r = r.body(b.to_string());
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn without_the_variable_the_admin_api_is_off() {
+    let app = spawn_app(RULES).await;
+    let r = app
+        .http
+        .get(format!("{}/admin/events", app.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_admin_route_needs_the_bearer_token() {
+    let app = admin_app().await;
+    for (verb, path) in [
+        (reqwest::Method::GET, "/admin/events"),
+        (reqwest::Method::POST, "/admin/events/1/replay"),
+        (reqwest::Method::POST, "/admin/replay?status=failed"),
+        (reqwest::Method::GET, "/admin/contacts/c1/history"),
+        (reqwest::Method::POST, "/admin/explain"),
+    ] {
+        let none = app
+            .http
+            .request(verb.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 401, "{path} without a token");
+        let wrong = app
+            .http
+            .request(verb, format!("{}{path}", app.base))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn operators_list_replay_and_explain_over_http() {
+    let app = admin_app().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(json!({"statusCode": 422, "message": ["bad follower"]})),
+        )
+        .up_to_n_times(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "c1", "source": "fb-x"});
+    let id = accepted(app.post_app(&body).await).await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Failed);
+
+    let (status, failed) = call(
+        &app,
+        reqwest::Method::GET,
+        "/admin/events?status=failed&since=1h",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(failed.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        failed[0]["last_error"],
+        "GoHighLevel answered 422: bad follower"
+    );
+    let (status, _) = call(
+        &app,
+        reqwest::Method::GET,
+        "/admin/events?status=lost",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, queued) = call(
+        &app,
+        reqwest::Method::POST,
+        "/admin/replay?status=failed&since=24h",
+        None,
+    )
+    .await;
+    assert_eq!((status, queued), (200, json!({"queued": 1})));
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    let (status, _) = call(&app, reqwest::Method::POST, "/admin/replay", None).await;
+    assert_eq!(status, 400, "replaying everything needs an explicit status");
+
+    let (status, queued) = call(
+        &app,
+        reqwest::Method::POST,
+        &format!("/admin/events/{id}/replay"),
+        None,
+    )
+    .await;
+    assert_eq!((status, queued), (200, json!({"queued": 1})));
+    app.drain().await;
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/admin/events/999/replay",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, history) = call(
+        &app,
+        reqwest::Method::GET,
+        "/admin/contacts/c1/history",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let outcomes: Vec<&str> = history[0]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["failed", "done", "done"]);
+
+    let (status, explained) = call(&app, reqwest::Method::POST, "/admin/explain", Some(body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(explained["summary"], "add: alice");
+    assert_eq!(explained["rules"][0]["outcome"], "matched");
+    let (status, error) = call(
+        &app,
+        reqwest::Method::POST,
+        "/admin/explain",
+        Some(json!({"type": "ContactCreate"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (400, Some("missing field `locationId`"))
+    );
+    assert_eq!(
+        app.store().pending().await.unwrap(),
+        0,
+        "explain stores nothing"
+    );
+    app.shutdown().await;
+}
