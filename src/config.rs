@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Evaluate and record, never call GoHighLevel (default: true when no token is set).
     #[arg(long, env = "AUTOFOLLOW_DRY_RUN", action = clap::ArgAction::Set)]
     pub dry_run: Option<bool>,
+    /// Finished events and their decisions older than this are deleted (30d, 12h, …).
+    #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
+    pub retention: String,
     /// Bearer token of the admin API (/admin/…); without it the admin API is off.
     #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -114,6 +117,7 @@ pub struct Config {
     pub dry_run: bool,
     pub log_format: LogFormat,
     pub admin_token: Option<SecretString>,
+    pub retention: std::time::Duration,
 }
 
 /// Every configuration problem found.
@@ -251,8 +255,16 @@ impl Config {
             .map_err(|e| problems.push(format!("AUTOFOLLOW_RULES: {e}")))
             .ok();
         let dry_run = args.dry_run.unwrap_or(tokens.is_empty());
-        match (listen, verifier, log_format, rules) {
-            (Some(listen), Some(verifier), Some(log_format), Some(rules))
+        let retention = humantime::parse_duration(args.retention.trim())
+            .map_err(|e| {
+                problems.push(format!(
+                    "AUTOFOLLOW_RETENTION: `{}` is not a duration such as 30d: {e}",
+                    args.retention
+                ))
+            })
+            .ok();
+        match (listen, verifier, log_format, rules, retention) {
+            (Some(listen), Some(verifier), Some(log_format), Some(rules), Some(retention))
                 if problems.is_empty() =>
             {
                 Ok(Config {
@@ -269,6 +281,7 @@ impl Config {
                         .admin_token
                         .filter(|t| !t.trim().is_empty())
                         .map(|t| SecretString::from(t.trim().to_owned())),
+                    retention,
                 })
             }
             _ => Err(ConfigError(problems)),
@@ -298,6 +311,7 @@ mod tests {
             dry_run: None,
             log_format: "xml".into(),
             admin_token: Some("admin-SECRET".into()),
+            retention: "forever".into(),
         };
         let err = Config::from_args(args)
             .err()
@@ -311,6 +325,7 @@ mod tests {
             "GHL_WEBHOOK_PUBLIC_KEYS",
             "AUTOFOLLOW_LOG_FORMAT",
             "AUTOFOLLOW_RULES",
+            "AUTOFOLLOW_RETENTION",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -326,6 +341,7 @@ mod tests {
             database_url: "sqlite://x.db".into(),
             ghl_api_base_url: DEFAULT_GHL_API.into(),
             log_format: "json".into(),
+            retention: "30d".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

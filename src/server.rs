@@ -244,6 +244,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Deletes finished events older than `retention`, at start and then hourly.
+async fn prune(store: Arc<dyn Store>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Some(before) = SystemTime::now().checked_sub(retention) {
+            match store.prune(before, DEDUP_WINDOW).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    "pruned finished events past the retention period"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old events; trying again later"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// A running service: its address and the means to stop it.
 #[derive(Debug)]
 pub struct Running {
@@ -322,6 +342,11 @@ pub async fn start_with_store(
         Arc::clone(&wake),
     ));
     let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+    tokio::spawn(prune(
+        Arc::clone(&store),
+        config.retention,
+        shutdown_rx.clone(),
+    ));
     let state = AppState {
         store: Arc::clone(&store),
         verifier: Arc::clone(&config.verifier),

@@ -675,6 +675,13 @@ impl autofollow::store::Store for Flaky {
     async fn replay(&self, ids: &[i64]) -> Result<u64, autofollow::store::StoreError> {
         self.0.replay(ids).await
     }
+    async fn prune(
+        &self,
+        before: std::time::SystemTime,
+        window: Duration,
+    ) -> Result<u64, autofollow::store::StoreError> {
+        self.0.prune(before, window).await
+    }
     async fn mark_token_failing(
         &self,
         l: &autofollow::ids::LocationId,
@@ -889,6 +896,88 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         app.event(second).await.status,
         EventStatus::Done,
         "parked events resume with it"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn pruning_deletes_finished_events_and_keeps_pending_ones_and_contact_state() {
+    let rules = "rules:\n  - name: on\n    when: {tag_added: vip}\n    add: [carol]\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("POST"))
+        .and(path("/contacts/c1/followers"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    // c2's location token is refused: its event stays pending (parked).
+    Mock::given(method("POST"))
+        .and(path("/contacts/c2/followers"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&app.ghl)
+        .await;
+    let done = accepted(
+        app.post_app(&contact_event(
+            "ContactTagUpdate",
+            "c1",
+            json!({"tags": ["vip"], "webhookId": "w1"}),
+        ))
+        .await,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.event(done).await.status != EventStatus::Done {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pending = accepted(
+        app.post_app(&contact_event(
+            "ContactTagUpdate",
+            "c2",
+            json!({"tags": ["vip"]}),
+        ))
+        .await,
+    )
+    .await;
+    let future = std::time::SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(app.store().prune(future, Duration::ZERO).await.unwrap(), 1);
+    assert!(app.store().event(done).await.unwrap().is_none());
+    assert!(app.decisions(done).await.is_empty());
+    assert!(
+        app.store().event(pending).await.unwrap().is_some(),
+        "unfinished work is never pruned"
+    );
+    // The contact's state survives: the same tags again add nobody.
+    accepted(
+        app.post_app(&contact_event(
+            "ContactTagUpdate",
+            "c1",
+            json!({"tags": ["vip"], "webhookId": "w1"}),
+        ))
+        .await,
+    )
+    .await;
+    let posts = |calls: Vec<(String, String, Value)>| {
+        calls
+            .iter()
+            .filter(|(_, p, _)| p == "/contacts/c1/followers")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app
+        .store()
+        .list_events(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.event.contact_id == "c1" && e.event.status == EventStatus::Pending)
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        posts(calls(&app).await),
+        1,
+        "state kept: vip was not added again"
     );
     app.shutdown().await;
 }

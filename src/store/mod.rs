@@ -272,6 +272,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Clears the location's failure mark and makes its parked events due now.
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
 
+    /// Deletes finished events (and their decisions) that finished before `before`, and
+    /// `webhookId`s older than the deduplication needs. State rows are kept. Returns the number
+    /// of events deleted.
+    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
+
     /// Events not finished yet.
     async fn pending(&self) -> Result<u64, StoreError>;
 

@@ -509,6 +509,32 @@ impl Store for SqliteStore {
         Ok(r.rows_affected())
     }
 
+    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError> {
+        let cutoff = millis(before);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM decisions WHERE event_id IN
+                 (SELECT id FROM events WHERE status != 'pending' AND finished_at < ?)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let events =
+            sqlx::query("DELETE FROM events WHERE status != 'pending' AND finished_at < ?")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let seen_cutoff = millis(SystemTime::now())
+            - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query("DELETE FROM webhook_ids WHERE received_at < ?")
+            .bind(seen_cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
     async fn pending(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status = 'pending'")
             .fetch_one(&self.pool)

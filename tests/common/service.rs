@@ -125,6 +125,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         dry_run: options.dry_run,
         log_format: "pretty".into(),
         admin_token: options.admin_token,
+        retention: "30d".into(),
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
