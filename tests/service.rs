@@ -70,15 +70,9 @@ const SOURCE_RULE: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n   
 async fn a_source_rule_adds_a_follower_with_the_exact_request_shape() {
     let app = spawn_app(SOURCE_RULE).await;
     followers(&app, "POST", "c1", &[ALICE], 201, 1).await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "FB-spring"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = app
+        .contact("ContactCreate", "c1", json!({"source": "FB-spring"}))
+        .await;
     app.drain().await;
     assert_eq!(app.event(id).await.status, EventStatus::Done);
     let d = app.decisions(id).await;
@@ -92,15 +86,9 @@ async fn a_source_rule_adds_a_follower_with_the_exact_request_shape() {
 #[tokio::test]
 async fn an_event_no_rule_matches_is_stored_and_makes_no_call() {
     let app = spawn_app(SOURCE_RULE).await;
-    let id = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"source": "web"}),
-        ))
-        .await,
-    )
-    .await;
+    let id = app
+        .contact("ContactCreate", "c1", json!({"source": "web"}))
+        .await;
     app.drain().await;
     assert_eq!(app.event(id).await.status, EventStatus::Done);
     assert!(calls(&app).await.is_empty());
@@ -113,47 +101,23 @@ async fn tag_added_and_tag_removed_compare_with_the_stored_state() {
     let app = spawn_app(rules).await;
     followers(&app, "POST", "c1", &[CAROL], 201, 1).await;
     followers(&app, "DELETE", "c1", &[CAROL], 200, 1).await;
-    accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c1",
-            json!({"tags": ["webinar"]}),
-        ))
-        .await,
-    )
-    .await;
+    app.contact("ContactCreate", "c1", json!({"tags": ["webinar"]}))
+        .await;
     app.drain().await;
     assert!(calls(&app).await.is_empty(), "webinar is not vip");
-    accepted(
-        app.post_app(&contact_event(
-            "ContactTagUpdate",
-            "c1",
-            json!({"tags": ["webinar", "vip"]}),
-        ))
-        .await,
+    app.contact(
+        "ContactTagUpdate",
+        "c1",
+        json!({"tags": ["webinar", "vip"]}),
     )
     .await;
     app.drain().await;
     // The same tags again: nothing was added, so no call.
-    accepted(
-        app.post_app(&contact_event(
-            "ContactUpdate",
-            "c1",
-            json!({"tags": ["webinar", "vip"]}),
-        ))
-        .await,
-    )
-    .await;
+    app.contact("ContactUpdate", "c1", json!({"tags": ["webinar", "vip"]}))
+        .await;
     app.drain().await;
-    accepted(
-        app.post_app(&contact_event(
-            "ContactTagUpdate",
-            "c1",
-            json!({"tags": ["webinar"]}),
-        ))
-        .await,
-    )
-    .await;
+    app.contact("ContactTagUpdate", "c1", json!({"tags": ["webinar"]}))
+        .await;
     app.drain().await;
     let seen: Vec<String> = calls(&app).await.into_iter().map(|(m, _, _)| m).collect();
     assert_eq!(seen, ["POST", "DELETE"]);
@@ -179,15 +143,8 @@ async fn events_of_one_contact_are_processed_in_arrival_order() {
         } else {
             json!([])
         };
-        accepted(
-            app.post_app(&contact_event(
-                "ContactTagUpdate",
-                "c1",
-                json!({"tags": tags}),
-            ))
-            .await,
-        )
-        .await;
+        app.contact("ContactTagUpdate", "c1", json!({"tags": tags}))
+            .await;
     }
     app.drain().await;
     let seen: Vec<String> = calls(&app).await.into_iter().map(|(m, _, _)| m).collect();
@@ -777,11 +734,7 @@ async fn a_slow_call_for_one_contact_does_not_hold_up_other_contacts() {
         .respond_with(ResponseTemplate::new(201))
         .mount(&app.ghl)
         .await;
-    let slow = accepted(
-        app.post_app(&contact_event("ContactCreate", "slow", json!({})))
-            .await,
-    )
-    .await;
+    let slow = app.contact("ContactCreate", "slow", json!({})).await;
     // Let the worker pick up the slow event alone first.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while calls(&app).await.is_empty() {
@@ -845,15 +798,9 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let second = accepted(
-        app.post_app(&contact_event(
-            "ContactCreate",
-            "c2",
-            json!({"source": "fb-y"}),
-        ))
-        .await,
-    )
-    .await;
+    let second = app
+        .contact("ContactCreate", "c2", json!({"source": "fb-y"}))
+        .await;
     let other = accepted(
         app.post_app(&json!({"type": "ContactCreate", "locationId": "OtherLocation0000001", "id": "c3", "source": "fb-z"}))
             .await,
@@ -915,15 +862,13 @@ async fn pruning_deletes_finished_events_and_keeps_pending_ones_and_contact_stat
         .respond_with(ResponseTemplate::new(401))
         .mount(&app.ghl)
         .await;
-    let done = accepted(
-        app.post_app(&contact_event(
+    let done = app
+        .contact(
             "ContactTagUpdate",
             "c1",
             json!({"tags": ["vip"], "webhookId": "w1"}),
-        ))
-        .await,
-    )
-    .await;
+        )
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while app.event(done).await.status != EventStatus::Done {
         assert!(std::time::Instant::now() < deadline);
@@ -946,13 +891,10 @@ async fn pruning_deletes_finished_events_and_keeps_pending_ones_and_contact_stat
         "unfinished work is never pruned"
     );
     // The contact's state survives: the same tags again add nobody.
-    accepted(
-        app.post_app(&contact_event(
-            "ContactTagUpdate",
-            "c1",
-            json!({"tags": ["vip"], "webhookId": "w1"}),
-        ))
-        .await,
+    app.contact(
+        "ContactTagUpdate",
+        "c1",
+        json!({"tags": ["vip"], "webhookId": "w1"}),
     )
     .await;
     let posts = |calls: Vec<(String, String, Value)>| {

@@ -173,6 +173,16 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A signed app webhook about `contact` in location `ve9EPM428h8vShlRW1KT`, with `extra`
+    /// keys; the id of the accepted event.
+    pub async fn contact(&self, event_type: &str, contact: &str, extra: Value) -> i64 {
+        let mut body = serde_json::json!({"type": event_type, "locationId": "ve9EPM428h8vShlRW1KT", "id": contact});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        accepted(self.post_app(&body).await).await
+    }
+
     /// A workflow webhook with the secret in the query string, as GoHighLevel's action sends it.
     pub async fn post_workflow(&self, body: &Value) -> reqwest::Response {
         self.http
