@@ -231,10 +231,16 @@ async fn store(
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
+    // Locations whose token GoHighLevel refused: their events wait (see README, Operations).
+    let refused: Vec<String> = match state.store.token_failures().await {
+        Ok(f) => f.into_iter().map(|(l, _)| l.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
     let body = json!({
         "store": if store.is_ok() { "ok" } else { "unreachable" },
         "rules": { "count": state.rules.rules().len(), "files": state.rules.files().len() },
         "accepting": state.accepting.load(Ordering::SeqCst),
+        "tokens_refused": refused,
     });
     let status = if store.is_ok() {
         StatusCode::OK

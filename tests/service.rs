@@ -835,6 +835,17 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         "no call for a location whose token is refused: {made:?}"
     );
 
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["tokens_refused"], json!([LOC]), "{ready}");
+
     // The operator fixes the token in GoHighLevel and replays the first event: the location resumes.
     assert_eq!(app.store().replay(&[first]).await.unwrap(), 1);
     app.drain().await;
@@ -844,6 +855,16 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         EventStatus::Done,
         "parked events resume with it"
     );
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["tokens_refused"], json!([]), "{ready}");
     app.shutdown().await;
 }
 
