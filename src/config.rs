@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Evaluate and record, never call GoHighLevel (default: true when no token is set).
     #[arg(long, env = "AUTOFOLLOW_DRY_RUN", action = clap::ArgAction::Set)]
     pub dry_run: Option<bool>,
+    /// How long a contact's work waits after its latest webhook, so bursts combine (0 = off).
+    #[arg(long, env = "AUTOFOLLOW_SETTLE_DELAY", default_value = "1s")]
+    pub settle_delay: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -118,6 +121,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub admin_token: Option<SecretString>,
     pub retention: std::time::Duration,
+    pub settle_delay: std::time::Duration,
 }
 
 /// Every configuration problem found.
@@ -255,6 +259,12 @@ impl Config {
             .map_err(|e| problems.push(format!("AUTOFOLLOW_RULES: {e}")))
             .ok();
         let dry_run = args.dry_run.unwrap_or(tokens.is_empty());
+        let settle_delay = match args.settle_delay.trim() {
+            "0" => Some(std::time::Duration::ZERO),
+            text => humantime::parse_duration(text)
+                .map_err(|e| problems.push(format!("AUTOFOLLOW_SETTLE_DELAY: `{text}` is not a duration such as 1s or 500ms: {e}")))
+                .ok(),
+        };
         let retention = humantime::parse_duration(args.retention.trim())
             .map_err(|e| {
                 problems.push(format!(
@@ -263,27 +273,31 @@ impl Config {
                 ))
             })
             .ok();
-        match (listen, verifier, log_format, rules, retention) {
-            (Some(listen), Some(verifier), Some(log_format), Some(rules), Some(retention))
-                if problems.is_empty() =>
-            {
-                Ok(Config {
-                    listen,
-                    rules_path: args.rules,
-                    rules: Arc::new(rules),
-                    database_url,
-                    ghl_api_base_url: base,
-                    tokens,
-                    verifier: Arc::new(verifier),
-                    dry_run,
-                    log_format,
-                    admin_token: args
-                        .admin_token
-                        .filter(|t| !t.trim().is_empty())
-                        .map(|t| SecretString::from(t.trim().to_owned())),
-                    retention,
-                })
-            }
+        match (listen, verifier, log_format, rules, retention, settle_delay) {
+            (
+                Some(listen),
+                Some(verifier),
+                Some(log_format),
+                Some(rules),
+                Some(retention),
+                Some(settle_delay),
+            ) if problems.is_empty() => Ok(Config {
+                listen,
+                rules_path: args.rules,
+                rules: Arc::new(rules),
+                database_url,
+                ghl_api_base_url: base,
+                tokens,
+                verifier: Arc::new(verifier),
+                dry_run,
+                log_format,
+                admin_token: args
+                    .admin_token
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| SecretString::from(t.trim().to_owned())),
+                retention,
+                settle_delay,
+            }),
             _ => Err(ConfigError(problems)),
         }
     }
@@ -312,6 +326,7 @@ mod tests {
             log_format: "xml".into(),
             admin_token: Some("admin-SECRET".into()),
             retention: "forever".into(),
+            settle_delay: "soon".into(),
         };
         let err = Config::from_args(args)
             .err()
@@ -326,6 +341,7 @@ mod tests {
             "AUTOFOLLOW_LOG_FORMAT",
             "AUTOFOLLOW_RULES",
             "AUTOFOLLOW_RETENTION",
+            "AUTOFOLLOW_SETTLE_DELAY",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -342,6 +358,7 @@ mod tests {
             ghl_api_base_url: DEFAULT_GHL_API.into(),
             log_format: "json".into(),
             retention: "30d".into(),
+            settle_delay: "1s".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

@@ -48,6 +48,8 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
     /// Wakes the worker when an event is stored.
     pub wake: Arc<Notify>,
+    /// How long a contact's work waits after its latest webhook.
+    pub settle_delay: Duration,
     /// Bearer token of the admin API; `None` turns the API off.
     pub admin_token: Option<Arc<SecretString>>,
 }
@@ -189,7 +191,7 @@ async fn store(
         opportunity_id: e.opportunity_id.clone(),
         webhook_id: e.webhook_id.clone(),
         body: String::from_utf8_lossy(body).into_owned(),
-        available_at: SystemTime::now(),
+        available_at: SystemTime::now() + state.settle_delay,
     };
     let inserted = state.store.insert_event(new, DEDUP_WINDOW).await;
     let fields = (
@@ -360,6 +362,7 @@ pub async fn start_with_store(
         accepting: Arc::clone(&accepting),
         wake,
         admin_token: config.admin_token.clone().map(Arc::new),
+        settle_delay: config.settle_delay,
     };
     let app = router(state);
     let mut stop = shutdown_rx;

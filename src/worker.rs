@@ -15,7 +15,7 @@ use crate::event::{self, AssignedUser, Event, Parsed};
 use crate::ghl::{CallError, CallRecord, GhlClient};
 use crate::ids::{LocationId, UserId};
 use crate::pipelines::Pipelines;
-use crate::rules::{Plan, PlanEntry, Resolver, RuleSet};
+use crate::rules::{Plan, PlanEntry, PreviousState, Resolver, RuleSet};
 use crate::store::{BodyKind, Claimed, Decision, EventStatus, NewState, Store, StoreError};
 
 /// When to try a failed call again: exponential backoff with full jitter, capped.
@@ -124,6 +124,48 @@ pub struct Worker {
     parked: Mutex<std::collections::HashSet<LocationId>>,
 }
 
+/// The most events of one contact decided together.
+const MAX_BATCH: u32 = 100;
+
+/// How the calls for a group's combined plan ended.
+enum End {
+    Done,
+    Finished(EventStatus, String),
+    Retry(String, Option<Duration>),
+    Park(String),
+}
+
+fn log(claimed: &Claimed, outcome: &Outcome) {
+    let id = claimed.id;
+    match outcome {
+        Outcome::Finished(status, d, _) => tracing::info!(
+            event_id = id,
+            status = status.as_str(),
+            matched = ?d.matched,
+            plan = %d.plan.summary(),
+            batch = ?d.batch,
+            error = d.error.as_deref().unwrap_or(""),
+            dry_run = d.dry_run,
+            "event processed"
+        ),
+        Outcome::Retry(at, d) => {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tracing::warn!(
+                event_id = id,
+                attempt = claimed.attempt,
+                error = d.error.as_deref().unwrap_or(""),
+                retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "event will be retried"
+            );
+        }
+        Outcome::Park(d) => tracing::warn!(
+            event_id = id,
+            error = d.error.as_deref().unwrap_or(""),
+            "event parked until the location's token works (new token, or `autofollow replay`)"
+        ),
+    }
+}
+
 /// How processing one event ended.
 enum Outcome {
     Finished(EventStatus, Decision, NewState),
@@ -227,165 +269,245 @@ impl Worker {
         Ok(())
     }
 
-    /// Processes one claimed event to its end or to its next retry.
-    pub async fn process(&self, claimed: Claimed) {
-        let id = claimed.id;
-        let outcome = self.decide_and_call(&claimed).await;
-        let stored = match outcome {
-            Ok(Outcome::Finished(status, decision, state)) => {
-                tracing::info!(
-                    event_id = id,
-                    status = status.as_str(),
-                    matched = ?decision.matched,
-                    plan = %decision.plan.summary(),
-                    error = decision.error.as_deref().unwrap_or(""),
-                    dry_run = decision.dry_run,
-                    "event processed"
-                );
-                self.store.finish(&claimed, status, &decision, &state).await
-            }
-            Ok(Outcome::Retry(at, decision)) => {
-                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                tracing::warn!(
-                    event_id = id,
-                    attempt = claimed.attempt,
-                    error = decision.error.as_deref().unwrap_or(""),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "event will be retried"
-                );
-                self.store.retry_at(&claimed, at, &decision).await
-            }
-            Ok(Outcome::Park(decision)) => {
-                tracing::warn!(
-                    event_id = id,
-                    error = decision.error.as_deref().unwrap_or(""),
-                    "event parked until the location's token works (new token, or `autofollow replay`)"
-                );
-                self.store.park(&claimed, &decision).await
-            }
+    /// Processes a claimed event, together with the contact's later events that are due
+    /// (their plans combine into at most one add and one remove call), to the end or to the
+    /// next retry.
+    pub async fn process(&self, first: Claimed) {
+        let mut group = vec![first];
+        match self
+            .store
+            .claim_rest(&self.owner, &group[0], MAX_BATCH, self.options.lease)
+            .await
+        {
+            Ok(rest) => group.extend(rest),
             Err(e) => {
-                // The store failed mid-way: leave the lease to expire; nothing is lost.
-                tracing::error!(event_id = id, error = %e, "store error while processing; the event will be retried");
+                tracing::warn!(error = %e, "cannot take the contact's later events; they follow on their own")
+            }
+        }
+        let outcomes = match self.decide_group(&group).await {
+            Ok(o) => o,
+            Err(e) => {
+                // The store failed mid-way: leave the leases to expire; nothing is lost.
+                tracing::error!(event_id = group[0].id, error = %e, "store error while processing; the events will be retried");
                 return;
             }
+        };
+        for (claimed, outcome) in group.iter().zip(&outcomes) {
+            log(claimed, outcome);
+        }
+        let stored = if outcomes.iter().all(|o| matches!(o, Outcome::Finished(..))) {
+            let items: Vec<_> = group
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(c, o)| match o {
+                    Outcome::Finished(status, d, state) => Some((c, *status, d, state)),
+                    _ => None,
+                })
+                .collect();
+            self.store.finish_all(&items).await
+        } else {
+            let mut all = Ok(true);
+            for (claimed, outcome) in group.iter().zip(&outcomes) {
+                let r = match outcome {
+                    Outcome::Finished(status, d, state) => {
+                        self.store.finish(claimed, *status, d, state).await
+                    }
+                    Outcome::Retry(at, d) => self.store.retry_at(claimed, *at, d).await,
+                    Outcome::Park(d) => self.store.park(claimed, d).await,
+                };
+                if !matches!(r, Ok(true)) {
+                    all = r;
+                }
+            }
+            all
         };
         match stored {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                event_id = id,
+                event_id = group[0].id,
                 "lease lost before the result was stored; another attempt will redo it"
             ),
             Err(e) => {
-                tracing::error!(event_id = id, error = %e, "cannot store the result; the event will be retried")
+                tracing::error!(event_id = group[0].id, error = %e, "cannot store the result; the events will be retried")
             }
         }
     }
 
-    async fn decide_and_call(&self, claimed: &Claimed) -> Result<Outcome, StoreError> {
-        let parsed = match claimed.kind {
-            BodyKind::App => event::parse_app(claimed.body.as_bytes()),
-            BodyKind::Workflow => {
-                event::parse_workflow(claimed.body.as_bytes()).map(|e| Parsed::Event(Box::new(e)))
-            }
-        };
-        let event = match parsed {
-            Ok(Parsed::Event(e)) => e,
-            Ok(Parsed::Unsupported { event_type, .. }) => {
-                return Ok(self.failed(
-                    claimed,
-                    format!("stored event type {event_type} is not supported"),
-                ));
-            }
-            Err(e) => return Ok(self.failed(claimed, format!("stored body no longer parses: {e}"))),
-        };
-        let token = self.tokens.for_location(&event.location_id);
-        if let (false, Some(token)) = (self.options.dry_run, token) {
-            match self.store.token_failing(&event.location_id).await? {
-                Some(refused) if refused == fingerprint(token) => {
-                    let mut d = Decision::empty(claimed.attempt, false);
-                    d.outcome = "waiting".into();
-                    d.error = Some(format!(
-                        "GoHighLevel refused the token of location {}; waiting for a new token or a replay",
-                        event.location_id
+    /// Decides every event of the group in order, each on the state the previous one left,
+    /// then makes the calls for the combined plan. One outcome per event, in order.
+    async fn decide_group(&self, group: &[Claimed]) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
+        let mut events: Vec<(usize, Box<Event>)> = Vec::new();
+        for (i, claimed) in group.iter().enumerate() {
+            let parsed = match claimed.kind {
+                BodyKind::App => event::parse_app(claimed.body.as_bytes()),
+                BodyKind::Workflow => event::parse_workflow(claimed.body.as_bytes())
+                    .map(|e| Parsed::Event(Box::new(e))),
+            };
+            match parsed {
+                Ok(Parsed::Event(e)) => events.push((i, e)),
+                Ok(Parsed::Unsupported { event_type, .. }) => {
+                    outcomes[i] = Some(self.failed(
+                        claimed,
+                        format!("stored event type {event_type} is not supported"),
                     ));
-                    self.parked.lock().await.insert(event.location_id.clone());
-                    return Ok(Outcome::Park(d));
+                }
+                Err(e) => {
+                    outcomes[i] =
+                        Some(self.failed(claimed, format!("stored body no longer parses: {e}")))
+                }
+            }
+        }
+        let Some((_, first)) = events.first() else {
+            return Ok(outcomes.into_iter().flatten().collect());
+        };
+        let location = first.location_id.clone();
+        let contact = first.contact_id.clone();
+        let token = self.tokens.for_location(&location);
+        if let (false, Some(token)) = (self.options.dry_run, token) {
+            match self.store.token_failing(&location).await? {
+                Some(refused) if refused == fingerprint(token) => {
+                    self.parked.lock().await.insert(location.clone());
+                    for (i, _) in &events {
+                        let mut d = Decision::empty(group[*i].attempt, false);
+                        d.outcome = "waiting".into();
+                        d.error = Some(format!(
+                            "GoHighLevel refused the token of location {location}; waiting for a new token or a replay"
+                        ));
+                        outcomes[*i] = Some(Outcome::Park(d));
+                    }
+                    return Ok(outcomes.into_iter().flatten().collect());
                 }
                 // The token changed since it was refused: try again.
                 Some(_) => {
-                    self.store.resume_location(&event.location_id).await?;
+                    self.store.resume_location(&location).await?;
                 }
                 None => {}
             }
         }
-        let previous = self
+        // Decide each event on the state the one before it left.
+        let mut tags = self
             .store
-            .previous_state(
-                &event.location_id,
-                &event.contact_id,
-                event.opportunity_id.as_ref(),
-            )
-            .await?;
-        let resolver = match self.resolve(&event, previous.stage.as_deref(), token).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Ok(self.retry_or_fail(
-                    claimed,
-                    e.to_string(),
-                    None,
-                    Decision::empty(claimed.attempt, self.options.dry_run),
-                ));
+            .previous_state(&location, &contact, None)
+            .await?
+            .tags;
+        let mut stages: HashMap<crate::ids::OpportunityId, Option<String>> = HashMap::new();
+        let mut records: Vec<(usize, Decision, NewState)> = Vec::new();
+        let mut net = Plan::default();
+        for (i, event) in &events {
+            let stage = match &event.opportunity_id {
+                Some(o) => {
+                    if !stages.contains_key(o) {
+                        let stored = self
+                            .store
+                            .previous_state(&location, &contact, Some(o))
+                            .await?
+                            .stage;
+                        stages.insert(o.clone(), stored);
+                    }
+                    stages.get(o).cloned().flatten()
+                }
+                None => None,
+            };
+            let previous = PreviousState {
+                tags: tags.clone(),
+                stage,
+            };
+            let resolver = match self.resolve(event, previous.stage.as_deref(), token).await {
+                Ok(r) => r,
+                Err(e) => {
+                    for (j, _) in &events {
+                        let d = Decision::empty(group[*j].attempt, self.options.dry_run);
+                        outcomes[*j] = Some(self.retry_or_fail(&group[*j], e.to_string(), None, d));
+                    }
+                    return Ok(outcomes.into_iter().flatten().collect());
+                }
+            };
+            let decision = self.rules.evaluate(event, &previous, &resolver);
+            net.merge(&decision.plan);
+            let stage_key = event.stage_id.clone().or_else(|| event.stage_name.clone());
+            if let (Some(o), Some(s)) = (&event.opportunity_id, &stage_key) {
+                stages.insert(o.clone(), Some(s.clone()));
             }
-        };
-        let decision = self.rules.evaluate(&event, &previous, &resolver);
-        let state = NewState {
-            location_id: Some(event.location_id.clone()),
-            contact_id: Some(event.contact_id.clone()),
-            tags: event.tags.clone(),
-            stage: event
-                .opportunity_id
-                .clone()
-                .zip(event.stage_id.clone().or_else(|| event.stage_name.clone())),
-        };
-        let mut record = Decision {
-            attempt: claimed.attempt,
-            matched: decision.matched,
-            plan: decision.plan,
-            calls: Vec::new(),
-            outcome: "done".into(),
-            error: None,
-            dry_run: self.options.dry_run,
-        };
-        if record.plan.is_empty() {
-            return Ok(Outcome::Finished(EventStatus::Done, record, state));
+            if event.tags.is_some() {
+                tags.clone_from(&event.tags);
+            }
+            let state = NewState {
+                location_id: Some(location.clone()),
+                contact_id: Some(contact.clone()),
+                tags: event.tags.clone(),
+                stage: event.opportunity_id.clone().zip(stage_key),
+            };
+            let record = Decision {
+                attempt: group[*i].attempt,
+                matched: decision.matched,
+                plan: decision.plan,
+                calls: Vec::new(),
+                outcome: "done".into(),
+                error: None,
+                dry_run: self.options.dry_run,
+                batch: if events.len() > 1 {
+                    events.iter().map(|(j, _)| group[*j].id).collect()
+                } else {
+                    Vec::new()
+                },
+            };
+            records.push((*i, record, state));
         }
-        let batches = batches(&record.plan);
+        let (calls, end) = self.call(&location, &contact, &net, token).await?;
+        for (i, mut record, state) in records {
+            record.calls.clone_from(&calls);
+            let claimed = &group[i];
+            outcomes[i] = Some(match &end {
+                End::Done => Outcome::Finished(EventStatus::Done, record, state),
+                End::Finished(status, reason) => {
+                    record.outcome = status.as_str().into();
+                    record.error = Some(reason.clone());
+                    Outcome::Finished(*status, record, state)
+                }
+                End::Retry(reason, retry_after) => self
+                    .retry_or_fail(claimed, reason.clone(), *retry_after, record)
+                    .with_state(state),
+                End::Park(reason) => {
+                    record.outcome = "waiting".into();
+                    record.error = Some(reason.clone());
+                    Outcome::Park(record)
+                }
+            });
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Makes at most one add and one remove call for the combined plan.
+    async fn call(
+        &self,
+        location: &LocationId,
+        contact: &crate::ids::ContactId,
+        net: &Plan,
+        token: Option<&SecretString>,
+    ) -> Result<(Vec<CallRecord>, End), StoreError> {
+        let mut calls = Vec::new();
+        if net.is_empty() {
+            return Ok((calls, End::Done));
+        }
+        let batches = batches(net);
         if self.options.dry_run {
             for (add, users) in batches {
-                record
-                    .calls
-                    .push(call_record(add, &event, users, None, "dry-run"));
+                calls.push(call_record(add, contact, users, None, "dry-run"));
             }
-            return Ok(Outcome::Finished(EventStatus::Done, record, state));
+            return Ok((calls, End::Done));
         }
         let Some(token) = token else {
             let reason = format!(
-                "no GoHighLevel token for location {} (set GHL_TOKEN or add the location to GHL_LOCATION_TOKENS_FILE)",
-                event.location_id
+                "no GoHighLevel token for location {location} (set GHL_TOKEN or add the location to GHL_LOCATION_TOKENS_FILE)"
             );
-            record.outcome = "failed".into();
-            record.error = Some(reason);
-            return Ok(Outcome::Finished(EventStatus::Failed, record, state));
+            return Ok((calls, End::Finished(EventStatus::Failed, reason)));
         };
         for (add, users) in batches {
-            match self
-                .ghl
-                .followers(token, add, &event.contact_id, &users)
-                .await
-            {
-                Ok(()) => record.calls.push(call_record(
+            match self.ghl.followers(token, add, contact, &users).await {
+                Ok(()) => calls.push(call_record(
                     add,
-                    &event,
+                    contact,
                     users,
                     Some(if add { 201 } else { 200 }),
                     "ok",
@@ -394,27 +516,20 @@ impl Worker {
                     reason,
                     retry_after,
                 }) => {
-                    record
-                        .calls
-                        .push(call_record(add, &event, users, None, &reason));
-                    return Ok(self
-                        .retry_or_fail(claimed, reason, retry_after, record)
-                        .with_state(state));
+                    calls.push(call_record(add, contact, users, None, &reason));
+                    return Ok((calls, End::Retry(reason, retry_after)));
                 }
                 Err(CallError::Permanent { status, reason }) => {
-                    record
-                        .calls
-                        .push(call_record(add, &event, users, status, &reason));
+                    calls.push(call_record(add, contact, users, status, &reason));
                     if matches!(status, Some(401 | 403)) {
                         self.store
-                            .mark_token_failing(&event.location_id, &fingerprint(token), &reason)
+                            .mark_token_failing(location, &fingerprint(token), &reason)
                             .await?;
-                        self.parked.lock().await.insert(event.location_id.clone());
-                        record.outcome = "waiting".into();
-                        record.error = Some(format!(
+                        self.parked.lock().await.insert(location.clone());
+                        let reason = format!(
                             "{reason}; the location's events wait for a new token or a replay"
-                        ));
-                        return Ok(Outcome::Park(record));
+                        );
+                        return Ok((calls, End::Park(reason)));
                     }
                     // 404: the contact was deleted; nothing is left to do, and nothing failed.
                     let end = if status == Some(404) {
@@ -422,19 +537,16 @@ impl Worker {
                     } else {
                         EventStatus::Failed
                     };
-                    record.outcome = end.as_str().into();
-                    record.error = Some(reason);
-                    return Ok(Outcome::Finished(end, record, state));
+                    return Ok((calls, End::Finished(end, reason)));
                 }
             }
         }
         // The token works: events parked while it did not can go.
-        let was_parked = self.parked.lock().await.remove(&event.location_id);
-        if was_parked {
-            let resumed = self.store.resume_location(&event.location_id).await?;
-            tracing::info!(location = %event.location_id, resumed, "the location's token works again; its parked events resume");
+        if self.parked.lock().await.remove(location) {
+            let resumed = self.store.resume_location(location).await?;
+            tracing::info!(%location, resumed, "the location's token works again; its parked events resume");
         }
-        Ok(Outcome::Finished(EventStatus::Done, record, state))
+        Ok((calls, End::Done))
     }
 
     fn failed(&self, claimed: &Claimed, reason: String) -> Outcome {
@@ -600,6 +712,7 @@ impl Decision {
             outcome: String::new(),
             error: None,
             dry_run,
+            batch: Vec::new(),
         }
     }
 }
@@ -623,14 +736,14 @@ fn batches(plan: &Plan) -> Vec<(bool, Vec<UserId>)> {
 
 fn call_record(
     add: bool,
-    event: &Event,
+    contact: &crate::ids::ContactId,
     users: Vec<UserId>,
     status: Option<u16>,
     outcome: &str,
 ) -> CallRecord {
     CallRecord {
         method: if add { "POST" } else { "DELETE" }.to_owned(),
-        path: format!("/contacts/{}/followers", event.contact_id),
+        path: format!("/contacts/{contact}/followers"),
         users,
         status,
         outcome: outcome.to_owned(),

@@ -68,6 +68,24 @@ impl Plan {
         self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// Applies a later plan on top of this one: for a user both mention, the later decision
+    /// wins. This is how the plans of several events of one contact combine into one.
+    pub fn merge(&mut self, later: &Plan) {
+        let mut builder = PlanBuilder::default();
+        let earlier = std::mem::take(self);
+        for (add, entries) in [(true, earlier.add), (false, earlier.remove)] {
+            for e in entries {
+                builder.decide(add, e);
+            }
+        }
+        for (add, entries) in [(true, &later.add), (false, &later.remove)] {
+            for e in entries {
+                builder.decide(add, e.clone());
+            }
+        }
+        *self = builder.finish();
+    }
+
     /// One line: `add: alice, bob; remove: carol`, or `no change`.
     pub fn summary(&self) -> String {
         let list = |entries: &[PlanEntry]| {

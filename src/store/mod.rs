@@ -52,7 +52,8 @@ pub struct NewEvent {
     pub opportunity_id: Option<OpportunityId>,
     pub webhook_id: Option<String>,
     pub body: String,
-    /// Not to be processed before this (the settle delay); usually now.
+    /// Not to be processed before this (now plus the settle delay). The contact's earlier
+    /// waiting events are held back until then too.
     pub available_at: SystemTime,
 }
 
@@ -68,6 +69,8 @@ pub enum Inserted {
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub id: i64,
+    pub location_id: LocationId,
+    pub contact_id: ContactId,
     pub kind: BodyKind,
     pub body: String,
     /// 1 on the first attempt.
@@ -136,6 +139,10 @@ pub struct Decision {
     pub outcome: String,
     pub error: Option<String>,
     pub dry_run: bool,
+    /// When several events of the contact were processed together: all their ids. The calls
+    /// recorded carried their combined plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<i64>,
 }
 
 /// Which events to list or replay; every field narrows the selection.
@@ -206,6 +213,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         opportunity: Option<&OpportunityId>,
     ) -> Result<PreviousState, StoreError>;
 
+    /// Leases the contact's later unfinished events that are due, after `first` (which the
+    /// caller holds), oldest first: processed together, their plans combine.
+    async fn claim_rest(
+        &self,
+        owner: &str,
+        first: &Claimed,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
     /// Ends a claimed event as done or failed, with its decision and the state it leaves.
     /// Returns false (and changes nothing) when the lease was lost.
     async fn finish(
@@ -214,6 +231,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         status: EventStatus,
         decision: &Decision,
         state: &NewState,
+    ) -> Result<bool, StoreError> {
+        self.finish_all(&[(event, status, decision, state)]).await
+    }
+
+    /// Ends several claimed events in one transaction, in order (the last one's state is the
+    /// state that stays). All or nothing: false when any lease was lost.
+    async fn finish_all(
+        &self,
+        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
     ) -> Result<bool, StoreError>;
 
     /// Releases a claimed event to be tried again at `at`, recording the attempt.

@@ -63,6 +63,19 @@ impl SqliteStore {
     }
 }
 
+fn claimed(r: &sqlx::sqlite::SqliteRow, owner: &str) -> Claimed {
+    Claimed {
+        id: r.get("id"),
+        kind: BodyKind::parse(r.get::<&str, _>("kind")),
+        location_id: LocationId::new(r.get::<String, _>("location_id")),
+        contact_id: ContactId::new(r.get::<String, _>("contact_id")),
+        body: r.get("body"),
+        attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+        received_at: from_millis(r.get("received_at")),
+        lease_owner: owner.to_owned(),
+    }
+}
+
 fn record(r: &sqlx::sqlite::SqliteRow) -> EventRecord {
     EventRecord {
         id: r.get("id"),
@@ -87,8 +100,8 @@ async fn insert_decision(
 ) -> Result<(), StoreError> {
     let (matched, plan, calls) = (to_json(&d.matched)?, to_json(&d.plan)?, to_json(&d.calls)?);
     sqlx::query(
-        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(event_id)
     .bind(i64::from(d.attempt))
@@ -98,6 +111,7 @@ async fn insert_decision(
     .bind(&d.outcome)
     .bind(&d.error)
     .bind(d.dry_run)
+    .bind(to_json(&d.batch)?)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -146,6 +160,21 @@ impl Store for SqliteStore {
         .bind(millis(e.available_at).max(now))
         .fetch_one(&mut *tx)
         .await?;
+        // Settle: the contact's earlier waiting events wait as long as this one, so a burst of
+        // webhooks about one change is decided together.
+        sqlx::query(
+            "UPDATE events SET available_at = MAX(available_at, ?)
+             WHERE status = 'pending' AND location_id = ? AND contact_id = ? AND id < ?
+               AND available_at < ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
+        )
+        .bind(millis(e.available_at).max(now))
+        .bind(e.location_id.as_str())
+        .bind(e.contact_id.as_str())
+        .bind(id)
+        .bind(PARKED)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         if let Some(webhook_id) = &e.webhook_id {
             sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
                 .bind(id)
@@ -177,7 +206,7 @@ impl Store for SqliteStore {
                          AND p.contact_id = e.contact_id AND p.id < e.id)
                  ORDER BY e.available_at, e.id
                  LIMIT ?)
-             RETURNING id, kind, body, attempts, received_at",
+             RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
         )
         .bind(owner)
         .bind(expires)
@@ -186,17 +215,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut claimed: Vec<Claimed> = rows
-            .into_iter()
-            .map(|r| Claimed {
-                id: r.get("id"),
-                kind: BodyKind::parse(r.get::<&str, _>("kind")),
-                body: r.get("body"),
-                attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-                received_at: from_millis(r.get("received_at")),
-                lease_owner: owner.to_owned(),
-            })
-            .collect();
+        let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
         claimed.sort_by_key(|c| c.id);
         Ok(claimed)
     }
@@ -233,57 +252,95 @@ impl Store for SqliteStore {
         Ok(PreviousState { tags, stage })
     }
 
-    async fn finish(
+    async fn claim_rest(
         &self,
-        event: &Claimed,
-        status: EventStatus,
-        decision: &Decision,
-        state: &NewState,
+        owner: &str,
+        first: &Claimed,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = millis(SystemTime::now());
+        let expires = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let rows = sqlx::query(
+            "UPDATE events SET lease_owner = ?5, lease_expires_at = ?6, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM events
+                 WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
+                   AND available_at <= ?4 AND (lease_expires_at IS NULL OR lease_expires_at < ?4)
+                   -- Never jump over one of the contact's events that cannot be taken now.
+                   AND id < COALESCE((
+                       SELECT MIN(id) FROM events
+                       WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
+                         AND (available_at > ?4 OR lease_expires_at >= ?4)), 9223372036854775807)
+                 ORDER BY id
+                 LIMIT ?7)
+             RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
+        )
+        .bind(first.location_id.as_str())
+        .bind(first.contact_id.as_str())
+        .bind(first.id)
+        .bind(now)
+        .bind(owner)
+        .bind(expires)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    async fn finish_all(
+        &self,
+        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
     ) -> Result<bool, StoreError> {
         let now = millis(SystemTime::now());
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE events SET status = ?, lease_owner = NULL, lease_expires_at = NULL, last_error = ?, finished_at = ?
-             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
-        )
-        .bind(status.as_str())
-        .bind(&decision.error)
-        .bind(now)
-        .bind(event.id)
-        .bind(&event.lease_owner)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_decision(&mut tx, event.id, decision, now).await?;
-        if let (Some(location), Some(contact), Some(tags)) =
-            (&state.location_id, &state.contact_id, &state.tags)
-        {
-            let tags = to_json(tags)?;
-            sqlx::query(
-                "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
+        for (event, status, decision, state) in events {
+            let updated = sqlx::query(
+                "UPDATE events SET status = ?, lease_owner = NULL, lease_expires_at = NULL, last_error = ?, finished_at = ?
+                 WHERE id = ? AND lease_owner = ? AND status = 'pending'",
             )
-            .bind(location.as_str())
-            .bind(contact.as_str())
-            .bind(tags)
+            .bind(status.as_str())
+            .bind(&decision.error)
             .bind(now)
+            .bind(event.id)
+            .bind(&event.lease_owner)
             .execute(&mut *tx)
             .await?;
-        }
-        if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage) {
-            sqlx::query(
-                "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
-            )
-            .bind(location.as_str())
-            .bind(opportunity.as_str())
-            .bind(stage)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            if updated.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            insert_decision(&mut tx, event.id, decision, now).await?;
+            if let (Some(location), Some(contact), Some(tags)) =
+                (&state.location_id, &state.contact_id, &state.tags)
+            {
+                let tags = to_json(tags)?;
+                sqlx::query(
+                    "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
+                )
+                .bind(location.as_str())
+                .bind(contact.as_str())
+                .bind(tags)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage)
+            {
+                sqlx::query(
+                    "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+                )
+                .bind(location.as_str())
+                .bind(opportunity.as_str())
+                .bind(stage)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(true)
@@ -345,7 +402,7 @@ impl Store for SqliteStore {
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
         let rows = sqlx::query(
-            "SELECT attempt, matched, plan, calls, outcome, error, dry_run FROM decisions WHERE event_id = ? ORDER BY id",
+            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch FROM decisions WHERE event_id = ? ORDER BY id",
         )
         .bind(event_id)
         .fetch_all(&self.pool)
@@ -363,6 +420,7 @@ impl Store for SqliteStore {
                     "outcome": r.get::<String, _>("outcome"),
                     "error": r.get::<Option<String>, _>("error"),
                     "dry_run": r.get::<bool, _>("dry_run"),
+                    "batch": json(r.get("batch"))?,
                 });
                 serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
             })

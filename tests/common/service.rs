@@ -81,6 +81,7 @@ pub struct Options {
     /// Wraps the SQLite store before the service starts (fault injection).
     pub wrap_store: Option<StoreWrapper>,
     pub admin_token: Option<String>,
+    pub settle_delay: String,
 }
 
 impl Default for Options {
@@ -93,6 +94,7 @@ impl Default for Options {
             rules_path: None,
             wrap_store: None,
             admin_token: None,
+            settle_delay: "0".into(),
         }
     }
 }
@@ -126,6 +128,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         log_format: "pretty".into(),
         admin_token: options.admin_token,
         retention: "30d".into(),
+        settle_delay: options.settle_delay,
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
