@@ -75,3 +75,18 @@ fn the_healthcheck_command_fails_when_nothing_listens() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn every_test_file_holds_tests() {
+    // A test file emptied by mistake would otherwise pass silently.
+    for entry in std::fs::read_dir(repo().join("tests")).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let tests = text.matches("#[test]").count()
+                + text.matches("#[tokio::test]").count()
+                + text.matches("proptest!").count();
+            assert!(tests > 0, "{} holds no test", path.display());
+        }
+    }
+}
