@@ -50,6 +50,12 @@ pub struct ServeArgs {
     /// Evaluate and record, never call GoHighLevel (default: true when no token is set).
     #[arg(long, env = "AUTOFOLLOW_DRY_RUN", action = clap::ArgAction::Set)]
     pub dry_run: Option<bool>,
+    /// GoHighLevel's request budget per location and window.
+    #[arg(long, env = "AUTOFOLLOW_RATE_LIMIT", default_value = "100/10s")]
+    pub rate_limit: String,
+    /// GoHighLevel's request budget per location and day.
+    #[arg(long, env = "AUTOFOLLOW_DAILY_LIMIT", default_value_t = 200_000)]
+    pub daily_limit: u32,
     /// How long a contact's work waits after its latest webhook, so bursts combine (0 = off).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_DELAY", default_value = "1s")]
     pub settle_delay: String,
@@ -122,6 +128,8 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     pub retention: std::time::Duration,
     pub settle_delay: std::time::Duration,
+    pub rate_limit: crate::limits::RateLimit,
+    pub daily_limit: u32,
 }
 
 /// Every configuration problem found.
@@ -265,6 +273,14 @@ impl Config {
                 .map_err(|e| problems.push(format!("AUTOFOLLOW_SETTLE_DELAY: `{text}` is not a duration such as 1s or 500ms: {e}")))
                 .ok(),
         };
+        let rate_limit = args
+            .rate_limit
+            .parse::<crate::limits::RateLimit>()
+            .map_err(|e| problems.push(format!("AUTOFOLLOW_RATE_LIMIT: {e}")))
+            .ok();
+        if args.daily_limit < 2 {
+            problems.push("AUTOFOLLOW_DAILY_LIMIT: at least 2".to_owned());
+        }
         let retention = humantime::parse_duration(args.retention.trim())
             .map_err(|e| {
                 problems.push(format!(
@@ -273,7 +289,7 @@ impl Config {
                 ))
             })
             .ok();
-        match (listen, verifier, log_format, rules, retention, settle_delay) {
+        match (listen, verifier, log_format, rules, retention, settle_delay, rate_limit) {
             (
                 Some(listen),
                 Some(verifier),
@@ -281,6 +297,7 @@ impl Config {
                 Some(rules),
                 Some(retention),
                 Some(settle_delay),
+                Some(rate_limit),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -297,6 +314,8 @@ impl Config {
                     .map(|t| SecretString::from(t.trim().to_owned())),
                 retention,
                 settle_delay,
+                rate_limit,
+                daily_limit: args.daily_limit,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -327,6 +346,8 @@ mod tests {
             admin_token: Some("admin-SECRET".into()),
             retention: "forever".into(),
             settle_delay: "soon".into(),
+            rate_limit: "lots".into(),
+            daily_limit: 200_000,
         };
         let err = Config::from_args(args)
             .err()
@@ -342,6 +363,7 @@ mod tests {
             "AUTOFOLLOW_RULES",
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
+            "AUTOFOLLOW_RATE_LIMIT",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -359,6 +381,8 @@ mod tests {
             log_format: "json".into(),
             retention: "30d".into(),
             settle_delay: "1s".into(),
+            rate_limit: "100/10s".into(),
+            daily_limit: 200_000,
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

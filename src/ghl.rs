@@ -8,7 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use crate::ids::{ContactId, LocationId, UserId};
+use crate::limits::{Limits, Observed};
 use crate::pipelines::Pipelines;
 
 /// The API version header GoHighLevel requires on every call.
@@ -27,6 +30,9 @@ pub enum CallError {
     /// Trying again gives the same answer: other 4xx, unreadable success bodies.
     #[error("{reason}")]
     Permanent { status: Option<u16>, reason: String },
+    /// Not sent: the location's rate-limit budget is spent for this long.
+    #[error("waiting {wait:?} for the location's rate limit")]
+    Deferred { wait: Duration },
 }
 
 /// What one followers call did, for the decision record.
@@ -45,10 +51,12 @@ pub struct CallRecord {
 pub struct GhlClient {
     http: reqwest::Client,
     base: String,
+    limits: Arc<Limits>,
 }
 
 impl GhlClient {
-    pub fn new(base: &str, timeout: Duration) -> Result<GhlClient, reqwest::Error> {
+    /// Every call goes through `limits`, the per-location budget.
+    pub fn new(base: &str, timeout: Duration, limits: Arc<Limits>) -> Result<GhlClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -57,6 +65,7 @@ impl GhlClient {
         Ok(GhlClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            limits,
         })
     }
 
@@ -64,6 +73,7 @@ impl GhlClient {
     pub async fn followers(
         &self,
         token: &SecretString,
+        location: &LocationId,
         add: bool,
         contact: &ContactId,
         users: &[UserId],
@@ -72,6 +82,7 @@ impl GhlClient {
         let path = format!("/contacts/{}/followers", urlencode(contact.as_str()));
         self.send(
             token,
+            location,
             method,
             &path,
             &[],
@@ -90,6 +101,7 @@ impl GhlClient {
         let body = self
             .send(
                 token,
+                location,
                 Method::GET,
                 "/opportunities/pipelines",
                 &[("locationId", location.as_str())],
@@ -109,7 +121,7 @@ impl GhlClient {
         location: &LocationId,
     ) -> Result<String, CallError> {
         let path = format!("/locations/{}", urlencode(location.as_str()));
-        let body = self.send(token, Method::GET, &path, &[], None).await?;
+        let body = self.send(token, location, Method::GET, &path, &[], None).await?;
         body.pointer("/location/companyId")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -133,7 +145,7 @@ impl GhlClient {
             ("query", email),
         ];
         let body = self
-            .send(token, Method::GET, "/users/search", &query, None)
+            .send(token, location, Method::GET, "/users/search", &query, None)
             .await?;
         let users = body
             .get("users")
@@ -155,11 +167,15 @@ impl GhlClient {
     async fn send(
         &self,
         token: &SecretString,
+        location: &LocationId,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, CallError> {
+        self.limits
+            .acquire(location)
+            .map_err(|wait| CallError::Deferred { wait })?;
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -181,6 +197,21 @@ impl GhlClient {
             retry_after: None,
         })?;
         let status = response.status();
+        let number = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let observed = Observed {
+            too_many: status == StatusCode::TOO_MANY_REQUESTS,
+            retry_after: number("retry-after").map(Duration::from_secs),
+            remaining: number("x-ratelimit-remaining"),
+            interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+            daily_remaining: number("x-ratelimit-daily-remaining"),
+        };
+        self.limits.observe(location, &observed);
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -35,3 +35,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
+pub mod limits;

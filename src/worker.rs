@@ -130,6 +130,8 @@ const MAX_BATCH: u32 = 100;
 /// How the calls for a group's combined plan ended.
 enum End {
     Done,
+    /// The location's rate-limit budget is spent: wait, without counting an attempt.
+    Defer(Duration),
     Finished(EventStatus, String),
     Retry(String, Option<Duration>),
     Park(String),
@@ -158,6 +160,11 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
                 "event will be retried"
             );
         }
+        Outcome::Defer(at) => tracing::debug!(
+            event_id = id,
+            wait_ms = u64::try_from(at.duration_since(SystemTime::now()).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
+            "waiting for the location's rate limit"
+        ),
         Outcome::Park(d) => tracing::warn!(
             event_id = id,
             error = d.error.as_deref().unwrap_or(""),
@@ -169,6 +176,8 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
 /// How processing one event ended.
 enum Outcome {
     Finished(EventStatus, Decision, NewState),
+    /// Back to the store until then, as if never tried (rate limit).
+    Defer(SystemTime),
     Retry(SystemTime, Decision),
     /// The location's token was refused: wait for a new token or a replay.
     Park(Decision),
@@ -314,6 +323,7 @@ impl Worker {
                     }
                     Outcome::Retry(at, d) => self.store.retry_at(claimed, *at, d).await,
                     Outcome::Park(d) => self.store.park(claimed, d).await,
+                    Outcome::Defer(at) => self.store.defer(claimed, *at).await,
                 };
                 if !matches!(r, Ok(true)) {
                     all = r;
@@ -418,7 +428,10 @@ impl Worker {
                 Err(e) => {
                     for (j, _) in &events {
                         let d = Decision::empty(group[*j].attempt, self.options.dry_run);
-                        outcomes[*j] = Some(self.retry_or_fail(&group[*j], e.to_string(), None, d));
+                        outcomes[*j] = Some(match &e {
+                            CallError::Deferred { wait } => Outcome::Defer(SystemTime::now() + *wait),
+                            _ => self.retry_or_fail(&group[*j], e.to_string(), None, d),
+                        });
                     }
                     return Ok(outcomes.into_iter().flatten().collect());
                 }
@@ -473,6 +486,7 @@ impl Worker {
                     record.error = Some(reason.clone());
                     Outcome::Park(record)
                 }
+                End::Defer(wait) => Outcome::Defer(SystemTime::now() + *wait),
             });
         }
         Ok(outcomes.into_iter().flatten().collect())
@@ -504,7 +518,7 @@ impl Worker {
             return Ok((calls, End::Finished(EventStatus::Failed, reason)));
         };
         for (add, users) in batches {
-            match self.ghl.followers(token, add, contact, &users).await {
+            match self.ghl.followers(token, location, add, contact, &users).await {
                 Ok(()) => calls.push(call_record(
                     add,
                     contact,
@@ -519,6 +533,7 @@ impl Worker {
                     calls.push(call_record(add, contact, users, None, &reason));
                     return Ok((calls, End::Retry(reason, retry_after)));
                 }
+                Err(CallError::Deferred { wait }) => return Ok((calls, End::Defer(wait))),
                 Err(CallError::Permanent { status, reason }) => {
                     calls.push(call_record(add, contact, users, status, &reason));
                     if matches!(status, Some(401 | 403)) {
@@ -625,7 +640,7 @@ impl Worker {
                         cache.insert(location.clone(), (Arc::clone(&p), Instant::now()));
                         resolved.pipelines = Some(p);
                     }
-                    Err(e @ CallError::Retryable { .. }) => return Err(e),
+                    Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => return Err(e),
                     Err(CallError::Permanent { reason, .. }) => {
                         tracing::warn!(location = %location, error = %reason, "cannot read pipelines; rules naming pipelines or stages will not match");
                         resolved.pipelines = known.map(|(p, _)| p);
@@ -645,7 +660,7 @@ impl Worker {
                     let id = match company {
                         Some(c) => match self.ghl.user_by_email(token, &c, location, email).await {
                             Ok(id) => id,
-                            Err(e @ CallError::Retryable { .. }) => return Err(e),
+                            Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => return Err(e),
                             Err(CallError::Permanent { reason, .. }) => {
                                 tracing::warn!(location = %location, error = %reason, "cannot search users; assigned_user stays unresolved");
                                 None
@@ -683,7 +698,7 @@ impl Worker {
                     .insert(location.clone(), c.clone());
                 Ok(Some(c))
             }
-            Err(e @ CallError::Retryable { .. }) => Err(e),
+            Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => Err(e),
             Err(CallError::Permanent { reason, .. }) => {
                 tracing::warn!(location = %location, error = %reason, "cannot read the location's company; assigned_user stays unresolved");
                 Ok(None)

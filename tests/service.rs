@@ -724,6 +724,13 @@ impl autofollow::store::Store for Flaky {
     ) -> Result<bool, autofollow::store::StoreError> {
         self.0.finish_all(events).await
     }
+    async fn defer(
+        &self,
+        e: &autofollow::store::Claimed,
+        at: std::time::SystemTime,
+    ) -> Result<bool, autofollow::store::StoreError> {
+        self.0.defer(e, at).await
+    }
     async fn prune(
         &self,
         before: std::time::SystemTime,

@@ -250,6 +250,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         decision: &Decision,
     ) -> Result<bool, StoreError>;
 
+    /// Releases a claimed event until `at` without counting the attempt or recording a
+    /// decision: it waited for a rate limit, nothing was tried.
+    async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
+
     /// Releases every lease `owner` holds (shutdown).
     async fn release(&self, owner: &str) -> Result<u64, StoreError>;
 

@@ -373,6 +373,19 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = ?, attempts = MAX(attempts - 1, 0)
+             WHERE id = ? AND lease_owner = ? AND status = 'pending'",
+        )
+        .bind(millis(at))
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",

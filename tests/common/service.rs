@@ -82,6 +82,9 @@ pub struct Options {
     pub wrap_store: Option<StoreWrapper>,
     pub admin_token: Option<String>,
     pub settle_delay: String,
+    pub rate_limit: String,
+    /// (location id, token) pairs written to GHL_LOCATION_TOKENS_FILE.
+    pub location_tokens: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -95,6 +98,8 @@ impl Default for Options {
             wrap_store: None,
             admin_token: None,
             settle_delay: "0".into(),
+            rate_limit: "100/10s".into(),
+            location_tokens: Vec::new(),
         }
     }
 }
@@ -121,7 +126,12 @@ pub async fn spawn_with(options: Options) -> TestApp {
         ),
         ghl_api_base_url: ghl.uri(),
         ghl_token: options.token.then(|| TOKEN.to_owned()),
-        ghl_location_tokens_file: None,
+        ghl_location_tokens_file: (!options.location_tokens.is_empty()).then(|| {
+            let path = dir.path().join("tokens.yaml");
+            let yaml: String = options.location_tokens.iter().map(|(l, t)| format!("{l}: {t}\n")).collect();
+            std::fs::write(&path, yaml).expect("tokens file");
+            path
+        }),
         webhook_secret: Some(options.secret),
         ghl_webhook_public_keys: Some(public_key_pem()),
         dry_run: options.dry_run,
@@ -129,6 +139,8 @@ pub async fn spawn_with(options: Options) -> TestApp {
         admin_token: options.admin_token,
         retention: "30d".into(),
         settle_delay: options.settle_delay,
+        rate_limit: options.rate_limit,
+        daily_limit: 200_000,
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
