@@ -289,7 +289,15 @@ impl Config {
                 ))
             })
             .ok();
-        match (listen, verifier, log_format, rules, retention, settle_delay, rate_limit) {
+        match (
+            listen,
+            verifier,
+            log_format,
+            rules,
+            retention,
+            settle_delay,
+            rate_limit,
+        ) {
             (
                 Some(listen),
                 Some(verifier),

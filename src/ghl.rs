@@ -56,7 +56,11 @@ pub struct GhlClient {
 
 impl GhlClient {
     /// Every call goes through `limits`, the per-location budget.
-    pub fn new(base: &str, timeout: Duration, limits: Arc<Limits>) -> Result<GhlClient, reqwest::Error> {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        limits: Arc<Limits>,
+    ) -> Result<GhlClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -121,7 +125,9 @@ impl GhlClient {
         location: &LocationId,
     ) -> Result<String, CallError> {
         let path = format!("/locations/{}", urlencode(location.as_str()));
-        let body = self.send(token, location, Method::GET, &path, &[], None).await?;
+        let body = self
+            .send(token, location, Method::GET, &path, &[], None)
+            .await?;
         body.pointer("/location/companyId")
             .and_then(Value::as_str)
             .map(str::to_owned)

@@ -104,7 +104,11 @@ impl Limits {
     /// Slows the location down when GoHighLevel says its budget is spent.
     pub fn observe(&self, location: &LocationId, seen: &Observed) {
         let wait = if seen.too_many {
-            Some(seen.retry_after.or(seen.interval).unwrap_or(self.window.per))
+            Some(
+                seen.retry_after
+                    .or(seen.interval)
+                    .unwrap_or(self.window.per),
+            )
         } else if seen.remaining == Some(0) {
             Some(seen.interval.unwrap_or(self.window.per))
         } else if seen.daily_remaining == Some(0) {
@@ -128,7 +132,10 @@ mod tests {
     fn rates_parse() {
         assert_eq!(
             "100/10s".parse(),
-            Ok(RateLimit { requests: 100, per: Duration::from_secs(10) })
+            Ok(RateLimit {
+                requests: 100,
+                per: Duration::from_secs(10)
+            })
         );
         assert!("100".parse::<RateLimit>().is_err());
         assert!("x/10s".parse::<RateLimit>().is_err());
@@ -137,23 +144,54 @@ mod tests {
 
     #[test]
     fn a_burst_never_exceeds_the_window_and_locations_are_independent() {
-        let limits = Limits::new("100/10s".parse().unwrap_or(RateLimit { requests: 100, per: Duration::from_secs(10) }), 200_000);
+        let limits = Limits::new(
+            "100/10s".parse().unwrap_or(RateLimit {
+                requests: 100,
+                per: Duration::from_secs(10),
+            }),
+            200_000,
+        );
         let a = LocationId::new("A");
         let granted = (0..200).filter(|_| limits.acquire(&a).is_ok()).count();
-        assert!(granted <= 100 && granted >= 10, "{granted}");
+        assert!((10..=100).contains(&granted), "{granted}");
         let wait = limits.acquire(&a).err().unwrap_or_default();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
-        assert!(limits.acquire(&LocationId::new("B")).is_ok(), "B has its own budget");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert!(
+            limits.acquire(&LocationId::new("B")).is_ok(),
+            "B has its own budget"
+        );
     }
 
     #[test]
     fn a_429_blocks_the_location_for_retry_after() {
-        let limits = Limits::new(RateLimit { requests: 100, per: Duration::from_secs(10) }, 200_000);
+        let limits = Limits::new(
+            RateLimit {
+                requests: 100,
+                per: Duration::from_secs(10),
+            },
+            200_000,
+        );
         let a = LocationId::new("A");
-        limits.observe(&a, &Observed { too_many: true, retry_after: Some(Duration::from_secs(5)), ..Observed::default() });
+        limits.observe(
+            &a,
+            &Observed {
+                too_many: true,
+                retry_after: Some(Duration::from_secs(5)),
+                ..Observed::default()
+            },
+        );
         let wait = limits.acquire(&a).err().unwrap_or_default();
         assert!(wait > Duration::from_secs(4), "{wait:?}");
-        limits.observe(&LocationId::new("B"), &Observed { remaining: Some(3), ..Observed::default() });
+        limits.observe(
+            &LocationId::new("B"),
+            &Observed {
+                remaining: Some(3),
+                ..Observed::default()
+            },
+        );
         assert!(limits.acquire(&LocationId::new("B")).is_ok());
     }
 }

@@ -337,7 +337,10 @@ pub async fn start_with_store(
     let wake = Arc::new(Notify::new());
     let accepting = Arc::new(AtomicBool::new(true));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let limits = Arc::new(crate::limits::Limits::new(config.rate_limit, config.daily_limit));
+    let limits = Arc::new(crate::limits::Limits::new(
+        config.rate_limit,
+        config.daily_limit,
+    ));
     let ghl = GhlClient::new(&config.ghl_api_base_url, Duration::from_secs(15), limits)?;
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),

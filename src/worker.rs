@@ -162,7 +162,12 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
         }
         Outcome::Defer(at) => tracing::debug!(
             event_id = id,
-            wait_ms = u64::try_from(at.duration_since(SystemTime::now()).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
+            wait_ms = u64::try_from(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .as_millis()
+            )
+            .unwrap_or(u64::MAX),
             "waiting for the location's rate limit"
         ),
         Outcome::Park(d) => tracing::warn!(
@@ -429,7 +434,9 @@ impl Worker {
                     for (j, _) in &events {
                         let d = Decision::empty(group[*j].attempt, self.options.dry_run);
                         outcomes[*j] = Some(match &e {
-                            CallError::Deferred { wait } => Outcome::Defer(SystemTime::now() + *wait),
+                            CallError::Deferred { wait } => {
+                                Outcome::Defer(SystemTime::now() + *wait)
+                            }
                             _ => self.retry_or_fail(&group[*j], e.to_string(), None, d),
                         });
                     }
@@ -518,7 +525,11 @@ impl Worker {
             return Ok((calls, End::Finished(EventStatus::Failed, reason)));
         };
         for (add, users) in batches {
-            match self.ghl.followers(token, location, add, contact, &users).await {
+            match self
+                .ghl
+                .followers(token, location, add, contact, &users)
+                .await
+            {
                 Ok(()) => calls.push(call_record(
                     add,
                     contact,
@@ -640,7 +651,9 @@ impl Worker {
                         cache.insert(location.clone(), (Arc::clone(&p), Instant::now()));
                         resolved.pipelines = Some(p);
                     }
-                    Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => return Err(e),
+                    Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => {
+                        return Err(e);
+                    }
                     Err(CallError::Permanent { reason, .. }) => {
                         tracing::warn!(location = %location, error = %reason, "cannot read pipelines; rules naming pipelines or stages will not match");
                         resolved.pipelines = known.map(|(p, _)| p);
@@ -660,7 +673,9 @@ impl Worker {
                     let id = match company {
                         Some(c) => match self.ghl.user_by_email(token, &c, location, email).await {
                             Ok(id) => id,
-                            Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => return Err(e),
+                            Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => {
+                                return Err(e);
+                            }
                             Err(CallError::Permanent { reason, .. }) => {
                                 tracing::warn!(location = %location, error = %reason, "cannot search users; assigned_user stays unresolved");
                                 None

@@ -128,7 +128,11 @@ pub async fn spawn_with(options: Options) -> TestApp {
         ghl_token: options.token.then(|| TOKEN.to_owned()),
         ghl_location_tokens_file: (!options.location_tokens.is_empty()).then(|| {
             let path = dir.path().join("tokens.yaml");
-            let yaml: String = options.location_tokens.iter().map(|(l, t)| format!("{l}: {t}\n")).collect();
+            let yaml: String = options
+                .location_tokens
+                .iter()
+                .map(|(l, t)| format!("{l}: {t}\n"))
+                .collect();
             std::fs::write(&path, yaml).expect("tokens file");
             path
         }),
@@ -214,12 +218,12 @@ impl TestApp {
 
     /// Waits until every stored event is finished (done or failed).
     pub async fn drain(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.store().pending().await.expect("store") == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "events still pending after 15 s");
+            assert!(Instant::now() < deadline, "events still pending after 30 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

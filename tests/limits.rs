@@ -1,0 +1,156 @@
+//! Rate limits end to end: a GoHighLevel stand-in that counts each location's requests in a
+//! sliding window and answers 429 past its limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autofollow::store::EventStatus;
+use common::service::*;
+use serde_json::json;
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+/// Answers like GoHighLevel under its rate limit: per token (one per location), at most
+/// `limit` requests in any `window`, with the `X-RateLimit-*` headers.
+struct Enforcer {
+    limit: usize,
+    window: Duration,
+    seen: Mutex<HashMap<String, VecDeque<Instant>>>,
+    rejected: AtomicUsize,
+    busiest_window: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Enforcer>);
+
+impl Respond for Shared {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let e = &self.0;
+        let token = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let now = Instant::now();
+        let mut seen = e.seen.lock().unwrap();
+        let log = seen.entry(token).or_default();
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= e.window)
+        {
+            log.pop_front();
+        }
+        let interval = e.window.as_millis().to_string();
+        if log.len() >= e.limit {
+            e.rejected.fetch_add(1, Ordering::SeqCst);
+            return ResponseTemplate::new(429)
+                .insert_header("X-RateLimit-Remaining", "0")
+                .insert_header("X-RateLimit-Interval-Milliseconds", interval.as_str());
+        }
+        log.push_back(now);
+        e.busiest_window.fetch_max(log.len(), Ordering::SeqCst);
+        ResponseTemplate::new(201)
+            .insert_header("X-RateLimit-Max", e.limit.to_string().as_str())
+            .insert_header(
+                "X-RateLimit-Remaining",
+                (e.limit - log.len()).to_string().as_str(),
+            )
+            .insert_header("X-RateLimit-Interval-Milliseconds", interval.as_str())
+            .set_body_json(json!({"followers": []}))
+    }
+}
+
+#[tokio::test]
+async fn a_burst_across_locations_completes_without_a_single_429_or_window_overrun() {
+    const LOCATIONS: usize = 3;
+    const PER_LOCATION: usize = 40;
+    let locations: Vec<(String, String)> = (0..LOCATIONS)
+        .map(|i| (format!("Loc{i}"), format!("tok-{i}")))
+        .collect();
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        rate_limit: "10/1s".into(),
+        location_tokens: locations.clone(),
+        ..Options::default()
+    })
+    .await;
+    let enforcer = Arc::new(Enforcer {
+        limit: 10,
+        window: Duration::from_secs(1),
+        seen: Mutex::default(),
+        rejected: AtomicUsize::new(0),
+        busiest_window: AtomicUsize::new(0),
+    });
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(Shared(Arc::clone(&enforcer)))
+        .mount(&app.ghl)
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..PER_LOCATION {
+        for (location, _) in &locations {
+            let body =
+                json!({"type": "ContactCreate", "locationId": location, "id": format!("c{n}")});
+            ids.push(accepted(app.post_app(&body).await).await);
+        }
+    }
+    app.drain().await;
+    for id in &ids {
+        let e = app.event(*id).await;
+        assert_eq!(e.status, EventStatus::Done);
+        assert_eq!(e.attempts, 1, "waiting for the budget is not an attempt");
+    }
+    assert_eq!(
+        enforcer.rejected.load(Ordering::SeqCst),
+        0,
+        "no 429 was needed"
+    );
+    assert!(enforcer.busiest_window.load(Ordering::SeqCst) <= 10);
+    let made = app.ghl.received_requests().await.unwrap_or_default().len();
+    assert_eq!(made, LOCATIONS * PER_LOCATION, "one call per event");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_from_gohighlevel_holds_the_location_back_without_failing_events() {
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        ..Options::default()
+    })
+    .await;
+    // GoHighLevel's own count says the budget is gone (another app, another replica).
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "1")
+                .insert_header("X-RateLimit-Remaining", "0"),
+        )
+        .up_to_n_times(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    let started = Instant::now();
+    let first = app.contact("ContactCreate", "c1", json!({})).await;
+    let second = app.contact("ContactCreate", "c2", json!({})).await;
+    app.drain().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the location waited for Retry-After"
+    );
+    assert_eq!(app.event(first).await.status, EventStatus::Done);
+    assert_eq!(app.event(second).await.status, EventStatus::Done);
+    assert_eq!(
+        app.ghl.received_requests().await.unwrap_or_default().len(),
+        3,
+        "one 429, then one call each"
+    );
+    app.shutdown().await;
+}
