@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// How long a contact's work waits after its latest webhook, so bursts combine (0 = off).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_DELAY", default_value = "1s")]
     pub settle_delay: String,
+    /// How long the follower list GoHighLevel returned is trusted to skip needless calls (0 = off).
+    #[arg(long, env = "AUTOFOLLOW_FOLLOWERS_FRESHNESS", default_value = "60s")]
+    pub followers_freshness: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -130,6 +133,7 @@ pub struct Config {
     pub settle_delay: std::time::Duration,
     pub rate_limit: crate::limits::RateLimit,
     pub daily_limit: u32,
+    pub followers_freshness: std::time::Duration,
 }
 
 /// Every configuration problem found.
@@ -267,12 +271,19 @@ impl Config {
             .map_err(|e| problems.push(format!("AUTOFOLLOW_RULES: {e}")))
             .ok();
         let dry_run = args.dry_run.unwrap_or(tokens.is_empty());
-        let settle_delay = match args.settle_delay.trim() {
+        let mut duration = |name: &str, text: &str| match text.trim() {
             "0" => Some(std::time::Duration::ZERO),
             text => humantime::parse_duration(text)
-                .map_err(|e| problems.push(format!("AUTOFOLLOW_SETTLE_DELAY: `{text}` is not a duration such as 1s or 500ms: {e}")))
+                .map_err(|e| {
+                    problems.push(format!(
+                        "{name}: `{text}` is not a duration such as 1s or 500ms: {e}"
+                    ))
+                })
                 .ok(),
         };
+        let settle_delay = duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay);
+        let followers_freshness =
+            duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
         let rate_limit = args
             .rate_limit
             .parse::<crate::limits::RateLimit>()
@@ -297,6 +308,7 @@ impl Config {
             retention,
             settle_delay,
             rate_limit,
+            followers_freshness,
         ) {
             (
                 Some(listen),
@@ -306,6 +318,7 @@ impl Config {
                 Some(retention),
                 Some(settle_delay),
                 Some(rate_limit),
+                Some(followers_freshness),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -324,6 +337,7 @@ impl Config {
                 settle_delay,
                 rate_limit,
                 daily_limit: args.daily_limit,
+                followers_freshness,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -355,6 +369,7 @@ mod tests {
             retention: "forever".into(),
             settle_delay: "soon".into(),
             rate_limit: "lots".into(),
+            followers_freshness: "a while".into(),
             daily_limit: 200_000,
         };
         let err = Config::from_args(args)
@@ -372,6 +387,7 @@ mod tests {
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
             "AUTOFOLLOW_RATE_LIMIT",
+            "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -391,6 +407,7 @@ mod tests {
             settle_delay: "1s".into(),
             rate_limit: "100/10s".into(),
             daily_limit: 200_000,
+            followers_freshness: "60s".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

@@ -73,7 +73,8 @@ impl GhlClient {
         })
     }
 
-    /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove).
+    /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove). Returns the contact's
+    /// full follower list when GoHighLevel sent it.
     pub async fn followers(
         &self,
         token: &SecretString,
@@ -81,7 +82,7 @@ impl GhlClient {
         add: bool,
         contact: &ContactId,
         users: &[UserId],
-    ) -> Result<(), CallError> {
+    ) -> Result<Option<Vec<UserId>>, CallError> {
         let method = if add { Method::POST } else { Method::DELETE };
         let path = format!("/contacts/{}/followers", urlencode(contact.as_str()));
         self.send(
@@ -93,7 +94,14 @@ impl GhlClient {
             Some(json!({ "followers": users })),
         )
         .await
-        .map(|_| ())
+        .map(|body| {
+            body.get("followers").and_then(Value::as_array).map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(UserId::new)
+                    .collect()
+            })
+        })
     }
 
     /// `GET /opportunities/pipelines?locationId=…`.

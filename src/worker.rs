@@ -62,6 +62,8 @@ pub struct WorkerOptions {
     pub poll: Duration,
     pub retry: RetryPolicy,
     pub dry_run: bool,
+    /// How long the follower list a call returned is trusted to skip needless calls.
+    pub followers_fresh: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -72,6 +74,7 @@ impl Default for WorkerOptions {
             poll: Duration::from_millis(500),
             retry: RetryPolicy::default(),
             dry_run: false,
+            followers_fresh: Duration::from_secs(60),
         }
     }
 }
@@ -524,19 +527,39 @@ impl Worker {
             );
             return Ok((calls, End::Finished(EventStatus::Failed, reason)));
         };
+        // While the follower list GoHighLevel last returned is fresh, skip users who already
+        // follow (adds) or already do not (removes). People change followers by hand, so only
+        // for a short while.
+        let mut batches = batches;
+        if !self.options.followers_fresh.is_zero() {
+            let since = SystemTime::now() - self.options.followers_fresh;
+            if let Some(known) = self.store.known_followers(location, contact, since).await? {
+                for (add, users) in &mut batches {
+                    users.retain(|u| known.contains(u) != *add);
+                }
+                batches.retain(|(_, users)| !users.is_empty());
+            }
+        }
         for (add, users) in batches {
             match self
                 .ghl
                 .followers(token, location, add, contact, &users)
                 .await
             {
-                Ok(()) => calls.push(call_record(
-                    add,
-                    contact,
-                    users,
-                    Some(if add { 201 } else { 200 }),
-                    "ok",
-                )),
+                Ok(list) => {
+                    if let Some(list) = list {
+                        self.store
+                            .set_known_followers(location, contact, &list)
+                            .await?;
+                    }
+                    calls.push(call_record(
+                        add,
+                        contact,
+                        users,
+                        Some(if add { 201 } else { 200 }),
+                        "ok",
+                    ));
+                }
                 Err(CallError::Retryable {
                     reason,
                     retry_after,

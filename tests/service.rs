@@ -724,6 +724,22 @@ impl autofollow::store::Store for Flaky {
     ) -> Result<bool, autofollow::store::StoreError> {
         self.0.finish_all(events).await
     }
+    async fn known_followers(
+        &self,
+        l: &autofollow::ids::LocationId,
+        c: &autofollow::ids::ContactId,
+        since: std::time::SystemTime,
+    ) -> Result<Option<Vec<autofollow::ids::UserId>>, autofollow::store::StoreError> {
+        self.0.known_followers(l, c, since).await
+    }
+    async fn set_known_followers(
+        &self,
+        l: &autofollow::ids::LocationId,
+        c: &autofollow::ids::ContactId,
+        f: &[autofollow::ids::UserId],
+    ) -> Result<(), autofollow::store::StoreError> {
+        self.0.set_known_followers(l, c, f).await
+    }
     async fn defer(
         &self,
         e: &autofollow::store::Claimed,
@@ -1044,5 +1060,46 @@ async fn pruning_deletes_finished_events_and_keeps_pending_ones_and_contact_stat
         1,
         "state kept: vip was not added again"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fresh_follower_list_spares_calls_that_would_change_nothing() {
+    let rules = "rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [carol]\n  - name: not-bob\n    remove: [bob]\n";
+    let app = spawn_app(rules).await;
+    // GoHighLevel answers with the contact's full list: carol follows, bob does not.
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"followers": [CAROL], "followersAdded": [CAROL]})),
+        )
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"followers": [CAROL]})))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    app.contact("ContactTagUpdate", "c1", json!({"tags": ["vip"]}))
+        .await;
+    app.drain().await;
+    // The same again within the freshness window: carol already follows, bob already does not.
+    let id = app
+        .contact("ContactUpdate", "c1", json!({"tags": ["vip"]}))
+        .await;
+    app.drain().await;
+    let d = app.decisions(id).await;
+    assert_eq!(
+        d[0].plan.summary(),
+        "add: carol; remove: bob",
+        "the plan is unchanged"
+    );
+    assert!(
+        d[0].calls.is_empty(),
+        "but no call was needed: {:?}",
+        d[0].calls
+    );
+    app.ghl.verify().await;
     app.shutdown().await;
 }

@@ -254,6 +254,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// decision: it waited for a rate limit, nothing was tried.
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
 
+    /// The contact's follower list as GoHighLevel last returned it, if seen after `since`.
+    async fn known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        since: SystemTime,
+    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError>;
+
+    /// Remembers the follower list a followers call returned.
+    async fn set_known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        followers: &[crate::ids::UserId],
+    ) -> Result<(), StoreError>;
+
     /// Releases every lease `owner` holds (shutdown).
     async fn release(&self, owner: &str) -> Result<u64, StoreError>;
 

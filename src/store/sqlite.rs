@@ -386,6 +386,43 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        since: SystemTime,
+    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT followers FROM known_followers WHERE location_id = ? AND contact_id = ? AND seen_at >= ?",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(millis(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn set_known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        followers: &[crate::ids::UserId],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(to_json(&followers)?)
+        .bind(millis(SystemTime::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",
