@@ -25,6 +25,9 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// Attempts in all, the first included; then the event fails.
     pub max_attempts: u32,
+    /// An event still failing this long after it arrived fails (GoHighLevel's own retries of
+    /// a webhook stop after about 70 minutes; a day is generous).
+    pub max_age: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -33,6 +36,7 @@ impl Default for RetryPolicy {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(300),
             max_attempts: 12,
+            max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -612,6 +616,15 @@ impl Worker {
         retry_after: Option<Duration>,
         mut d: Decision,
     ) -> Outcome {
+        let age = claimed.received_at.elapsed().unwrap_or_default();
+        if age > self.options.retry.max_age {
+            d.outcome = "failed".into();
+            d.error = Some(format!(
+                "gave up after {} (the retry age limit): {reason}",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ));
+            return Outcome::Finished(EventStatus::Failed, d, NewState::default());
+        }
         if claimed.attempt >= self.options.retry.max_attempts {
             d.outcome = "failed".into();
             d.error = Some(format!(
@@ -813,6 +826,7 @@ mod tests {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
             max_attempts: 5,
+            max_age: Duration::from_secs(60),
         };
         for attempt in 1..10 {
             let d = p.delay(attempt, None);

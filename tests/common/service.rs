@@ -154,6 +154,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(200),
             max_attempts: 4,
+            max_age: Duration::from_secs(3600),
         },
         ..WorkerOptions::default()
     };
