@@ -316,6 +316,12 @@ impl Worker {
         for (claimed, outcome) in group.iter().zip(&outcomes) {
             log(claimed, outcome);
         }
+        // The location's budget is spent: hold back all its due work at once.
+        if let Some(Outcome::Defer(at)) = outcomes.iter().find(|o| matches!(o, Outcome::Defer(_))) {
+            if let Err(e) = self.store.defer_location(&group[0].location_id, *at).await {
+                tracing::warn!(error = %e, "cannot hold back the location's events; they are deferred one by one");
+            }
+        }
         let stored = if outcomes.iter().all(|o| matches!(o, Outcome::Finished(..))) {
             let items: Vec<_> = group
                 .iter()

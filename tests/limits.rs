@@ -68,8 +68,8 @@ impl Respond for Shared {
 
 #[tokio::test]
 async fn a_burst_across_locations_completes_without_a_single_429_or_window_overrun() {
-    const LOCATIONS: usize = 3;
-    const PER_LOCATION: usize = 40;
+    const LOCATIONS: usize = 5;
+    const PER_LOCATION: usize = 200;
     let locations: Vec<(String, String)> = (0..LOCATIONS)
         .map(|i| (format!("Loc{i}"), format!("tok-{i}")))
         .collect();
@@ -151,6 +151,78 @@ async fn a_429_from_gohighlevel_holds_the_location_back_without_failing_events()
         app.ghl.received_requests().await.unwrap_or_default().len(),
         3,
         "one 429, then one call each"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_location_held_back_by_gohighlevel_does_not_delay_another() {
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        location_tokens: vec![
+            ("Busy".into(), "tok-busy".into()),
+            ("Calm".into(), "tok-calm".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    Mock::given(wiremock::matchers::header(
+        "authorization",
+        "Bearer tok-busy",
+    ))
+    .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "30"))
+    .mount(&app.ghl)
+    .await;
+    Mock::given(wiremock::matchers::header(
+        "authorization",
+        "Bearer tok-calm",
+    ))
+    .respond_with(ResponseTemplate::new(201))
+    .mount(&app.ghl)
+    .await;
+    let mut busy = Vec::new();
+    for n in 0..10 {
+        let body = json!({"type": "ContactCreate", "locationId": "Busy", "id": format!("b{n}")});
+        busy.push(accepted(app.post_app(&body).await).await);
+    }
+    let started = Instant::now();
+    let mut calm = Vec::new();
+    for n in 0..10 {
+        let body = json!({"type": "ContactCreate", "locationId": "Calm", "id": format!("c{n}")});
+        calm.push(accepted(app.post_app(&body).await).await);
+    }
+    loop {
+        let mut done = 0;
+        for id in &calm {
+            done += usize::from(app.event(*id).await.status == EventStatus::Done);
+        }
+        if done == calm.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the calm location waited for the busy one"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in &busy {
+        let e = app.event(*id).await;
+        assert_eq!(e.status, EventStatus::Pending, "the busy location waits");
+        assert!(e.attempts <= 1, "waiting is not retrying: {e:?}");
+    }
+    let busy_calls = app
+        .ghl
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| {
+            r.headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tok-busy")
+        })
+        .count();
+    assert!(
+        busy_calls <= 8,
+        "after the 429 the busy location is held back: {busy_calls} calls"
     );
     app.shutdown().await;
 }

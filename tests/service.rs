@@ -724,6 +724,13 @@ impl autofollow::store::Store for Flaky {
     ) -> Result<bool, autofollow::store::StoreError> {
         self.0.finish_all(events).await
     }
+    async fn defer_location(
+        &self,
+        l: &autofollow::ids::LocationId,
+        at: std::time::SystemTime,
+    ) -> Result<u64, autofollow::store::StoreError> {
+        self.0.defer_location(l, at).await
+    }
     async fn known_followers(
         &self,
         l: &autofollow::ids::LocationId,

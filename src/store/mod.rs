@@ -254,6 +254,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// decision: it waited for a rate limit, nothing was tried.
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
 
+    /// Moves every due, unleased event of the location to `at` (its rate limit is spent), so
+    /// the worker does not claim them one by one only to put them back.
+    async fn defer_location(
+        &self,
+        location: &LocationId,
+        at: SystemTime,
+    ) -> Result<u64, StoreError>;
+
     /// The contact's follower list as GoHighLevel last returned it, if seen after `since`.
     async fn known_followers(
         &self,

@@ -386,6 +386,26 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn defer_location(
+        &self,
+        location: &LocationId,
+        at: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let now = millis(SystemTime::now());
+        let r = sqlx::query(
+            "UPDATE events SET available_at = ?
+             WHERE status = 'pending' AND location_id = ? AND available_at <= ?
+               AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
+        )
+        .bind(millis(at))
+        .bind(location.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn known_followers(
         &self,
         location: &LocationId,

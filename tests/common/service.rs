@@ -220,12 +220,12 @@ impl TestApp {
 
     /// Waits until every stored event is finished (done or failed).
     pub async fn drain(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.store().pending().await.expect("store") == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "events still pending after 30 s");
+            assert!(Instant::now() < deadline, "events still pending after 60 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
