@@ -200,7 +200,7 @@ async fn a_location_held_back_by_gohighlevel_does_not_delay_another() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "the calm location waited for the busy one"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
