@@ -54,6 +54,7 @@ pub struct ExplainArgs {
 
 #[derive(Serialize)]
 struct JsonExplanation<'a> {
+    rules_version: &'a str,
     event: Option<&'a Event>,
     unsupported: Option<&'a str>,
     previous: &'a PreviousState,
@@ -73,6 +74,7 @@ pub fn explain_json(
     let plan = crate::rules::Plan::default();
     let report = match event::parse_any(body)? {
         Parsed::Unsupported { event_type, .. } => serde_json::to_value(JsonExplanation {
+            rules_version: set.version(),
             event: None,
             unsupported: Some(&event_type),
             previous,
@@ -83,6 +85,7 @@ pub fn explain_json(
         Parsed::Event(event) => {
             let explanation = set.explain(&event, previous, resolver);
             serde_json::to_value(JsonExplanation {
+                rules_version: set.version(),
                 event: Some(&event),
                 unsupported: None,
                 previous,

@@ -240,7 +240,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = json!({
         "store": if store.is_ok() { "ok" } else { "unreachable" },
-        "rules": { "count": state.rules.rules().len(), "files": state.rules.files().len() },
+        "rules": {
+            "version": state.rules.version(),
+            "count": state.rules.rules().len(),
+            "files": state.rules.files().len(),
+        },
         "accepting": state.accepting.load(Ordering::SeqCst),
         "tokens_refused": refused,
     });

@@ -479,6 +479,7 @@ impl Worker {
                 outcome: "done".into(),
                 error: None,
                 dry_run: self.options.dry_run,
+                rules_version: self.rules.version().to_owned(),
                 batch: if events.len() > 1 {
                     events.iter().map(|(j, _)| group[*j].id).collect()
                 } else {
@@ -785,6 +786,7 @@ impl Decision {
             error: None,
             dry_run,
             batch: Vec::new(),
+            rules_version: String::new(),
         }
     }
 }

@@ -222,6 +222,7 @@ fn explain_json_has_the_same_content() {
     assert_eq!(v["plan"]["add"][0]["label"], "bob");
     assert_eq!(v["plan"]["add"][0]["user"], common::BOB);
     assert_eq!(v["summary"], "add: bob, carol");
+    assert_eq!(v["rules_version"].as_str().map(str::len), Some(12));
 }
 
 #[test]

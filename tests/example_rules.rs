@@ -146,3 +146,14 @@ fn the_enterprise_workflow_adds_bob_and_carol() {
         "the paused rule is disabled"
     );
 }
+
+#[test]
+fn the_rule_set_version_is_a_content_hash() {
+    let a = example();
+    assert_eq!(a.version(), example().version(), "same files, same version");
+    let text = "rules:\n  - name: r\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n";
+    let one = RuleSet::from_sources(&[("r.yaml", text)]).unwrap();
+    let edited = RuleSet::from_sources(&[("r.yaml", text.replace("r\n", "r2\n").as_str())]).unwrap();
+    assert_ne!(one.version(), edited.version(), "an edit changes the version");
+    assert_ne!(one.version(), a.version());
+}

@@ -78,6 +78,21 @@ async fn a_source_rule_adds_a_follower_with_the_exact_request_shape() {
     let d = app.decisions(id).await;
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].matched, ["fb"]);
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let version = ready["rules"]["version"].as_str().unwrap_or_default();
+    assert_eq!(version.len(), 12, "{ready}");
+    assert_eq!(
+        d[0].rules_version, version,
+        "the decision names the rule set that made it"
+    );
     assert_eq!(d[0].calls[0].status, Some(201));
     app.ghl.verify().await;
     app.shutdown().await;

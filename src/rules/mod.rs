@@ -36,6 +36,7 @@ pub struct RuleSet {
     files: Vec<Arc<str>>,
     aliases: BTreeMap<String, UserId>,
     warnings: Vec<Diagnostic>,
+    version: String,
 }
 
 /// The outcome of evaluating one event.
@@ -62,13 +63,34 @@ impl RuleSet {
             .map(|(n, t)| (Arc::from(n.as_ref()), t.as_ref().to_owned()))
             .collect();
         let loaded = load::load_sources(&sources)?;
+        let version = {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for (name, text) in &sources {
+                hash.update(name.as_bytes());
+                hash.update([0]);
+                hash.update(text.as_bytes());
+                hash.update([0]);
+            }
+            hash.finalize()
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         Ok(RuleSet {
+            version,
             index: RuleIndex::build(&loaded.rules),
             rules: loaded.rules,
             files: loaded.files,
             aliases: loaded.aliases,
             warnings: loaded.warnings,
         })
+    }
+
+    /// A content hash of the files (names and text): which rule set decided something.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The rules in evaluation order.

@@ -143,6 +143,9 @@ pub struct Decision {
     /// recorded carried their combined plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<i64>,
+    /// [`crate::rules::RuleSet::version`] of the rules that decided.
+    #[serde(default)]
+    pub rules_version: String,
 }
 
 /// Which events to list or replay; every field narrows the selection.

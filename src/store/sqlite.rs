@@ -100,8 +100,8 @@ async fn insert_decision(
 ) -> Result<(), StoreError> {
     let (matched, plan, calls) = (to_json(&d.matched)?, to_json(&d.plan)?, to_json(&d.calls)?);
     sqlx::query(
-        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(event_id)
     .bind(i64::from(d.attempt))
@@ -112,6 +112,7 @@ async fn insert_decision(
     .bind(&d.error)
     .bind(d.dry_run)
     .bind(to_json(&d.batch)?)
+    .bind(&d.rules_version)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -472,7 +473,7 @@ impl Store for SqliteStore {
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
         let rows = sqlx::query(
-            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch FROM decisions WHERE event_id = ? ORDER BY id",
+            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version FROM decisions WHERE event_id = ? ORDER BY id",
         )
         .bind(event_id)
         .fetch_all(&self.pool)
@@ -491,6 +492,7 @@ impl Store for SqliteStore {
                     "error": r.get::<Option<String>, _>("error"),
                     "dry_run": r.get::<bool, _>("dry_run"),
                     "batch": json(r.get("batch"))?,
+                    "rules_version": r.get::<String, _>("rules_version"),
                 });
                 serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
             })
