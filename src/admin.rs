@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/replay", post(replay_many))
         .route("/admin/contacts/{id}/history", get(history))
         .route("/admin/explain", post(explain))
+        .route("/admin/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -187,8 +188,29 @@ async fn explain(
         }),
         stage: q.previous_stage.filter(|s| !s.is_empty()),
     };
-    match explain_json(&state.rules, &body, &previous, &NoResolver) {
+    match explain_json(&state.rules.current(), &body, &previous, &NoResolver) {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Loads the rule files again: 200 with the new version, or 422 with every error while the
+/// previous rules stay in force.
+async fn reload(State(state): State<AppState>) -> Response {
+    let rules = std::sync::Arc::clone(&state.rules);
+    match tokio::task::spawn_blocking(move || rules.reload()).await {
+        Ok(Ok(set)) => Json(
+            json!({ "status": "reloaded", "version": set.version(), "rules": set.rules().len() }),
+        )
+        .into_response(),
+        Ok(Err(e)) => {
+            let errors: Vec<String> = e.errors().map(ToString::to_string).collect();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "status": "rejected", "errors": errors })),
+            )
+                .into_response()
+        }
+        Err(e) => internal(e),
     }
 }

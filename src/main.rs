@@ -227,6 +227,8 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        #[cfg(unix)]
+        reload_on_sighup(std::sync::Arc::clone(&running.rules));
         shutdown_signal().await;
         tracing::info!("shutting down: intake answers 429, in-flight work finishes");
         running.shutdown().await;
@@ -333,4 +335,20 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGHUP reloads the rules (a valid set replaces the old one; an invalid one is logged).
+#[cfg(unix)]
+fn reload_on_sighup(rules: std::sync::Arc<autofollow::rules::LiveRules>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let rules = std::sync::Arc::clone(&rules);
+            let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
+        }
+    });
 }

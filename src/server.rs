@@ -26,7 +26,7 @@ use crate::auth::{AuthError, Verified, Verifier};
 use crate::config::Config;
 use crate::event::{self, Event, ParseError, Parsed};
 use crate::ghl::GhlClient;
-use crate::rules::RuleSet;
+use crate::rules::LiveRules;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{BodyKind, Inserted, NewEvent, Store, StoreError};
 use crate::worker::{Worker, WorkerOptions};
@@ -43,7 +43,7 @@ const RETRY_AFTER_SECS: u64 = 30;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub verifier: Arc<Verifier>,
-    pub rules: Arc<RuleSet>,
+    pub rules: Arc<LiveRules>,
     /// False once shutdown began: intake answers 429.
     pub accepting: Arc<AtomicBool>,
     /// Wakes the worker when an event is stored.
@@ -233,6 +233,7 @@ async fn store(
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.ping().await;
+    let rules = state.rules.status();
     // Locations whose token GoHighLevel refused: their events wait (see README, Operations).
     let refused: Vec<String> = match state.store.token_failures().await {
         Ok(f) => f.into_iter().map(|(l, _)| l.to_string()).collect(),
@@ -241,9 +242,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let body = json!({
         "store": if store.is_ok() { "ok" } else { "unreachable" },
         "rules": {
-            "version": state.rules.version(),
-            "count": state.rules.rules().len(),
-            "files": state.rules.files().len(),
+            "version": rules.version,
+            "count": rules.rules,
+            "files": rules.files,
+            "loaded_at": humantime::format_rfc3339_seconds(rules.loaded_at).to_string(),
+            "last_error": rules.last_error,
         },
         "accepting": state.accepting.load(Ordering::SeqCst),
         "tokens_refused": refused,
@@ -280,6 +283,8 @@ async fn prune(store: Arc<dyn Store>, retention: Duration, mut shutdown: watch::
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The rules in force; `reload()` replaces them (SIGHUP, `POST /admin/reload`).
+    pub rules: Arc<LiveRules>,
     pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     accepting: Arc<AtomicBool>,
@@ -346,9 +351,13 @@ pub async fn start_with_store(
         config.daily_limit,
     ));
     let ghl = GhlClient::new(&config.ghl_api_base_url, Duration::from_secs(15), limits)?;
+    let rules = Arc::new(LiveRules::new(
+        config.rules_path.clone(),
+        Arc::clone(&config.rules),
+    ));
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),
-        Arc::clone(&config.rules),
+        Arc::clone(&rules),
         ghl,
         config.tokens.clone(),
         WorkerOptions {
@@ -366,7 +375,7 @@ pub async fn start_with_store(
     let state = AppState {
         store: Arc::clone(&store),
         verifier: Arc::clone(&config.verifier),
-        rules: Arc::clone(&config.rules),
+        rules: Arc::clone(&rules),
         accepting: Arc::clone(&accepting),
         wake,
         admin_token: config.admin_token.clone().map(Arc::new),
@@ -390,6 +399,7 @@ pub async fn start_with_store(
     );
     Ok(Running {
         addr,
+        rules,
         store,
         shutdown,
         accepting,

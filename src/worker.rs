@@ -15,7 +15,7 @@ use crate::event::{self, AssignedUser, Event, Parsed};
 use crate::ghl::{CallError, CallRecord, GhlClient};
 use crate::ids::{LocationId, UserId};
 use crate::pipelines::Pipelines;
-use crate::rules::{Plan, PlanEntry, PreviousState, Resolver, RuleSet};
+use crate::rules::{LiveRules, Plan, PlanEntry, PreviousState, Resolver};
 use crate::store::{BodyKind, Claimed, Decision, EventStatus, NewState, Store, StoreError};
 
 /// When to try a failed call again: exponential backoff with full jitter, capped.
@@ -120,7 +120,7 @@ impl Resolver for Resolved {
 #[derive(Debug)]
 pub struct Worker {
     store: Arc<dyn Store>,
-    rules: Arc<RuleSet>,
+    rules: Arc<LiveRules>,
     ghl: GhlClient,
     tokens: Tokens,
     options: WorkerOptions,
@@ -198,7 +198,7 @@ enum Outcome {
 impl Worker {
     pub fn new(
         store: Arc<dyn Store>,
-        rules: Arc<RuleSet>,
+        rules: Arc<LiveRules>,
         ghl: GhlClient,
         tokens: Tokens,
         options: WorkerOptions,
@@ -413,6 +413,8 @@ impl Worker {
                 None => {}
             }
         }
+        // The whole group is decided by the rule set in force when it started.
+        let rules = self.rules.current();
         // Decide each event on the state the one before it left.
         let mut tags = self
             .store
@@ -456,7 +458,7 @@ impl Worker {
                     return Ok(outcomes.into_iter().flatten().collect());
                 }
             };
-            let decision = self.rules.evaluate(event, &previous, &resolver);
+            let decision = rules.evaluate(event, &previous, &resolver);
             net.merge(&decision.plan);
             let stage_key = event.stage_id.clone().or_else(|| event.stage_name.clone());
             if let (Some(o), Some(s)) = (&event.opportunity_id, &stage_key) {
@@ -479,7 +481,7 @@ impl Worker {
                 outcome: "done".into(),
                 error: None,
                 dry_run: self.options.dry_run,
-                rules_version: self.rules.version().to_owned(),
+                rules_version: rules.version().to_owned(),
                 batch: if events.len() > 1 {
                     events.iter().map(|(j, _)| group[*j].id).collect()
                 } else {

@@ -64,6 +64,7 @@ async fn every_admin_route_needs_the_bearer_token() {
         (reqwest::Method::POST, "/admin/replay?status=failed"),
         (reqwest::Method::GET, "/admin/contacts/c1/history"),
         (reqwest::Method::POST, "/admin/explain"),
+        (reqwest::Method::POST, "/admin/reload"),
     ] {
         let none = app
             .http
@@ -193,5 +194,87 @@ async fn operators_list_replay_and_explain_over_http() {
         0,
         "explain stores nothing"
     );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_valid_edit_and_rejects_an_invalid_one_keeping_the_old_rules() {
+    let app = admin_app().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.ghl)
+        .await;
+    let users = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
+    let before: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // A valid edit: facebook leads now go to bob.
+    std::fs::write(
+        &app.rules_file,
+        format!("{users}rules:\n  - name: fb\n    when: {{source: 'fb-*'}}\n    add: [bob]\n"),
+    )
+    .unwrap();
+    let (status, answer) = call(&app, reqwest::Method::POST, "/admin/reload", None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "reloaded");
+    assert_ne!(answer["version"], before["rules"]["version"]);
+    let lead = json!({"type": "ContactCreate", "locationId": "L1", "id": "c1", "source": "fb-x"});
+    let id = accepted(app.post_app(&lead).await).await;
+    app.drain().await;
+    let d = app.decisions(id).await;
+    assert_eq!(d[0].plan.summary(), "add: bob");
+    assert_eq!(d[0].rules_version, answer["version"].as_str().unwrap());
+
+    // An invalid edit: rejected with positions, the previous rules still decide.
+    std::fs::write(
+        &app.rules_file,
+        format!("{users}rules:\n  - name: fb\n    when: {{status: closed}}\n    add: [bob]\n"),
+    )
+    .unwrap();
+    let (status, rejected) = call(&app, reqwest::Method::POST, "/admin/reload", None).await;
+    assert_eq!(status, 422, "{rejected}");
+    assert!(
+        rejected["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("rules.yaml:6:20: error: invalid status `closed`"),
+        "{rejected}"
+    );
+    let ready: Value = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["rules"]["version"], answer["version"],
+        "the valid set stays in force"
+    );
+    assert!(
+        ready["rules"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid status"),
+        "{ready}"
+    );
+    let id = accepted(
+        app.post_app(
+            &json!({"type": "ContactCreate", "locationId": "L1", "id": "c2", "source": "fb-y"}),
+        )
+        .await,
+    )
+    .await;
+    app.drain().await;
+    assert_eq!(app.decisions(id).await[0].plan.summary(), "add: bob");
     app.shutdown().await;
 }

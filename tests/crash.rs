@@ -276,3 +276,60 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
     }
     sigterm(second).await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_rules_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        format!("{}rules:\n  - name: all\n    add: [alice]\n", common::USERS),
+    )
+    .unwrap();
+    let ghl = MockServer::start().await;
+    let service = start(dir.path(), &ghl.uri());
+    let http = reqwest::Client::new();
+    let version = |v: &Value| {
+        v["rules"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let ready: Value = http
+        .get(format!("{}/readyz", service.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let before = version(&ready);
+    std::fs::write(
+        &rules,
+        format!("{}rules:\n  - name: all\n    add: [bob]\n", common::USERS),
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: Value = http
+            .get(format!("{}/readyz", service.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if version(&ready) != before {
+            assert_eq!(ready["rules"]["last_error"], Value::Null);
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sigterm(service).await;
+}

@@ -153,7 +153,12 @@ fn the_rule_set_version_is_a_content_hash() {
     assert_eq!(a.version(), example().version(), "same files, same version");
     let text = "rules:\n  - name: r\n    add: [9hTnVvSr1Q2ZyE5kHfXm]\n";
     let one = RuleSet::from_sources(&[("r.yaml", text)]).unwrap();
-    let edited = RuleSet::from_sources(&[("r.yaml", text.replace("r\n", "r2\n").as_str())]).unwrap();
-    assert_ne!(one.version(), edited.version(), "an edit changes the version");
+    let edited =
+        RuleSet::from_sources(&[("r.yaml", text.replace("r\n", "r2\n").as_str())]).unwrap();
+    assert_ne!(
+        one.version(),
+        edited.version(),
+        "an edit changes the version"
+    );
     assert_ne!(one.version(), a.version());
 }

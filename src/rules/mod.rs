@@ -6,6 +6,7 @@
 
 mod eval;
 mod index;
+mod live;
 mod load;
 mod model;
 mod pattern;
@@ -18,6 +19,7 @@ pub use eval::{
     Check, Explanation, NoResolver, Plan, PlanEntry, PreviousState, Resolver, RuleOutcome,
     RuleTrace,
 };
+pub use live::{LiveRules, ReloadStatus};
 pub use load::{
     CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
 };

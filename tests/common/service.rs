@@ -62,6 +62,8 @@ pub fn now_secs() -> u64 {
 
 pub struct TestApp {
     pub base: String,
+    /// The rule file the service reads (tests edit it to try reloads).
+    pub rules_file: std::path::PathBuf,
     pub database_url: String,
     pub ghl: MockServer,
     pub running: Option<Running>,
@@ -119,7 +121,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let ghl = MockServer::start().await;
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
-        rules: options.rules_path.unwrap_or(rules_path),
+        rules: options.rules_path.unwrap_or_else(|| rules_path.clone()),
         database_url: format!(
             "sqlite://{}",
             dir.path().join("data/autofollow.db").display()
@@ -171,6 +173,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     TestApp {
+        rules_file: rules_path,
         base: format!("http://{}", running.addr),
         database_url: config.database_url.clone(),
         ghl,

@@ -1,0 +1,96 @@
+//! The rule set in force, replaceable while the service runs. A reload loads and validates
+//! the whole set; only a valid set replaces the old one, atomically. Work in flight keeps the
+//! set it started with (it holds an `Arc`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use super::{LoadError, RuleSet};
+
+/// What the last reload did, for `/readyz`.
+#[derive(Clone, Debug)]
+pub struct ReloadStatus {
+    pub version: String,
+    pub rules: usize,
+    pub files: usize,
+    pub loaded_at: SystemTime,
+    /// The errors of the last reload that failed, until a valid set loads.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct LiveRules {
+    path: PathBuf,
+    current: RwLock<Arc<RuleSet>>,
+    status: RwLock<ReloadStatus>,
+}
+
+impl LiveRules {
+    pub fn new(path: PathBuf, initial: Arc<RuleSet>) -> LiveRules {
+        let status = ReloadStatus {
+            version: initial.version().to_owned(),
+            rules: initial.rules().len(),
+            files: initial.files().len(),
+            loaded_at: SystemTime::now(),
+            last_error: None,
+        };
+        LiveRules {
+            path,
+            current: RwLock::new(initial),
+            status: RwLock::new(status),
+        }
+    }
+
+    /// The rule set in force now.
+    pub fn current(&self) -> Arc<RuleSet> {
+        match self.current.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        match self.status.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads the files again. A valid set replaces the current one; an invalid one leaves it
+    /// in force and is reported (every error, with file:line:column).
+    pub fn reload(&self) -> Result<Arc<RuleSet>, LoadError> {
+        match RuleSet::load(&self.path) {
+            Ok(set) => {
+                let set = Arc::new(set);
+                if let Ok(mut current) = self.current.write() {
+                    *current = Arc::clone(&set);
+                }
+                if let Ok(mut status) = self.status.write() {
+                    *status = ReloadStatus {
+                        version: set.version().to_owned(),
+                        rules: set.rules().len(),
+                        files: set.files().len(),
+                        loaded_at: SystemTime::now(),
+                        last_error: None,
+                    };
+                }
+                tracing::info!(
+                    version = set.version(),
+                    rules = set.rules().len(),
+                    "rules reloaded"
+                );
+                Ok(set)
+            }
+            Err(e) => {
+                for d in e.errors() {
+                    tracing::error!(diagnostic = %d, "rules not reloaded; the previous rules stay in force");
+                }
+                if let Ok(mut status) = self.status.write() {
+                    status.last_error = Some(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+}
