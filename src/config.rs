@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
+    /// Watch the rule files and reload on change (turn off where file events do not arrive,
+    /// e.g. some network filesystems; SIGHUP and POST /admin/reload still work).
+    #[arg(long, env = "AUTOFOLLOW_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_rules: bool,
     /// Bearer token of the admin API (/admin/…); without it the admin API is off.
     #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -134,6 +138,7 @@ pub struct Config {
     pub rate_limit: crate::limits::RateLimit,
     pub daily_limit: u32,
     pub followers_freshness: std::time::Duration,
+    pub watch_rules: bool,
 }
 
 /// Every configuration problem found.
@@ -338,6 +343,7 @@ impl Config {
                 rate_limit,
                 daily_limit: args.daily_limit,
                 followers_freshness,
+                watch_rules: args.watch_rules,
             }),
             _ => Err(ConfigError(problems)),
         }
@@ -370,6 +376,7 @@ mod tests {
             settle_delay: "soon".into(),
             rate_limit: "lots".into(),
             followers_freshness: "a while".into(),
+            watch_rules: true,
             daily_limit: 200_000,
         };
         let err = Config::from_args(args)

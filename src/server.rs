@@ -286,6 +286,8 @@ pub struct Running {
     /// The rules in force; `reload()` replaces them (SIGHUP, `POST /admin/reload`).
     pub rules: Arc<LiveRules>,
     pub store: Arc<dyn Store>,
+    /// Keeps the rule-file watcher alive.
+    _watcher: Option<notify::RecommendedWatcher>,
     shutdown: watch::Sender<bool>,
     accepting: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -355,6 +357,14 @@ pub async fn start_with_store(
         config.rules_path.clone(),
         Arc::clone(&config.rules),
     ));
+    let watcher = match rules.watch() {
+        _ if !config.watch_rules => None,
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the rule files; reload with SIGHUP or POST /admin/reload");
+            None
+        }
+    };
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),
         Arc::clone(&rules),
@@ -400,6 +410,7 @@ pub async fn start_with_store(
     Ok(Running {
         addr,
         rules,
+        _watcher: watcher,
         store,
         shutdown,
         accepting,

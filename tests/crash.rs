@@ -41,6 +41,8 @@ fn start(dir: &Path, ghl: &str) -> Service {
 fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_autofollow"))
         .arg("serve")
+        // File watching off, so the SIGHUP test proves SIGHUP.
+        .env("AUTOFOLLOW_WATCH_RULES", "false")
         .env("AUTOFOLLOW_LISTEN", "127.0.0.1:0")
         .env("AUTOFOLLOW_RULES", dir.join("rules.yaml"))
         .env(

@@ -2,9 +2,11 @@
 //! the whole set; only a valid set replaces the old one, atomically. Work in flight keeps the
 //! set it started with (it holds an `Arc`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{LoadError, RuleSet};
 
@@ -61,6 +63,12 @@ impl LiveRules {
     /// in force and is reported (every error, with file:line:column).
     pub fn reload(&self) -> Result<Arc<RuleSet>, LoadError> {
         match RuleSet::load(&self.path) {
+            Ok(set) if set.version() == self.current().version() => {
+                if let Ok(mut status) = self.status.write() {
+                    status.last_error = None;
+                }
+                Ok(self.current())
+            }
             Ok(set) => {
                 let set = Arc::new(set);
                 if let Ok(mut current) = self.current.write() {
@@ -92,5 +100,43 @@ impl LiveRules {
                 Err(e)
             }
         }
+    }
+}
+
+/// How long the files must stay quiet before a change is loaded: editors and ConfigMap
+/// updates touch several files in a row.
+const QUIET: Duration = Duration::from_millis(250);
+
+impl LiveRules {
+    /// Watches the rules for changes and reloads after they settle. The directory is watched
+    /// (for a single file, its directory), so files replaced by a rename, as editors and
+    /// Kubernetes ConfigMaps do, are seen too. Keep the returned watcher alive.
+    pub fn watch(self: &Arc<Self>) -> Result<RecommendedWatcher, notify::Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })?;
+        let dir = if self.path.is_dir() {
+            self.path.clone()
+        } else {
+            self.path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        };
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let rules = Arc::clone(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Wait until nothing has changed for QUIET.
+                while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
+                let rules = Arc::clone(&rules);
+                let _ = tokio::task::spawn_blocking(move || rules.reload()).await;
+            }
+        });
+        Ok(watcher)
     }
 }

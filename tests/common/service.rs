@@ -148,6 +148,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         rate_limit: options.rate_limit,
         daily_limit: 200_000,
         followers_freshness: "60s".into(),
+        watch_rules: true,
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
