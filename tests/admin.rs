@@ -205,15 +205,7 @@ async fn a_reload_applies_a_valid_edit_and_rejects_an_invalid_one_keeping_the_ol
         .mount(&app.ghl)
         .await;
     let users = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
-    let before: Value = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = app.ready().await;
 
     // A valid edit: facebook leads now go to bob.
     std::fs::write(
@@ -247,15 +239,7 @@ async fn a_reload_applies_a_valid_edit_and_rejects_an_invalid_one_keeping_the_ol
             .contains("rules.yaml:6:20: error: invalid status `closed`"),
         "{rejected}"
     );
-    let ready: Value = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.ready().await;
     assert_eq!(
         ready["rules"]["version"], answer["version"],
         "the valid set stays in force"

@@ -14,22 +14,11 @@ use wiremock::{Mock, ResponseTemplate};
 
 const USERS: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
 
-async fn ready(app: &TestApp) -> Value {
-    app.http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until `/readyz` satisfies `done`.
 async fn until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = ready(app).await;
+        let r = app.ready().await;
         if done(&r) {
             return r;
         }
@@ -55,7 +44,7 @@ async fn edits_to_the_rule_files_apply_without_a_restart() {
         .mount(&app.ghl)
         .await;
     assert_eq!(plan_for_a_lead(&app, "c1").await, "add: alice");
-    let first = ready(&app).await["rules"]["version"].clone();
+    let first = app.ready().await["rules"]["version"].clone();
 
     // A valid edit, written in place.
     std::fs::write(

@@ -78,15 +78,7 @@ async fn a_source_rule_adds_a_follower_with_the_exact_request_shape() {
     let d = app.decisions(id).await;
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].matched, ["fb"]);
-    let ready: Value = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.ready().await;
     let version = ready["rules"]["version"].as_str().unwrap_or_default();
     assert_eq!(version.len(), 12, "{ready}");
     assert_eq!(
@@ -972,15 +964,7 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         "no call for a location whose token is refused: {made:?}"
     );
 
-    let ready: Value = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.ready().await;
     assert_eq!(ready["tokens_refused"], json!([LOC]), "{ready}");
 
     // The operator fixes the token in GoHighLevel and replays the first event: the location resumes.
@@ -992,15 +976,7 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         EventStatus::Done,
         "parked events resume with it"
     );
-    let ready: Value = app
-        .http
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.ready().await;
     assert_eq!(ready["tokens_refused"], json!([]), "{ready}");
     app.shutdown().await;
 }

@@ -218,6 +218,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The `/readyz` answer.
+    pub async fn ready(&self) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .expect("readyz");
+        r.json().await.expect("readyz JSON")
+    }
+
     pub fn store(&self) -> &dyn autofollow::store::Store {
         self.running.as_ref().expect("running").store.as_ref()
     }
