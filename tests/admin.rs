@@ -96,10 +96,7 @@ async fn operators_list_replay_and_explain_over_http() {
         .up_to_n_times(1)
         .mount(&app.ghl)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "c1", "source": "fb-x"});
     let id = accepted(app.post_app(&body).await).await;
     app.drain().await;
@@ -200,10 +197,7 @@ async fn operators_list_replay_and_explain_over_http() {
 #[tokio::test]
 async fn a_reload_applies_a_valid_edit_and_rejects_an_invalid_one_keeping_the_old_rules() {
     let app = admin_app().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     let users = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
     let before: Value = app.ready().await;
 

@@ -86,6 +86,17 @@ fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
     }
 }
 
+/// A temporary directory holding `rules.yaml`: one rule adding `user` to every contact.
+fn rules_dir(user: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = format!(
+        "{}rules:\n  - name: all\n    add: [{user}]\n",
+        common::USERS
+    );
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    dir
+}
+
 async fn followed_contacts(ghl: &MockServer) -> BTreeSet<String> {
     ghl.received_requests()
         .await
@@ -104,12 +115,7 @@ async fn followed_contacts(ghl: &MockServer) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn acknowledged_events_survive_sigkill_and_are_processed_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        format!("{}rules:\n  - name: all\n    add: [alice]\n", common::USERS),
-    )
-    .unwrap();
+    let dir = rules_dir("alice");
 
     // First run: GoHighLevel hangs, so calls are in flight when the process dies.
     let slow = MockServer::start().await;
@@ -199,12 +205,7 @@ async fn sigterm(service: Service) -> String {
 
 #[tokio::test]
 async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_a_new_token() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        format!("{}rules:\n  - name: all\n    add: [alice]\n", common::USERS),
-    )
-    .unwrap();
+    let dir = rules_dir("alice");
     let refusing = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(401))
@@ -281,13 +282,8 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
 
 #[tokio::test]
 async fn sighup_reloads_the_rules_without_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = rules_dir("alice");
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(
-        &rules,
-        format!("{}rules:\n  - name: all\n    add: [alice]\n", common::USERS),
-    )
-    .unwrap();
     let ghl = MockServer::start().await;
     let service = start(dir.path(), &ghl.uri());
     let http = reqwest::Client::new();

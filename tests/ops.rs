@@ -48,10 +48,7 @@ async fn operators_list_replay_and_explain_events_from_the_command_line() {
         .up_to_n_times(1)
         .mount(&app.ghl)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     let ok = lead(&app, "ok").await;
     let gone = lead(&app, "gone").await;
     let bad = lead(&app, "bad").await;

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::service::*;
 use serde_json::{Value, json};
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
 
 const USERS: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
 
@@ -39,10 +37,7 @@ async fn plan_for_a_lead(app: &TestApp, contact: &str) -> String {
 async fn edits_to_the_rule_files_apply_without_a_restart() {
     let app =
         spawn_app("rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n").await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     assert_eq!(plan_for_a_lead(&app, "c1").await, "add: alice");
     let first = app.ready().await["rules"]["version"].clone();
 

@@ -171,10 +171,7 @@ async fn a_burst_for_one_contact_settles_into_at_most_one_post_and_one_delete() 
         ..Options::default()
     })
     .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(200))
         .mount(&app.ghl)
@@ -859,10 +856,7 @@ async fn a_slow_call_for_one_contact_does_not_hold_up_other_contacts() {
         .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(6)))
         .mount(&app.ghl)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     let slow = app.contact("ContactCreate", "slow", json!({})).await;
     // Let the worker pick up the slow event alone first.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -916,10 +910,7 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         .up_to_n_times(1)
         .mount(&app.ghl)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201))
-        .mount(&app.ghl)
-        .await;
+    app.ghl_accepts_the_rest().await;
     let first = fb_lead(&app).await;
     // Wait until the 401 parked the location, then send more of its events and another's.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

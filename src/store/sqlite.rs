@@ -63,6 +63,18 @@ impl SqliteStore {
     }
 }
 
+/// When a lease taken at `now` (unix ms) expires.
+fn lease_until(now: i64, lease: Duration) -> i64 {
+    now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Claimed rows (from `RETURNING`, in no particular order), oldest first.
+fn claimed_in_order(rows: &[sqlx::sqlite::SqliteRow], owner: &str) -> Vec<Claimed> {
+    let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
+    claimed.sort_by_key(|c| c.id);
+    claimed
+}
+
 fn claimed(r: &sqlx::sqlite::SqliteRow, owner: &str) -> Claimed {
     Claimed {
         id: r.get("id"),
@@ -194,7 +206,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = millis(SystemTime::now());
-        let expires = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = lease_until(now, lease);
         let rows = sqlx::query(
             "UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1
              WHERE id IN (
@@ -216,9 +228,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
-        claimed.sort_by_key(|c| c.id);
-        Ok(claimed)
+        Ok(claimed_in_order(&rows, owner))
     }
 
     async fn previous_state(
@@ -261,7 +271,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = millis(SystemTime::now());
-        let expires = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = lease_until(now, lease);
         let rows = sqlx::query(
             "UPDATE events SET lease_owner = ?5, lease_expires_at = ?6, attempts = attempts + 1
              WHERE id IN (
@@ -286,9 +296,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
-        claimed.sort_by_key(|c| c.id);
-        Ok(claimed)
+        Ok(claimed_in_order(&rows, owner))
     }
 
     async fn finish_all(

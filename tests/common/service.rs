@@ -218,6 +218,21 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Makes the GoHighLevel stand-in accept every other POST (201) and DELETE (200); mount
+    /// more specific mocks first.
+    pub async fn ghl_accepts_the_rest(&self) {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, ResponseTemplate};
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(201))
+            .mount(&self.ghl)
+            .await;
+        Mock::given(method("DELETE"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&self.ghl)
+            .await;
+    }
+
     /// The `/readyz` answer.
     pub async fn ready(&self) -> Value {
         let r = self
