@@ -378,6 +378,15 @@ async fn shared_secret_header_and_standard_webhooks_signatures_are_accepted() {
         .send()
         .await
         .unwrap();
+    let request_id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert!(
+        request_id.is_some_and(|id| id.starts_with("af-")),
+        "every answer carries X-Request-Id"
+    );
     accepted(r).await;
     let mut signed = app
         .http
