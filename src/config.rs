@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// How long the follower list GoHighLevel returned is trusted to skip needless calls (0 = off).
     #[arg(long, env = "AUTOFOLLOW_FOLLOWERS_FRESHNESS", default_value = "60s")]
     pub followers_freshness: String,
+    /// On SIGTERM, how long in-flight calls may finish before their events are released.
+    /// Keep it below the orchestrator's kill timeout (docker stop: 10s unless
+    /// stop_grace_period says otherwise).
+    #[arg(long, env = "AUTOFOLLOW_SHUTDOWN_GRACE", default_value = "8s")]
+    pub shutdown_grace: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -135,6 +140,7 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     pub retention: std::time::Duration,
     pub settle_delay: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
     pub rate_limit: crate::limits::RateLimit,
     pub daily_limit: u32,
     pub followers_freshness: std::time::Duration,
@@ -287,6 +293,7 @@ impl Config {
                 .ok(),
         };
         let settle_delay = duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay);
+        let shutdown_grace = duration("AUTOFOLLOW_SHUTDOWN_GRACE", &args.shutdown_grace);
         let followers_freshness =
             duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
         let rate_limit = args
@@ -314,6 +321,7 @@ impl Config {
             settle_delay,
             rate_limit,
             followers_freshness,
+            shutdown_grace,
         ) {
             (
                 Some(listen),
@@ -324,6 +332,7 @@ impl Config {
                 Some(settle_delay),
                 Some(rate_limit),
                 Some(followers_freshness),
+                Some(shutdown_grace),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -340,6 +349,7 @@ impl Config {
                     .map(|t| SecretString::from(t.trim().to_owned())),
                 retention,
                 settle_delay,
+                shutdown_grace,
                 rate_limit,
                 daily_limit: args.daily_limit,
                 followers_freshness,
@@ -374,6 +384,7 @@ mod tests {
             admin_token: Some("admin-SECRET".into()),
             retention: "forever".into(),
             settle_delay: "soon".into(),
+            shutdown_grace: "patiently".into(),
             rate_limit: "lots".into(),
             followers_freshness: "a while".into(),
             watch_rules: true,
@@ -393,6 +404,7 @@ mod tests {
             "AUTOFOLLOW_RULES",
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
+            "AUTOFOLLOW_SHUTDOWN_GRACE",
             "AUTOFOLLOW_RATE_LIMIT",
             "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
         ] {
@@ -412,6 +424,7 @@ mod tests {
             log_format: "json".into(),
             retention: "30d".into(),
             settle_delay: "1s".into(),
+            shutdown_grace: "8s".into(),
             rate_limit: "100/10s".into(),
             daily_limit: 200_000,
             followers_freshness: "60s".into(),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::ids::{ContactId, LocationId, UserId};
 use crate::limits::{Limits, Observed};
+use crate::metrics::Metrics;
 use crate::pipelines::Pipelines;
 
 /// The API version header GoHighLevel requires on every call.
@@ -52,14 +53,16 @@ pub struct GhlClient {
     http: reqwest::Client,
     base: String,
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
 }
 
 impl GhlClient {
-    /// Every call goes through `limits`, the per-location budget.
+    /// Every call goes through `limits`, the per-location budget, and is counted in `metrics`.
     pub fn new(
         base: &str,
         timeout: Duration,
         limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
     ) -> Result<GhlClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -70,6 +73,7 @@ impl GhlClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
             limits,
+            metrics,
         })
     }
 
@@ -89,7 +93,7 @@ impl GhlClient {
             token,
             location,
             method,
-            &path,
+            ("followers", &path),
             &[],
             Some(json!({ "followers": users })),
         )
@@ -115,7 +119,7 @@ impl GhlClient {
                 token,
                 location,
                 Method::GET,
-                "/opportunities/pipelines",
+                ("pipelines", "/opportunities/pipelines"),
                 &[("locationId", location.as_str())],
                 None,
             )
@@ -134,7 +138,14 @@ impl GhlClient {
     ) -> Result<String, CallError> {
         let path = format!("/locations/{}", urlencode(location.as_str()));
         let body = self
-            .send(token, location, Method::GET, &path, &[], None)
+            .send(
+                token,
+                location,
+                Method::GET,
+                ("locations", &path),
+                &[],
+                None,
+            )
             .await?;
         body.pointer("/location/companyId")
             .and_then(Value::as_str)
@@ -159,7 +170,14 @@ impl GhlClient {
             ("query", email),
         ];
         let body = self
-            .send(token, location, Method::GET, "/users/search", &query, None)
+            .send(
+                token,
+                location,
+                Method::GET,
+                ("users_search", "/users/search"),
+                &query,
+                None,
+            )
             .await?;
         let users = body
             .get("users")
@@ -183,13 +201,19 @@ impl GhlClient {
         token: &SecretString,
         location: &LocationId,
         method: Method,
-        path: &str,
+        (endpoint, path): (&str, &str),
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, CallError> {
-        self.limits
-            .acquire(location)
-            .map_err(|wait| CallError::Deferred { wait })?;
+        if let Err(wait) = self.limits.acquire(location) {
+            self.metrics
+                .rate_limit_waits
+                .with_label_values(&[location.as_str()])
+                .inc();
+            return Err(CallError::Deferred { wait });
+        }
+        let started = std::time::Instant::now();
+        let method_name = method.as_str().to_owned();
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -202,15 +226,25 @@ impl GhlClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| CallError::Retryable {
-            reason: if e.is_timeout() {
-                "GoHighLevel did not answer in time".to_owned()
-            } else {
-                format!("cannot reach GoHighLevel: {}", without_url(&e))
-            },
-            retry_after: None,
+        let response = request.send().await.map_err(|e| {
+            self.metrics
+                .ghl_call(&method_name, endpoint, None, started.elapsed());
+            CallError::Retryable {
+                reason: if e.is_timeout() {
+                    "GoHighLevel did not answer in time".to_owned()
+                } else {
+                    format!("cannot reach GoHighLevel: {}", without_url(&e))
+                },
+                retry_after: None,
+            }
         })?;
         let status = response.status();
+        self.metrics.ghl_call(
+            &method_name,
+            endpoint,
+            Some(status.as_u16()),
+            started.elapsed(),
+        );
         let number = |name: &str| {
             response
                 .headers()

@@ -29,6 +29,7 @@ pub mod event;
 pub mod ghl;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod ops;
 pub mod pipelines;
 pub mod rules;

@@ -94,7 +94,7 @@ enum Command {
     },
     /// Exit 0 when the service at URL answers /healthz (for container health checks).
     Healthcheck {
-        /// Default: http://127.0.0.1:PORT/healthz, PORT from AUTOFOLLOW_LISTEN (else 8080).
+        /// Default: http://127.0.0.1:PORT/readyz (store reachable, rules loaded), PORT from AUTOFOLLOW_LISTEN (else 8080).
         #[arg(long)]
         url: Option<String>,
     },
@@ -264,7 +264,7 @@ fn healthcheck(url: Option<String>) -> ExitCode {
             .ok()
             .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
             .map_or(8080, |a| a.port());
-        format!("http://127.0.0.1:{port}/healthz")
+        format!("http://127.0.0.1:{port}/readyz")
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

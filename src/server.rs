@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,8 +27,10 @@ use crate::auth::{AuthError, Verified, Verifier};
 use crate::config::Config;
 use crate::event::{self, Event, ParseError, Parsed};
 use crate::ghl::GhlClient;
+use crate::metrics::Metrics;
 use crate::rules::LiveRules;
 use crate::store::sqlite::SqliteStore;
+use crate::store::wrap::Wrapped;
 use crate::store::{BodyKind, Inserted, NewEvent, Store, StoreError};
 use crate::worker::{Worker, WorkerOptions};
 
@@ -52,6 +55,7 @@ pub struct AppState {
     pub settle_delay: Duration,
     /// Bearer token of the admin API; `None` turns the API off.
     pub admin_token: Option<Arc<SecretString>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The one error type of the HTTP edge; internals are logged, never sent.
@@ -92,12 +96,19 @@ pub fn router(state: AppState) -> Router {
         Some(_) => crate::admin::router(state.clone()),
         None => Router::new(),
     };
-    Router::new()
-        .merge(admin)
+    let webhooks = Router::new()
         .route("/webhooks/ghl", post(app_webhook))
         .route("/webhooks/workflow", post(workflow_webhook))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            count_webhook,
+        ));
+    Router::new()
+        .merge(admin)
+        .merge(webhooks)
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(
             // The span names the path only: the query string may hold the webhook secret.
@@ -142,7 +153,11 @@ async fn app_webhook(
     match event::parse_app(&body)? {
         Parsed::Unsupported { event_type, .. } => {
             tracing::info!(event_type = %event_type, answer = "ignored", "webhook");
-            Ok(Json(json!({ "status": "ignored" })).into_response())
+            Ok(labelled(
+                Json(json!({ "status": "ignored" })),
+                "other",
+                "ignored",
+            ))
         }
         Parsed::Event(e) => store(&state, proof, BodyKind::App, &e, &body).await,
     }
@@ -210,7 +225,11 @@ async fn store(
                 answer = "accepted",
                 "webhook"
             );
-            Ok(Json(json!({ "status": "accepted", "event_id": id })).into_response())
+            Ok(labelled(
+                Json(json!({ "status": "accepted", "event_id": id })),
+                fields.0,
+                "accepted",
+            ))
         }
         Ok(Inserted::Duplicate) => {
             tracing::info!(
@@ -220,15 +239,80 @@ async fn store(
                 answer = "duplicate",
                 "webhook"
             );
-            Ok(Json(json!({ "status": "duplicate" })).into_response())
+            Ok(labelled(
+                Json(json!({ "status": "duplicate" })),
+                fields.0,
+                "duplicate",
+            ))
         }
         Err(err) => {
             tracing::error!(error = %err, event_type = fields.0, location = fields.1, contact = fields.2, answer = "429", "cannot store webhook");
-            Err(ApiError::Unavailable(
-                "cannot store the event right now; try again later",
-            ))
+            let mut response =
+                ApiError::Unavailable("cannot store the event right now; try again later")
+                    .into_response();
+            response.extensions_mut().insert(WebhookLabel {
+                event_type: fields.0,
+                answer: "store_unavailable",
+            });
+            Ok(response)
         }
     }
+}
+
+/// What a webhook answer was about, for `autofollow_webhooks_total`.
+#[derive(Clone, Copy, Debug)]
+struct WebhookLabel {
+    event_type: &'static str,
+    answer: &'static str,
+}
+
+fn labelled(body: impl IntoResponse, event_type: &'static str, answer: &'static str) -> Response {
+    let mut response = body.into_response();
+    response
+        .extensions_mut()
+        .insert(WebhookLabel { event_type, answer });
+    response
+}
+
+/// Counts every webhook answer, including those no handler produced (413 from the body limit).
+async fn count_webhook(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let endpoint = if request.uri().path().ends_with("/workflow") {
+        "workflow"
+    } else {
+        "app"
+    };
+    let response = next.run(request).await;
+    let label = response.extensions().get::<WebhookLabel>().copied();
+    let answer = match (label, response.status()) {
+        (Some(l), _) => l.answer,
+        (None, StatusCode::BAD_REQUEST) => "bad_request",
+        (None, StatusCode::UNAUTHORIZED) => "unauthorized",
+        (None, StatusCode::PAYLOAD_TOO_LARGE) => "too_large",
+        (None, StatusCode::TOO_MANY_REQUESTS) => "shutting_down",
+        (None, _) => "other",
+    };
+    let event_type = label.map_or("unknown", |l| l.event_type);
+    metrics.webhook(endpoint, event_type, answer);
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state
+        .metrics
+        .render(state.store.as_ref(), &state.rules)
+        .await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -292,10 +376,11 @@ pub struct Running {
     accepting: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     worker: tokio::task::JoinHandle<()>,
+    /// The worker's lease owner name.
+    owner: String,
+    /// How long shutdown waits for in-flight work before releasing it.
+    grace: Duration,
 }
-
-/// How long shutdown waits for in-flight work before releasing it.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 impl Running {
     /// Makes intake answer 429 with `Retry-After` from now on (the first step of shutdown).
@@ -303,12 +388,29 @@ impl Running {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// Stops intake (429), lets in-flight work finish (up to a grace period), releases leases.
+    /// Stops intake (429), lets in-flight work finish (up to the grace period), then releases
+    /// every lease this service holds: its unfinished events are free for the next run (or
+    /// another replica) at once, and are redone there.
     pub async fn shutdown(self) {
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.worker).await;
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.server).await;
+        let mut worker = self.worker;
+        if tokio::time::timeout(self.grace, &mut worker).await.is_err() {
+            tracing::warn!(
+                grace = %humantime::format_duration(self.grace),
+                "in-flight work did not finish in the grace period; it is stopped and its events are released"
+            );
+            worker.abort();
+            let _ = worker.await;
+        }
+        match self.store.release(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "released the leases of unfinished events"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release leases at shutdown; they expire on their own")
+            }
+        }
+        let _ = tokio::time::timeout(self.grace, self.server).await;
     }
 }
 
@@ -334,6 +436,8 @@ pub async fn start_with_store(
     options: WorkerOptions,
     store: Arc<dyn Store>,
 ) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(Wrapped::new(store, Arc::clone(&metrics)));
     let released = store.release_all().await?;
     if released > 0 {
         tracing::info!(released, "resuming events a previous run left unfinished");
@@ -352,10 +456,16 @@ pub async fn start_with_store(
         config.rate_limit,
         config.daily_limit,
     ));
-    let ghl = GhlClient::new(&config.ghl_api_base_url, Duration::from_secs(15), limits)?;
+    let ghl = GhlClient::new(
+        &config.ghl_api_base_url,
+        Duration::from_secs(15),
+        limits,
+        Arc::clone(&metrics),
+    )?;
     let rules = Arc::new(LiveRules::new(
         config.rules_path.clone(),
         Arc::clone(&config.rules),
+        Arc::clone(&metrics),
     ));
     let watcher = match rules.watch() {
         _ if !config.watch_rules => None,
@@ -375,7 +485,9 @@ pub async fn start_with_store(
             ..options
         },
         Arc::clone(&wake),
+        Arc::clone(&metrics),
     ));
+    let owner = worker.owner().to_owned();
     let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
     tokio::spawn(prune(
         Arc::clone(&store),
@@ -390,6 +502,7 @@ pub async fn start_with_store(
         wake,
         admin_token: config.admin_token.clone().map(Arc::new),
         settle_delay: config.settle_delay,
+        metrics,
     };
     let app = router(state);
     let mut stop = shutdown_rx;
@@ -416,5 +529,7 @@ pub async fn start_with_store(
         accepting,
         server,
         worker,
+        owner,
+        grace: config.shutdown_grace,
     })
 }

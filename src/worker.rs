@@ -14,6 +14,7 @@ use crate::config::Tokens;
 use crate::event::{self, AssignedUser, Event, Parsed};
 use crate::ghl::{CallError, CallRecord, GhlClient};
 use crate::ids::{LocationId, UserId};
+use crate::metrics::Metrics;
 use crate::pipelines::Pipelines;
 use crate::rules::{LiveRules, Plan, PlanEntry, PreviousState, Resolver};
 use crate::store::{BodyKind, Claimed, Decision, EventStatus, NewState, Store, StoreError};
@@ -129,6 +130,7 @@ pub struct Worker {
     lookups: Lookups,
     /// Locations with parked events; a successful call for one of them resumes the rest.
     parked: Mutex<std::collections::HashSet<LocationId>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The most events of one contact decided together.
@@ -203,6 +205,7 @@ impl Worker {
         tokens: Tokens,
         options: WorkerOptions,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Worker {
         let owner = format!("{}-{}", std::process::id(), rand::rng().random::<u32>());
         Worker {
@@ -215,7 +218,13 @@ impl Worker {
             wake,
             lookups: Lookups::default(),
             parked: Mutex::default(),
+            metrics,
         }
+    }
+
+    /// The name this worker's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Runs until `shutdown` turns true, then finishes the events in hand and releases leases.
@@ -350,13 +359,39 @@ impl Worker {
             all
         };
         match stored {
-            Ok(true) => {}
+            Ok(true) => self.count(&outcomes),
             Ok(false) => tracing::warn!(
                 event_id = group[0].id,
                 "lease lost before the result was stored; another attempt will redo it"
             ),
             Err(e) => {
                 tracing::error!(event_id = group[0].id, error = %e, "cannot store the result; the events will be retried")
+            }
+        }
+    }
+
+    /// Counts stored outcomes into the metrics.
+    fn count(&self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Finished(status, d, _) => {
+                    self.metrics
+                        .events_finished
+                        .with_label_values(&[status.as_str()])
+                        .inc();
+                    if *status == EventStatus::Failed {
+                        self.metrics.dead_letters.inc();
+                    }
+                    for rule in &d.matched {
+                        self.metrics
+                            .rule_matches
+                            .with_label_values(&[rule.as_str()])
+                            .inc();
+                    }
+                }
+                Outcome::Retry(..) => self.metrics.retries.inc(),
+                Outcome::Park(_) => self.metrics.parked.inc(),
+                Outcome::Defer(_) => {}
             }
         }
     }

@@ -26,10 +26,15 @@ pub struct LiveRules {
     path: PathBuf,
     current: RwLock<Arc<RuleSet>>,
     status: RwLock<ReloadStatus>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LiveRules {
-    pub fn new(path: PathBuf, initial: Arc<RuleSet>) -> LiveRules {
+    pub fn new(
+        path: PathBuf,
+        initial: Arc<RuleSet>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> LiveRules {
         let status = ReloadStatus {
             version: initial.version().to_owned(),
             rules: initial.rules().len(),
@@ -41,6 +46,7 @@ impl LiveRules {
             path,
             current: RwLock::new(initial),
             status: RwLock::new(status),
+            metrics,
         }
     }
 
@@ -62,12 +68,27 @@ impl LiveRules {
     /// Loads the files again. A valid set replaces the current one; an invalid one leaves it
     /// in force and is reported (every error, with file:line:column).
     pub fn reload(&self) -> Result<Arc<RuleSet>, LoadError> {
+        let result = self.load();
+        let outcome = match &result {
+            Ok(false) => "unchanged",
+            Ok(true) => "applied",
+            Err(_) => "rejected",
+        };
+        self.metrics
+            .rule_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        result.map(|_| self.current())
+    }
+
+    /// [`LiveRules::reload`]; true when a new set replaced the old one.
+    fn load(&self) -> Result<bool, LoadError> {
         match RuleSet::load(&self.path) {
             Ok(set) if set.version() == self.current().version() => {
                 if let Ok(mut status) = self.status.write() {
                     status.last_error = None;
                 }
-                Ok(self.current())
+                Ok(false)
             }
             Ok(set) => {
                 let set = Arc::new(set);
@@ -88,7 +109,7 @@ impl LiveRules {
                     rules = set.rules().len(),
                     "rules reloaded"
                 );
-                Ok(set)
+                Ok(true)
             }
             Err(e) => {
                 for d in e.errors() {

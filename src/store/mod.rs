@@ -7,6 +7,7 @@
 //! one contact are claimed one at a time, oldest first.
 
 pub mod sqlite;
+pub mod wrap;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -166,6 +167,17 @@ pub struct EventSummary {
     /// Unix milliseconds.
     pub received_at: i64,
     pub last_decision: Option<Decision>,
+}
+
+/// The queue at a glance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Events not finished yet (waiting, retrying or parked).
+    pub pending: u64,
+    /// When the oldest of them was received.
+    pub oldest_pending: Option<SystemTime>,
+    /// Failed events still stored.
+    pub failed: u64,
 }
 
 /// The state an event leaves behind for its contact and opportunity.
@@ -335,7 +347,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
 
     /// Events not finished yet.
-    async fn pending(&self) -> Result<u64, StoreError>;
+    async fn pending(&self) -> Result<u64, StoreError> {
+        Ok(self.queue_stats().await?.pending)
+    }
+
+    /// How much work waits, and how old the oldest is (for metrics).
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -673,11 +673,21 @@ impl Store for SqliteStore {
         Ok(events)
     }
 
-    async fn pending(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT
+                (SELECT COUNT(*) FROM events WHERE status = 'pending') AS pending,
+                (SELECT MIN(received_at) FROM events WHERE status = 'pending') AS oldest,
+                (SELECT COUNT(*) FROM events WHERE status = 'failed') AS failed",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |name: &str| u64::try_from(row.get::<i64, _>(name)).unwrap_or(0);
+        Ok(QueueStats {
+            pending: count("pending"),
+            oldest_pending: row.get::<Option<i64>, _>("oldest").map(from_millis),
+            failed: count("failed"),
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

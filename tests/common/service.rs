@@ -71,7 +71,47 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
-pub type StoreWrapper = fn(Arc<dyn Store>) -> Arc<dyn Store>;
+/// A switch that makes the test app's store fail, like a full disk or a database gone away.
+#[derive(Clone, Debug, Default)]
+pub struct Faults(Arc<std::sync::atomic::AtomicU8>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The store works.
+    None = 0,
+    /// Storing a webhook fails; everything else works.
+    Inserts = 1,
+    /// Every operation fails.
+    All = 2,
+}
+
+impl Faults {
+    pub fn new(fault: Fault) -> Faults {
+        let faults = Faults::default();
+        faults.set(fault);
+        faults
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.0
+            .store(fault as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl autofollow::store::wrap::Hook for Faults {
+    fn before(&self, operation: &'static str) -> Result<(), autofollow::store::StoreError> {
+        let fault = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        if fault == Fault::All as u8
+            || (fault == Fault::Inserts as u8 && operation == "insert_event")
+        {
+            Err(autofollow::store::StoreError::Corrupt(format!(
+                "injected fault: {operation}: disk I/O error"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
 
 pub struct Options {
     pub rules: String,
@@ -80,13 +120,14 @@ pub struct Options {
     pub secret: String,
     /// Use this rule file or directory instead of `rules` (with the test aliases).
     pub rules_path: Option<std::path::PathBuf>,
-    /// Wraps the SQLite store before the service starts (fault injection).
-    pub wrap_store: Option<StoreWrapper>,
+    /// Fault injection into the store the service runs on.
+    pub faults: Option<Faults>,
     pub admin_token: Option<String>,
     pub settle_delay: String,
     pub rate_limit: String,
     /// (location id, token) pairs written to GHL_LOCATION_TOKENS_FILE.
     pub location_tokens: Vec<(String, String)>,
+    pub shutdown_grace: String,
 }
 
 impl Default for Options {
@@ -97,11 +138,12 @@ impl Default for Options {
             dry_run: None,
             secret: SECRET.to_owned(),
             rules_path: None,
-            wrap_store: None,
+            faults: None,
             admin_token: None,
             settle_delay: "0".into(),
             rate_limit: "100/10s".into(),
             location_tokens: Vec::new(),
+            shutdown_grace: "8s".into(),
         }
     }
 }
@@ -149,6 +191,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         daily_limit: 200_000,
         followers_freshness: "60s".into(),
         watch_rules: true,
+        shutdown_grace: options.shutdown_grace,
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
@@ -166,8 +209,8 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .await
             .expect("store"),
     );
-    let store = match options.wrap_store {
-        Some(wrap) => wrap(store),
+    let store: Arc<dyn Store> = match options.faults.clone() {
+        Some(faults) => Arc::new(autofollow::store::wrap::Wrapped::new(store, faults)),
         None => store,
     };
     let running = server::start_with_store(&config, worker, store)

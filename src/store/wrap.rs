@@ -1,0 +1,96 @@
+//! A [`Store`] around another, with a [`Hook`] called before and after every operation:
+//! the service times each operation into its metrics this way, whatever the backend, and
+//! tests inject faults.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+
+use super::{
+    Claimed, Decision, EventFilter, EventRecord, EventStatus, EventSummary, Inserted, NewEvent,
+    NewState, QueueStats, Store, StoreError,
+};
+use crate::ids::{ContactId, LocationId, OpportunityId, UserId};
+use crate::rules::PreviousState;
+
+/// Called around every operation of a [`Wrapped`] store.
+pub trait Hook: Send + Sync + std::fmt::Debug + 'static {
+    /// Before the operation (named as the [`Store`] method); an error fails it without
+    /// reaching the inner store.
+    fn before(&self, _operation: &'static str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After the operation, with how long it took.
+    fn after(&self, _operation: &'static str, _took: Duration) {}
+}
+
+/// Store operation latency into `autofollow_store_operation_duration_seconds`.
+impl Hook for Arc<crate::metrics::Metrics> {
+    fn after(&self, operation: &'static str, took: Duration) {
+        self.store_op(operation, took);
+    }
+}
+
+#[derive(Debug)]
+pub struct Wrapped<H> {
+    inner: Arc<dyn Store>,
+    hook: H,
+}
+
+impl<H: Hook> Wrapped<H> {
+    pub fn new(inner: Arc<dyn Store>, hook: H) -> Wrapped<H> {
+        Wrapped { inner, hook }
+    }
+}
+
+/// Implements [`Store`] for [`Wrapped`]: each listed method calls the hook around the inner
+/// store's method.
+macro_rules! wrapped {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl<H: Hook> Store for Wrapped<H> {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    self.hook.before(stringify!($name))?;
+                    let start = Instant::now();
+                    let out = self.inner.$name($($arg),*).await;
+                    self.hook.after(stringify!($name), start.elapsed());
+                    out
+                }
+            )*
+        }
+    };
+}
+
+wrapped! {
+    fn insert_event(&self, event: NewEvent, dedup_window: Duration) -> Result<Inserted, StoreError>;
+    fn claim(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
+    fn previous_state(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<PreviousState, StoreError>;
+    fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
+    fn finish(&self, event: &Claimed, status: EventStatus, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
+    fn finish_all(&self, events: &[(&Claimed, EventStatus, &Decision, &NewState)]) -> Result<bool, StoreError>;
+    fn retry_at(&self, event: &Claimed, at: SystemTime, decision: &Decision) -> Result<bool, StoreError>;
+    fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
+    fn defer_location(&self, location: &LocationId, at: SystemTime) -> Result<u64, StoreError>;
+    fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
+    fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId]) -> Result<(), StoreError>;
+    fn release(&self, owner: &str) -> Result<u64, StoreError>;
+    fn release_all(&self) -> Result<u64, StoreError>;
+    fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
+    fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+    fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
+    fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
+    fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
+    fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
+    fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+    fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError>;
+    fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError>;
+    fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
+    fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
+    fn pending(&self) -> Result<u64, StoreError>;
+    fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+    fn ping(&self) -> Result<(), StoreError>;
+}
