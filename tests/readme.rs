@@ -75,6 +75,25 @@ fn expected_plan(lines: &[String], from: usize) -> Option<String> {
     Some(rest.split('`').next()?.to_owned())
 }
 
+/// A Prometheus rule file example: well-formed, every alert with an expression, a severity and
+/// a summary. (The series its expressions name are checked against `/metrics` in
+/// tests/operations.rs.)
+fn prometheus_rules(block: &Block) {
+    let doc: serde_json::Value = serde_yaml::from_str(&block.text)
+        .unwrap_or_else(|e| panic!("README line {}: {e}", block.line));
+    let rules = doc["groups"][0]["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("README line {}: no groups[0].rules", block.line));
+    assert!(rules.len() >= 3);
+    for rule in rules {
+        for key in ["alert", "expr"] {
+            assert!(rule[key].is_string(), "README line {}: {rule}", block.line);
+        }
+        assert!(rule["labels"]["severity"].is_string(), "{rule}");
+        assert!(rule["annotations"]["summary"].is_string(), "{rule}");
+    }
+}
+
 #[test]
 fn every_yaml_example_loads_and_gives_the_plan_the_readme_states() {
     let (lines, blocks) = readme();
@@ -82,6 +101,10 @@ fn every_yaml_example_loads_and_gives_the_plan_the_readme_states() {
     let mut checked = 0;
     for (i, block) in blocks.iter().enumerate() {
         if block.lang != "yaml" {
+            continue;
+        }
+        if block.text.starts_with("groups:") {
+            prometheus_rules(block);
             continue;
         }
         let set = load_with_aliases(block);
