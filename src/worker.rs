@@ -155,6 +155,7 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
             matched = ?d.matched,
             plan = %d.plan.summary(),
             batch = ?d.batch,
+            calls = %calls_summary(&d.calls),
             error = d.error.as_deref().unwrap_or(""),
             dry_run = d.dry_run,
             "event processed"
@@ -185,6 +186,18 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
             "event parked until the location's token works (new token, or `autofollow replay`)"
         ),
     }
+}
+
+/// `POST 201 ok; DELETE - GoHighLevel did not answer in time`: each call and how it ended.
+fn calls_summary(calls: &[CallRecord]) -> String {
+    calls
+        .iter()
+        .map(|c| {
+            let status = c.status.map_or_else(|| "-".to_owned(), |s| s.to_string());
+            format!("{} {status} {}", c.method, c.outcome)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// How processing one event ended.

@@ -190,6 +190,42 @@ async fn acknowledged_events_survive_sigkill_and_are_processed_after_restart() {
     assert!(logs.contains("/webhooks/workflow"), "{logs}");
     assert!(!logs.contains(SECRET), "the webhook secret was logged");
     assert!(!logs.contains(TOKEN), "the GoHighLevel token was logged");
+
+    // JSON lines: one per webhook and one per decision, with the fields operators filter on.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let webhook = lines
+        .iter()
+        .find(|l| l["message"] == "webhook" && l["answer"] == "accepted")
+        .expect("a webhook line");
+    for field in ["event_type", "location", "contact"] {
+        assert!(webhook[field].is_string(), "{field} in {webhook}");
+    }
+    assert!(
+        webhook["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("af-")),
+        "{webhook}"
+    );
+    let decision = lines
+        .iter()
+        .find(|l| l["message"] == "event processed" && l["status"] == "done")
+        .expect("a decision line");
+    assert!(
+        decision["matched"]
+            .as_str()
+            .is_some_and(|m| m.contains("all")),
+        "{decision}"
+    );
+    assert!(
+        decision["plan"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("add: ")),
+        "{decision}"
+    );
+    assert_eq!(decision["calls"], "POST 201 ok", "{decision}");
 }
 
 async fn sigterm(service: Service) -> String {
