@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Rule file or directory.
     #[arg(long, env = "AUTOFOLLOW_RULES", default_value = "rules")]
     pub rules: PathBuf,
-    /// Store: sqlite://PATH (created if missing).
+    /// Store: sqlite://PATH (created if missing) or postgres://USER@HOST/DB (several replicas).
     #[arg(
         long,
         env = "AUTOFOLLOW_DATABASE_URL",
@@ -175,14 +175,11 @@ impl Config {
             })
             .ok();
         let database_url = args.database_url.trim().to_owned();
-        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-            problems.push(
-                "AUTOFOLLOW_DATABASE_URL: PostgreSQL is not supported yet; use sqlite://PATH"
-                    .to_owned(),
-            );
-        } else if !database_url.starts_with("sqlite:") {
+        if !crate::store::is_postgres(&database_url) && !database_url.starts_with("sqlite:") {
+            // Only the scheme: the URL may hold a password.
+            let scheme = database_url.split(':').next().unwrap_or_default();
             problems.push(format!(
-                "AUTOFOLLOW_DATABASE_URL: `{database_url}` is not a sqlite://PATH URL"
+                "AUTOFOLLOW_DATABASE_URL: `{scheme}:` is neither sqlite://PATH nor postgres://…"
             ));
         }
         let base = args

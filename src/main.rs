@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use autofollow::cli::{self, ExplainArgs};
 use autofollow::config::{Config, ServeArgs};
 use autofollow::ids::ContactId;
-use autofollow::store::sqlite::SqliteStore;
 use autofollow::store::{EventFilter, Store};
 use autofollow::{ops, server, telemetry, worker};
 
@@ -323,10 +322,10 @@ where
         }
     };
     let result = runtime.block_on(async {
-        let store = SqliteStore::open_existing(&db.database_url)
+        let store = autofollow::store::open_existing(&db.database_url)
             .await
             .map_err(|e| e.to_string())?;
-        command(std::sync::Arc::new(store)).await
+        command(store).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,7 +29,6 @@ use crate::event::{self, Event, ParseError, Parsed};
 use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
 use crate::rules::LiveRules;
-use crate::store::sqlite::SqliteStore;
 use crate::store::wrap::Wrapped;
 use crate::store::{BodyKind, Inserted, NewEvent, Store, StoreError};
 use crate::worker::{Worker, WorkerOptions};
@@ -426,7 +425,7 @@ pub enum StartError {
 
 /// Opens the store, starts the worker and the HTTP server.
 pub async fn start(config: &Config, options: WorkerOptions) -> Result<Running, StartError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_url).await?);
+    let store = crate::store::open(&config.database_url).await?;
     start_with_store(config, options, store).await
 }
 

@@ -6,6 +6,7 @@
 //! event with a lease, and only the lease holder may finish it or schedule a retry. Events of
 //! one contact are claimed one at a time, oldest first.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod wrap;
 
@@ -356,6 +357,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Whether `url` selects the PostgreSQL backend.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens (creating and migrating) the store `url` selects: `sqlite://PATH` or `postgres://…`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(if is_postgres(url) {
+        std::sync::Arc::new(postgres::PgStore::open(url).await?)
+    } else {
+        std::sync::Arc::new(sqlite::SqliteStore::open(url).await?)
+    })
+}
+
+/// Opens an existing store for operator commands (a SQLite file is not created).
+pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(if is_postgres(url) {
+        std::sync::Arc::new(postgres::PgStore::open(url).await?)
+    } else {
+        std::sync::Arc::new(sqlite::SqliteStore::open_existing(url).await?)
+    })
 }
 
 pub(crate) fn millis(t: SystemTime) -> i64 {

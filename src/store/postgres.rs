@@ -1,0 +1,668 @@
+//! The PostgreSQL store, for several replicas on one database. The same contract as the
+//! SQLite store; claims use `FOR UPDATE SKIP LOCKED`, so replicas never take the same event,
+//! and only a contact's oldest unfinished event can be claimed, so no two replicas work on one
+//! contact at once. A replica that dies leaves leases that expire; another replica then
+//! resumes its events.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::*;
+
+/// `available_at` of a parked event (as in the SQLite store).
+const PARKED: i64 = 9_000_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects and migrates. `max_connections` bounds this process's share of the server.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let pool = connect(url, 8).await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A pool on `url` (a `postgres://` URL; `?options=-c search_path=…` selects a schema).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?)
+}
+
+fn lease_until(now: i64, lease: Duration) -> i64 {
+    now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn claimed_in_order(rows: &[PgRow], owner: &str) -> Vec<Claimed> {
+    let mut claimed: Vec<Claimed> = rows
+        .iter()
+        .map(|r| Claimed {
+            id: r.get("id"),
+            kind: BodyKind::parse(r.get::<&str, _>("kind")),
+            location_id: LocationId::new(r.get::<String, _>("location_id")),
+            contact_id: ContactId::new(r.get::<String, _>("contact_id")),
+            body: r.get("body"),
+            attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+            received_at: from_millis(r.get("received_at")),
+            lease_owner: owner.to_owned(),
+        })
+        .collect();
+    claimed.sort_by_key(|c| c.id);
+    claimed
+}
+
+fn record(r: &PgRow) -> EventRecord {
+    EventRecord {
+        id: r.get("id"),
+        event_type: r.get("event_type"),
+        location_id: r.get("location_id"),
+        contact_id: r.get("contact_id"),
+        status: EventStatus::parse(r.get::<&str, _>("status")),
+        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+        last_error: r.get("last_error"),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+async fn insert_decision(
+    tx: &mut Transaction<'_, Postgres>,
+    event_id: i64,
+    d: &Decision,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(event_id)
+    .bind(i64::from(d.attempt))
+    .bind(to_json(&d.matched)?)
+    .bind(to_json(&d.plan)?)
+    .bind(to_json(&d.calls)?)
+    .bind(&d.outcome)
+    .bind(&d.error)
+    .bind(d.dry_run)
+    .bind(to_json(&d.batch)?)
+    .bind(&d.rules_version)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const CLAIMED_COLUMNS: &str = "events.id, events.kind, events.location_id, events.contact_id, events.body, events.attempts, events.received_at";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_event(
+        &self,
+        e: NewEvent,
+        dedup_window: Duration,
+    ) -> Result<Inserted, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        if let Some(webhook_id) = &e.webhook_id {
+            // A concurrent insert of the same id (another replica) waits for this one to
+            // commit, then sees the conflict: one of them is the duplicate.
+            let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
+            let claimed = sqlx::query(
+                "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES ($1, 0, $2)
+                 ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
+                 WHERE webhook_ids.received_at < $3",
+            )
+            .bind(webhook_id)
+            .bind(now)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(Inserted::Duplicate);
+            }
+        }
+        let available = millis(e.available_at).max(now);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        )
+        .bind(e.kind.as_str())
+        .bind(&e.event_type)
+        .bind(e.location_id.as_str())
+        .bind(e.contact_id.as_str())
+        .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
+        .bind(&e.webhook_id)
+        .bind(&e.body)
+        .bind(now)
+        .bind(available)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE events SET available_at = GREATEST(available_at, $1)
+             WHERE status = 'pending' AND location_id = $2 AND contact_id = $3 AND id < $4
+               AND available_at < $5 AND (lease_expires_at IS NULL OR lease_expires_at < $6)",
+        )
+        .bind(available)
+        .bind(e.location_id.as_str())
+        .bind(e.contact_id.as_str())
+        .bind(id)
+        .bind(PARKED)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(webhook_id) = &e.webhook_id {
+            sqlx::query("UPDATE webhook_ids SET event_id = $1 WHERE webhook_id = $2")
+                .bind(id)
+                .bind(webhook_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Inserted::Accepted(id))
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = millis(SystemTime::now());
+        // Only a contact's oldest unfinished event qualifies, and it is locked while taken:
+        // a replica running the same query skips it and cannot take the contact's next one.
+        let rows = sqlx::query(&format!(
+            "WITH picked AS (
+                 SELECT e.id FROM events e
+                 WHERE e.status = 'pending' AND e.available_at <= $3
+                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < $3)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM events p
+                       WHERE p.status = 'pending' AND p.location_id = e.location_id
+                         AND p.contact_id = e.contact_id AND p.id < e.id)
+                 ORDER BY e.available_at, e.id
+                 LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE events SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1
+             FROM picked WHERE events.id = picked.id
+             RETURNING {CLAIMED_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease_until(now, lease))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(claimed_in_order(&rows, owner))
+    }
+
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError> {
+        let tags: Option<String> = sqlx::query_scalar(
+            "SELECT tags FROM contact_state WHERE location_id = $1 AND contact_id = $2",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let tags = tags
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
+        let stage = match opportunity {
+            Some(o) => sqlx::query_scalar(
+                "SELECT stage FROM opportunity_state WHERE location_id = $1 AND opportunity_id = $2",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .fetch_optional(&self.pool)
+            .await?,
+            None => None,
+        };
+        Ok(PreviousState { tags, stage })
+    }
+
+    async fn claim_rest(
+        &self,
+        owner: &str,
+        first: &Claimed,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = millis(SystemTime::now());
+        let rows = sqlx::query(&format!(
+            "WITH picked AS (
+                 SELECT id FROM events
+                 WHERE status = 'pending' AND location_id = $1 AND contact_id = $2 AND id > $3
+                   AND available_at <= $4 AND (lease_expires_at IS NULL OR lease_expires_at < $4)
+                   AND id < COALESCE((
+                       SELECT MIN(id) FROM events
+                       WHERE status = 'pending' AND location_id = $1 AND contact_id = $2 AND id > $3
+                         AND (available_at > $4 OR lease_expires_at >= $4)), 9223372036854775807)
+                 ORDER BY id
+                 LIMIT $7
+                 FOR UPDATE)
+             UPDATE events SET lease_owner = $5, lease_expires_at = $6, attempts = attempts + 1
+             FROM picked WHERE events.id = picked.id
+             RETURNING {CLAIMED_COLUMNS}"
+        ))
+        .bind(first.location_id.as_str())
+        .bind(first.contact_id.as_str())
+        .bind(first.id)
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until(now, lease))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(claimed_in_order(&rows, owner))
+    }
+
+    async fn finish_all(
+        &self,
+        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
+    ) -> Result<bool, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        for (event, status, decision, state) in events {
+            let updated = sqlx::query(
+                "UPDATE events SET status = $1, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, finished_at = $3
+                 WHERE id = $4 AND lease_owner = $5 AND status = 'pending'",
+            )
+            .bind(status.as_str())
+            .bind(&decision.error)
+            .bind(now)
+            .bind(event.id)
+            .bind(&event.lease_owner)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            insert_decision(&mut tx, event.id, decision, now).await?;
+            if let (Some(location), Some(contact), Some(tags)) =
+                (&state.location_id, &state.contact_id, &state.tags)
+            {
+                sqlx::query(
+                    "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
+                )
+                .bind(location.as_str())
+                .bind(contact.as_str())
+                .bind(to_json(tags)?)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage)
+            {
+                sqlx::query(
+                    "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+                )
+                .bind(location.as_str())
+                .bind(opportunity.as_str())
+                .bind(stage)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn retry_at(
+        &self,
+        event: &Claimed,
+        at: SystemTime,
+        decision: &Decision,
+    ) -> Result<bool, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = $1, last_error = $2
+             WHERE id = $3 AND lease_owner = $4 AND status = 'pending'",
+        )
+        .bind(millis(at))
+        .bind(&decision.error)
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_decision(&mut tx, event.id, decision, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = $1, attempts = GREATEST(attempts - 1, 0)
+             WHERE id = $2 AND lease_owner = $3 AND status = 'pending'",
+        )
+        .bind(millis(at))
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn defer_location(
+        &self,
+        location: &LocationId,
+        at: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let now = millis(SystemTime::now());
+        let r = sqlx::query(
+            "UPDATE events SET available_at = $1
+             WHERE status = 'pending' AND location_id = $2 AND available_at <= $3
+               AND (lease_expires_at IS NULL OR lease_expires_at < $3)",
+        )
+        .bind(millis(at))
+        .bind(location.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        since: SystemTime,
+    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT followers FROM known_followers WHERE location_id = $1 AND contact_id = $2 AND seen_at >= $3",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(millis(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn set_known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        followers: &[crate::ids::UserId],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(to_json(&followers)?)
+        .bind(millis(SystemTime::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Other replicas may hold live leases: none is released; a dead replica's leases expire.
+    async fn release_all(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error FROM events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(record))
+    }
+
+    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version FROM decisions WHERE event_id = $1 ORDER BY id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let json = |s: &str| -> Result<serde_json::Value, StoreError> {
+            serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        rows.iter()
+            .map(|r| {
+                let value = serde_json::json!({
+                    "attempt": r.get::<i64, _>("attempt"),
+                    "matched": json(r.get("matched"))?,
+                    "plan": json(r.get("plan"))?,
+                    "calls": json(r.get("calls"))?,
+                    "outcome": r.get::<String, _>("outcome"),
+                    "error": r.get::<Option<String>, _>("error"),
+                    "dry_run": r.get::<bool, _>("dry_run"),
+                    "batch": json(r.get("batch"))?,
+                    "rules_version": r.get::<String, _>("rules_version"),
+                });
+                serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error, received_at FROM events
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR contact_id = $2)
+               AND ($3::bigint IS NULL OR received_at >= $3)
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(filter.status.map(EventStatus::as_str))
+        .bind(filter.contact.as_ref().map(|c| c.as_str()))
+        .bind(filter.since.map(millis))
+        .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let event = record(&r);
+            let last_decision = self.decisions(event.id).await?.pop();
+            out.push(EventSummary {
+                event,
+                received_at: r.get("received_at"),
+                last_decision,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let queued = sqlx::query(
+            "UPDATE events SET status = 'pending', available_at = $1, attempts = 0, finished_at = NULL,
+                    lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ANY($2) AND (lease_expires_at IS NULL OR lease_expires_at < $1)",
+        )
+        .bind(now)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM token_failures WHERE location_id IN (SELECT location_id FROM events WHERE id = ANY($1))",
+        )
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn history(
+        &self,
+        contact: &ContactId,
+    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError> {
+        let filter = EventFilter {
+            contact: Some(contact.clone()),
+            ..EventFilter::default()
+        };
+        let mut events = self.list_events(&filter).await?;
+        events.reverse();
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let decisions = self.decisions(e.event.id).await?;
+            out.push((e, decisions));
+        }
+        Ok(out)
+    }
+
+    async fn mark_token_failing(
+        &self,
+        location: &LocationId,
+        fingerprint: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO token_failures (location_id, fingerprint, error, since) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id) DO UPDATE SET fingerprint = excluded.fingerprint, error = excluded.error",
+        )
+        .bind(location.as_str())
+        .bind(fingerprint)
+        .bind(error)
+        .bind(millis(SystemTime::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = $1")
+                .bind(location.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT location_id, fingerprint FROM token_failures")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(l, f)| (LocationId::new(l), f))
+            .collect())
+    }
+
+    async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
+        self.retry_at(event, from_millis(PARKED), decision).await
+    }
+
+    async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT location_id FROM events WHERE status = 'pending' AND available_at >= $1",
+        )
+        .bind(PARKED)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(LocationId::new).collect())
+    }
+
+    async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE events SET available_at = $1 WHERE status = 'pending' AND available_at >= $2 AND location_id = $3",
+        )
+        .bind(millis(SystemTime::now()))
+        .bind(PARKED)
+        .bind(location.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM token_failures WHERE location_id = $1")
+            .bind(location.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError> {
+        let cutoff = millis(before);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM decisions WHERE event_id IN
+                 (SELECT id FROM events WHERE status <> 'pending' AND finished_at < $1)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        let events =
+            sqlx::query("DELETE FROM events WHERE status <> 'pending' AND finished_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let seen_cutoff = millis(SystemTime::now())
+            - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
+        sqlx::query("DELETE FROM webhook_ids WHERE received_at < $1")
+            .bind(seen_cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let (pending, oldest, failed): (i64, Option<i64>, i64) = sqlx::query_as(
+            "SELECT
+                (SELECT COUNT(*) FROM events WHERE status = 'pending'),
+                (SELECT MIN(received_at) FROM events WHERE status = 'pending'),
+                (SELECT COUNT(*) FROM events WHERE status = 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest_pending: oldest.map(from_millis),
+            failed: u64::try_from(failed).unwrap_or(0),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! The store contract, run against every backend: SQLite always; PostgreSQL when
+//! `AUTOFOLLOW_TEST_DATABASE_URL` is set (`.ci/run` sets it), each test in a fresh schema.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use autofollow::ids::{ContactId, LocationId, OpportunityId, UserId};
+use autofollow::rules::Plan;
+use autofollow::store::{
+    BodyKind, Claimed, Decision, EventFilter, EventStatus, Inserted, NewEvent, NewState, Store,
+};
+
+const LEASE: Duration = Duration::from_secs(60);
+const WINDOW: Duration = Duration::from_secs(3600);
+
+fn new_event(location: &str, contact: &str, webhook: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: BodyKind::App,
+        event_type: "ContactCreate".into(),
+        location_id: LocationId::new(location),
+        contact_id: ContactId::new(contact),
+        opportunity_id: None,
+        webhook_id: webhook.map(str::to_owned),
+        body: format!(r#"{{"type":"ContactCreate","locationId":"{location}","id":"{contact}"}}"#),
+        available_at: SystemTime::now(),
+    }
+}
+
+async fn insert(store: &dyn Store, contact: &str) -> i64 {
+    match store
+        .insert_event(new_event("L1", contact, None), WINDOW)
+        .await
+        .unwrap()
+    {
+        Inserted::Accepted(id) => id,
+        Inserted::Duplicate => panic!("not a duplicate"),
+    }
+}
+
+fn decision(outcome: &str, error: Option<&str>) -> Decision {
+    Decision {
+        attempt: 1,
+        matched: vec!["rule".into()],
+        plan: Plan::default(),
+        calls: Vec::new(),
+        outcome: outcome.into(),
+        error: error.map(str::to_owned),
+        dry_run: false,
+        batch: Vec::new(),
+        rules_version: "v1".into(),
+    }
+}
+
+async fn finish(store: &dyn Store, c: &Claimed, status: EventStatus) -> bool {
+    store
+        .finish(
+            c,
+            status,
+            &decision(status.as_str(), None),
+            &NewState::default(),
+        )
+        .await
+        .unwrap()
+}
+
+fn ids(claimed: &[Claimed]) -> Vec<i64> {
+    claimed.iter().map(|c| c.id).collect()
+}
+
+async fn enqueue_and_dedup(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let first = s
+        .insert_event(new_event("L1", "c1", Some("wh-1")), WINDOW)
+        .await
+        .unwrap();
+    assert!(matches!(first, Inserted::Accepted(_)));
+    let again = s
+        .insert_event(new_event("L1", "c1", Some("wh-1")), WINDOW)
+        .await
+        .unwrap();
+    assert_eq!(again, Inserted::Duplicate);
+    let other = s
+        .insert_event(new_event("L1", "c1", Some("wh-2")), WINDOW)
+        .await
+        .unwrap();
+    assert!(matches!(other, Inserted::Accepted(_)));
+    // Past the window, the same id is a new delivery.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let later = s
+        .insert_event(
+            new_event("L1", "c1", Some("wh-1")),
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(later, Inserted::Accepted(_)));
+    assert_eq!(s.pending().await.unwrap(), 3);
+    let Inserted::Accepted(id) = first else {
+        unreachable!()
+    };
+    let record = s.event(id).await.unwrap().unwrap();
+    assert_eq!(record.status, EventStatus::Pending);
+    assert_eq!(record.contact_id, "c1");
+}
+
+async fn concurrent_inserts_of_one_webhook_store_it_once(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .insert_event(new_event("L1", "c1", Some("wh-same")), WINDOW)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Inserted::Accepted(_)) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(store.pending().await.unwrap(), 1);
+}
+
+async fn claims_are_exclusive(store: Arc<dyn Store>) {
+    for contact in 0..30 {
+        for _ in 0..3 {
+            insert(store.as_ref(), &format!("c{contact}")).await;
+        }
+    }
+    // Four workers claim at once, again and again, finishing what they took.
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let owner = format!("worker-{w}");
+                let mut seen = Vec::new();
+                for _ in 0..60 {
+                    let claimed = store.claim(&owner, 5, LEASE).await.unwrap();
+                    for c in &claimed {
+                        seen.push((c.id, c.contact_id.to_string()));
+                    }
+                    for c in &claimed {
+                        assert!(finish(store.as_ref(), c, EventStatus::Done).await);
+                    }
+                    if claimed.is_empty() && store.pending().await.unwrap() == 0 {
+                        break;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(unique.len(), all.len(), "an event was claimed twice");
+    assert_eq!(all.len(), 90, "every event was claimed once");
+    assert_eq!(store.pending().await.unwrap(), 0);
+}
+
+async fn one_contact_is_claimed_in_order_one_lease_at_a_time(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let e1 = insert(s, "c1").await;
+    let e2 = insert(s, "c1").await;
+    let e3 = insert(s, "c1").await;
+    let other = insert(s, "c2").await;
+    let first = s.claim("a", 10, LEASE).await.unwrap();
+    assert_eq!(
+        ids(&first),
+        vec![e1, other],
+        "only the contact's oldest event"
+    );
+    assert!(
+        s.claim("b", 10, LEASE).await.unwrap().is_empty(),
+        "nothing of c1 while its oldest event is leased"
+    );
+    let rest = s.claim_rest("a", &first[0], 10, LEASE).await.unwrap();
+    assert_eq!(ids(&rest), vec![e2, e3]);
+    assert!(finish(s, &first[0], EventStatus::Done).await);
+    assert!(finish(s, &rest[0], EventStatus::Done).await);
+    // e3 is still leased by a: nobody else takes it.
+    assert!(s.claim("b", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(s.release("a").await.unwrap(), 2, "e3 and c2's event");
+    let next = s.claim("b", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&next), vec![e3, other]);
+    assert_eq!(
+        next[0].attempt, 2,
+        "a released claim still counted its attempt"
+    );
+}
+
+async fn expired_leases_are_reclaimed_and_the_old_holder_cannot_finish(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let id = insert(s, "c1").await;
+    let taken = s.claim("a", 1, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(ids(&taken), vec![id]);
+    assert!(s.claim("b", 1, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let retaken = s.claim("b", 1, LEASE).await.unwrap();
+    assert_eq!(ids(&retaken), vec![id]);
+    assert_eq!(retaken[0].attempt, 2);
+    assert!(
+        !finish(s, &taken[0], EventStatus::Done).await,
+        "a lost its lease"
+    );
+    assert!(finish(s, &retaken[0], EventStatus::Done).await);
+    assert_eq!(
+        s.event(id).await.unwrap().unwrap().status,
+        EventStatus::Done
+    );
+    assert_eq!(s.decisions(id).await.unwrap().len(), 1);
+}
+
+async fn retries_wait_until_their_time(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let id = insert(s, "c1").await;
+    let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let at = SystemTime::now() + Duration::from_millis(300);
+    assert!(
+        s.retry_at(&c, at, &decision("retry", Some("GoHighLevel answered 503")))
+            .await
+            .unwrap()
+    );
+    assert!(s.claim("a", 1, LEASE).await.unwrap().is_empty());
+    let record = s.event(id).await.unwrap().unwrap();
+    assert_eq!(
+        record.last_error.as_deref(),
+        Some("GoHighLevel answered 503")
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let again = s.claim("a", 1, LEASE).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempt), (id, 2));
+    // Deferring (rate limit) does not count an attempt.
+    assert!(
+        s.defer(&again[0], SystemTime::now() + Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let third = s.claim("a", 1, LEASE).await.unwrap();
+    assert_eq!(third[0].attempt, 2);
+    // Holding back a whole location.
+    s.release("a").await.unwrap();
+    let later = SystemTime::now() + Duration::from_secs(60);
+    assert_eq!(
+        s.defer_location(&LocationId::new("L1"), later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.claim("a", 1, LEASE).await.unwrap().is_empty());
+}
+
+async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let id = insert(s, "c1").await;
+    let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let d = decision("failed", Some("gave up after 12 attempts"));
+    assert!(
+        s.finish(&c, EventStatus::Failed, &d, &NewState::default())
+            .await
+            .unwrap()
+    );
+    let stats = s.queue_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.failed), (0, 1));
+    let failed = s
+        .list_events(&EventFilter {
+            status: Some(EventStatus::Failed),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_decision.as_ref(), Some(&d));
+    assert_eq!(s.replay(&[id, 9999]).await.unwrap(), 1);
+    let again = s.claim("a", 1, LEASE).await.unwrap();
+    assert_eq!((again[0].id, again[0].attempt), (id, 1));
+    let history = s.history(&ContactId::new("c1")).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].1.len(), 1);
+}
+
+async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    insert(s, "c1").await;
+    insert(s, "c1").await;
+    let first = s.claim("a", 1, LEASE).await.unwrap();
+    let rest = s.claim_rest("a", &first[0], 10, LEASE).await.unwrap();
+    let state = |tags: &[&str], stage: &str| NewState {
+        location_id: Some(LocationId::new("L1")),
+        contact_id: Some(ContactId::new("c1")),
+        tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
+        stage: Some((OpportunityId::new("o1"), stage.to_owned())),
+    };
+    let (d, s1, s2) = (
+        decision("done", None),
+        state(&["a"], "new"),
+        state(&["a", "vip"], "won"),
+    );
+    assert!(
+        s.finish_all(&[
+            (&first[0], EventStatus::Done, &d, &s1),
+            (&rest[0], EventStatus::Done, &d, &s2),
+        ])
+        .await
+        .unwrap()
+    );
+    let previous = s
+        .previous_state(
+            &LocationId::new("L1"),
+            &ContactId::new("c1"),
+            Some(&OpportunityId::new("o1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(previous.tags, Some(vec!["a".to_owned(), "vip".to_owned()]));
+    assert_eq!(previous.stage.as_deref(), Some("won"));
+    let (l, c) = (LocationId::new("L1"), ContactId::new("c1"));
+    let users = [UserId::new("u1")];
+    s.set_known_followers(&l, &c, &users).await.unwrap();
+    let since = SystemTime::now() - Duration::from_secs(5);
+    assert_eq!(
+        s.known_followers(&l, &c, since).await.unwrap(),
+        Some(users.to_vec())
+    );
+    let future = SystemTime::now() + Duration::from_secs(5);
+    assert_eq!(s.known_followers(&l, &c, future).await.unwrap(), None);
+}
+
+async fn a_refused_token_parks_the_location_until_resumed(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let id = insert(s, "c1").await;
+    let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let l = LocationId::new("L1");
+    s.mark_token_failing(&l, "fp1", "401").await.unwrap();
+    assert!(s.park(&c, &decision("waiting", Some("401"))).await.unwrap());
+    assert_eq!(s.token_failing(&l).await.unwrap().as_deref(), Some("fp1"));
+    assert_eq!(
+        s.token_failures().await.unwrap(),
+        vec![(l.clone(), "fp1".to_owned())]
+    );
+    assert_eq!(s.parked_locations().await.unwrap(), vec![l.clone()]);
+    assert!(s.claim("a", 1, LEASE).await.unwrap().is_empty());
+    assert_eq!(s.resume_location(&l).await.unwrap(), 1);
+    assert_eq!(s.token_failing(&l).await.unwrap(), None);
+    assert_eq!(ids(&s.claim("a", 1, LEASE).await.unwrap()), vec![id]);
+}
+
+async fn pruning_deletes_old_finished_events_only(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let done = insert(s, "c1").await;
+    let waiting = insert(s, "c2").await;
+    let c = s.claim("a", 10, LEASE).await.unwrap();
+    let finished = c.iter().find(|c| c.id == done).unwrap();
+    assert!(finish(s, finished, EventStatus::Done).await);
+    s.release("a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.prune(SystemTime::now(), WINDOW).await.unwrap(), 1);
+    assert!(s.event(done).await.unwrap().is_none());
+    assert!(s.decisions(done).await.unwrap().is_empty());
+    assert!(s.event(waiting).await.unwrap().is_some());
+    assert_eq!(s.pending().await.unwrap(), 1);
+    s.ping().await.unwrap();
+}
+
+/// One `#[tokio::test]` per contract check and backend.
+macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("db/test.db").display());
+                    let store = autofollow::store::open(&url).await.unwrap();
+                    super::$check(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some(url) = super::postgres_schema(stringify!($check)).await else {
+                        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+                        return;
+                    };
+                    let store = autofollow::store::open(&url).await.unwrap();
+                    super::$check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh schema in the test database, and a URL that uses it.
+async fn postgres_schema(name: &str) -> Option<String> {
+    let base = std::env::var("AUTOFOLLOW_TEST_DATABASE_URL").ok()?;
+    let schema = format!(
+        "contract_{name}_{}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    let pool = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+contract!(
+    enqueue_and_dedup,
+    concurrent_inserts_of_one_webhook_store_it_once,
+    claims_are_exclusive,
+    one_contact_is_claimed_in_order_one_lease_at_a_time,
+    expired_leases_are_reclaimed_and_the_old_holder_cannot_finish,
+    retries_wait_until_their_time,
+    dead_letters_are_listed_and_replayed,
+    finishing_leaves_the_contact_state,
+    a_refused_token_parks_the_location_until_resumed,
+    pruning_deletes_old_finished_events_only,
+);
