@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// stop_grace_period says otherwise).
     #[arg(long, env = "AUTOFOLLOW_SHUTDOWN_GRACE", default_value = "8s")]
     pub shutdown_grace: String,
+    /// How long a worker holds an event it took; when its process dies, another replica (or
+    /// the next run, with PostgreSQL) resumes the event after this.
+    #[arg(long, env = "AUTOFOLLOW_LEASE", default_value = "60s")]
+    pub lease: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -141,6 +145,7 @@ pub struct Config {
     pub retention: std::time::Duration,
     pub settle_delay: std::time::Duration,
     pub shutdown_grace: std::time::Duration,
+    pub lease: std::time::Duration,
     pub rate_limit: crate::limits::RateLimit,
     pub daily_limit: u32,
     pub followers_freshness: std::time::Duration,
@@ -291,8 +296,13 @@ impl Config {
         };
         let settle_delay = duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay);
         let shutdown_grace = duration("AUTOFOLLOW_SHUTDOWN_GRACE", &args.shutdown_grace);
+        let lease = duration("AUTOFOLLOW_LEASE", &args.lease);
         let followers_freshness =
             duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
+        let lease = lease.filter(|l| *l >= std::time::Duration::from_secs(1));
+        if lease.is_none() && !problems.iter().any(|p| p.starts_with("AUTOFOLLOW_LEASE")) {
+            problems.push("AUTOFOLLOW_LEASE: at least 1s".to_owned());
+        }
         let rate_limit = args
             .rate_limit
             .parse::<crate::limits::RateLimit>()
@@ -319,6 +329,7 @@ impl Config {
             rate_limit,
             followers_freshness,
             shutdown_grace,
+            lease,
         ) {
             (
                 Some(listen),
@@ -330,6 +341,7 @@ impl Config {
                 Some(rate_limit),
                 Some(followers_freshness),
                 Some(shutdown_grace),
+                Some(lease),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -347,6 +359,7 @@ impl Config {
                 retention,
                 settle_delay,
                 shutdown_grace,
+                lease,
                 rate_limit,
                 daily_limit: args.daily_limit,
                 followers_freshness,
@@ -382,6 +395,7 @@ mod tests {
             retention: "forever".into(),
             settle_delay: "soon".into(),
             shutdown_grace: "patiently".into(),
+            lease: "0s".into(),
             rate_limit: "lots".into(),
             followers_freshness: "a while".into(),
             watch_rules: true,
@@ -402,6 +416,7 @@ mod tests {
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
             "AUTOFOLLOW_SHUTDOWN_GRACE",
+            "AUTOFOLLOW_LEASE",
             "AUTOFOLLOW_RATE_LIMIT",
             "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
         ] {
@@ -422,6 +437,7 @@ mod tests {
             retention: "30d".into(),
             settle_delay: "1s".into(),
             shutdown_grace: "8s".into(),
+            lease: "60s".into(),
             rate_limit: "100/10s".into(),
             daily_limit: 200_000,
             followers_freshness: "60s".into(),

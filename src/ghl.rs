@@ -205,7 +205,7 @@ impl GhlClient {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, CallError> {
-        if let Err(wait) = self.limits.acquire(location) {
+        if let Err(wait) = self.limits.acquire(location).await {
             self.metrics
                 .rate_limit_waits
                 .with_label_values(&[location.as_str()])
@@ -259,7 +259,7 @@ impl GhlClient {
             interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
             daily_remaining: number("x-ratelimit-daily-remaining"),
         };
-        self.limits.observe(location, &observed);
+        self.limits.observe(location, &observed).await;
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

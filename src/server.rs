@@ -451,10 +451,13 @@ pub async fn start_with_store(
     let wake = Arc::new(Notify::new());
     let accepting = Arc::new(AtomicBool::new(true));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let limits = Arc::new(crate::limits::Limits::new(
-        config.rate_limit,
-        config.daily_limit,
-    ));
+    // Replicas on one PostgreSQL database share the budget there: the limit holds for their sum.
+    let limits = Arc::new(if crate::store::is_postgres(&config.database_url) {
+        let pool = crate::store::postgres::connect(&config.database_url, 2).await?;
+        crate::limits::Limits::shared(config.rate_limit, config.daily_limit, pool)
+    } else {
+        crate::limits::Limits::new(config.rate_limit, config.daily_limit)
+    });
     let ghl = GhlClient::new(
         &config.ghl_api_base_url,
         Duration::from_secs(15),
@@ -481,6 +484,7 @@ pub async fn start_with_store(
         config.tokens.clone(),
         WorkerOptions {
             dry_run: config.dry_run,
+            lease: config.lease,
             ..options
         },
         Arc::clone(&wake),

@@ -226,3 +226,63 @@ async fn a_location_held_back_by_gohighlevel_does_not_delay_another() {
     );
     app.shutdown().await;
 }
+
+/// Three replicas' budgets on one PostgreSQL database, taken from at once as fast as they
+/// allow: in every window the sum stays within the limit, and most of the limit is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sharing_postgresql_keep_the_limit_for_their_sum() {
+    let Some(url) = common::postgres_schema().await else {
+        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    autofollow::store::open(&url).await.unwrap(); // migrations
+    let rate = autofollow::limits::RateLimit {
+        requests: 20,
+        per: Duration::from_secs(1),
+    };
+    let location = autofollow::ids::LocationId::new("L1");
+    let grants = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let run = Duration::from_millis(3500);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let pool = autofollow::store::postgres::connect(&url, 2).await.unwrap();
+        let limits = Arc::new(autofollow::limits::Limits::shared(rate, 200_000, pool));
+        for _ in 0..2 {
+            let (limits, grants, location) =
+                (Arc::clone(&limits), Arc::clone(&grants), location.clone());
+            tasks.push(tokio::spawn(async move {
+                while started.elapsed() < run {
+                    match limits.acquire(&location).await {
+                        Ok(()) => grants.lock().unwrap().push(Instant::now()),
+                        Err(wait) => tokio::time::sleep(wait.min(Duration::from_millis(50))).await,
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut grants = grants.lock().unwrap().clone();
+    grants.sort();
+    let busiest = grants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            grants[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < rate.per)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 19, "{busiest} calls in one window (limit 20)");
+    // Shaped for about 90 % of the limit: 2 at once, then one per 1/17 s.
+    let expected = 2.0 + 17.0 * run.as_secs_f64();
+    assert!(
+        grants.len() as f64 >= 0.85 * expected,
+        "{} grants in {run:?}, expected about {expected}",
+        grants.len()
+    );
+}

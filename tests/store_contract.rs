@@ -2,6 +2,8 @@
 //! `AUTOFOLLOW_TEST_DATABASE_URL` is set (`.ci/run` sets it), each test in a fresh schema.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -389,7 +391,7 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {
-                    let Some(url) = super::postgres_schema(stringify!($check)).await else {
+                    let Some(url) = crate::common::postgres_schema().await else {
                         eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
                         return;
                     };
@@ -399,27 +401,6 @@ macro_rules! contract {
             )*
         }
     };
-}
-
-/// A fresh schema in the test database, and a URL that uses it.
-async fn postgres_schema(name: &str) -> Option<String> {
-    let base = std::env::var("AUTOFOLLOW_TEST_DATABASE_URL").ok()?;
-    let schema = format!(
-        "contract_{name}_{}_{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_micros()
-    );
-    let pool = sqlx::PgPool::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 contract!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use autofollow::event::{self, Event, Parsed};
 use autofollow::rules::{NoResolver, PreviousState, Resolver, RuleSet};
@@ -103,3 +104,27 @@ pub fn previous_stage(stage: &str) -> PreviousState {
 }
 
 pub mod service;
+
+/// A fresh schema in the test database, and a URL that uses it.
+pub async fn postgres_schema() -> Option<String> {
+    let base = std::env::var("AUTOFOLLOW_TEST_DATABASE_URL").ok()?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // Unique across processes and runs; short enough for PostgreSQL's 63-byte names.
+    let schema = format!(
+        "t_{}_{n}_{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    let pool = sqlx::PgPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}

@@ -192,6 +192,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         followers_freshness: "60s".into(),
         watch_rules: true,
         shutdown_grace: options.shutdown_grace,
+        lease: "60s".into(),
     };
     let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
     let worker = WorkerOptions {
