@@ -298,7 +298,7 @@ fn explain_refuses_invalid_rules() {
 fn serve_refuses_invalid_configuration_listing_every_problem_without_secrets() {
     let o = Command::new(env!("CARGO_BIN_EXE_autofollow"))
         .args(["serve", "--listen", "nowhere", "--rules", "no/such/dir"])
-        .env("AUTOFOLLOW_DATABASE_URL", "postgres://db/x")
+        .env("AUTOFOLLOW_DATABASE_URL", "mysql://app:TOPSECRET@db/x")
         .env("AUTOFOLLOW_WEBHOOK_SECRET", "whsec_not*base64-TOPSECRET")
         .env("GHL_TOKEN", "pit-TOPSECRET")
         .current_dir(repo())

@@ -6,32 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::service::{SECRET, TOKEN, public_key_pem, sign};
+use common::process::{Service, spawn};
+use common::service::{SECRET, TOKEN, sign};
 use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-struct Service {
-    child: Child,
-    base: String,
-    /// Everything the process logged.
-    log: Arc<Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Service {
-    /// The whole log, once the process has exited.
-    fn logs(self) -> String {
-        let _ = self.reader.join();
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
 
 /// Starts `autofollow serve` and waits for the address it logs.
 fn start(dir: &Path, ghl: &str) -> Service {
@@ -39,51 +22,18 @@ fn start(dir: &Path, ghl: &str) -> Service {
 }
 
 fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autofollow"))
-        .arg("serve")
-        // File watching off, so the SIGHUP test proves SIGHUP.
-        .env("AUTOFOLLOW_WATCH_RULES", "false")
-        .env("AUTOFOLLOW_LISTEN", "127.0.0.1:0")
-        .env("AUTOFOLLOW_RULES", dir.join("rules.yaml"))
-        .env(
+    spawn(&[
+        (
+            "AUTOFOLLOW_RULES",
+            dir.join("rules.yaml").display().to_string(),
+        ),
+        (
             "AUTOFOLLOW_DATABASE_URL",
             format!("sqlite://{}", dir.join("db/autofollow.db").display()),
-        )
-        .env("GHL_API_BASE_URL", ghl)
-        .env("GHL_TOKEN", token)
-        .env("AUTOFOLLOW_WEBHOOK_SECRET", SECRET)
-        .env("GHL_WEBHOOK_PUBLIC_KEYS", public_key_pem())
-        .env("AUTOFOLLOW_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn autofollow");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(mut l) = sink.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if let Some(addr) = v.get("addr").and_then(Value::as_str) {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the service logs its address");
-    Service {
-        child,
-        base: format!("http://{addr}"),
-        log,
-        reader,
-    }
+        ),
+        ("GHL_API_BASE_URL", ghl.to_owned()),
+        ("GHL_TOKEN", token.to_owned()),
+    ])
 }
 
 /// A temporary directory holding `rules.yaml`: one rule adding `user` to every contact.

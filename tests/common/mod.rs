@@ -103,6 +103,7 @@ pub fn previous_stage(stage: &str) -> PreviousState {
     }
 }
 
+pub mod process;
 pub mod service;
 
 /// A fresh schema in the test database, and a URL that uses it.

@@ -1,0 +1,81 @@
+//! The real `autofollow serve` binary as a child process, its log captured.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::service::{SECRET, public_key_pem};
+
+pub struct Service {
+    pub child: Child,
+    pub base: String,
+    /// Everything the process logged.
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    /// The whole log, once the process has exited.
+    pub fn logs(mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// A failing test must not leave a service running (it would hold the test's output open).
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `autofollow serve` on a free port with the test secret and key, JSON logs and file
+/// watching off (so SIGHUP is what reloads), plus `env`; waits for the address it logs.
+pub fn spawn(env: &[(&str, String)]) -> Service {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_autofollow"));
+    command
+        .arg("serve")
+        .env("AUTOFOLLOW_WATCH_RULES", "false")
+        .env("AUTOFOLLOW_LISTEN", "127.0.0.1:0")
+        .env("AUTOFOLLOW_WEBHOOK_SECRET", SECRET)
+        .env("GHL_WEBHOOK_PUBLIC_KEYS", public_key_pem())
+        .env("AUTOFOLLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn autofollow");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Some(addr) = v.get("addr").and_then(Value::as_str) {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the service logs its address");
+    Service {
+        child,
+        base: format!("http://{addr}"),
+        log,
+        reader: Some(reader),
+    }
+}
