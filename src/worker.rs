@@ -327,7 +327,10 @@ impl Worker {
                 tracing::warn!(error = %e, "cannot take the contact's later events; they follow on their own")
             }
         }
-        let outcomes = match self.decide_group(&group).await {
+        let Some(decided) = self.holding_leases(&group, self.decide_group(&group)).await else {
+            return;
+        };
+        let outcomes = match decided {
             Ok(o) => o,
             Err(e) => {
                 // The store failed mid-way: leave the leases to expire; nothing is lost.
@@ -379,6 +382,36 @@ impl Worker {
             ),
             Err(e) => {
                 tracing::error!(event_id = group[0].id, error = %e, "cannot store the result; the events will be retried")
+            }
+        }
+    }
+
+    /// Runs `work` on the claimed `group`, extending its leases every third of the lease, so
+    /// slow GoHighLevel calls never outlive them. When another worker has taken the events
+    /// after all (this one stalled past its lease), the work stops: None.
+    async fn holding_leases<T>(
+        &self,
+        group: &[Claimed],
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let ids: Vec<i64> = group.iter().map(|c| c.id).collect();
+        let every = (self.options.lease / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = renew.tick() => {
+                    match self.store.extend(&self.owner, &ids, self.options.lease).await {
+                        Ok(held) if held == ids.len() as u64 => {}
+                        Ok(_) => {
+                            tracing::warn!(event_id = ids[0], "lease taken over by another worker; this one stops and leaves the events to it");
+                            return None;
+                        }
+                        Err(e) => tracing::warn!(event_id = ids[0], error = %e, "cannot extend the lease; trying again"),
+                    }
+                }
             }
         }
     }

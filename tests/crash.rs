@@ -38,13 +38,7 @@ fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
 
 /// A temporary directory holding `rules.yaml`: one rule adding `user` to every contact.
 fn rules_dir(user: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = format!(
-        "{}rules:\n  - name: all\n    add: [{user}]\n",
-        common::USERS
-    );
-    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-    dir
+    common::process::rules_dir(&format!("  - name: all\n    add: [{user}]\n"))
 }
 
 async fn followed_contacts(ghl: &MockServer) -> BTreeSet<String> {
@@ -198,17 +192,9 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
         .mount(&refusing)
         .await;
     let first = start_with_token(dir.path(), &refusing.uri(), "pit-old-token");
-    let http = reqwest::Client::new();
     for c in ["a", "b", "c"] {
-        let body = json!({"type": "ContactCreate", "locationId": "L1", "id": c}).to_string();
-        let r = http
-            .post(format!("{}/webhooks/ghl", first.base))
-            .header("X-GHL-Signature", sign(body.as_bytes()))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let body = json!({"type": "ContactCreate", "locationId": "L1", "id": c});
+        assert_eq!(first.post_app(&body).await.status(), 200);
     }
     // Wait until every event met the refused token: one parked by the 401, the rest parked
     // without a call.

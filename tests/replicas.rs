@@ -147,23 +147,16 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
     let ghl_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(
-        &rules,
-        format!(
-            "{}rules:
-  - name: vip
-    when: {{has_tag: vip}}
+    let dir = common::process::rules_dir(
+        "  - name: vip
+    when: {has_tag: vip}
     add: [alice]
   - name: not-vip
-    when: {{lacks_tag: vip}}
+    when: {lacks_tag: vip}
     remove: [alice]
 ",
-            common::USERS
-        ),
-    )
-    .unwrap();
+    );
+    let rules = dir.path().join("rules.yaml");
     let tokens = dir.path().join("tokens.yaml");
     let tokens_yaml: String = (0..LOCATIONS)
         .map(|l| format!("L{l}: tok-L{l}\n"))
@@ -328,4 +321,48 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
     );
     drop(g);
     drop(replicas);
+}
+
+/// A call slower than the lease: its replica keeps extending the lease, so the other replica
+/// never takes the event and the call is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_slower_than_the_lease_is_not_repeated_by_another_replica() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(url) = common::postgres_schema().await else {
+        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    let ghl = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_millis(3500)))
+        .mount(&ghl)
+        .await;
+    let dir = common::process::rules_dir("  - name: all\n    add: [alice]\n");
+    let rules = dir.path().join("rules.yaml");
+    let env = [
+        ("AUTOFOLLOW_RULES", rules.display().to_string()),
+        ("AUTOFOLLOW_DATABASE_URL", url.clone()),
+        ("GHL_API_BASE_URL", ghl.uri()),
+        ("GHL_TOKEN", common::service::TOKEN.to_owned()),
+        ("AUTOFOLLOW_SETTLE_DELAY", "0s".into()),
+        ("AUTOFOLLOW_LEASE", "1s".into()),
+    ];
+    let replicas = [spawn(&env), spawn(&env)];
+    let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "slow"});
+    let r = replicas[0].post_app(&body).await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["event_id"]
+        .as_i64()
+        .unwrap();
+    let store = autofollow::store::open(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.event(id).await.unwrap().unwrap().status != autofollow::store::EventStatus::Done {
+        assert!(Instant::now() < deadline, "not done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let posts = ghl.received_requests().await.unwrap().len();
+    assert_eq!(posts, 1, "the call was made {posts} times");
+    let e = store.event(id).await.unwrap().unwrap();
+    assert_eq!(e.attempts, 1, "{e:?}");
 }

@@ -221,6 +221,28 @@ async fn expired_leases_are_reclaimed_and_the_old_holder_cannot_finish(store: Ar
     assert_eq!(s.decisions(id).await.unwrap().len(), 1);
 }
 
+async fn a_holder_extends_its_leases_and_only_its_own(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let first = insert(s, "c1").await;
+    let second = insert(s, "c2").await;
+    let short = Duration::from_millis(300);
+    let taken = s.claim("a", 2, short).await.unwrap();
+    assert_eq!(ids(&taken), vec![first, second]);
+    assert_eq!(s.extend("b", &[first, second], LEASE).await.unwrap(), 0);
+    assert_eq!(s.extend("a", &[first], LEASE).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The extended lease holds; the other one expired and moves on.
+    let retaken = s.claim("b", 2, LEASE).await.unwrap();
+    assert_eq!(ids(&retaken), vec![second]);
+    assert_eq!(s.extend("a", &[first, second], LEASE).await.unwrap(), 1);
+    assert!(finish(s, &taken[0], EventStatus::Done).await);
+    assert_eq!(
+        s.extend("a", &[first], LEASE).await.unwrap(),
+        0,
+        "a finished event holds no lease"
+    );
+}
+
 async fn retries_wait_until_their_time(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let id = insert(s, "c1").await;
@@ -409,6 +431,7 @@ contract!(
     claims_are_exclusive,
     one_contact_is_claimed_in_order_one_lease_at_a_time,
     expired_leases_are_reclaimed_and_the_old_holder_cannot_finish,
+    a_holder_extends_its_leases_and_only_its_own,
     retries_wait_until_their_time,
     dead_letters_are_listed_and_replayed,
     finishing_leaves_the_contact_state,

@@ -294,6 +294,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         followers: &[crate::ids::UserId],
     ) -> Result<(), StoreError>;
 
+    /// Extends `owner`'s leases on these events to `lease` from now, while it still works on
+    /// them. Returns how many it still held: fewer than `ids` means another worker has the rest.
+    async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
+
     /// Releases every lease `owner` holds (shutdown).
     async fn release(&self, owner: &str) -> Result<u64, StoreError>;
 

@@ -428,6 +428,19 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE events SET lease_expires_at = $1
+             WHERE lease_owner = $2 AND status = 'pending' AND id = ANY($3)",
+        )
+        .bind(lease_until(millis(SystemTime::now()), lease))
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",

@@ -452,6 +452,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let r = sqlx::query(
+            "UPDATE events SET lease_expires_at = ?
+             WHERE lease_owner = ? AND status = 'pending' AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(lease_until(millis(SystemTime::now()), lease))
+        .bind(owner)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?",

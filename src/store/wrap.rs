@@ -76,6 +76,7 @@ wrapped! {
     fn defer_location(&self, location: &LocationId, at: SystemTime) -> Result<u64, StoreError>;
     fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
     fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId]) -> Result<(), StoreError>;
+    fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
     fn release(&self, owner: &str) -> Result<u64, StoreError>;
     fn release_all(&self) -> Result<u64, StoreError>;
     fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;

@@ -18,6 +18,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// An app webhook signed with the test key.
+    pub async fn post_app(&self, body: &Value) -> reqwest::Response {
+        super::service::post_signed(&reqwest::Client::new(), &self.base, body).await
+    }
+
     /// The whole log, once the process has exited.
     pub fn logs(mut self) -> String {
         if let Some(reader) = self.reader.take() {
@@ -78,4 +83,13 @@ pub fn spawn(env: &[(&str, String)]) -> Service {
         log,
         reader: Some(reader),
     }
+}
+
+/// A temporary directory holding `rules.yaml`: the test aliases, then `rules:` and `rules`
+/// (rule list items).
+pub fn rules_dir(rules: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = format!("{}rules:\n{rules}", super::USERS);
+    std::fs::write(dir.path().join("rules.yaml"), text).expect("rules.yaml");
+    dir
 }

@@ -148,6 +148,18 @@ impl Default for Options {
     }
 }
 
+/// An app webhook signed with the test key, to the service at `base`.
+pub async fn post_signed(http: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+    let body = body.to_string();
+    http.post(format!("{base}/webhooks/ghl"))
+        .header("X-GHL-Signature", sign(body.as_bytes()))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request")
+}
+
 pub async fn spawn_app(rules: &str) -> TestApp {
     spawn_with(Options {
         rules: rules.to_owned(),
@@ -231,15 +243,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
 impl TestApp {
     /// An app webhook signed with the test key.
     pub async fn post_app(&self, body: &Value) -> reqwest::Response {
-        let body = body.to_string();
-        self.http
-            .post(format!("{}/webhooks/ghl", self.base))
-            .header("X-GHL-Signature", sign(body.as_bytes()))
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request")
+        post_signed(&self.http, &self.base, body).await
     }
 
     /// A signed app webhook about `contact` in location `ve9EPM428h8vShlRW1KT`, with `extra`
