@@ -91,6 +91,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a SQLite store (queued events, state, history) into an empty PostgreSQL database,
+    /// to move to several replicas. Stop the service first.
+    Migrate {
+        /// The SQLite store: sqlite://PATH.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The PostgreSQL database: postgres://USER@HOST:PORT/DB.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Exit 0 when the service at URL answers /healthz (for container health checks).
     Healthcheck {
         /// Default: http://127.0.0.1:PORT/readyz (store reachable, rules loaded), PORT from AUTOFOLLOW_LISTEN (else 8080).
@@ -187,6 +197,7 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())
             });
         }
+        Command::Migrate { from, to } => return migrate(&from, &to),
         Command::Serve(args) => {
             drop((out, err));
             return serve(*args);
@@ -303,6 +314,34 @@ fn filter(
         since: since.map(ops::since).transpose()?,
         limit,
     })
+}
+
+fn migrate(from: &str, to: &str) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| {
+            rt.block_on(autofollow::store::migrate::sqlite_to_postgres(from, to))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(report) => {
+            println!("copied {from} into PostgreSQL:");
+            for (table, rows) in &report.tables {
+                println!("  {table:<18} {rows:>9}");
+            }
+            println!(
+                "{} events waiting; start the replicas with AUTOFOLLOW_DATABASE_URL set to the PostgreSQL URL",
+                report.pending
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("autofollow migrate: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Opens the store and runs one operator command on it.

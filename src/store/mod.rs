@@ -6,6 +6,7 @@
 //! event with a lease, and only the lease holder may finish it or schedule a retry. Events of
 //! one contact are claimed one at a time, oldest first.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 pub mod wrap;

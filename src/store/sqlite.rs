@@ -29,6 +29,10 @@ impl SqliteStore {
         SqliteStore::connect(url, false).await
     }
 
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn connect(url: &str, create: bool) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(create)
