@@ -301,3 +301,60 @@ fn shell_words(line: &str) -> Vec<String> {
     }
     words
 }
+
+/// The Configuration section lists exactly the settings `autofollow serve` reads: one table row
+/// per environment variable, with the default `serve --help` shows, and every flag.
+#[test]
+fn the_configuration_table_matches_serve_help() {
+    let help = Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Configuration").unwrap()..];
+    let section = &section[..section.find("\n## ").unwrap()];
+    let rows: Vec<Vec<&str>> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split(" | ").collect())
+        .collect();
+    let documented: Vec<&str> = rows
+        .iter()
+        .map(|r| r[0].trim_start_matches("| ").trim_matches('`'))
+        .collect();
+    let mut read = Vec::new();
+    for chunk in help.split("\n      --").skip(1) {
+        let flag = chunk.split_whitespace().next().unwrap();
+        if flag == "help" {
+            continue;
+        }
+        assert!(
+            section.contains(&format!("`--{flag}`")),
+            "--{flag} is not in the flag list"
+        );
+        let text = chunk.split_whitespace().collect::<Vec<_>>().join(" ");
+        let env = text
+            .split("[env: ")
+            .nth(1)
+            .and_then(|t| t.split(['=', ']']).next())
+            .unwrap_or_else(|| panic!("--{flag} has no environment variable"));
+        read.push(env.to_owned());
+        let row = rows
+            .iter()
+            .find(|r| r[0].contains(&format!("`{env}`")))
+            .unwrap_or_else(|| panic!("{env} has no row"));
+        if let Some(default) = text.split("[default: ").nth(1) {
+            let default = default.split(']').next().unwrap();
+            assert!(
+                row[1].contains(&format!("`{default}`")),
+                "{env}: the README's default {} is not {default}",
+                row[1]
+            );
+        }
+    }
+    let mut documented: Vec<String> = documented.iter().map(|s| (*s).to_owned()).collect();
+    documented.sort();
+    read.sort();
+    assert_eq!(documented, read);
+}
