@@ -129,6 +129,49 @@ async fn concurrent_inserts_of_one_webhook_store_it_once(store: Arc<dyn Store>) 
     assert_eq!(store.pending().await.unwrap(), 1);
 }
 
+/// Many webhooks at once (committed together by a store that batches): each gets its own
+/// answer, and what was acknowledged is stored as sent.
+async fn concurrent_inserts_each_get_their_own_answer(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            // 0..60: their own webhook ids; 60..100: 20 ids sent twice; 100..120: no id.
+            let webhook = match i {
+                0..60 => Some(format!("wh-{i}")),
+                60..100 => Some(format!("wh-twice-{}", i % 20)),
+                _ => None,
+            };
+            let contact = format!("c{}", i % 7);
+            tokio::spawn(async move {
+                let mut e = new_event("L1", &contact, webhook.as_deref());
+                e.body = format!("body-{i}");
+                (i, contact, store.insert_event(e, WINDOW).await.unwrap())
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut duplicates = 0;
+    for t in tasks {
+        let (i, contact, answer) = t.await.unwrap();
+        match answer {
+            Inserted::Accepted(id) => {
+                assert!(ids.insert(id), "id {id} given twice");
+                let stored = store.event(id).await.unwrap().unwrap();
+                assert_eq!(stored.contact_id, contact);
+                let history = store.history(&ContactId::new(&contact)).await.unwrap();
+                assert!(
+                    history.iter().any(|(e, _)| e.event.id == id),
+                    "event {i} under its contact"
+                );
+            }
+            Inserted::Duplicate => duplicates += 1,
+        }
+    }
+    assert_eq!(ids.len(), 60 + 20 + 20);
+    assert_eq!(duplicates, 20);
+    assert_eq!(store.pending().await.unwrap(), 100);
+}
+
 async fn claims_are_exclusive(store: Arc<dyn Store>) {
     for contact in 0..30 {
         for _ in 0..3 {
@@ -428,6 +471,7 @@ macro_rules! contract {
 contract!(
     enqueue_and_dedup,
     concurrent_inserts_of_one_webhook_store_it_once,
+    concurrent_inserts_each_get_their_own_answer,
     claims_are_exclusive,
     one_contact_is_claimed_in_order_one_lease_at_a_time,
     expired_leases_are_reclaimed_and_the_old_holder_cannot_finish,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use super::*;
 
@@ -13,9 +13,202 @@ use super::*;
 /// safely inside `SystemTime`).
 const PARKED: i64 = 9_000_000_000_000;
 
+/// Webhooks stored in one transaction at most: one commit (one fsync) acknowledges them all.
+const INTAKE_BATCH: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// To the intake writer, which commits concurrent webhooks together (group commit).
+    intake: tokio::sync::mpsc::Sender<Intake>,
+}
+
+/// A webhook waiting for the intake writer, and where its answer goes.
+#[derive(Debug)]
+struct Intake {
+    event: NewEvent,
+    dedup_window: Duration,
+    reply: tokio::sync::oneshot::Sender<Result<Inserted, StoreError>>,
+}
+
+/// Stores the webhooks that arrive while the previous commit runs, all in one transaction,
+/// and answers each once it is committed. When a batch fails, each of its webhooks is tried
+/// alone, so each gets its own answer.
+async fn intake_writer(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<Intake>) {
+    let mut batch = Vec::with_capacity(INTAKE_BATCH);
+    while queue.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
+        let events: Vec<(&NewEvent, Duration)> =
+            batch.iter().map(|i| (&i.event, i.dedup_window)).collect();
+        match insert_batch(&pool, &events).await {
+            Ok(results) => {
+                for (item, result) in batch.drain(..).zip(results) {
+                    let _ = item.reply.send(Ok(result));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(item) = batch.pop() {
+                    let _ = item.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for item in batch.drain(..) {
+                    let result = insert_batch(&pool, &[(&item.event, item.dedup_window)])
+                        .await
+                        .map(|r| r[0]);
+                    let _ = item.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Inserts the events in one transaction, in order; what each became.
+async fn insert_batch(
+    pool: &SqlitePool,
+    events: &[(&NewEvent, Duration)],
+) -> Result<Vec<Inserted>, StoreError> {
+    let now = millis(SystemTime::now());
+    let mut tx = pool.begin().await?;
+    let same_window = events.windows(2).all(|w| w[0].1 == w[1].1);
+    let results = if events.len() > 1 && same_window {
+        insert_together(&mut tx, events, now).await?
+    } else {
+        let mut results = Vec::with_capacity(events.len());
+        for (e, dedup_window) in events {
+            results.push(insert_one(&mut tx, e, *dedup_window, now).await?);
+        }
+        results
+    };
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// What [`insert_one`] does for each event, in four statements for the whole batch (each
+/// statement is a round trip to SQLite's thread, which is what intake spends its time on).
+async fn insert_together(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    events: &[(&NewEvent, Duration)],
+    now: i64,
+) -> Result<Vec<Inserted>, StoreError> {
+    use std::collections::HashSet;
+    let window = events.first().map_or(Duration::ZERO, |e| e.1);
+    let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    // 1. Claim the webhook ids (a write first: the transaction holds the write lock from its
+    // start). A webhook id twice in the batch: the later ones are duplicates.
+    let mut seen = HashSet::new();
+    let mut fresh: Vec<bool> = events
+        .iter()
+        .map(|(e, _)| {
+            e.webhook_id
+                .as_ref()
+                .is_none_or(|w| seen.insert(w.as_str()))
+        })
+        .collect();
+    let ids: Vec<&str> = events
+        .iter()
+        .zip(&fresh)
+        .filter_map(|((e, _), f)| e.webhook_id.as_deref().filter(|_| *f))
+        .collect();
+    if !ids.is_empty() {
+        let mut q =
+            QueryBuilder::new("INSERT INTO webhook_ids (webhook_id, event_id, received_at) ");
+        q.push_values(&ids, |mut b, id| {
+            b.push_bind(*id).push_bind(0i64).push_bind(now);
+        });
+        q.push(
+            " ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
+              WHERE webhook_ids.received_at < ",
+        )
+        .push_bind(cutoff)
+        .push(" RETURNING webhook_id");
+        let claimed: HashSet<String> = q
+            .build_query_scalar::<String>()
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect();
+        for ((e, _), f) in events.iter().zip(fresh.iter_mut()) {
+            if let Some(w) = &e.webhook_id {
+                *f = *f && claimed.contains(w);
+            }
+        }
+    }
+    let new: Vec<&NewEvent> = events
+        .iter()
+        .zip(&fresh)
+        .filter_map(|((e, _), f)| f.then_some(*e))
+        .collect();
+    if new.is_empty() {
+        return Ok(vec![Inserted::Duplicate; events.len()]);
+    }
+    // 2. The events; ids are given in VALUES order.
+    let mut q = QueryBuilder::new(
+        "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at) ",
+    );
+    q.push_values(&new, |mut b, e| {
+        b.push_bind(e.kind.as_str())
+            .push_bind(&e.event_type)
+            .push_bind(e.location_id.as_str())
+            .push_bind(e.contact_id.as_str())
+            .push_bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
+            .push_bind(&e.webhook_id)
+            .push_bind(&e.body)
+            .push_bind(now)
+            .push_bind(millis(e.available_at).max(now));
+    });
+    q.push(" RETURNING id");
+    let mut new_ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+    new_ids.sort_unstable();
+    // 3. Settle: the contacts' earlier waiting events wait as long as the batch.
+    let until = new
+        .iter()
+        .map(|e| millis(e.available_at).max(now))
+        .max()
+        .unwrap_or(now);
+    let contacts: HashSet<(&str, &str)> = new
+        .iter()
+        .map(|e| (e.location_id.as_str(), e.contact_id.as_str()))
+        .collect();
+    // Joined from the list of contacts, so each one is an index search (a row-value IN
+    // would scan every waiting event).
+    let mut q = QueryBuilder::new("UPDATE events SET available_at = MAX(available_at, ");
+    q.push_bind(until).push(") WHERE id IN (SELECT e.id FROM (");
+    q.push_values(&contacts, |mut b, (location, contact)| {
+        b.push_bind(*location).push_bind(*contact);
+    });
+    q.push(
+        ") AS v JOIN events e ON e.status = 'pending' AND e.location_id = v.column1
+             AND e.contact_id = v.column2 AND e.id < ",
+    )
+    .push_bind(new_ids.last().copied().unwrap_or(0))
+    .push(" WHERE e.available_at < ")
+    .push_bind(until)
+    .push(" AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ")
+    .push_bind(now)
+    .push("))");
+    q.build().execute(&mut **tx).await?;
+    // 4. The webhook ids point at their events.
+    let linked: Vec<(&str, i64)> = new
+        .iter()
+        .zip(&new_ids)
+        .filter_map(|(e, id)| Some((e.webhook_id.as_deref()?, *id)))
+        .collect();
+    if !linked.is_empty() {
+        let mut q = QueryBuilder::new("UPDATE webhook_ids SET event_id = v.column2 FROM (");
+        q.push_values(&linked, |mut b, (w, id)| {
+            b.push_bind(*w).push_bind(*id);
+        });
+        q.push(") AS v WHERE webhook_ids.webhook_id = v.column1");
+        q.build().execute(&mut **tx).await?;
+    }
+    let mut ids = new_ids.into_iter();
+    Ok(fresh
+        .iter()
+        .map(|f| match f {
+            true => Inserted::Accepted(ids.next().unwrap_or(0)),
+            false => Inserted::Duplicate,
+        })
+        .collect())
 }
 
 impl SqliteStore {
@@ -63,8 +256,74 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let (intake, queue) = tokio::sync::mpsc::channel(INTAKE_BATCH * 4);
+        tokio::spawn(intake_writer(pool.clone(), queue));
+        Ok(SqliteStore { pool, intake })
     }
+}
+
+/// One webhook inside the intake transaction `tx`.
+async fn insert_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    e: &NewEvent,
+    dedup_window: Duration,
+    now: i64,
+) -> Result<Inserted, StoreError> {
+    if let Some(webhook_id) = &e.webhook_id {
+        // A write first, so the transaction holds the write lock from its start.
+        let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let claimed = sqlx::query(
+            "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES (?, 0, ?)
+             ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
+             WHERE webhook_ids.received_at < ?",
+        )
+        .bind(webhook_id)
+        .bind(now)
+        .bind(cutoff)
+        .execute(&mut **tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(Inserted::Duplicate);
+        }
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(e.kind.as_str())
+    .bind(&e.event_type)
+    .bind(e.location_id.as_str())
+    .bind(e.contact_id.as_str())
+    .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
+    .bind(&e.webhook_id)
+    .bind(&e.body)
+    .bind(now)
+    .bind(millis(e.available_at).max(now))
+    .fetch_one(&mut **tx)
+    .await?;
+    // Settle: the contact's earlier waiting events wait as long as this one, so a burst of
+    // webhooks about one change is decided together.
+    sqlx::query(
+        "UPDATE events SET available_at = MAX(available_at, ?)
+         WHERE status = 'pending' AND location_id = ? AND contact_id = ? AND id < ?
+           AND available_at < ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
+    )
+    .bind(millis(e.available_at).max(now))
+    .bind(e.location_id.as_str())
+    .bind(e.contact_id.as_str())
+    .bind(id)
+    .bind(PARKED)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(webhook_id) = &e.webhook_id {
+        sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
+            .bind(id)
+            .bind(webhook_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Inserted::Accepted(id))
 }
 
 /// When a lease taken at `now` (unix ms) expires.
@@ -139,68 +398,20 @@ async fn insert_decision(
 impl Store for SqliteStore {
     async fn insert_event(
         &self,
-        e: NewEvent,
+        event: NewEvent,
         dedup_window: Duration,
     ) -> Result<Inserted, StoreError> {
-        let now = millis(SystemTime::now());
-        let mut tx = self.pool.begin().await?;
-        if let Some(webhook_id) = &e.webhook_id {
-            // A write first, so this transaction holds the write lock from its start.
-            let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
-            let claimed = sqlx::query(
-                "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES (?, 0, ?)
-                 ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
-                 WHERE webhook_ids.received_at < ?",
-            )
-            .bind(webhook_id)
-            .bind(now)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(Inserted::Duplicate);
-            }
-        }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(e.kind.as_str())
-        .bind(&e.event_type)
-        .bind(e.location_id.as_str())
-        .bind(e.contact_id.as_str())
-        .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
-        .bind(&e.webhook_id)
-        .bind(&e.body)
-        .bind(now)
-        .bind(millis(e.available_at).max(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        // Settle: the contact's earlier waiting events wait as long as this one, so a burst of
-        // webhooks about one change is decided together.
-        sqlx::query(
-            "UPDATE events SET available_at = MAX(available_at, ?)
-             WHERE status = 'pending' AND location_id = ? AND contact_id = ? AND id < ?
-               AND available_at < ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
-        )
-        .bind(millis(e.available_at).max(now))
-        .bind(e.location_id.as_str())
-        .bind(e.contact_id.as_str())
-        .bind(id)
-        .bind(PARKED)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(webhook_id) = &e.webhook_id {
-            sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
-                .bind(id)
-                .bind(webhook_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Inserted::Accepted(id))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Corrupt("the intake writer stopped".into());
+        self.intake
+            .send(Intake {
+                event,
+                dedup_window,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn claim(

@@ -1,0 +1,812 @@
+//! `autofollow-bench`: reproducible speed and efficiency figures for BENCHMARKS.md.
+//!
+//! `cargo run --release --bin autofollow-bench -- intake` starts, in one run, the real
+//! `autofollow serve` (the release binary next to this one), an in-process GoHighLevel
+//! stand-in, and a **baseline**: a bare axum server (`autofollow-bench baseline`, its own
+//! process) that checks the same Ed25519 signature, parses the same JSON and stores nothing.
+//! Both are driven with the same signed ContactCreate / ContactTagUpdate /
+//! OpportunityStageUpdate mix over keep-alive HTTP/1.1 connections, one after the other, for a
+//! bounded time, on loopback only.
+//!
+//! `… -- limit` measures how much of GoHighLevel's rate limit a large backlog achieves, and
+//! whether any 429 comes back.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark stops at the first failure
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::{Signer, SigningKey};
+use rand::Rng;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "autofollow-bench",
+    about = "Speed and efficiency figures for BENCHMARKS.md"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Durable intake against the baseline; latency; time to process; RSS; CPU.
+    Intake(IntakeArgs),
+    /// A large backlog against GoHighLevel's rate limit: achieved call rate, 429s.
+    Limit(LimitArgs),
+    /// The baseline server (started by `intake`): signature check and JSON parse only.
+    Baseline {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        public_key: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Locations the events spread over.
+    #[arg(long, default_value_t = 5)]
+    locations: usize,
+    /// Contacts the events spread over.
+    #[arg(long, default_value_t = 2000)]
+    contacts: usize,
+    /// Run autofollow on this PostgreSQL database (a fresh schema is made in it) instead of
+    /// SQLite.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// The `autofollow` binary (default: next to this one).
+    #[arg(long)]
+    serve: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct IntakeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds of load on each server.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Added latency of every GoHighLevel answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ghl_latency_ms: u64,
+    /// Share of GoHighLevel calls answered 429.
+    #[arg(long, default_value_t = 0.0)]
+    ghl_429_rate: f64,
+    /// Share of GoHighLevel calls answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    ghl_5xx_rate: f64,
+    /// autofollow's AUTOFOLLOW_SETTLE_DELAY.
+    #[arg(long, default_value = "1s")]
+    settle_delay: String,
+    /// Measure intake alone: events wait an hour (settle delay) and the run does not wait for
+    /// them to be processed.
+    #[arg(long)]
+    intake_only: bool,
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Events queued before measuring (one call each: every event is another contact).
+    #[arg(long, default_value_t = 3000)]
+    backlog: usize,
+    /// GoHighLevel's limit per location: N requests per window.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long, default_value_t = 10)]
+    window_seconds: u64,
+    /// Seconds of calls measured.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match cli.command {
+        Scenario::Baseline { listen, public_key } => runtime.block_on(baseline(listen, public_key)),
+        Scenario::Intake(args) => runtime.block_on(intake(args)),
+        Scenario::Limit(args) => runtime.block_on(limit(args)),
+    }
+}
+
+// ---- the baseline -------------------------------------------------------------------------
+
+async fn baseline(listen: SocketAddr, public_key: String) {
+    let keys = autofollow::auth::parse_public_keys(&public_key).expect("key");
+    let verifier = Arc::new(autofollow::auth::Verifier::new(keys, None).expect("verifier"));
+    let app = axum::Router::new()
+        .route(
+            "/webhooks/ghl",
+            post(
+                |State(v): State<Arc<autofollow::auth::Verifier>>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    if v.app(&headers, &body).is_err() {
+                        return (StatusCode::UNAUTHORIZED, "{}").into_response();
+                    }
+                    match autofollow::event::parse_app(&body) {
+                        Ok(_) => axum::Json(json!({"status": "accepted"})).into_response(),
+                        Err(_) => (StatusCode::BAD_REQUEST, "{}").into_response(),
+                    }
+                },
+            ),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .with_state(verifier);
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+    axum::serve(listener, app).await.expect("serve");
+}
+
+// ---- the GoHighLevel stand-in -------------------------------------------------------------
+
+struct Ghl {
+    latency: Duration,
+    rate_429: f64,
+    rate_5xx: f64,
+    /// Per location token: the limit and window enforced, like GoHighLevel.
+    limit: Option<(usize, Duration)>,
+    calls: AtomicU64,
+    answered_429: AtomicU64,
+    state: Mutex<GhlState>,
+}
+
+#[derive(Default)]
+struct GhlState {
+    recent: HashMap<String, VecDeque<Instant>>,
+    busiest: usize,
+    /// Calls per location, with their times.
+    times: HashMap<String, Vec<Instant>>,
+}
+
+async fn followers(
+    State(ghl): State<Arc<Ghl>>,
+    _method: Method,
+    Path(_contact): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !ghl.latency.is_zero() {
+        tokio::time::sleep(ghl.latency).await;
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ghl.calls.fetch_add(1, Ordering::Relaxed);
+    let roll: f64 = rand::rng().random();
+    if roll < ghl.rate_429 {
+        ghl.answered_429.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "{}").into_response();
+    }
+    if roll < ghl.rate_429 + ghl.rate_5xx {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "{}").into_response();
+    }
+    {
+        let mut s = ghl.state.lock().unwrap();
+        let now = Instant::now();
+        if let Some((limit, window)) = ghl.limit {
+            let recent = s.recent.entry(token.clone()).or_default();
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= window)
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= limit {
+                ghl.answered_429.fetch_add(1, Ordering::Relaxed);
+                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "{}")
+                    .into_response();
+            }
+            recent.push_back(now);
+            let n = recent.len();
+            s.busiest = s.busiest.max(n);
+        }
+        s.times.entry(token).or_default().push(now);
+    }
+    (StatusCode::CREATED, axum::Json(json!({"followers": []}))).into_response()
+}
+
+async fn start_ghl(ghl: Arc<Ghl>) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/contacts/{id}/followers",
+            post(followers).delete(followers),
+        )
+        .with_state(ghl);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A directory for the run's rules, tokens and database, removed at the end.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "autofollow-bench-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- processes ----------------------------------------------------------------------------
+
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn wait_healthy(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{base} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    fields.iter().sum::<u64>() as f64 / ticks
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+const USERS: &str = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\n  bob: 4kLmPq7Rt2WvXy9ZaBcD\n";
+const RULES: &str = "rules:
+  - name: vip
+    when: {has_tag: vip}
+    add: [alice]
+  - name: facebook
+    when: {source: \"fb-*\"}
+    add: [bob]
+  - name: won
+    events: [OpportunityStageUpdate]
+    when: {status: won}
+    remove: [bob]
+";
+
+/// A running `autofollow serve` on a fresh database, its tokens for `locations`.
+async fn start_autofollow(
+    common: &Common,
+    dir: &std::path::Path,
+    public_key: &str,
+    ghl: &str,
+    rate_limit: &str,
+    settle_delay: &str,
+) -> Process {
+    std::fs::write(dir.join("rules.yaml"), format!("{USERS}{RULES}")).expect("rules");
+    let tokens: String = (0..common.locations)
+        .map(|l| format!("Loc{l}: tok-{l}\n"))
+        .collect();
+    std::fs::write(dir.join("tokens.yaml"), tokens).expect("tokens");
+    let database = match &common.postgres {
+        Some(url) => {
+            let schema = format!("bench_{}_{}", std::process::id(), free_port());
+            let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&pool)
+                .await
+                .expect("schema");
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}options=-c%20search_path%3D{schema}")
+        }
+        None => format!("sqlite://{}", dir.join("autofollow.db").display()),
+    };
+    let binary = common.serve.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("exe")
+            .with_file_name("autofollow")
+    });
+    let port = free_port();
+    let child = Command::new(&binary)
+        .arg("serve")
+        .env("AUTOFOLLOW_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AUTOFOLLOW_RULES", dir.join("rules.yaml"))
+        .env("AUTOFOLLOW_DATABASE_URL", database)
+        .env("GHL_API_BASE_URL", ghl)
+        .env("GHL_LOCATION_TOKENS_FILE", dir.join("tokens.yaml"))
+        .env("GHL_WEBHOOK_PUBLIC_KEYS", public_key)
+        .env("AUTOFOLLOW_RATE_LIMIT", rate_limit)
+        .env("AUTOFOLLOW_DAILY_LIMIT", "100000000")
+        .env("AUTOFOLLOW_SETTLE_DELAY", settle_delay)
+        .env("AUTOFOLLOW_WATCH_RULES", "false")
+        .env("AUTOFOLLOW_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    Process { child, base }
+}
+
+// ---- load -----------------------------------------------------------------------------------
+
+/// Signed webhook bodies: the mix, each with its own `webhookId`.
+struct Bodies {
+    items: Vec<(String, String)>,
+}
+
+fn bodies(key: &SigningKey, n: usize, common: &Common, run: &str) -> Bodies {
+    let mut rng = rand::rng();
+    let items = (0..n)
+        .map(|i| {
+            let contact = rng.random_range(0..common.contacts);
+            let location = format!("Loc{}", contact % common.locations);
+            let c = format!("c{contact}");
+            let w = format!("{run}-{i}");
+            let body = match i % 3 {
+                0 => json!({"type": "ContactCreate", "locationId": location, "id": c,
+                            "source": if contact % 2 == 0 { "fb-ads" } else { "website" },
+                            "tags": ["lead"], "webhookId": w}),
+                1 => json!({"type": "ContactTagUpdate", "locationId": location, "id": c,
+                            "tags": if rng.random_bool(0.5) { json!(["vip", "lead"]) } else { json!(["lead"]) },
+                            "webhookId": w}),
+                _ => json!({"type": "OpportunityStageUpdate", "locationId": location,
+                            "id": format!("o{contact}"), "contactId": c,
+                            "pipelineId": "p1", "pipelineStageId": "s1",
+                            "status": if rng.random_bool(0.3) { "won" } else { "open" },
+                            "webhookId": w}),
+            }
+            .to_string();
+            let signature = base64::engine::general_purpose::STANDARD
+                .encode(key.sign(body.as_bytes()).to_bytes());
+            (body, signature)
+        })
+        .collect();
+    Bodies { items }
+}
+
+struct Load {
+    accepted: u64,
+    other: u64,
+    seconds: f64,
+    /// Acknowledgement latencies in microseconds, sorted.
+    latencies: Vec<u64>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.accepted as f64 / self.seconds
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i] as f64 / 1000.0
+    }
+}
+
+/// Posts the bodies to `base` from `concurrency` keep-alive connections until `seconds` pass
+/// or the bodies run out.
+async fn drive(base: &str, bodies: Arc<Bodies>, concurrency: usize, seconds: f64) -> Load {
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, bodies, next, url) = (
+            http.clone(),
+            Arc::clone(&bodies),
+            Arc::clone(&next),
+            format!("{base}/webhooks/ghl"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut accepted, mut other, mut latencies) = (0u64, 0u64, Vec::new());
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((body, signature)) = bodies.items.get(i) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("X-GHL-Signature", signature)
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(r) => {
+                        let ok = r.status() == 200;
+                        let _ = r.bytes().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    accepted += 1;
+                    latencies.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+                } else {
+                    other += 1;
+                }
+            }
+            (accepted, other, latencies)
+        }));
+    }
+    let mut load = Load {
+        accepted: 0,
+        other: 0,
+        seconds: 0.0,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        let (a, o, l) = t.await.expect("task");
+        load.accepted += a;
+        load.other += o;
+        load.latencies.extend(l);
+    }
+    load.seconds = started.elapsed().as_secs_f64();
+    load.latencies.sort_unstable();
+    load
+}
+
+/// The value of an unlabelled series in a /metrics answer.
+async fn gauge(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn signing_key() -> (SigningKey, String) {
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .expect("pem");
+    (key, pem)
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{cores} cores, {:.0} GiB", mem_kib as f64 / 1024.0 / 1024.0)
+}
+
+// ---- scenarios ------------------------------------------------------------------------------
+
+async fn intake(args: IntakeArgs) {
+    let common = &args.common;
+    let (key, pem) = signing_key();
+    // Enough bodies for a fast server; generated before any clock starts.
+    let per_run = 40_000 * usize::try_from(args.seconds).unwrap_or(10);
+    println!(
+        "machine: {}; preparing {per_run} signed bodies per server",
+        machine()
+    );
+    let base_bodies = Arc::new(bodies(&key, per_run, common, "base"));
+    let af_bodies = Arc::new(bodies(&key, per_run, common, "af"));
+
+    // Baseline first.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "baseline",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            &format!("--public-key={pem}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baseline");
+    let baseline_process = Process { child, base };
+    wait_healthy(&baseline_process.base).await;
+    let baseline_pid = baseline_process.child.id();
+    let cpu_before = cpu_seconds(baseline_pid);
+    let baseline = drive(
+        &baseline_process.base,
+        base_bodies,
+        common.concurrency,
+        args.seconds as f64,
+    )
+    .await;
+    let baseline_cpu = cpu_seconds(baseline_pid) - cpu_before;
+    drop(baseline_process);
+
+    // autofollow.
+    let ghl = Arc::new(Ghl {
+        latency: Duration::from_millis(args.ghl_latency_ms),
+        rate_429: args.ghl_429_rate,
+        rate_5xx: args.ghl_5xx_rate,
+        limit: None,
+        calls: AtomicU64::new(0),
+        answered_429: AtomicU64::new(0),
+        state: Mutex::default(),
+    });
+    let ghl_url = start_ghl(Arc::clone(&ghl)).await;
+    let dir = Scratch::new();
+    let af = start_autofollow(
+        common,
+        &dir.0,
+        &pem,
+        &ghl_url,
+        "1000000/10s",
+        if args.intake_only {
+            "1h"
+        } else {
+            &args.settle_delay
+        },
+    )
+    .await;
+    let pid = af.child.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = status_kib(pid, "VmRSS:");
+    let cpu_before = cpu_seconds(pid);
+    let sampler = {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let (s, m) = (Arc::clone(&stop), Arc::clone(&max));
+        let handle = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                m.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        (stop, max, handle)
+    };
+    let load = drive(&af.base, af_bodies, common.concurrency, args.seconds as f64).await;
+    let load_ended = Instant::now();
+    let deadline = load_ended + Duration::from_secs(600);
+    while !args.intake_only && gauge(&af.base, "autofollow_queue_depth").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = load_ended.elapsed().as_secs_f64();
+    sampler.0.store(true, Ordering::Relaxed);
+    let _ = sampler.2.await;
+    let load_rss = sampler.1.load(Ordering::Relaxed);
+    let peak_rss = status_kib(pid, "VmHWM:");
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let calls = ghl.calls.load(Ordering::Relaxed);
+    drop(af);
+
+    let store = if common.postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!();
+    println!(
+        "intake: {} s at concurrency {}, {} locations, {} contacts, store {store}",
+        args.seconds, common.concurrency, common.locations, common.contacts
+    );
+    println!("| what | baseline | autofollow |");
+    println!("|---|---|---|");
+    println!(
+        "| accepted webhooks / s | {:.0} | {:.0} |",
+        baseline.rate(),
+        load.rate()
+    );
+    println!(
+        "| other answers / errors | {} | {} |",
+        baseline.other, load.other
+    );
+    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!(
+            "| ack latency {name} (ms) | {:.2} | {:.2} |",
+            baseline.percentile(p),
+            load.percentile(p)
+        );
+    }
+    println!(
+        "| CPU seconds per 1,000 webhooks (intake) | {:.3} | |",
+        baseline_cpu * 1000.0 / baseline.accepted.max(1) as f64
+    );
+    println!();
+    println!(
+        "autofollow / baseline throughput: {:.2}",
+        load.rate() / baseline.rate()
+    );
+    println!(
+        "time from the end of the load until every accepted event was processed: {drained:.1} s"
+    );
+    println!(
+        "GoHighLevel calls: {calls} for {} events ({:.2} per event; {} answered 429)",
+        load.accepted,
+        calls as f64 / load.accepted.max(1) as f64,
+        ghl.answered_429.load(Ordering::Relaxed)
+    );
+    println!(
+        "autofollow CPU seconds per 1,000 events (intake and processing): {:.3}",
+        cpu * 1000.0 / load.accepted.max(1) as f64
+    );
+    println!(
+        "autofollow resident memory: idle {:.1} MiB, under load max {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        mib(idle_rss),
+        mib(load_rss),
+        mib(peak_rss)
+    );
+}
+
+async fn limit(args: LimitArgs) {
+    let common = &args.common;
+    let (key, pem) = signing_key();
+    let window = Duration::from_secs(args.window_seconds);
+    let ghl = Arc::new(Ghl {
+        latency: Duration::ZERO,
+        rate_429: 0.0,
+        rate_5xx: 0.0,
+        limit: Some((args.limit, window)),
+        calls: AtomicU64::new(0),
+        answered_429: AtomicU64::new(0),
+        state: Mutex::default(),
+    });
+    let ghl_url = start_ghl(Arc::clone(&ghl)).await;
+    let dir = Scratch::new();
+    let af = start_autofollow(
+        common,
+        &dir.0,
+        &pem,
+        &ghl_url,
+        &format!("{}/{}s", args.limit, args.window_seconds),
+        "0s",
+    )
+    .await;
+    // Every event another contact, each asking for one add.
+    let items = (0..args.backlog)
+        .map(|i| {
+            let body = json!({"type": "ContactTagUpdate", "locationId": format!("Loc{}", i % common.locations),
+                              "id": format!("backlog{i}"), "tags": ["vip"], "webhookId": format!("b{i}")})
+            .to_string();
+            let signature = base64::engine::general_purpose::STANDARD
+                .encode(key.sign(body.as_bytes()).to_bytes());
+            (body, signature)
+        })
+        .collect();
+    let queued = drive(
+        &af.base,
+        Arc::new(Bodies { items }),
+        common.concurrency,
+        600.0,
+    )
+    .await;
+    let started = Instant::now();
+    println!(
+        "machine: {}; backlog of {} events queued in {:.1} s",
+        machine(),
+        queued.accepted,
+        queued.seconds
+    );
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let measured = started.elapsed();
+    drop(af);
+    let s = ghl.state.lock().unwrap();
+    let allowed = args.limit as f64 * measured.as_secs_f64() / window.as_secs_f64();
+    println!(
+        "limit: {} requests / {} s per location, {} locations, measured {:.0} s",
+        args.limit,
+        args.window_seconds,
+        common.locations,
+        measured.as_secs_f64()
+    );
+    println!("| location | calls | share of the limit |");
+    println!("|---|---|---|");
+    let mut shares = Vec::new();
+    for l in 0..common.locations {
+        let token = format!("Bearer tok-{l}");
+        let n = s
+            .times
+            .get(&token)
+            .map_or(0, |t| t.iter().filter(|t| **t >= started).count());
+        let share = n as f64 / allowed;
+        shares.push(share);
+        println!("| Loc{l} | {n} | {:.1} % |", share * 100.0);
+    }
+    let mean = shares.iter().sum::<f64>() / shares.len().max(1) as f64;
+    println!();
+    println!(
+        "achieved: {:.1} % of the limit on average; 429 answers: {}; busiest window: {} of {}",
+        mean * 100.0,
+        ghl.answered_429.load(Ordering::Relaxed),
+        s.busiest,
+        args.limit
+    );
+}
