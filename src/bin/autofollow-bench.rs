@@ -173,6 +173,25 @@ struct Ghl {
     state: Mutex<GhlState>,
 }
 
+impl Ghl {
+    fn new(
+        latency: Duration,
+        rate_429: f64,
+        rate_5xx: f64,
+        limit: Option<(usize, Duration)>,
+    ) -> Arc<Ghl> {
+        Arc::new(Ghl {
+            latency,
+            rate_429,
+            rate_5xx,
+            limit,
+            calls: AtomicU64::new(0),
+            answered_429: AtomicU64::new(0),
+            state: Mutex::default(),
+        })
+    }
+}
+
 #[derive(Default)]
 struct GhlState {
     recent: HashMap<String, VecDeque<Instant>>,
@@ -609,15 +628,12 @@ async fn intake(args: IntakeArgs) {
     drop(baseline_process);
 
     // autofollow.
-    let ghl = Arc::new(Ghl {
-        latency: Duration::from_millis(args.ghl_latency_ms),
-        rate_429: args.ghl_429_rate,
-        rate_5xx: args.ghl_5xx_rate,
-        limit: None,
-        calls: AtomicU64::new(0),
-        answered_429: AtomicU64::new(0),
-        state: Mutex::default(),
-    });
+    let ghl = Ghl::new(
+        Duration::from_millis(args.ghl_latency_ms),
+        args.ghl_429_rate,
+        args.ghl_5xx_rate,
+        None,
+    );
     let ghl_url = start_ghl(Arc::clone(&ghl)).await;
     let dir = Scratch::new();
     let af = start_autofollow(
@@ -730,15 +746,7 @@ async fn limit(args: LimitArgs) {
     let common = &args.common;
     let (key, pem) = signing_key();
     let window = Duration::from_secs(args.window_seconds);
-    let ghl = Arc::new(Ghl {
-        latency: Duration::ZERO,
-        rate_429: 0.0,
-        rate_5xx: 0.0,
-        limit: Some((args.limit, window)),
-        calls: AtomicU64::new(0),
-        answered_429: AtomicU64::new(0),
-        state: Mutex::default(),
-    });
+    let ghl = Ghl::new(Duration::ZERO, 0.0, 0.0, Some((args.limit, window)));
     let ghl_url = start_ghl(Arc::clone(&ghl)).await;
     let dir = Scratch::new();
     let af = start_autofollow(
