@@ -3,8 +3,9 @@
 //!
 //! The budget is a GCRA limiter (`governor`) per location. GoHighLevel counts requests in a
 //! window (100 per 10 s); a GCRA with burst `b` and one request per `t` allows `b + W/t` in
-//! any window `W`, so the quota is shaped to `b = n/10` and `t = W/(n - b - 1)`: at most
-//! `n - 1` in any window (one spare for network jitter), about 90 % of the limit sustained.
+//! any window `W`, so the quota is shaped to `b = n/20` and `t = W/(n - b - 1)`: at most
+//! `n - 1` in any window (one spare for network jitter), about 94 % of the limit sustained
+//! (measured with `autofollow-bench limit`, see BENCHMARKS.md).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -42,7 +43,7 @@ impl FromStr for RateLimit {
 /// Shapes `n` requests per `window` into a GCRA burst and emission period that never exceed
 /// `n - 1` per window.
 fn shape(n: u32, window: Duration) -> (u32, Duration) {
-    let burst = (n / 10).max(1);
+    let burst = (n / 20).max(1);
     let steady = n.saturating_sub(burst + 1).max(1);
     (burst, (window / steady).max(Duration::from_nanos(1)))
 }
@@ -266,7 +267,7 @@ mod tests {
         for _ in 0..200 {
             granted += usize::from(limits.acquire(&a).await.is_ok());
         }
-        assert!((10..=100).contains(&granted), "{granted}");
+        assert!((5..=100).contains(&granted), "{granted}");
         let wait = limits.acquire(&a).await.err().unwrap_or_default();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(200),

@@ -346,6 +346,14 @@ impl Worker {
             if let Err(e) = self.store.defer_location(&group[0].location_id, *at).await {
                 tracing::warn!(error = %e, "cannot hold back the location's events; they are deferred one by one");
             }
+            // Look again the moment the budget has room, not at the next poll: a location
+            // with a backlog then uses its whole budget.
+            let wake = Arc::clone(&self.wake);
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                wake.notify_one();
+            });
         }
         let stored = if outcomes.iter().all(|o| matches!(o, Outcome::Finished(..))) {
             let items: Vec<_> = group
