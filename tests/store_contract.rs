@@ -286,6 +286,25 @@ async fn a_holder_extends_its_leases_and_only_its_own(store: Arc<dyn Store>) {
     );
 }
 
+/// A contact's due event waits while a newer webhook about it is settling; then both are
+/// taken together. Other contacts are not held back.
+async fn a_settling_webhook_holds_back_its_contacts_earlier_events(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let first = insert(s, "c1").await;
+    let mut later = new_event("L1", "c1", None);
+    later.available_at = SystemTime::now() + Duration::from_millis(300);
+    let Inserted::Accepted(second) = s.insert_event(later, WINDOW).await.unwrap() else {
+        panic!("accepted")
+    };
+    let other = insert(s, "c2").await;
+    assert_eq!(ids(&s.claim("a", 10, LEASE).await.unwrap()), vec![other]);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let taken = s.claim("a", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&taken), vec![first]);
+    let rest = s.claim_rest("a", &taken[0], 10, LEASE).await.unwrap();
+    assert_eq!(ids(&rest), vec![second]);
+}
+
 async fn retries_wait_until_their_time(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let id = insert(s, "c1").await;
@@ -476,6 +495,7 @@ contract!(
     one_contact_is_claimed_in_order_one_lease_at_a_time,
     expired_leases_are_reclaimed_and_the_old_holder_cannot_finish,
     a_holder_extends_its_leases_and_only_its_own,
+    a_settling_webhook_holds_back_its_contacts_earlier_events,
     retries_wait_until_their_time,
     dead_letters_are_listed_and_replayed,
     finishing_leaves_the_contact_state,

@@ -214,7 +214,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Inserted, StoreError>;
 
     /// Leases up to `limit` events that are due: for each contact only its oldest unfinished
-    /// event, and only when no other lease on it is live.
+    /// event, only when no other lease on it is live, and only when none of its newer events
+    /// is still waiting out its settle delay (a burst about one contact is decided together).
     async fn claim(
         &self,
         owner: &str,

@@ -154,19 +154,6 @@ impl Store for PgStore {
         .bind(available)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE events SET available_at = GREATEST(available_at, $1)
-             WHERE status = 'pending' AND location_id = $2 AND contact_id = $3 AND id < $4
-               AND available_at < $5 AND (lease_expires_at IS NULL OR lease_expires_at < $6)",
-        )
-        .bind(available)
-        .bind(e.location_id.as_str())
-        .bind(e.contact_id.as_str())
-        .bind(id)
-        .bind(PARKED)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         if let Some(webhook_id) = &e.webhook_id {
             sqlx::query("UPDATE webhook_ids SET event_id = $1 WHERE webhook_id = $2")
                 .bind(id)
@@ -196,6 +183,12 @@ impl Store for PgStore {
                        SELECT 1 FROM events p
                        WHERE p.status = 'pending' AND p.location_id = e.location_id
                          AND p.contact_id = e.contact_id AND p.id < e.id)
+                   -- Settle: the contact waits while any of its newer webhooks does.
+                   AND NOT EXISTS (
+                       SELECT 1 FROM events n
+                       WHERE n.status = 'pending' AND n.location_id = e.location_id
+                         AND n.contact_id = e.contact_id AND n.id > e.id
+                         AND n.available_at > $3 AND n.available_at < $5)
                  ORDER BY e.available_at, e.id
                  LIMIT $4
                  FOR UPDATE SKIP LOCKED)
@@ -207,6 +200,7 @@ impl Store for PgStore {
         .bind(lease_until(now, lease))
         .bind(now)
         .bind(i64::from(limit))
+        .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
         Ok(claimed_in_order(&rows, owner))

@@ -83,7 +83,7 @@ async fn insert_batch(
     Ok(results)
 }
 
-/// What [`insert_one`] does for each event, in four statements for the whole batch (each
+/// What [`insert_one`] does for each event, in three statements for the whole batch (each
 /// statement is a round trip to SQLite's thread, which is what intake spends its time on).
 async fn insert_together(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -159,35 +159,7 @@ async fn insert_together(
     q.push(" RETURNING id");
     let mut new_ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
     new_ids.sort_unstable();
-    // 3. Settle: the contacts' earlier waiting events wait as long as the batch.
-    let until = new
-        .iter()
-        .map(|e| millis(e.available_at).max(now))
-        .max()
-        .unwrap_or(now);
-    let contacts: HashSet<(&str, &str)> = new
-        .iter()
-        .map(|e| (e.location_id.as_str(), e.contact_id.as_str()))
-        .collect();
-    // Joined from the list of contacts, so each one is an index search (a row-value IN
-    // would scan every waiting event).
-    let mut q = QueryBuilder::new("UPDATE events SET available_at = MAX(available_at, ");
-    q.push_bind(until).push(") WHERE id IN (SELECT e.id FROM (");
-    q.push_values(&contacts, |mut b, (location, contact)| {
-        b.push_bind(*location).push_bind(*contact);
-    });
-    q.push(
-        ") AS v JOIN events e ON e.status = 'pending' AND e.location_id = v.column1
-             AND e.contact_id = v.column2 AND e.id < ",
-    )
-    .push_bind(new_ids.last().copied().unwrap_or(0))
-    .push(" WHERE e.available_at < ")
-    .push_bind(until)
-    .push(" AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ")
-    .push_bind(now)
-    .push("))");
-    q.build().execute(&mut **tx).await?;
-    // 4. The webhook ids point at their events.
+    // 3. The webhook ids point at their events.
     let linked: Vec<(&str, i64)> = new
         .iter()
         .zip(&new_ids)
@@ -301,21 +273,6 @@ async fn insert_one(
     .bind(millis(e.available_at).max(now))
     .fetch_one(&mut **tx)
     .await?;
-    // Settle: the contact's earlier waiting events wait as long as this one, so a burst of
-    // webhooks about one change is decided together.
-    sqlx::query(
-        "UPDATE events SET available_at = MAX(available_at, ?)
-         WHERE status = 'pending' AND location_id = ? AND contact_id = ? AND id < ?
-           AND available_at < ? AND (lease_expires_at IS NULL OR lease_expires_at < ?)",
-    )
-    .bind(millis(e.available_at).max(now))
-    .bind(e.location_id.as_str())
-    .bind(e.contact_id.as_str())
-    .bind(id)
-    .bind(PARKED)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
     if let Some(webhook_id) = &e.webhook_id {
         sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
             .bind(id)
@@ -423,24 +380,30 @@ impl Store for SqliteStore {
         let now = millis(SystemTime::now());
         let expires = lease_until(now, lease);
         let rows = sqlx::query(
-            "UPDATE events SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1
+            "UPDATE events SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1
              WHERE id IN (
                  SELECT e.id FROM events e
-                 WHERE e.status = 'pending' AND e.available_at <= ?
-                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?)
+                 WHERE e.status = 'pending' AND e.available_at <= ?3
+                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?3)
                    AND NOT EXISTS (
                        SELECT 1 FROM events p
                        WHERE p.status = 'pending' AND p.location_id = e.location_id
                          AND p.contact_id = e.contact_id AND p.id < e.id)
+                   -- Settle: the contact waits while any of its newer webhooks does.
+                   AND NOT EXISTS (
+                       SELECT 1 FROM events n
+                       WHERE n.status = 'pending' AND n.location_id = e.location_id
+                         AND n.contact_id = e.contact_id AND n.id > e.id
+                         AND n.available_at > ?3 AND n.available_at < ?5)
                  ORDER BY e.available_at, e.id
-                 LIMIT ?)
+                 LIMIT ?4)
              RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
         )
         .bind(owner)
         .bind(expires)
         .bind(now)
-        .bind(now)
         .bind(i64::from(limit))
+        .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
         Ok(claimed_in_order(&rows, owner))
