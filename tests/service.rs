@@ -908,3 +908,48 @@ async fn a_fresh_follower_list_spares_calls_that_would_change_nothing() {
     app.ghl.verify().await;
     app.shutdown().await;
 }
+
+/// A retried event does not trust the follower list on record: an attempt that made calls
+/// may have ended (the process died, the lease was lost) before their answers were recorded.
+#[tokio::test]
+async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
+    let app = spawn_app("rules:\n  - name: both\n    add: [alice, carol]\n").await;
+    // On record, fresh: carol already follows.
+    app.store()
+        .set_known_followers(
+            &autofollow::ids::LocationId::new("ve9EPM428h8vShlRW1KT"),
+            &autofollow::ids::ContactId::new("c1"),
+            &[autofollow::ids::UserId::new(CAROL)],
+        )
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&app.ghl)
+        .await;
+    app.ghl_accepts_the_rest().await;
+    let id = app.contact("ContactCreate", "c1", json!({})).await;
+    app.drain().await;
+    let bodies: Vec<Value> = app
+        .ghl
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(
+        bodies[0]["followers"],
+        json!([ALICE]),
+        "first try: the list on record spares carol"
+    );
+    assert_eq!(
+        bodies[1]["followers"],
+        json!([ALICE, CAROL]),
+        "the retry asks for both"
+    );
+    assert_eq!(app.decisions(id).await.len(), 2);
+    app.shutdown().await;
+}
