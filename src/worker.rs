@@ -579,7 +579,13 @@ impl Worker {
             };
             records.push((*i, record, state));
         }
-        let (calls, end) = self.call(&location, &contact, &net, token).await?;
+        // An event tried before may have had its calls made by a process that died (or lost
+        // its lease) before it could record their answers: the follower list on record may
+        // be stale, so it is not trusted for this group.
+        let first_try = group.iter().all(|c| c.attempt <= 1);
+        let (calls, end) = self
+            .call(&location, &contact, &net, token, first_try)
+            .await?;
         for (i, mut record, state) in records {
             record.calls.clone_from(&calls);
             let claimed = &group[i];
@@ -611,6 +617,7 @@ impl Worker {
         contact: &crate::ids::ContactId,
         net: &Plan,
         token: Option<&SecretString>,
+        trust_known: bool,
     ) -> Result<(Vec<CallRecord>, End), StoreError> {
         let mut calls = Vec::new();
         if net.is_empty() {
@@ -633,7 +640,7 @@ impl Worker {
         // follow (adds) or already do not (removes). People change followers by hand, so only
         // for a short while.
         let mut batches = batches;
-        if !self.options.followers_fresh.is_zero() {
+        if trust_known && !self.options.followers_fresh.is_zero() {
             let since = SystemTime::now() - self.options.followers_fresh;
             if let Some(known) = self.store.known_followers(location, contact, since).await? {
                 for (add, users) in &mut batches {
