@@ -263,16 +263,20 @@ async fn start_ghl(ghl: Arc<Ghl>) -> String {
     url
 }
 
+/// A name no other run uses: this process and the time.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}_{nanos}", std::process::id())
+}
+
 /// A directory for the run's rules, tokens and database, removed at the end.
 struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "autofollow-bench-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(format!("autofollow-bench-{}", unique()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         Scratch(dir)
     }
@@ -384,7 +388,7 @@ async fn start_autofollow(
     std::fs::write(dir.join("tokens.yaml"), tokens).expect("tokens");
     let database = match &common.postgres {
         Some(url) => {
-            let schema = format!("bench_{}_{}", std::process::id(), free_port());
+            let schema = format!("bench_{}", unique());
             let pool = sqlx::PgPool::connect(url).await.expect("postgres");
             sqlx::query(&format!("CREATE SCHEMA {schema}"))
                 .execute(&pool)
@@ -453,12 +457,17 @@ fn bodies(key: &SigningKey, n: usize, common: &Common, run: &str) -> Bodies {
                             "webhookId": w}),
             }
             .to_string();
-            let signature = base64::engine::general_purpose::STANDARD
-                .encode(key.sign(body.as_bytes()).to_bytes());
-            (body, signature)
+            signed(key, body)
         })
         .collect();
     Bodies { items }
+}
+
+/// A body and its `X-GHL-Signature`.
+fn signed(key: &SigningKey, body: String) -> (String, String) {
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(key.sign(body.as_bytes()).to_bytes());
+    (body, signature)
 }
 
 struct Load {
@@ -764,9 +773,7 @@ async fn limit(args: LimitArgs) {
             let body = json!({"type": "ContactTagUpdate", "locationId": format!("Loc{}", i % common.locations),
                               "id": format!("backlog{i}"), "tags": ["vip"], "webhookId": format!("b{i}")})
             .to_string();
-            let signature = base64::engine::general_purpose::STANDARD
-                .encode(key.sign(body.as_bytes()).to_bytes());
-            (body, signature)
+            signed(&key, body)
         })
         .collect();
     let queued = drive(

@@ -143,15 +143,6 @@ pub struct Report {
     pub pending: u64,
 }
 
-impl Report {
-    pub fn rows(&self, table: &str) -> u64 {
-        self.tables
-            .iter()
-            .find(|(t, _)| *t == table)
-            .map_or(0, |(_, n)| *n)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("{0}")]

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
 
 use crate::ghl::CallRecord;
 use crate::ids::{ContactId, LocationId, OpportunityId};
@@ -385,6 +386,119 @@ pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, Store
         std::sync::Arc::new(postgres::PgStore::open(url).await?)
     } else {
         std::sync::Arc::new(sqlite::SqliteStore::open_existing(url).await?)
+    })
+}
+
+/// When a lease taken at `now` (unix ms) expires.
+pub(crate) fn lease_until(now: i64, lease: Duration) -> i64 {
+    now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The columns of a claimed event, as both backends return them.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimedRow {
+    id: i64,
+    kind: String,
+    location_id: String,
+    contact_id: String,
+    body: String,
+    attempts: i64,
+    received_at: i64,
+}
+
+/// Claimed rows (from `RETURNING`, in no particular order), oldest first.
+pub(crate) fn claimed_in_order<R>(rows: &[R], owner: &str) -> Result<Vec<Claimed>, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> ClaimedRow: sqlx::FromRow<'r, R>,
+{
+    let mut claimed = rows
+        .iter()
+        .map(|r| {
+            let c = ClaimedRow::from_row(r)?;
+            Ok(Claimed {
+                id: c.id,
+                kind: BodyKind::parse(&c.kind),
+                location_id: LocationId::new(c.location_id),
+                contact_id: ContactId::new(c.contact_id),
+                body: c.body,
+                attempt: u32::try_from(c.attempts).unwrap_or(u32::MAX),
+                received_at: from_millis(c.received_at),
+                lease_owner: owner.to_owned(),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// The columns of an event record.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecordRow {
+    id: i64,
+    event_type: String,
+    location_id: String,
+    contact_id: String,
+    status: String,
+    attempts: i64,
+    last_error: Option<String>,
+}
+
+pub(crate) fn record<R>(r: &R) -> Result<EventRecord, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> RecordRow: sqlx::FromRow<'r, R>,
+{
+    let r = RecordRow::from_row(r)?;
+    Ok(EventRecord {
+        id: r.id,
+        event_type: r.event_type,
+        location_id: r.location_id,
+        contact_id: r.contact_id,
+        status: EventStatus::parse(&r.status),
+        attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+        last_error: r.last_error,
+    })
+}
+
+/// The columns of a decision (its lists are JSON text).
+#[derive(sqlx::FromRow)]
+pub(crate) struct DecisionRow {
+    attempt: i64,
+    matched: String,
+    plan: String,
+    calls: String,
+    outcome: String,
+    error: Option<String>,
+    dry_run: bool,
+    batch: String,
+    rules_version: String,
+}
+
+pub(crate) fn decision<R>(r: &R) -> Result<Decision, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> DecisionRow: sqlx::FromRow<'r, R>,
+{
+    let r = DecisionRow::from_row(r)?;
+    Ok(Decision {
+        attempt: u32::try_from(r.attempt).unwrap_or(u32::MAX),
+        matched: from_json(&r.matched)?,
+        plan: from_json(&r.plan)?,
+        calls: from_json(&r.calls)?,
+        outcome: r.outcome,
+        error: r.error,
+        dry_run: r.dry_run,
+        batch: from_json(&r.batch)?,
+        rules_version: r.rules_version,
     })
 }
 

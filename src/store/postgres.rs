@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::*;
@@ -42,44 +42,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?)
-}
-
-fn lease_until(now: i64, lease: Duration) -> i64 {
-    now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-fn claimed_in_order(rows: &[PgRow], owner: &str) -> Vec<Claimed> {
-    let mut claimed: Vec<Claimed> = rows
-        .iter()
-        .map(|r| Claimed {
-            id: r.get("id"),
-            kind: BodyKind::parse(r.get::<&str, _>("kind")),
-            location_id: LocationId::new(r.get::<String, _>("location_id")),
-            contact_id: ContactId::new(r.get::<String, _>("contact_id")),
-            body: r.get("body"),
-            attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-            received_at: from_millis(r.get("received_at")),
-            lease_owner: owner.to_owned(),
-        })
-        .collect();
-    claimed.sort_by_key(|c| c.id);
-    claimed
-}
-
-fn record(r: &PgRow) -> EventRecord {
-    EventRecord {
-        id: r.get("id"),
-        event_type: r.get("event_type"),
-        location_id: r.get("location_id"),
-        contact_id: r.get("contact_id"),
-        status: EventStatus::parse(r.get::<&str, _>("status")),
-        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-        last_error: r.get("last_error"),
-    }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 async fn insert_decision(
@@ -203,7 +165,7 @@ impl Store for PgStore {
         .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
-        Ok(claimed_in_order(&rows, owner))
+        claimed_in_order(&rows, owner)
     }
 
     async fn previous_state(
@@ -268,7 +230,7 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(claimed_in_order(&rows, owner))
+        claimed_in_order(&rows, owner)
     }
 
     async fn finish_all(
@@ -457,7 +419,7 @@ impl Store for PgStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(record))
+        row.as_ref().map(record).transpose()
     }
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
@@ -467,25 +429,7 @@ impl Store for PgStore {
         .bind(event_id)
         .fetch_all(&self.pool)
         .await?;
-        let json = |s: &str| -> Result<serde_json::Value, StoreError> {
-            serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-        };
-        rows.iter()
-            .map(|r| {
-                let value = serde_json::json!({
-                    "attempt": r.get::<i64, _>("attempt"),
-                    "matched": json(r.get("matched"))?,
-                    "plan": json(r.get("plan"))?,
-                    "calls": json(r.get("calls"))?,
-                    "outcome": r.get::<String, _>("outcome"),
-                    "error": r.get::<Option<String>, _>("error"),
-                    "dry_run": r.get::<bool, _>("dry_run"),
-                    "batch": json(r.get("batch"))?,
-                    "rules_version": r.get::<String, _>("rules_version"),
-                });
-                serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+        rows.iter().map(decision).collect()
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
@@ -503,7 +447,7 @@ impl Store for PgStore {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let event = record(&r);
+            let event = record(&r)?;
             let last_decision = self.decisions(event.id).await?.pop();
             out.push(EventSummary {
                 event,

@@ -69,22 +69,18 @@ async fn insert_batch(
 ) -> Result<Vec<Inserted>, StoreError> {
     let now = millis(SystemTime::now());
     let mut tx = pool.begin().await?;
-    let same_window = events.windows(2).all(|w| w[0].1 == w[1].1);
-    let results = if events.len() > 1 && same_window {
-        insert_together(&mut tx, events, now).await?
-    } else {
-        let mut results = Vec::with_capacity(events.len());
-        for (e, dedup_window) in events {
-            results.push(insert_one(&mut tx, e, *dedup_window, now).await?);
-        }
-        results
-    };
+    let mut results = Vec::with_capacity(events.len());
+    // Webhooks are deduplicated over one window per statement; every caller uses the same.
+    for run in events.chunk_by(|a, b| a.1 == b.1) {
+        results.extend(insert_together(&mut tx, run, now).await?);
+    }
     tx.commit().await?;
     Ok(results)
 }
 
-/// What [`insert_one`] does for each event, in three statements for the whole batch (each
-/// statement is a round trip to SQLite's thread, which is what intake spends its time on).
+/// Stores the events in three statements for the whole batch (each statement is a round trip
+/// to SQLite's thread, which is what intake spends its time on): claim their webhook ids,
+/// insert the new events, point the webhook ids at them.
 async fn insert_together(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     events: &[(&NewEvent, Duration)],
@@ -234,96 +230,6 @@ impl SqliteStore {
     }
 }
 
-/// One webhook inside the intake transaction `tx`.
-async fn insert_one(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    e: &NewEvent,
-    dedup_window: Duration,
-    now: i64,
-) -> Result<Inserted, StoreError> {
-    if let Some(webhook_id) = &e.webhook_id {
-        // A write first, so the transaction holds the write lock from its start.
-        let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let claimed = sqlx::query(
-            "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES (?, 0, ?)
-             ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
-             WHERE webhook_ids.received_at < ?",
-        )
-        .bind(webhook_id)
-        .bind(now)
-        .bind(cutoff)
-        .execute(&mut **tx)
-        .await?;
-        if claimed.rows_affected() == 0 {
-            return Ok(Inserted::Duplicate);
-        }
-    }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(e.kind.as_str())
-    .bind(&e.event_type)
-    .bind(e.location_id.as_str())
-    .bind(e.contact_id.as_str())
-    .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
-    .bind(&e.webhook_id)
-    .bind(&e.body)
-    .bind(now)
-    .bind(millis(e.available_at).max(now))
-    .fetch_one(&mut **tx)
-    .await?;
-    if let Some(webhook_id) = &e.webhook_id {
-        sqlx::query("UPDATE webhook_ids SET event_id = ? WHERE webhook_id = ?")
-            .bind(id)
-            .bind(webhook_id)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(Inserted::Accepted(id))
-}
-
-/// When a lease taken at `now` (unix ms) expires.
-fn lease_until(now: i64, lease: Duration) -> i64 {
-    now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-/// Claimed rows (from `RETURNING`, in no particular order), oldest first.
-fn claimed_in_order(rows: &[sqlx::sqlite::SqliteRow], owner: &str) -> Vec<Claimed> {
-    let mut claimed: Vec<Claimed> = rows.iter().map(|r| claimed(r, owner)).collect();
-    claimed.sort_by_key(|c| c.id);
-    claimed
-}
-
-fn claimed(r: &sqlx::sqlite::SqliteRow, owner: &str) -> Claimed {
-    Claimed {
-        id: r.get("id"),
-        kind: BodyKind::parse(r.get::<&str, _>("kind")),
-        location_id: LocationId::new(r.get::<String, _>("location_id")),
-        contact_id: ContactId::new(r.get::<String, _>("contact_id")),
-        body: r.get("body"),
-        attempt: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-        received_at: from_millis(r.get("received_at")),
-        lease_owner: owner.to_owned(),
-    }
-}
-
-fn record(r: &sqlx::sqlite::SqliteRow) -> EventRecord {
-    EventRecord {
-        id: r.get("id"),
-        event_type: r.get("event_type"),
-        location_id: r.get("location_id"),
-        contact_id: r.get("contact_id"),
-        status: EventStatus::parse(r.get::<&str, _>("status")),
-        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
-        last_error: r.get("last_error"),
-    }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 async fn insert_decision(
     tx: &mut sqlx::SqliteConnection,
     event_id: i64,
@@ -406,7 +312,7 @@ impl Store for SqliteStore {
         .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
-        Ok(claimed_in_order(&rows, owner))
+        claimed_in_order(&rows, owner)
     }
 
     async fn previous_state(
@@ -474,7 +380,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(claimed_in_order(&rows, owner))
+        claimed_in_order(&rows, owner)
     }
 
     async fn finish_all(
@@ -668,7 +574,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(record))
+        row.as_ref().map(record).transpose()
     }
 
     async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
@@ -678,25 +584,7 @@ impl Store for SqliteStore {
         .bind(event_id)
         .fetch_all(&self.pool)
         .await?;
-        let json = |s: &str| -> Result<serde_json::Value, StoreError> {
-            serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-        };
-        rows.iter()
-            .map(|r| {
-                let value = serde_json::json!({
-                    "attempt": r.get::<i64, _>("attempt"),
-                    "matched": json(r.get("matched"))?,
-                    "plan": json(r.get("plan"))?,
-                    "calls": json(r.get("calls"))?,
-                    "outcome": r.get::<String, _>("outcome"),
-                    "error": r.get::<Option<String>, _>("error"),
-                    "dry_run": r.get::<bool, _>("dry_run"),
-                    "batch": json(r.get("batch"))?,
-                    "rules_version": r.get::<String, _>("rules_version"),
-                });
-                serde_json::from_value(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+        rows.iter().map(decision).collect()
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
@@ -713,7 +601,7 @@ impl Store for SqliteStore {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let event = record(&r);
+            let event = record(&r)?;
             let last_decision = self.decisions(event.id).await?.pop();
             out.push(EventSummary {
                 event,
