@@ -71,6 +71,13 @@ pub struct ServeArgs {
     /// the next run, with PostgreSQL) resumes the event after this.
     #[arg(long, env = "AUTOFOLLOW_LEASE", default_value = "60s")]
     pub lease: String,
+    /// How long one GoHighLevel call may take before it counts as failed and is retried.
+    #[arg(long, env = "GHL_TIMEOUT", default_value = "15s")]
+    pub ghl_timeout: String,
+    /// The wait before the first retry of a failed call; each further retry may wait up to
+    /// twice as long (random within that ceiling), capped at 5 minutes. Retry-After wins.
+    #[arg(long, env = "AUTOFOLLOW_RETRY_BASE", default_value = "1s")]
+    pub retry_base: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -149,6 +156,8 @@ pub struct Config {
     pub rate_limit: crate::limits::RateLimit,
     pub daily_limit: u32,
     pub followers_freshness: std::time::Duration,
+    pub ghl_timeout: std::time::Duration,
+    pub retry_base: std::time::Duration,
     pub watch_rules: bool,
 }
 
@@ -299,6 +308,12 @@ impl Config {
         let lease = duration("AUTOFOLLOW_LEASE", &args.lease);
         let followers_freshness =
             duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
+        let ghl_timeout = duration("GHL_TIMEOUT", &args.ghl_timeout);
+        let retry_base = duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base);
+        let ghl_timeout = ghl_timeout.filter(|t| !t.is_zero());
+        if ghl_timeout.is_none() && !problems.iter().any(|p| p.starts_with("GHL_TIMEOUT")) {
+            problems.push("GHL_TIMEOUT: more than 0".to_owned());
+        }
         let lease = lease.filter(|l| *l >= std::time::Duration::from_secs(1));
         if lease.is_none() && !problems.iter().any(|p| p.starts_with("AUTOFOLLOW_LEASE")) {
             problems.push("AUTOFOLLOW_LEASE: at least 1s".to_owned());
@@ -330,6 +345,8 @@ impl Config {
             followers_freshness,
             shutdown_grace,
             lease,
+            ghl_timeout,
+            retry_base,
         ) {
             (
                 Some(listen),
@@ -342,6 +359,8 @@ impl Config {
                 Some(followers_freshness),
                 Some(shutdown_grace),
                 Some(lease),
+                Some(ghl_timeout),
+                Some(retry_base),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -363,6 +382,8 @@ impl Config {
                 rate_limit,
                 daily_limit: args.daily_limit,
                 followers_freshness,
+                ghl_timeout,
+                retry_base,
                 watch_rules: args.watch_rules,
             }),
             _ => Err(ConfigError(problems)),
@@ -398,6 +419,8 @@ mod tests {
             lease: "0s".into(),
             rate_limit: "lots".into(),
             followers_freshness: "a while".into(),
+            ghl_timeout: "0s".into(),
+            retry_base: "quickly".into(),
             watch_rules: true,
             daily_limit: 200_000,
         };
@@ -419,6 +442,8 @@ mod tests {
             "AUTOFOLLOW_LEASE",
             "AUTOFOLLOW_RATE_LIMIT",
             "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
+            "GHL_TIMEOUT",
+            "AUTOFOLLOW_RETRY_BASE",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -441,17 +466,32 @@ mod tests {
             rate_limit: "100/10s".into(),
             daily_limit: 200_000,
             followers_freshness: "60s".into(),
+            ghl_timeout: "15s".into(),
+            retry_base: "1s".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();
         assert_eq!(config.map(|c| c.dry_run), Some(true));
         let with_token = ServeArgs {
             ghl_token: Some("t".into()),
-            ..args
+            ..args.clone()
         };
         assert_eq!(
             Config::from_args(with_token).ok().map(|c| c.dry_run),
             Some(false)
         );
+
+        // What the worker takes from the configuration reaches it (freshness was once
+        // parsed and then ignored).
+        let tuned = ServeArgs {
+            followers_freshness: "0".into(),
+            retry_base: "250ms".into(),
+            ..args
+        };
+        let config = Config::from_args(tuned).unwrap_or_else(|e| panic!("{e}"));
+        let options = crate::worker::WorkerOptions::from_config(&config);
+        assert_eq!(options.followers_fresh, std::time::Duration::ZERO);
+        assert_eq!(options.retry.base, std::time::Duration::from_millis(250));
+        assert_eq!(options.retry.cap, crate::worker::RetryPolicy::default().cap);
     }
 }

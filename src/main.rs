@@ -230,13 +230,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match server::start(&config, worker::WorkerOptions::default()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                return ExitCode::from(1);
-            }
-        };
+        let running =
+            match server::start(&config, worker::WorkerOptions::from_config(&config)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    return ExitCode::from(1);
+                }
+            };
         #[cfg(unix)]
         reload_on_sighup(std::sync::Arc::clone(&running.rules));
         shutdown_signal().await;

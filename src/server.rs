@@ -460,7 +460,7 @@ pub async fn start_with_store(
     });
     let ghl = GhlClient::new(
         &config.ghl_api_base_url,
-        Duration::from_secs(15),
+        config.ghl_timeout,
         limits,
         Arc::clone(&metrics),
     )?;

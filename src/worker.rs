@@ -71,6 +71,21 @@ pub struct WorkerOptions {
     pub followers_fresh: Duration,
 }
 
+impl WorkerOptions {
+    /// The defaults, with what the configuration sets.
+    pub fn from_config(config: &crate::config::Config) -> WorkerOptions {
+        let defaults = WorkerOptions::default();
+        WorkerOptions {
+            followers_fresh: config.followers_freshness,
+            retry: RetryPolicy {
+                base: config.retry_base,
+                ..defaults.retry
+            },
+            ..defaults
+        }
+    }
+}
+
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {

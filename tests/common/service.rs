@@ -202,6 +202,8 @@ pub async fn spawn_with(options: Options) -> TestApp {
         rate_limit: options.rate_limit,
         daily_limit: 200_000,
         followers_freshness: "60s".into(),
+        ghl_timeout: "15s".into(),
+        retry_base: "1s".into(),
         watch_rules: true,
         shutdown_grace: options.shutdown_grace,
         lease: "60s".into(),
