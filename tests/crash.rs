@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::{Service, spawn};
-use common::service::{SECRET, TOKEN, sign};
+use common::service::{SECRET, TOKEN, followed_contacts, sign};
 use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -39,22 +39,6 @@ fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
 /// A temporary directory holding `rules.yaml`: one rule adding `user` to every contact.
 fn rules_dir(user: &str) -> tempfile::TempDir {
     common::process::rules_dir(&format!("  - name: all\n    add: [{user}]\n"))
-}
-
-async fn followed_contacts(ghl: &MockServer) -> BTreeSet<String> {
-    ghl.received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.method.as_str() == "POST")
-        .map(|r| {
-            r.url
-                .path()
-                .trim_start_matches("/contacts/")
-                .trim_end_matches("/followers")
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -143,9 +143,7 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
             post(followers).delete(followers),
         )
         .with_state(Arc::clone(&ghl));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ghl_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ghl_url = common::process::serve_stand_in(app).await;
 
     let dir = common::process::rules_dir(
         "  - name: vip
@@ -157,11 +155,7 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
 ",
     );
     let rules = dir.path().join("rules.yaml");
-    let tokens = dir.path().join("tokens.yaml");
-    let tokens_yaml: String = (0..LOCATIONS)
-        .map(|l| format!("L{l}: tok-L{l}\n"))
-        .collect();
-    std::fs::write(&tokens, tokens_yaml).unwrap();
+    let tokens = common::process::location_tokens(dir.path(), LOCATIONS);
     let env = [
         ("AUTOFOLLOW_RULES", rules.display().to_string()),
         ("AUTOFOLLOW_DATABASE_URL", url.clone()),

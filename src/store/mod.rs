@@ -203,6 +203,9 @@ pub enum StoreError {
     /// Unreadable stored data, or a store that cannot be opened as asked.
     #[error("{0}")]
     Corrupt(String),
+    /// The store failed an operation shared with others (the message is the first error).
+    #[error("database error: {0}")]
+    Unavailable(String),
 }
 
 #[async_trait]

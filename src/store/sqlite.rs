@@ -45,11 +45,27 @@ async fn intake_writer(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<
                     let _ = item.reply.send(Ok(result));
                 }
             }
+            // The store itself is failing (locked past the busy timeout, I/O): the batch and
+            // every webhook that queued while it waited get the error now (429, and
+            // GoHighLevel delivers again). Retrying them one by one, or batch after batch,
+            // would make the last wait one busy timeout per webhook or batch.
+            Err(e) if !row_specific(&e) => {
+                let message = e.to_string();
+                while let Ok(item) = queue.try_recv() {
+                    batch.push(item);
+                }
+                for item in batch.drain(..) {
+                    let _ = item
+                        .reply
+                        .send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
             Err(e) if batch.len() == 1 => {
                 if let Some(item) = batch.pop() {
                     let _ = item.reply.send(Err(e));
                 }
             }
+            // One webhook's row broke the batch: store the others one by one.
             Err(_) => {
                 for item in batch.drain(..) {
                     let result = insert_batch(&pool, &[(&item.event, item.dedup_window)])
@@ -59,6 +75,22 @@ async fn intake_writer(pool: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<
                 }
             }
         }
+    }
+}
+
+/// Whether the error is about one row (a constraint), not about the store.
+fn row_specific(e: &StoreError) -> bool {
+    use sqlx::error::ErrorKind;
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => matches!(
+            db.kind(),
+            ErrorKind::UniqueViolation
+                | ErrorKind::ForeignKeyViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::CheckViolation
+        ),
+        StoreError::Corrupt(_) => true,
+        _ => false,
     }
 }
 
@@ -221,11 +253,19 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        // Intake has a connection of its own: webhooks never queue behind the worker for a
+        // connection (when the database is locked, the worker's connections sit in the busy
+        // handler too, and a shared pool added their wait to every webhook's).
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
         let (intake, queue) = tokio::sync::mpsc::channel(INTAKE_BATCH * 4);
-        tokio::spawn(intake_writer(pool.clone(), queue));
+        tokio::spawn(intake_writer(writer, queue));
         Ok(SqliteStore { pool, intake })
     }
 }

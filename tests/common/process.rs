@@ -93,3 +93,23 @@ pub fn rules_dir(rules: &str) -> tempfile::TempDir {
     std::fs::write(dir.path().join("rules.yaml"), text).expect("rules.yaml");
     dir
 }
+
+/// Serves `router` (a GoHighLevel stand-in) on a free loopback port; its base URL.
+pub async fn serve_stand_in(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+/// `tokens.yaml` in `dir` giving locations `L0`… `L{n-1}` the tokens `tok-L0`…; its path.
+pub fn location_tokens(dir: &std::path::Path, locations: usize) -> std::path::PathBuf {
+    let path = dir.join("tokens.yaml");
+    let yaml: String = (0..locations)
+        .map(|l| format!("L{l}: tok-L{l}\n"))
+        .collect();
+    std::fs::write(&path, yaml).expect("tokens.yaml");
+    path
+}

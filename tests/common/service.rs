@@ -337,3 +337,20 @@ pub async fn accepted(response: reqwest::Response) -> i64 {
     assert_eq!(body["status"], "accepted", "{body}");
     body["event_id"].as_i64().expect("event_id")
 }
+
+/// The contacts GoHighLevel (a wiremock stand-in) was asked to add followers to.
+pub async fn followed_contacts(ghl: &MockServer) -> std::collections::BTreeSet<String> {
+    ghl.received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .map(|r| {
+            r.url
+                .path()
+                .trim_start_matches("/contacts/")
+                .trim_end_matches("/followers")
+                .to_owned()
+        })
+        .collect()
+}
