@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
+mod common;
+
 use autofollow::event::{self, Parsed};
 use autofollow::rules::{PreviousState, RuleSet};
 use proptest::prelude::*;
@@ -11,58 +13,6 @@ use serde_json::{Value, json};
 fn load(text: &str) {
     // Only the absence of a panic matters here; errors are expected.
     let _ = RuleSet::from_sources(&[("fuzz.yaml", text)]);
-}
-
-fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|n| json!(n)),
-        "\\PC{0,12}".prop_map(Value::String),
-        prop::sample::select(vec![
-            "ContactCreate",
-            "OpportunityStageUpdate",
-            "Workflow",
-            "INSTALL",
-            "vip, hot",
-            "L",
-            "C"
-        ])
-        .prop_map(|s| Value::String(s.to_owned())),
-    ];
-    leaf.prop_recursive(5, 64, 8, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop::sample::select(vec![
-                    "type",
-                    "locationId",
-                    "id",
-                    "contactId",
-                    "tags",
-                    "source",
-                    "assignedTo",
-                    "pipelineId",
-                    "pipelineStageId",
-                    "status",
-                    "contact_id",
-                    "location",
-                    "user",
-                    "email",
-                    "workflow",
-                    "name",
-                    "pipleline_stage",
-                    "customData",
-                    "x",
-                ])
-                .prop_map(str::to_owned),
-                inner,
-                0..8,
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
 }
 
 /// YAML-shaped text built from the rule file's own vocabulary, so the walker's branches get
@@ -137,7 +87,7 @@ proptest! {
     }
 
     #[test]
-    fn the_parsers_never_panic_on_arbitrary_json(value in arb_json()) {
+    fn the_parsers_never_panic_on_arbitrary_json(value in common::arb_json()) {
         let body = value.to_string();
         let _ = event::parse_app(body.as_bytes());
         let _ = event::parse_workflow(body.as_bytes());

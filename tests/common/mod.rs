@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use autofollow::event::{self, Event, Parsed};
 use autofollow::rules::{NoResolver, PreviousState, Resolver, RuleSet};
-use serde_json::Value;
+use proptest::prelude::*;
+use serde_json::{Value, json};
 
 pub const ALICE: &str = "9hTnVvSr1Q2ZyE5kHfXm";
 pub const BOB: &str = "4kLmPq7Rt2WvXy9ZaBcD";
@@ -128,4 +129,58 @@ pub async fn postgres_schema() -> Option<String> {
     pool.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+/// Arbitrary JSON built from webhook vocabulary (keys and values GoHighLevel sends), so
+/// the parser's branches are reached, not only its first type check.
+pub fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|n| json!(n)),
+        "\\PC{0,12}".prop_map(Value::String),
+        prop::sample::select(vec![
+            "ContactCreate",
+            "OpportunityStageUpdate",
+            "Workflow",
+            "INSTALL",
+            "vip, hot",
+            "L",
+            "C"
+        ])
+        .prop_map(|s| Value::String(s.to_owned())),
+    ];
+    leaf.prop_recursive(5, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "type",
+                    "locationId",
+                    "id",
+                    "contactId",
+                    "tags",
+                    "source",
+                    "assignedTo",
+                    "pipelineId",
+                    "pipelineStageId",
+                    "status",
+                    "contact_id",
+                    "location",
+                    "user",
+                    "email",
+                    "workflow",
+                    "name",
+                    "pipleline_stage",
+                    "customData",
+                    "x",
+                ])
+                .prop_map(str::to_owned),
+                inner,
+                0..8,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
 }
