@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod ghl;
+pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod metrics;

@@ -510,11 +510,10 @@ pub async fn start_with_store(
     let app = router(state);
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+        crate::http::serve(listener, app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
     });
     tracing::info!(
         %addr,

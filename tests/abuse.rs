@@ -121,3 +121,53 @@ async fn slow_clients_and_an_unauthenticated_flood_do_not_stop_authenticated_web
         unauthorized.load(Ordering::Relaxed)
     );
 }
+
+/// Reads until the server closes the connection; how long that took, or `None` when it was
+/// still open at `limit`. Writes `dribble` every 500 ms meanwhile (nothing when empty).
+async fn closed_within(
+    mut conn: tokio::net::TcpStream,
+    dribble: &'static [u8],
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < limit {
+        match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {} // an answer (408 or the like) before the close
+            Err(_) => {
+                if !dribble.is_empty() && conn.write_all(dribble).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_request_head_are_closed() {
+    let app = common::service::spawn_app("rules:\n  - name: all\n    add: [alice]\n").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let limit = autofollow::http::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    // Silent: connects and sends nothing.
+    let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Dribbling: a request line, then a header line every 500 ms, never the blank line.
+    let mut dribbling = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    dribbling
+        .write_all(b"POST /webhooks/ghl HTTP/1.1\r\nHost: autofollow\r\n")
+        .await
+        .unwrap();
+    let (silent, dribbling) = tokio::join!(
+        closed_within(silent, b"", limit),
+        closed_within(dribbling, b"X-Slow: 1\r\n", limit),
+    );
+    assert!(silent.is_some(), "a silent connection stayed open");
+    assert!(dribbling.is_some(), "a dribbling connection stayed open");
+    eprintln!("closed after {silent:?} (silent) and {dribbling:?} (dribbling)");
+    // The service still answers.
+    let r = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.shutdown().await;
+}
