@@ -75,9 +75,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GHL_TIMEOUT", default_value = "15s")]
     pub ghl_timeout: String,
     /// The wait before the first retry of a failed call; each further retry may wait up to
-    /// twice as long (random within that ceiling), capped at 5 minutes. Retry-After wins.
+    /// twice as long (random within that ceiling), up to AUTOFOLLOW_RETRY_CAP. Retry-After wins.
     #[arg(long, env = "AUTOFOLLOW_RETRY_BASE", default_value = "1s")]
     pub retry_base: String,
+    /// The longest wait between two attempts of a failed call.
+    #[arg(long, env = "AUTOFOLLOW_RETRY_CAP", default_value = "5m")]
+    pub retry_cap: String,
     /// Finished events and their decisions older than this are deleted (30d, 12h, …).
     #[arg(long, env = "AUTOFOLLOW_RETENTION", default_value = "30d")]
     pub retention: String,
@@ -158,6 +161,7 @@ pub struct Config {
     pub followers_freshness: std::time::Duration,
     pub ghl_timeout: std::time::Duration,
     pub retry_base: std::time::Duration,
+    pub retry_cap: std::time::Duration,
     pub watch_rules: bool,
 }
 
@@ -310,6 +314,7 @@ impl Config {
             duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
         let ghl_timeout = duration("GHL_TIMEOUT", &args.ghl_timeout);
         let retry_base = duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base);
+        let retry_cap = duration("AUTOFOLLOW_RETRY_CAP", &args.retry_cap);
         let ghl_timeout = ghl_timeout.filter(|t| !t.is_zero());
         if ghl_timeout.is_none() && !problems.iter().any(|p| p.starts_with("GHL_TIMEOUT")) {
             problems.push("GHL_TIMEOUT: more than 0".to_owned());
@@ -347,6 +352,7 @@ impl Config {
             lease,
             ghl_timeout,
             retry_base,
+            retry_cap,
         ) {
             (
                 Some(listen),
@@ -361,6 +367,7 @@ impl Config {
                 Some(lease),
                 Some(ghl_timeout),
                 Some(retry_base),
+                Some(retry_cap),
             ) if problems.is_empty() => Ok(Config {
                 listen,
                 rules_path: args.rules,
@@ -384,6 +391,7 @@ impl Config {
                 followers_freshness,
                 ghl_timeout,
                 retry_base,
+                retry_cap: retry_cap.max(retry_base),
                 watch_rules: args.watch_rules,
             }),
             _ => Err(ConfigError(problems)),
@@ -421,6 +429,7 @@ mod tests {
             followers_freshness: "a while".into(),
             ghl_timeout: "0s".into(),
             retry_base: "quickly".into(),
+            retry_cap: "never".into(),
             watch_rules: true,
             daily_limit: 200_000,
         };
@@ -444,6 +453,7 @@ mod tests {
             "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
             "GHL_TIMEOUT",
             "AUTOFOLLOW_RETRY_BASE",
+            "AUTOFOLLOW_RETRY_CAP",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -468,6 +478,7 @@ mod tests {
             followers_freshness: "60s".into(),
             ghl_timeout: "15s".into(),
             retry_base: "1s".into(),
+            retry_cap: "5m".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();
@@ -486,12 +497,17 @@ mod tests {
         let tuned = ServeArgs {
             followers_freshness: "0".into(),
             retry_base: "250ms".into(),
+            retry_cap: "2s".into(),
             ..args
         };
         let config = Config::from_args(tuned).unwrap_or_else(|e| panic!("{e}"));
         let options = crate::worker::WorkerOptions::from_config(&config);
         assert_eq!(options.followers_fresh, std::time::Duration::ZERO);
         assert_eq!(options.retry.base, std::time::Duration::from_millis(250));
-        assert_eq!(options.retry.cap, crate::worker::RetryPolicy::default().cap);
+        assert_eq!(options.retry.cap, std::time::Duration::from_secs(2));
+        assert_eq!(
+            options.retry.max_attempts,
+            crate::worker::RetryPolicy::default().max_attempts
+        );
     }
 }

@@ -24,7 +24,9 @@ use crate::store::{BodyKind, Claimed, Decision, EventStatus, NewState, Store, St
 pub struct RetryPolicy {
     pub base: Duration,
     pub cap: Duration,
-    /// Attempts in all, the first included; then the event fails.
+    /// Attempts in all, the first included; then the event fails. A guard against an event
+    /// that keeps killing its process (every restart counts one); transient failures are
+    /// bounded by `max_age`, so a GoHighLevel outage of hours only delays work.
     pub max_attempts: u32,
     /// An event still failing this long after it arrived fails (GoHighLevel's own retries of
     /// a webhook stop after about 70 minutes; a day is generous).
@@ -36,7 +38,8 @@ impl Default for RetryPolicy {
         RetryPolicy {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(300),
-            max_attempts: 12,
+            // About a day of retries at the 5-minute cap.
+            max_attempts: 600,
             max_age: Duration::from_secs(24 * 3600),
         }
     }
@@ -79,6 +82,7 @@ impl WorkerOptions {
             followers_fresh: config.followers_freshness,
             retry: RetryPolicy {
                 base: config.retry_base,
+                cap: config.retry_cap,
                 ..defaults.retry
             },
             ..defaults
@@ -550,13 +554,14 @@ impl Worker {
             let resolver = match self.resolve(event, previous.stage.as_deref(), token).await {
                 Ok(r) => r,
                 Err(e) => {
+                    let at = self.group_retry_at(group, None);
                     for (j, _) in &events {
                         let d = Decision::empty(group[*j].attempt, self.options.dry_run);
                         outcomes[*j] = Some(match &e {
                             CallError::Deferred { wait } => {
                                 Outcome::Defer(SystemTime::now() + *wait)
                             }
-                            _ => self.retry_or_fail(&group[*j], e.to_string(), None, d),
+                            _ => self.retry_or_fail(&group[*j], e.to_string(), at, d),
                         });
                     }
                     return Ok(outcomes.into_iter().flatten().collect());
@@ -601,6 +606,10 @@ impl Worker {
         let (calls, end) = self
             .call(&location, &contact, &net, token, first_try)
             .await?;
+        let retry_at = match &end {
+            End::Retry(_, retry_after) => self.group_retry_at(group, *retry_after),
+            _ => SystemTime::now(),
+        };
         for (i, mut record, state) in records {
             record.calls.clone_from(&calls);
             let claimed = &group[i];
@@ -611,8 +620,8 @@ impl Worker {
                     record.error = Some(reason.clone());
                     Outcome::Finished(*status, record, state)
                 }
-                End::Retry(reason, retry_after) => self
-                    .retry_or_fail(claimed, reason.clone(), *retry_after, record)
+                End::Retry(reason, _) => self
+                    .retry_or_fail(claimed, reason.clone(), retry_at, record)
                     .with_state(state),
                 End::Park(reason) => {
                     record.outcome = "waiting".into();
@@ -729,11 +738,19 @@ impl Worker {
         Outcome::Finished(EventStatus::Failed, d, NewState::default())
     }
 
+    /// When a group that failed is tried again: one time for all of its events, from the
+    /// most-tried one. (Each event drawing its own jittered time held the contact back until
+    /// the latest of them, since a contact waits while any of its newer events does.)
+    fn group_retry_at(&self, group: &[Claimed], retry_after: Option<Duration>) -> SystemTime {
+        let attempt = group.iter().map(|c| c.attempt).max().unwrap_or(1);
+        SystemTime::now() + self.options.retry.delay(attempt, retry_after)
+    }
+
     fn retry_or_fail(
         &self,
         claimed: &Claimed,
         reason: String,
-        retry_after: Option<Duration>,
+        at: SystemTime,
         mut d: Decision,
     ) -> Outcome {
         let age = claimed.received_at.elapsed().unwrap_or_default();
@@ -755,7 +772,6 @@ impl Worker {
         }
         d.outcome = "retry".into();
         d.error = Some(reason);
-        let at = SystemTime::now() + self.options.retry.delay(claimed.attempt, retry_after);
         Outcome::Retry(at, d)
     }
 

@@ -281,6 +281,8 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
         ("GHL_LOCATION_TOKENS_FILE", tokens.display().to_string()),
         ("GHL_TIMEOUT", CLIENT_TIMEOUT.into()),
         ("AUTOFOLLOW_RETRY_BASE", "100ms".into()),
+        // Retries of a contact that kept failing wait at most this: the run stays bounded.
+        ("AUTOFOLLOW_RETRY_CAP", "2s".into()),
         // A 429 without room in the window blocks the location for the window: keep it short.
         ("AUTOFOLLOW_RATE_LIMIT", "1000/1s".into()),
         ("AUTOFOLLOW_SETTLE_DELAY", "100ms".into()),

@@ -953,3 +953,47 @@ async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
     assert_eq!(app.decisions(id).await.len(), 2);
     app.shutdown().await;
 }
+
+/// A contact's events that failed together are retried together, at one time: each drawing
+/// its own jittered time held the contact back until the latest of them (it waits while any
+/// of its newer events does).
+#[tokio::test]
+async fn a_group_that_failed_is_retried_at_one_time() {
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        settle_delay: "300ms".into(),
+        ..Options::default()
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&app.ghl)
+        .await;
+    app.ghl_accepts_the_rest().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.contact("ContactTagUpdate", "c1", json!({"tags": [format!("t{i}")]}))
+                .await,
+        );
+    }
+    app.drain().await;
+    for id in &ids {
+        let outcomes: Vec<String> = app
+            .decisions(*id)
+            .await
+            .into_iter()
+            .map(|d| d.outcome)
+            .collect();
+        assert_eq!(outcomes, ["retry", "done"], "event {id}");
+    }
+    let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+    let times: Vec<i64> =
+        sqlx::query_scalar("SELECT DISTINCT available_at FROM events WHERE contact_id = 'c1'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(times.len(), 1, "one retry time for the group: {times:?}");
+    app.shutdown().await;
+}

@@ -204,6 +204,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         followers_freshness: "60s".into(),
         ghl_timeout: "15s".into(),
         retry_base: "1s".into(),
+        retry_cap: "5m".into(),
         watch_rules: true,
         shutdown_grace: options.shutdown_grace,
         lease: "60s".into(),
