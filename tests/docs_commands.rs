@@ -1,0 +1,128 @@
+//! The commands BENCHMARKS.md, RELIABILITY.md and the README's development section give name
+//! things that exist: test files, benchmarks, fuzz targets and their seed directories,
+//! `autofollow-bench` subcommands and flags, and the environment variables the tests read.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+use std::process::Command;
+
+const DOCS: [&str; 3] = ["BENCHMARKS.md", "RELIABILITY.md", "README.md"];
+
+fn doc(name: &str) -> String {
+    std::fs::read_to_string(common::repo().join(name)).unwrap()
+}
+
+/// Every command-like span: the text of each backtick span, and each line of each fenced
+/// block.
+fn commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            out.push(line.split(" # ").next().unwrap_or_default().to_owned());
+        } else {
+            out.extend(line.split('`').skip(1).step_by(2).map(str::to_owned));
+        }
+    }
+    out
+}
+
+/// The word after `word` in `command`, each time it appears.
+fn after<'a>(command: &'a str, word: &str) -> Vec<&'a str> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == word)
+        .map(|w| w[1])
+        .collect()
+}
+
+#[test]
+fn named_tests_benchmarks_and_fuzz_targets_exist() {
+    let fuzz_manifest = std::fs::read_to_string(common::repo().join("fuzz/Cargo.toml")).unwrap();
+    let mut checked = 0;
+    for name in DOCS {
+        for command in commands(&doc(name)) {
+            for test in after(&command, "--test") {
+                let path = common::repo().join(format!("tests/{test}.rs"));
+                assert!(path.exists(), "{name}: `{command}`: no {}", path.display());
+                checked += 1;
+            }
+            for bench in after(&command, "--bench") {
+                let path = common::repo().join(format!("benches/{bench}.rs"));
+                assert!(path.exists(), "{name}: `{command}`: no {}", path.display());
+                checked += 1;
+            }
+            if command.contains("fuzz run") {
+                let words: Vec<&str> = command.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "run").unwrap();
+                let target = words[at + 1];
+                assert!(
+                    fuzz_manifest.contains(&format!("name = \"{target}\"")),
+                    "{name}: `{command}`: no fuzz target {target}"
+                );
+                // Seed directories after the corpus (the first, made by cargo fuzz) exist.
+                for dir in words[at + 2..].iter().take_while(|w| **w != "--").skip(1) {
+                    assert!(
+                        common::repo().join(dir).is_dir(),
+                        "{name}: `{command}`: no directory {dir}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} commands found");
+}
+
+#[test]
+fn autofollow_bench_commands_use_its_subcommands_and_flags() {
+    let mut checked = 0;
+    for name in DOCS {
+        for command in commands(&doc(name)) {
+            let Some((_, rest)) = command.split_once("autofollow-bench ") else {
+                continue;
+            };
+            let mut words = rest.split_whitespace().filter(|w| *w != "--");
+            let Some(sub) = words.next() else { continue };
+            let help = Command::new(env!("CARGO_BIN_EXE_autofollow-bench"))
+                .args([sub, "--help"])
+                .output()
+                .unwrap();
+            assert!(
+                help.status.success(),
+                "{name}: `{command}`: `autofollow-bench {sub}` is not a subcommand"
+            );
+            let help = String::from_utf8_lossy(&help.stdout);
+            for flag in words.filter(|w| w.starts_with("--")) {
+                assert!(
+                    help.contains(flag),
+                    "{name}: `{command}`: {flag} is not a flag of {sub}:\n{help}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} autofollow-bench commands found"
+    );
+}
+
+#[test]
+fn environment_variables_the_reliability_notes_name_are_read_by_the_tests() {
+    let chaos = std::fs::read_to_string(common::repo().join("tests/chaos.rs")).unwrap();
+    let text = doc("RELIABILITY.md");
+    for var in ["AUTOFOLLOW_LONG_TESTS", "AUTOFOLLOW_CHAOS_SEED"] {
+        assert!(text.contains(var), "RELIABILITY.md does not mention {var}");
+        assert!(
+            chaos.contains(&format!("\"{var}\"")),
+            "tests/chaos.rs does not read {var}"
+        );
+    }
+}
