@@ -149,7 +149,42 @@ pub struct Worker {
     lookups: Lookups,
     /// Locations with parked events; a successful call for one of them resumes the rest.
     parked: Mutex<std::collections::HashSet<LocationId>>,
+    /// Events a task of this worker is processing. Leases carry the worker's name, so a claim
+    /// can hand this worker back an event whose lease lapsed while one of its own tasks still
+    /// works on it (stalled): it is not processed twice.
+    in_hand: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
     metrics: Arc<Metrics>,
+}
+
+/// Events taken into a worker's hand; let go when dropped.
+struct InHand {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    ids: Vec<i64>,
+}
+
+impl InHand {
+    /// Takes the ids not in hand yet; returns which were taken.
+    fn take(&mut self, ids: &[i64]) -> Vec<i64> {
+        let mut set = self
+            .set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken: Vec<i64> = ids.iter().copied().filter(|id| set.insert(*id)).collect();
+        self.ids.extend(&taken);
+        taken
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        let mut set = self
+            .set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            set.remove(id);
+        }
+    }
 }
 
 /// The most events of one contact decided together.
@@ -163,6 +198,9 @@ enum End {
     Finished(EventStatus, String),
     Retry(String, Option<Duration>),
     Park(String),
+    /// This worker no longer holds the group (it stalled past its lease and another took the
+    /// contact over): it stops without making or recording anything more.
+    Lost,
 }
 
 fn log(claimed: &Claimed, outcome: &Outcome) {
@@ -204,6 +242,10 @@ fn log(claimed: &Claimed, outcome: &Outcome) {
             error = d.error.as_deref().unwrap_or(""),
             "event parked until the location's token works (new token, or `autofollow replay`)"
         ),
+        Outcome::Lost => tracing::warn!(
+            event_id = id,
+            "lease lapsed before the calls; another worker has the contact now"
+        ),
     }
 }
 
@@ -227,6 +269,8 @@ enum Outcome {
     Retry(SystemTime, Decision),
     /// The location's token was refused: wait for a new token or a replay.
     Park(Decision),
+    /// The lease lapsed before the calls were made: the group is another worker's now.
+    Lost,
 }
 
 impl Worker {
@@ -250,6 +294,7 @@ impl Worker {
             wake,
             lookups: Lookups::default(),
             parked: Mutex::default(),
+            in_hand: Arc::default(),
             metrics,
         }
     }
@@ -335,13 +380,28 @@ impl Worker {
     /// (their plans combine into at most one add and one remove call), to the end or to the
     /// next retry.
     pub async fn process(&self, first: Claimed) {
+        let mut hand = InHand {
+            set: Arc::clone(&self.in_hand),
+            ids: Vec::new(),
+        };
+        if hand.take(&[first.id]).is_empty() {
+            return; // a task of this worker has it already
+        }
         let mut group = vec![first];
         match self
             .store
             .claim_rest(&self.owner, &group[0], MAX_BATCH, self.options.lease)
             .await
         {
-            Ok(rest) => group.extend(rest),
+            Ok(rest) => {
+                // Only the consecutive run not held by another of this worker's tasks.
+                for event in rest {
+                    if hand.take(&[event.id]).is_empty() {
+                        break;
+                    }
+                    group.push(event);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the contact's later events; they follow on their own")
             }
@@ -394,6 +454,7 @@ impl Worker {
                     Outcome::Retry(at, d) => self.store.retry_at(claimed, *at, d).await,
                     Outcome::Park(d) => self.store.park(claimed, d).await,
                     Outcome::Defer(at) => self.store.defer(claimed, *at).await,
+                    Outcome::Lost => Ok(false),
                 };
                 if !matches!(r, Ok(true)) {
                     all = r;
@@ -464,7 +525,7 @@ impl Worker {
                 }
                 Outcome::Retry(..) => self.metrics.retries.inc(),
                 Outcome::Park(_) => self.metrics.parked.inc(),
-                Outcome::Defer(_) => {}
+                Outcome::Defer(_) | Outcome::Lost => {}
             }
         }
     }
@@ -604,7 +665,7 @@ impl Worker {
         // be stale, so it is not trusted for this group.
         let first_try = group.iter().all(|c| c.attempt <= 1);
         let (calls, end) = self
-            .call(&location, &contact, &net, token, first_try)
+            .call(&location, &contact, &net, token, first_try, group[0].id)
             .await?;
         let retry_at = match &end {
             End::Retry(_, retry_after) => self.group_retry_at(group, *retry_after),
@@ -629,6 +690,7 @@ impl Worker {
                     Outcome::Park(record)
                 }
                 End::Defer(wait) => Outcome::Defer(SystemTime::now() + *wait),
+                End::Lost => Outcome::Lost,
             });
         }
         Ok(outcomes.into_iter().flatten().collect())
@@ -642,6 +704,7 @@ impl Worker {
         net: &Plan,
         token: Option<&SecretString>,
         trust_known: bool,
+        head: i64,
     ) -> Result<(Vec<CallRecord>, End), StoreError> {
         let mut calls = Vec::new();
         if net.is_empty() {
@@ -674,15 +737,33 @@ impl Worker {
             }
         }
         for (add, users) in batches {
+            // Still this worker's group? Renewing the lease right before the call is also the
+            // check: a worker that stalled past its lease (another took the contact over)
+            // must not make a call that could land after the new holder's.
+            if self
+                .store
+                .extend(&self.owner, &[head], self.options.lease)
+                .await?
+                == 0
+            {
+                return Ok((calls, End::Lost));
+            }
             match self
                 .ghl
                 .followers(token, location, add, contact, &users)
                 .await
             {
                 Ok(list) => {
+                    // Recorded only while this worker still holds the group (see
+                    // Store::set_known_followers).
                     if let Some(list) = list {
                         self.store
-                            .set_known_followers(location, contact, &list)
+                            .set_known_followers(
+                                location,
+                                contact,
+                                &list,
+                                Some((&self.owner, head)),
+                            )
                             .await?;
                     }
                     calls.push(call_record(
@@ -956,6 +1037,33 @@ fn call_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_in_hand_is_not_taken_twice_until_let_go() {
+        let set = Arc::default();
+        let mut first = InHand {
+            set: Arc::clone(&set),
+            ids: Vec::new(),
+        };
+        assert_eq!(first.take(&[1, 2]), vec![1, 2]);
+        let mut second = InHand {
+            set: Arc::clone(&set),
+            ids: Vec::new(),
+        };
+        assert_eq!(second.take(&[2, 3]), vec![3], "2 is in the first hand");
+        drop(first);
+        assert_eq!(
+            second.take(&[1, 2]),
+            vec![1, 2],
+            "let go with the first hand"
+        );
+        drop(second);
+        assert!(
+            set.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
+        );
+    }
 
     #[test]
     fn retry_delay_grows_is_capped_and_honours_retry_after() {

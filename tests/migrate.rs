@@ -100,6 +100,7 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
         &LocationId::new("L1"),
         &ContactId::new("done"),
         &[UserId::new(common::ALICE)],
+        None,
     )
     .await
     .unwrap();

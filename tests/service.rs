@@ -920,6 +920,7 @@ async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
             &autofollow::ids::LocationId::new("ve9EPM428h8vShlRW1KT"),
             &autofollow::ids::ContactId::new("c1"),
             &[autofollow::ids::UserId::new(CAROL)],
+            None,
         )
         .await
         .unwrap();

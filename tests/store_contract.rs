@@ -252,6 +252,26 @@ async fn expired_leases_are_reclaimed_and_the_old_holder_cannot_finish(store: Ar
     let retaken = s.claim("b", 1, LEASE).await.unwrap();
     assert_eq!(ids(&retaken), vec![id]);
     assert_eq!(retaken[0].attempt, 2);
+    // The follower list: b, the holder now, records it; a, whose lease lapsed, cannot
+    // overwrite it (a late answer of a's would otherwise be trusted by the next event).
+    let (l, c) = (LocationId::new("L1"), ContactId::new("c1"));
+    let since = SystemTime::now() - Duration::from_secs(5);
+    let newer = [UserId::new("u-newer")];
+    assert!(
+        s.set_known_followers(&l, &c, &newer, Some(("b", id)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_known_followers(&l, &c, &[UserId::new("u-stale")], Some(("a", id)))
+            .await
+            .unwrap(),
+        "a lost its lease"
+    );
+    assert_eq!(
+        s.known_followers(&l, &c, since).await.unwrap(),
+        Some(newer.to_vec())
+    );
     assert!(
         !finish(s, &taken[0], EventStatus::Done).await,
         "a lost its lease"
@@ -411,7 +431,7 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
     assert_eq!(previous.stage.as_deref(), Some("won"));
     let (l, c) = (LocationId::new("L1"), ContactId::new("c1"));
     let users = [UserId::new("u1")];
-    s.set_known_followers(&l, &c, &users).await.unwrap();
+    s.set_known_followers(&l, &c, &users, None).await.unwrap();
     let since = SystemTime::now() - Duration::from_secs(5);
     assert_eq!(
         s.known_followers(&l, &c, since).await.unwrap(),

@@ -292,13 +292,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         since: SystemTime,
     ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError>;
 
-    /// Remembers the follower list a followers call returned.
+    /// Remembers the follower list a followers call returned. With `holder`, `(owner, event
+    /// id)`, only while that lease is live: a worker whose lease lapsed (another one took the
+    /// contact over and may have recorded a newer list) must not overwrite it. Returns whether
+    /// it was written.
     async fn set_known_followers(
         &self,
         location: &LocationId,
         contact: &ContactId,
         followers: &[crate::ids::UserId],
-    ) -> Result<(), StoreError>;
+        holder: Option<(&str, i64)>,
+    ) -> Result<bool, StoreError>;
 
     /// Extends `owner`'s leases on these events to `lease` from now, while it still works on
     /// them. Returns how many it still held: fewer than `ids` means another worker has the rest.

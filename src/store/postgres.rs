@@ -382,18 +382,24 @@ impl Store for PgStore {
         location: &LocationId,
         contact: &ContactId,
         followers: &[crate::ids::UserId],
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES ($1, $2, $3, $4)
+        holder: Option<(&str, i64)>,
+    ) -> Result<bool, StoreError> {
+        let written = sqlx::query(
+            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at)
+             SELECT $1, $2, $3, $4
+             WHERE $5::text IS NULL
+                OR EXISTS (SELECT 1 FROM events WHERE id = $6 AND lease_owner = $5 AND lease_expires_at > $4)
              ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
         )
         .bind(location.as_str())
         .bind(contact.as_str())
         .bind(to_json(&followers)?)
         .bind(millis(SystemTime::now()))
+        .bind(holder.map(|h| h.0))
+        .bind(holder.map(|h| h.1))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(written.rows_affected() > 0)
     }
 
     async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
