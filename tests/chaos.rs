@@ -20,7 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use common::process::{Service, spawn};
+use common::process::spawn;
 use common::service::sign;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -119,10 +119,9 @@ fn body(step: &Step, location: usize, contact: &str, webhook_id: &str) -> Value 
 }
 
 /// The GoHighLevel stand-in: follower lists per contact, and the faults it served.
-#[derive(Default)]
 struct Ghl {
     followers: BTreeMap<String, BTreeSet<String>>,
-    rng: Option<rand::rngs::StdRng>,
+    rng: rand::rngs::StdRng,
     answered: BTreeMap<&'static str, usize>,
 }
 
@@ -140,7 +139,7 @@ async fn followers(
         .unwrap_or_default();
     let (fault, list) = {
         let mut g = ghl.lock().unwrap();
-        let roll: f64 = g.rng.as_mut().unwrap().random();
+        let roll: f64 = g.rng.random();
         let fault = match roll {
             r if r < 0.20 => "500",
             r if r < 0.30 => "429",
@@ -227,7 +226,7 @@ fn plan(scale: &Scale, seed: u64) -> Vec<Vec<Step>> {
 }
 
 /// How many of the stored events are pending, failed and done.
-async fn pending_and_failed(database_url: &str) -> (i64, i64, i64) {
+async fn stored_by_status(database_url: &str) -> (i64, i64, i64) {
     const COUNTS: &str = "SELECT COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),
                                  COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0),
                                  COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0)
@@ -258,8 +257,9 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
     let total: usize = contacts.iter().map(Vec::len).sum();
 
     let ghl: Shared = Arc::new(Mutex::new(Ghl {
-        rng: Some(rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed)),
-        ..Ghl::default()
+        followers: BTreeMap::new(),
+        rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed),
+        answered: BTreeMap::new(),
     }));
     let app = axum::Router::new()
         .route(
@@ -383,7 +383,7 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
 
     // Every acknowledged webhook is processed, once, and none failed.
     let deadline = Instant::now() + Duration::from_secs(180);
-    let (mut pending, mut failed, mut done) = pending_and_failed(&database_url).await;
+    let (mut pending, mut failed, mut done) = stored_by_status(&database_url).await;
     while pending > 0 {
         assert!(
             Instant::now() < deadline,
@@ -391,7 +391,7 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
             ghl.lock().unwrap().answered
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        (pending, failed, done) = pending_and_failed(&database_url).await;
+        (pending, failed, done) = stored_by_status(&database_url).await;
     }
     assert_eq!(failed, 0, "events failed");
     assert_eq!(
@@ -429,8 +429,6 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
         );
     }
     drop(g);
-    let service = Arc::try_unwrap(service).ok().unwrap().into_inner().unwrap();
-    drop::<Service>(service);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

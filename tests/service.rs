@@ -924,11 +924,7 @@ async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
         )
         .await
         .unwrap();
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .mount(&app.ghl)
-        .await;
+    app.ghl_fails_the_first_post().await;
     app.ghl_accepts_the_rest().await;
     let id = app.contact("ContactCreate", "c1", json!({})).await;
     app.drain().await;
@@ -966,11 +962,7 @@ async fn a_group_that_failed_is_retried_at_one_time() {
         ..Options::default()
     })
     .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .mount(&app.ghl)
-        .await;
+    app.ghl_fails_the_first_post().await;
     app.ghl_accepts_the_rest().await;
     let mut ids = Vec::new();
     for i in 0..5 {

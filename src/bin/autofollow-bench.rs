@@ -293,6 +293,8 @@ impl Drop for Scratch {
 struct Process {
     child: Child,
     base: String,
+    /// Its files, removed after the process is stopped.
+    _scratch: Option<Scratch>,
 }
 
 impl Drop for Process {
@@ -372,15 +374,18 @@ const RULES: &str = "rules:
     remove: [bob]
 ";
 
-/// A running `autofollow serve` on a fresh database, its tokens for `locations`.
+/// A running `autofollow serve` on a fresh database in a scratch directory, with tokens for
+/// `locations`, against the stand-in `ghl` (started here).
 async fn start_autofollow(
     common: &Common,
-    dir: &std::path::Path,
     public_key: &str,
-    ghl: &str,
+    ghl: &Arc<Ghl>,
     rate_limit: &str,
     settle_delay: &str,
 ) -> Process {
+    let ghl = start_ghl(Arc::clone(ghl)).await;
+    let scratch = Scratch::new();
+    let dir = scratch.0.as_path();
     std::fs::write(dir.join("rules.yaml"), format!("{USERS}{RULES}")).expect("rules");
     let tokens: String = (0..common.locations)
         .map(|l| format!("Loc{l}: tok-{l}\n"))
@@ -425,7 +430,11 @@ async fn start_autofollow(
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base).await;
-    Process { child, base }
+    Process {
+        child,
+        base,
+        _scratch: Some(scratch),
+    }
 }
 
 // ---- load -----------------------------------------------------------------------------------
@@ -622,7 +631,11 @@ async fn intake(args: IntakeArgs) {
         .stderr(Stdio::null())
         .spawn()
         .expect("baseline");
-    let baseline_process = Process { child, base };
+    let baseline_process = Process {
+        child,
+        base,
+        _scratch: None,
+    };
     wait_healthy(&baseline_process.base).await;
     let baseline_pid = baseline_process.child.id();
     let cpu_before = cpu_seconds(baseline_pid);
@@ -643,13 +656,10 @@ async fn intake(args: IntakeArgs) {
         args.ghl_5xx_rate,
         None,
     );
-    let ghl_url = start_ghl(Arc::clone(&ghl)).await;
-    let dir = Scratch::new();
     let af = start_autofollow(
         common,
-        &dir.0,
         &pem,
-        &ghl_url,
+        &ghl,
         "1000000/10s",
         if args.intake_only {
             "1h"
@@ -756,13 +766,10 @@ async fn limit(args: LimitArgs) {
     let (key, pem) = signing_key();
     let window = Duration::from_secs(args.window_seconds);
     let ghl = Ghl::new(Duration::ZERO, 0.0, 0.0, Some((args.limit, window)));
-    let ghl_url = start_ghl(Arc::clone(&ghl)).await;
-    let dir = Scratch::new();
     let af = start_autofollow(
         common,
-        &dir.0,
         &pem,
-        &ghl_url,
+        &ghl,
         &format!("{}/{}s", args.limit, args.window_seconds),
         "0s",
     )

@@ -271,6 +271,17 @@ impl TestApp {
 
     /// Makes the GoHighLevel stand-in accept every other POST (201) and DELETE (200); mount
     /// more specific mocks first.
+    /// GoHighLevel answers the first `POST` with a 500 (mount before `ghl_accepts_the_rest`).
+    pub async fn ghl_fails_the_first_post(&self) {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, ResponseTemplate};
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(500))
+            .up_to_n_times(1)
+            .mount(&self.ghl)
+            .await;
+    }
+
     pub async fn ghl_accepts_the_rest(&self) {
         use wiremock::matchers::method;
         use wiremock::{Mock, ResponseTemplate};
