@@ -9,6 +9,7 @@
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_writer;
 pub mod wrap;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +38,7 @@ impl BodyKind {
         }
     }
 
-    fn parse(s: &str) -> BodyKind {
+    pub(crate) fn parse(s: &str) -> BodyKind {
         if s == "workflow" {
             BodyKind::Workflow
         } else {
@@ -198,13 +199,16 @@ pub struct NewState {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the SQLite writer's connection.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Unreadable stored data, or a store that cannot be opened as asked.
     #[error("{0}")]
     Corrupt(String),
-    /// The store failed an operation shared with others (the message is the first error).
-    #[error("database error: {0}")]
+    /// The store failed an operation shared with others (the message is the first error's).
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -479,15 +483,32 @@ where
 /// The columns of a decision (its lists are JSON text).
 #[derive(sqlx::FromRow)]
 pub(crate) struct DecisionRow {
-    attempt: i64,
-    matched: String,
-    plan: String,
-    calls: String,
-    outcome: String,
-    error: Option<String>,
-    dry_run: bool,
-    batch: String,
-    rules_version: String,
+    pub(crate) attempt: i64,
+    pub(crate) matched: String,
+    pub(crate) plan: String,
+    pub(crate) calls: String,
+    pub(crate) outcome: String,
+    pub(crate) error: Option<String>,
+    pub(crate) dry_run: bool,
+    pub(crate) batch: String,
+    pub(crate) rules_version: String,
+}
+
+impl DecisionRow {
+    /// The decision as it is stored.
+    pub(crate) fn new(d: &Decision) -> Result<DecisionRow, StoreError> {
+        Ok(DecisionRow {
+            attempt: i64::from(d.attempt),
+            matched: to_json(&d.matched)?,
+            plan: to_json(&d.plan)?,
+            calls: to_json(&d.calls)?,
+            outcome: d.outcome.clone(),
+            error: d.error.clone(),
+            dry_run: d.dry_run,
+            batch: to_json(&d.batch)?,
+            rules_version: d.rules_version.clone(),
+        })
+    }
 }
 
 pub(crate) fn decision<R>(r: &R) -> Result<Decision, StoreError>

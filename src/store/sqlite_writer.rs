@@ -1,0 +1,386 @@
+//! The one SQLite connection that writes, on a thread of its own.
+//!
+//! SQLite has a single write lock per database. When several connections write, a writer
+//! that finds the lock taken sleeps in SQLite's busy handler (in growing steps), and every
+//! commit is a sync of its own. Instead, every write of the process (webhooks being stored,
+//! the worker's claims, results and lease renewals, operator commands) is a job in one
+//! queue, and this thread runs the jobs that queued while the previous commit ran **in one
+//! transaction**: one lock acquisition and one commit (one fsync) for all of them, nobody
+//! sleeping on the lock. Each job answers only after the commit, so an answer still means
+//! committed. Webhooks of a batch are stored first (acknowledgement latency), then the other
+//! jobs in the order they came.
+//!
+//! Each job runs inside a savepoint: a job that fails on its own rows (a constraint, data it
+//! cannot read) is rolled back alone and gets its error; the others commit. When the store
+//! itself fails (locked by another process past the busy timeout, I/O, disk full), the
+//! transaction is rolled back and every job of the batch, and every job queued behind it,
+//! gets the error at once: webhooks are answered 429 right away instead of one busy timeout
+//! each, and GoHighLevel delivers them again.
+//!
+//! The thread uses SQLite's own synchronous API (rusqlite on the same `libsqlite3-sys` as
+//! sqlx): statements run in the thread that owns the connection, with no hop to another
+//! thread per statement. Reads stay on sqlx's pool; in WAL mode they never wait for the
+//! writer.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Inserted, NewEvent, StoreError, millis};
+
+/// Jobs run in one transaction at most.
+const BATCH: usize = 256;
+
+/// How long a write waits for the lock another process holds before it fails.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a job's step inside the shared transaction ended.
+enum Step {
+    Done,
+    /// The job failed on its own rows or data: its savepoint rolls back, the others commit.
+    Failed,
+    /// The store failed: the whole transaction rolls back.
+    StoreFailed(String),
+}
+
+/// A job of the writer thread: a step run in the shared transaction, and an answer sent
+/// once the transaction's outcome is known.
+trait Job: Send {
+    fn run(&mut self, conn: &Connection) -> Step;
+    /// `Ok`: the transaction committed (the job's own result is sent); `Err`: it did not
+    /// (the job may not have run at all).
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// A closure and where its result goes.
+struct Write<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> Step {
+        let Some(f) = self.f.take() else {
+            return Step::Failed;
+        };
+        let result = f(conn);
+        let step = match &result {
+            Ok(_) => Step::Done,
+            Err(e) if store_failed(e) => Step::StoreFailed(e.to_string()),
+            Err(_) => Step::Failed,
+        };
+        self.result = Some(result);
+        step
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), StoreError>) {
+        let Write { result, reply, .. } = *self;
+        let result = committed.and_then(|()| {
+            result.unwrap_or_else(|| Err(StoreError::Unavailable("the write did not run".into())))
+        });
+        let _ = reply.send(result);
+    }
+}
+
+/// The handle to the writer thread; cloning it shares the thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the SQLite writer stopped".into())
+}
+
+impl Writer {
+    /// Opens the writing connection to the (already migrated) database at `path` and starts
+    /// its thread. The thread ends when the last handle is dropped.
+    pub(crate) async fn start(path: &Path) -> Result<Writer, StoreError> {
+        let (jobs, queue) = mpsc::channel(BATCH * 4);
+        let (opened, open_result) = oneshot::channel();
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || match open(&path) {
+                Ok(conn) => {
+                    let _ = opened.send(Ok(()));
+                    run(conn, queue);
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+        open_result.await.map_err(|_| stopped())??;
+        Ok(Writer { jobs })
+    }
+
+    /// Stores a webhook unless its `webhookId` was seen within `dedup_window`; answers once
+    /// it is committed.
+    pub(crate) async fn insert(
+        &self,
+        event: NewEvent,
+        dedup_window: Duration,
+    ) -> Result<Inserted, StoreError> {
+        self.write(move |conn| insert_one(conn, &event, dedup_window))
+            .await
+    }
+
+    /// Runs `f` in the writer's transaction and returns what it returned once the
+    /// transaction committed. An error from `f` rolls back what `f` did and nothing else,
+    /// unless it is a failure of the store (see [`store_failed`]).
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Write {
+            f: Some(f),
+            result: None,
+            reply,
+        };
+        self.jobs.send(Box::new(job)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL: a commit survives power loss, which an acknowledgement promises.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Whether the error is the store's (everything in the transaction fails) rather than one
+/// job's rows or data.
+pub(crate) fn store_failed(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code != rusqlite::ErrorCode::ConstraintViolation
+        }
+        StoreError::Database(_) | StoreError::Unavailable(_) => true,
+        StoreError::Sqlite(_) | StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+    }
+}
+
+/// The thread: takes the jobs that queued while the previous transaction ran, runs them in
+/// one transaction, answers them.
+fn run(conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    let mut jobs = Vec::with_capacity(BATCH);
+    while let Some(job) = queue.blocking_recv() {
+        jobs.push(job);
+        while jobs.len() < BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        match run_together(&conn, &mut jobs) {
+            Ok(()) => {
+                for job in jobs.drain(..) {
+                    job.answer(Ok(()));
+                }
+            }
+            // The store failed: this batch and everything queued behind it fail now. Webhooks
+            // are answered 429 at once (GoHighLevel delivers again); waiting one busy timeout
+            // per batch would make the last of them wait many.
+            Err(message) => {
+                let fail =
+                    |job: Box<dyn Job>| job.answer(Err(StoreError::Unavailable(message.clone())));
+                jobs.drain(..).for_each(fail);
+                while let Ok(job) = queue.try_recv() {
+                    fail(job);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the jobs in one transaction, each in a savepoint of its own. Returns the store's
+/// failure, after rolling everything back.
+fn run_together(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| StoreError::from(e).to_string())?;
+    let mut all = || -> Result<(), String> {
+        let sql = |s: &str| {
+            conn.execute_batch(s)
+                .map_err(|e| StoreError::from(e).to_string())
+        };
+        for job in jobs.iter_mut() {
+            sql("SAVEPOINT job")?;
+            // A job that panics fails its batch, not the writer (which every write needs).
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(conn)))
+                .unwrap_or_else(|_| Step::StoreFailed("a write panicked".into()));
+            match step {
+                Step::Done => sql("RELEASE job")?,
+                Step::Failed => sql("ROLLBACK TO job; RELEASE job")?,
+                Step::StoreFailed(message) => return Err(message),
+            }
+        }
+        sql("COMMIT")
+    };
+    all().inspect_err(|_| {
+        // Fails only when SQLite already rolled the transaction back.
+        let _ = conn.execute_batch("ROLLBACK");
+    })
+}
+
+/// Stores one webhook: claims its webhook id (a duplicate within the window, or earlier in
+/// the same batch, is not stored), inserts the event, points the webhook id at it.
+fn insert_one(conn: &Connection, e: &NewEvent, window: Duration) -> Result<Inserted, StoreError> {
+    let now = millis(SystemTime::now());
+    if let Some(webhook_id) = &e.webhook_id {
+        let cutoff = now - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let claimed: Option<i64> = conn
+            .prepare_cached(
+                "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES (?1, 0, ?2)
+                 ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
+                 WHERE webhook_ids.received_at < ?3
+                 RETURNING 1",
+            )?
+            .query_row((webhook_id, now, cutoff), |r| r.get(0))
+            .optional()?;
+        if claimed.is_none() {
+            return Ok(Inserted::Duplicate);
+        }
+    }
+    let id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        )?
+        .query_row(
+            (
+                e.kind.as_str(),
+                &e.event_type,
+                e.location_id.as_str(),
+                e.contact_id.as_str(),
+                e.opportunity_id.as_ref().map(|o| o.as_str()),
+                &e.webhook_id,
+                &e.body,
+                now,
+                millis(e.available_at).max(now),
+            ),
+            |r| r.get(0),
+        )?;
+    if let Some(webhook_id) = &e.webhook_id {
+        conn.prepare_cached("UPDATE webhook_ids SET event_id = ?1 WHERE webhook_id = ?2")?
+            .execute((id, webhook_id))?;
+    }
+    Ok(Inserted::Accepted(id))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    async fn writer() -> (Writer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER UNIQUE)")
+            .unwrap();
+        (Writer::start(&path).await.unwrap(), dir)
+    }
+
+    fn insert(x: i64) -> impl FnOnce(&Connection) -> Result<usize, StoreError> + Send {
+        move |conn| Ok(conn.execute("INSERT INTO t (x) VALUES (?1)", [x])?)
+    }
+
+    async fn values(w: &Writer) -> Vec<i64> {
+        w.write(|conn| {
+            let mut stmt = conn.prepare("SELECT x FROM t ORDER BY x")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_failing_on_its_own_rows_is_undone_alone() {
+        let (w, _dir) = writer().await;
+        // Sent together, so they share transactions; the second breaks a constraint after
+        // writing a row of its own.
+        let (a, b, c) = tokio::join!(
+            w.write(insert(1)),
+            w.write(|conn| {
+                conn.execute("INSERT INTO t (x) VALUES (2)", [])?;
+                Ok(conn.execute("INSERT INTO t (x) VALUES (1)", [])?)
+            }),
+            w.write(insert(3)),
+        );
+        assert_eq!(a.unwrap(), 1);
+        assert!(matches!(b, Err(StoreError::Sqlite(_))), "{b:?}");
+        assert_eq!(c.unwrap(), 1);
+        assert_eq!(
+            values(&w).await,
+            vec![1, 3],
+            "the failed job's own row is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_fails_and_the_writer_goes_on() {
+        let (w, _dir) = writer().await;
+        let panicked = w
+            .write(|_conn| -> Result<(), StoreError> { panic!("on purpose") })
+            .await;
+        assert!(
+            matches!(panicked, Err(StoreError::Unavailable(_))),
+            "{panicked:?}"
+        );
+        assert_eq!(w.write(insert(7)).await.unwrap(), 1);
+        assert_eq!(values(&w).await, vec![7]);
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_fails_the_batch_and_everything_queued_at_once() {
+        let (w, dir) = writer().await;
+        // Another connection holds the write lock: the writer waits one busy timeout, then
+        // every job (the waiting one and those queued behind it) fails together.
+        let holder = Connection::open(dir.path().join("w.db")).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        let mut jobs = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let w = w.clone();
+            jobs.spawn(async move { w.write(insert(i)).await });
+        }
+        let results = jobs.join_all().await;
+        let took = started.elapsed();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(StoreError::Unavailable(_))))
+        );
+        assert!(took < BUSY_TIMEOUT * 2, "took {took:?}");
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(
+            w.write(insert(1)).await.unwrap(),
+            1,
+            "writes again once free"
+        );
+    }
+}
