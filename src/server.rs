@@ -48,8 +48,11 @@ pub struct AppState {
     pub rules: Arc<LiveRules>,
     /// False once shutdown began: intake answers 429.
     pub accepting: Arc<AtomicBool>,
-    /// Wakes the worker when an event is stored.
+    /// Wakes the worker now (work due now: replays).
     pub wake: Arc<Notify>,
+    /// Told when an event is stored: wakes the worker once it can be due (see
+    /// [`wake_when_due`]).
+    pub arrived: Arc<Notify>,
     /// How long a contact's work waits after its latest webhook.
     pub settle_delay: Duration,
     /// Bearer token of the admin API; `None` turns the API off.
@@ -215,7 +218,7 @@ async fn store(
     );
     match inserted {
         Ok(Inserted::Accepted(id)) => {
-            state.wake.notify_one();
+            state.arrived.notify_one();
             tracing::info!(
                 event_type = fields.0,
                 location = fields.1,
@@ -492,6 +495,13 @@ pub async fn start_with_store(
     ));
     let owner = worker.owner().to_owned();
     let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+    let arrived = Arc::new(Notify::new());
+    tokio::spawn(wake_when_due(
+        Arc::clone(&arrived),
+        Arc::clone(&wake),
+        config.settle_delay,
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(prune(
         Arc::clone(&store),
         config.retention,
@@ -503,6 +513,7 @@ pub async fn start_with_store(
         rules: Arc::clone(&rules),
         accepting: Arc::clone(&accepting),
         wake,
+        arrived,
         admin_token: config.admin_token.clone().map(Arc::new),
         settle_delay: config.settle_delay,
         metrics,
@@ -534,4 +545,71 @@ pub async fn start_with_store(
         owner,
         grace: config.shutdown_grace,
     })
+}
+
+/// Wakes the worker for stored webhooks once they can be due: right away without a settle
+/// delay, else one settle delay after an arrival, at most once per settle delay however many
+/// arrive. (Every wake costs a claim; under a flood, waking per webhook made the worker
+/// claim per webhook for events that could not be due yet.) An event stored during the wait
+/// is picked up by the next wake, at most one settle delay (or one poll) after it is due.
+async fn wake_when_due(
+    arrived: Arc<Notify>,
+    wake: Arc<Notify>,
+    settle_delay: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = arrived.notified() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !settle_delay.is_zero() {
+            tokio::time::sleep(settle_delay).await;
+        }
+        wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the worker's wakes while `arrivals` webhooks arrive over `over`.
+    async fn wakes(settle_delay: Duration, arrivals: u32, over: Duration) -> u32 {
+        let (arrived, wake) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(wake_when_due(
+            Arc::clone(&arrived),
+            Arc::clone(&wake),
+            settle_delay,
+            stop_rx,
+        ));
+        let counted = tokio::spawn(async move {
+            let mut wakes = 0;
+            let end = tokio::time::Instant::now() + over + settle_delay * 2;
+            while tokio::time::timeout_at(end, wake.notified()).await.is_ok() {
+                wakes += 1;
+            }
+            wakes
+        });
+        for _ in 0..arrivals {
+            arrived.notify_one();
+            tokio::time::sleep(over / arrivals).await;
+        }
+        counted.await.unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_wakes_the_worker_once_per_settle_delay() {
+        // 1,000 webhooks over 10 s with a 1 s settle delay: one wake per second, each one
+        // settle delay after an arrival, not 1,000.
+        let n = wakes(Duration::from_secs(1), 1000, Duration::from_secs(10)).await;
+        assert!((9..=11).contains(&n), "{n} wakes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_settle_delay_every_arrival_wakes_the_worker() {
+        let n = wakes(Duration::ZERO, 10, Duration::from_secs(10)).await;
+        assert_eq!(n, 10);
+    }
 }
