@@ -100,6 +100,11 @@ struct IntakeArgs {
     /// them to be processed.
     #[arg(long)]
     intake_only: bool,
+    /// Runs, each the baseline then autofollow (a fresh process and database); the report is
+    /// the run with the median throughput ratio, and every run's ratio (the two servers share
+    /// the machine with the load generator, so single runs vary).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(clap::Args)]
@@ -605,17 +610,133 @@ fn machine() -> String {
 
 // ---- scenarios ------------------------------------------------------------------------------
 
+/// One baseline run and one autofollow run.
+struct IntakeRun {
+    baseline: Load,
+    baseline_cpu: f64,
+    load: Load,
+    drained: f64,
+    idle_rss: u64,
+    load_rss: u64,
+    peak_rss: u64,
+    cpu: f64,
+    calls: u64,
+    answered_429: u64,
+}
+
+impl IntakeRun {
+    fn ratio(&self) -> f64 {
+        self.load.rate() / self.baseline.rate()
+    }
+}
+
 async fn intake(args: IntakeArgs) {
     let common = &args.common;
-    let (key, pem) = signing_key();
     // Enough bodies for a fast server; generated before any clock starts.
     let per_run = 40_000 * usize::try_from(args.seconds).unwrap_or(10);
     println!(
-        "machine: {}; preparing {per_run} signed bodies per server",
-        machine()
+        "machine: {}; {} run(s), each preparing {per_run} signed bodies per server",
+        machine(),
+        args.runs.max(1)
     );
-    let base_bodies = Arc::new(bodies(&key, per_run, common, "base"));
-    let af_bodies = Arc::new(bodies(&key, per_run, common, "af"));
+    let mut runs = Vec::new();
+    for run in 0..args.runs.max(1) {
+        let r = intake_once(&args, per_run, run).await;
+        println!(
+            "run {}: baseline {:.0}/s, autofollow {:.0}/s, ratio {:.2}",
+            run + 1,
+            r.baseline.rate(),
+            r.load.rate(),
+            r.ratio()
+        );
+        runs.push(r);
+    }
+    runs.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    let ratios: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+    let IntakeRun {
+        baseline,
+        baseline_cpu,
+        load,
+        drained,
+        idle_rss,
+        load_rss,
+        peak_rss,
+        cpu,
+        calls,
+        answered_429,
+    } = runs.swap_remove(runs.len() / 2);
+
+    let store = if common.postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!();
+    println!(
+        "intake: {} s at concurrency {}, {} locations, {} contacts, store {store}{}",
+        args.seconds,
+        common.concurrency,
+        common.locations,
+        common.contacts,
+        if ratios.len() > 1 {
+            "; the median run of the ratios"
+        } else {
+            ""
+        }
+    );
+    println!("| what | baseline | autofollow |");
+    println!("|---|---|---|");
+    println!(
+        "| accepted webhooks / s | {:.0} | {:.0} |",
+        baseline.rate(),
+        load.rate()
+    );
+    println!(
+        "| other answers / errors | {} | {} |",
+        baseline.other, load.other
+    );
+    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        println!(
+            "| ack latency {name} (ms) | {:.2} | {:.2} |",
+            baseline.percentile(p),
+            load.percentile(p)
+        );
+    }
+    println!(
+        "| CPU seconds per 1,000 webhooks (intake) | {:.3} | |",
+        baseline_cpu * 1000.0 / baseline.accepted.max(1) as f64
+    );
+    println!();
+    println!(
+        "autofollow / baseline throughput: {:.2} (runs, sorted: {})",
+        load.rate() / baseline.rate(),
+        ratios.join(", ")
+    );
+    println!(
+        "time from the end of the load until every accepted event was processed: {drained:.1} s"
+    );
+    println!(
+        "GoHighLevel calls: {calls} for {} events ({:.2} per event; {answered_429} answered 429)",
+        load.accepted,
+        calls as f64 / load.accepted.max(1) as f64,
+    );
+    println!(
+        "autofollow CPU seconds per 1,000 events (intake and processing): {:.3}",
+        cpu * 1000.0 / load.accepted.max(1) as f64
+    );
+    println!(
+        "autofollow resident memory: idle {:.1} MiB, under load max {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        mib(idle_rss),
+        mib(load_rss),
+        mib(peak_rss)
+    );
+}
+
+async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun {
+    let common = &args.common;
+    let (key, pem) = signing_key();
+    let base_bodies = Arc::new(bodies(&key, per_run, common, &format!("base{run}")));
+    let af_bodies = Arc::new(bodies(&key, per_run, common, &format!("af{run}")));
 
     // Baseline first.
     let port = free_port();
@@ -697,68 +818,20 @@ async fn intake(args: IntakeArgs) {
     let drained = load_ended.elapsed().as_secs_f64();
     sampler.0.store(true, Ordering::Relaxed);
     let _ = sampler.2.await;
-    let load_rss = sampler.1.load(Ordering::Relaxed);
-    let peak_rss = status_kib(pid, "VmHWM:");
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let calls = ghl.calls.load(Ordering::Relaxed);
-    drop(af);
-
-    let store = if common.postgres.is_some() {
-        "PostgreSQL"
-    } else {
-        "SQLite"
+    let run = IntakeRun {
+        baseline,
+        baseline_cpu,
+        load,
+        drained,
+        idle_rss,
+        load_rss: sampler.1.load(Ordering::Relaxed),
+        peak_rss: status_kib(pid, "VmHWM:"),
+        cpu: cpu_seconds(pid) - cpu_before,
+        calls: ghl.calls.load(Ordering::Relaxed),
+        answered_429: ghl.answered_429.load(Ordering::Relaxed),
     };
-    println!();
-    println!(
-        "intake: {} s at concurrency {}, {} locations, {} contacts, store {store}",
-        args.seconds, common.concurrency, common.locations, common.contacts
-    );
-    println!("| what | baseline | autofollow |");
-    println!("|---|---|---|");
-    println!(
-        "| accepted webhooks / s | {:.0} | {:.0} |",
-        baseline.rate(),
-        load.rate()
-    );
-    println!(
-        "| other answers / errors | {} | {} |",
-        baseline.other, load.other
-    );
-    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-        println!(
-            "| ack latency {name} (ms) | {:.2} | {:.2} |",
-            baseline.percentile(p),
-            load.percentile(p)
-        );
-    }
-    println!(
-        "| CPU seconds per 1,000 webhooks (intake) | {:.3} | |",
-        baseline_cpu * 1000.0 / baseline.accepted.max(1) as f64
-    );
-    println!();
-    println!(
-        "autofollow / baseline throughput: {:.2}",
-        load.rate() / baseline.rate()
-    );
-    println!(
-        "time from the end of the load until every accepted event was processed: {drained:.1} s"
-    );
-    println!(
-        "GoHighLevel calls: {calls} for {} events ({:.2} per event; {} answered 429)",
-        load.accepted,
-        calls as f64 / load.accepted.max(1) as f64,
-        ghl.answered_429.load(Ordering::Relaxed)
-    );
-    println!(
-        "autofollow CPU seconds per 1,000 events (intake and processing): {:.3}",
-        cpu * 1000.0 / load.accepted.max(1) as f64
-    );
-    println!(
-        "autofollow resident memory: idle {:.1} MiB, under load max {:.1} MiB, peak (VmHWM) {:.1} MiB",
-        mib(idle_rss),
-        mib(load_rss),
-        mib(peak_rss)
-    );
+    drop(af);
+    run
 }
 
 async fn limit(args: LimitArgs) {
