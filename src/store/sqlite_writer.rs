@@ -7,8 +7,7 @@
 //! queue, and this thread runs the jobs that queued while the previous commit ran **in one
 //! transaction**: one lock acquisition and one commit (one fsync) for all of them, nobody
 //! sleeping on the lock. Each job answers only after the commit, so an answer still means
-//! committed. Webhooks of a batch are stored first (acknowledgement latency), then the other
-//! jobs in the order they came.
+//! committed. Jobs run in the order they came.
 //!
 //! Each job runs inside a savepoint: a job that fails on its own rows (a constraint, data it
 //! cannot read) is rolled back alone and gets its error; the others commit. When the store
