@@ -7,7 +7,9 @@
 //! queue, and this thread runs the jobs that queued while the previous commit ran **in one
 //! transaction**: one lock acquisition and one commit (one fsync) for all of them, nobody
 //! sleeping on the lock. Each job answers only after the commit, so an answer still means
-//! committed. Jobs run in the order they came.
+//! committed. Jobs run in the order they came, except that when webhooks and other jobs
+//! queued together, the webhooks are committed first in a transaction of their own: an
+//! acknowledgement never waits for the worker's larger writes.
 //!
 //! Each job runs inside a savepoint: a job that fails on its own rows (a constraint, data it
 //! cannot read) is rolled back alone and gets its error; the others commit. When the store
@@ -47,6 +49,8 @@ enum Step {
 /// A job of the writer thread: a step run in the shared transaction, and an answer sent
 /// once the transaction's outcome is known.
 trait Job: Send {
+    /// Storing a webhook: committed ahead of other jobs.
+    fn urgent(&self) -> bool;
     fn run(&mut self, conn: &Connection) -> Step;
     /// `Ok`: the transaction committed (the job's own result is sent); `Err`: it did not
     /// (the job may not have run at all).
@@ -55,6 +59,7 @@ trait Job: Send {
 
 /// A closure and where its result goes.
 struct Write<T, F> {
+    urgent: bool,
     f: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -65,6 +70,10 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
+    fn urgent(&self) -> bool {
+        self.urgent
+    }
+
     fn run(&mut self, conn: &Connection) -> Step {
         let Some(f) = self.f.take() else {
             return Step::Failed;
@@ -134,7 +143,7 @@ impl Writer {
         event: NewEvent,
         dedup_window: Duration,
     ) -> Result<Inserted, StoreError> {
-        self.write(move |conn| insert_one(conn, &event, dedup_window))
+        self.submit(true, move |conn| insert_one(conn, &event, dedup_window))
             .await
     }
 
@@ -146,8 +155,17 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(false, f).await
+    }
+
+    async fn submit<T, F>(&self, urgent: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job = Write {
+            urgent,
             f: Some(f),
             result: None,
             reply,
@@ -196,24 +214,28 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        match run_together(&conn, &mut jobs) {
-            Ok(()) => {
-                for job in jobs.drain(..) {
-                    job.answer(Ok(()));
-                }
-            }
-            // The store failed: this batch and everything queued behind it fail now. Webhooks
-            // are answered 429 at once (GoHighLevel delivers again); waiting one busy timeout
-            // per batch would make the last of them wait many.
-            // (What queued is taken before anyone is answered: a job sent after seeing the
-            // failure goes to the next transaction.)
-            Err(message) => {
+        // Webhooks first, in a transaction of their own when other jobs queued too: an
+        // acknowledgement does not wait for the worker's larger writes (one more commit).
+        let (webhooks, others): (Vec<_>, Vec<_>) = jobs.drain(..).partition(|j| j.urgent());
+        let mut batches = [webhooks, others].into_iter().filter(|b| !b.is_empty());
+        while let Some(mut batch) = batches.next() {
+            if let Err(message) = run_together(&conn, &mut batch) {
+                // The store failed: this batch and everything queued behind it fail now.
+                // Webhooks are answered 429 at once (GoHighLevel delivers again); waiting one
+                // busy timeout per batch would make the last of them wait many. (What
+                // queued is taken before anyone is answered: a job sent after seeing the
+                // failure goes to the next transaction.)
+                batch.extend(batches.flatten());
                 while let Ok(job) = queue.try_recv() {
-                    jobs.push(job);
+                    batch.push(job);
                 }
-                for job in jobs.drain(..) {
+                for job in batch {
                     job.answer(Err(StoreError::Unavailable(message.clone())));
                 }
+                break;
+            }
+            for job in batch {
+                job.answer(Ok(()));
             }
         }
     }
@@ -352,6 +374,39 @@ mod tests {
             vec![1, 3],
             "the failed job's own row is gone"
         );
+    }
+
+    #[tokio::test]
+    async fn webhooks_are_committed_ahead_of_other_jobs_queued_with_them() {
+        let (w, _dir) = writer().await;
+        let slow = |ms: u64, x: i64| {
+            move |conn: &Connection| {
+                std::thread::sleep(Duration::from_millis(ms));
+                insert(x)(conn)
+            }
+        };
+        // The first job holds the writer while a slow job and a webhook queue behind it.
+        let first = tokio::spawn({
+            let w = w.clone();
+            async move { w.write(slow(300, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let other = tokio::spawn({
+            let w = w.clone();
+            async move { w.write(slow(2000, 2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let webhook = w.submit(true, insert(3)).await;
+        let answered = started.elapsed();
+        assert_eq!(webhook.unwrap(), 1);
+        assert!(
+            answered < Duration::from_millis(1500),
+            "the webhook waited for the slow job: {answered:?}"
+        );
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(other.await.unwrap().unwrap(), 1);
+        assert_eq!(values(&w).await, vec![1, 2, 3]);
     }
 
     #[tokio::test]
