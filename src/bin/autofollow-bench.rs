@@ -48,6 +48,8 @@ enum Scenario {
     Intake(IntakeArgs),
     /// A large backlog against GoHighLevel's rate limit: achieved call rate, 429s.
     Limit(LimitArgs),
+    /// Resident memory with a large backlog that cannot drain (GoHighLevel answers 429).
+    Backlog(BacklogArgs),
     /// The baseline server (started by `intake`): signature check and JSON parse only.
     Baseline {
         #[arg(long)]
@@ -108,6 +110,18 @@ struct IntakeArgs {
 }
 
 #[derive(clap::Args)]
+struct BacklogArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Events queued (through intake, each another contact) before measuring.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Seconds of sampling resident memory while the worker meets 429s.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+#[derive(clap::Args)]
 struct LimitArgs {
     #[command(flatten)]
     common: Common,
@@ -134,6 +148,7 @@ fn main() {
         Scenario::Baseline { listen, public_key } => runtime.block_on(baseline(listen, public_key)),
         Scenario::Intake(args) => runtime.block_on(intake(args)),
         Scenario::Limit(args) => runtime.block_on(limit(args)),
+        Scenario::Backlog(args) => runtime.block_on(backlog(args)),
     }
 }
 
@@ -832,6 +847,62 @@ async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun
     };
     drop(af);
     run
+}
+
+async fn backlog(args: BacklogArgs) {
+    let common = &args.common;
+    let (key, pem) = signing_key();
+    // GoHighLevel refuses everything: the backlog stays, and the worker keeps meeting it.
+    let ghl = Ghl::new(Duration::ZERO, 1.0, 0.0, None);
+    let af = start_autofollow(common, &pem, &ghl, "1000000/10s", "0s").await;
+    let pid = af.child.id();
+    let idle_rss = status_kib(pid, "VmRSS:");
+    let items = (0..args.backlog)
+        .map(|i| {
+            let body = json!({"type": "ContactCreate", "locationId": format!("Loc{}", i % common.locations),
+                              "id": format!("backlog{i}"), "source": "fb-ads", "tags": ["a", "b"],
+                              "webhookId": format!("b{i}")})
+            .to_string();
+            signed(&key, body)
+        })
+        .collect();
+    let queued = drive(
+        &af.base,
+        Arc::new(Bodies { items }),
+        common.concurrency,
+        600.0,
+    )
+    .await;
+    let pending = gauge(&af.base, "autofollow_queue_depth")
+        .await
+        .unwrap_or(0.0);
+    let mut max_rss = 0;
+    let mut samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        max_rss = max_rss.max(status_kib(pid, "VmRSS:"));
+        samples += 1;
+    }
+    let peak = status_kib(pid, "VmHWM:");
+    drop(af);
+    println!(
+        "machine: {}; backlog: {} webhooks accepted in {:.1} s, {pending:.0} pending",
+        machine(),
+        queued.accepted,
+        queued.seconds
+    );
+    println!(
+        "then {} s with GoHighLevel answering 429 to everything: {} calls attempted",
+        args.seconds,
+        ghl.calls.load(Ordering::Relaxed)
+    );
+    println!(
+        "autofollow resident memory: idle {:.1} MiB; with the backlog, max sampled {:.1} MiB over {samples} samples, peak (VmHWM, intake included) {:.1} MiB",
+        mib(idle_rss),
+        mib(max_rss),
+        mib(peak)
+    );
 }
 
 async fn limit(args: LimitArgs) {
