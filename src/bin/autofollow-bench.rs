@@ -849,6 +849,19 @@ async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun
     run
 }
 
+/// Queues `n` webhooks through intake: every one another contact, each asking for one add.
+async fn queue_backlog(base: &str, key: &SigningKey, n: usize, common: &Common) -> Load {
+    let items = (0..n)
+        .map(|i| {
+            let body = json!({"type": "ContactTagUpdate", "locationId": format!("Loc{}", i % common.locations),
+                              "id": format!("backlog{i}"), "tags": ["vip"], "webhookId": format!("b{i}")})
+            .to_string();
+            signed(key, body)
+        })
+        .collect();
+    drive(base, Arc::new(Bodies { items }), common.concurrency, 600.0).await
+}
+
 async fn backlog(args: BacklogArgs) {
     let common = &args.common;
     let (key, pem) = signing_key();
@@ -857,22 +870,7 @@ async fn backlog(args: BacklogArgs) {
     let af = start_autofollow(common, &pem, &ghl, "1000000/10s", "0s").await;
     let pid = af.child.id();
     let idle_rss = status_kib(pid, "VmRSS:");
-    let items = (0..args.backlog)
-        .map(|i| {
-            let body = json!({"type": "ContactCreate", "locationId": format!("Loc{}", i % common.locations),
-                              "id": format!("backlog{i}"), "source": "fb-ads", "tags": ["a", "b"],
-                              "webhookId": format!("b{i}")})
-            .to_string();
-            signed(&key, body)
-        })
-        .collect();
-    let queued = drive(
-        &af.base,
-        Arc::new(Bodies { items }),
-        common.concurrency,
-        600.0,
-    )
-    .await;
+    let queued = queue_backlog(&af.base, &key, args.backlog, common).await;
     let pending = gauge(&af.base, "autofollow_queue_depth")
         .await
         .unwrap_or(0.0);
@@ -918,22 +916,7 @@ async fn limit(args: LimitArgs) {
         "0s",
     )
     .await;
-    // Every event another contact, each asking for one add.
-    let items = (0..args.backlog)
-        .map(|i| {
-            let body = json!({"type": "ContactTagUpdate", "locationId": format!("Loc{}", i % common.locations),
-                              "id": format!("backlog{i}"), "tags": ["vip"], "webhookId": format!("b{i}")})
-            .to_string();
-            signed(&key, body)
-        })
-        .collect();
-    let queued = drive(
-        &af.base,
-        Arc::new(Bodies { items }),
-        common.concurrency,
-        600.0,
-    )
-    .await;
+    let queued = queue_backlog(&af.base, &key, args.backlog, common).await;
     let started = Instant::now();
     println!(
         "machine: {}; backlog of {} events queued in {:.1} s",
