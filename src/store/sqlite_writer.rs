@@ -379,31 +379,49 @@ mod tests {
     #[tokio::test]
     async fn webhooks_are_committed_ahead_of_other_jobs_queued_with_them() {
         let (w, _dir) = writer().await;
-        let slow = |ms: u64, x: i64| {
-            move |conn: &Connection| {
-                std::thread::sleep(Duration::from_millis(ms));
+        // A job that writes `x` once the test lets it go.
+        let gated = |x: i64| {
+            let (go, gate) = std::sync::mpsc::channel::<()>();
+            let job = move |conn: &Connection| {
+                let _ = gate.recv();
                 insert(x)(conn)
-            }
+            };
+            (go, job)
         };
-        // The first job holds the writer while a slow job and a webhook queue behind it.
+        let queued = |w: &Writer| w.jobs.max_capacity() - w.jobs.capacity();
+        async fn until(condition: impl Fn() -> bool) {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The first job holds the writer while another job and a webhook queue behind it.
+        let (release_first, first_job) = gated(1);
         let first = tokio::spawn({
             let w = w.clone();
-            async move { w.write(slow(300, 1)).await }
+            async move { w.write(first_job).await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = std::time::Instant::now();
+        until(|| queued(&w) == 0).await;
+        let (release_other, other_job) = gated(2);
         let other = tokio::spawn({
             let w = w.clone();
-            async move { w.write(slow(2000, 2)).await }
+            async move { w.write(other_job).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let webhook = w.submit(true, insert(3)).await;
-        let answered = started.elapsed();
-        assert_eq!(webhook.unwrap(), 1);
-        assert!(
-            answered < Duration::from_millis(1500),
-            "the webhook waited for the slow job: {answered:?}"
+        let webhook = tokio::spawn({
+            let w = w.clone();
+            async move { w.submit(true, insert(3)).await }
+        });
+        until(|| queued(&w) == 2).await;
+        release_first.send(()).unwrap();
+        // The other job cannot finish until released: the webhook is answered before it.
+        let answered = tokio::time::timeout(Duration::from_secs(30), webhook).await;
+        assert_eq!(
+            answered
+                .expect("the webhook waited for the other job")
+                .unwrap()
+                .unwrap(),
+            1
         );
+        release_other.send(()).unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 1);
         assert_eq!(other.await.unwrap().unwrap(), 1);
         assert_eq!(values(&w).await, vec![1, 2, 3]);
