@@ -420,11 +420,9 @@ impl Worker {
         for (claimed, outcome) in group.iter().zip(&outcomes) {
             log(claimed, outcome);
         }
-        // The location's budget is spent: hold back all its due work at once.
+        // The location's budget is spent (storing the deferral below holds back the
+        // location's work at once).
         if let Some(Outcome::Defer(at)) = outcomes.iter().find(|o| matches!(o, Outcome::Defer(_))) {
-            if let Err(e) = self.store.defer_location(&group[0].location_id, *at).await {
-                tracing::warn!(error = %e, "cannot hold back the location's events; they are deferred one by one");
-            }
             // Look again the moment the budget has room, not at the next poll: a location
             // with a backlog then uses its whole budget.
             let wake = Arc::clone(&self.wake);

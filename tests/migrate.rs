@@ -76,7 +76,7 @@ async fn claim_one(store: &dyn Store) -> Claimed {
 }
 
 /// A SQLite store with every kind of row: done, failed, waiting for a retry, parked behind a
-/// refused token, due now; contact and opportunity state, known followers, decisions.
+/// refused token, held by a spent rate limit, due now; contact and opportunity state, known followers, decisions.
 async fn populated_sqlite(url: &str) -> Vec<i64> {
     let store = autofollow::store::open(url).await.unwrap();
     let s = store.as_ref();
@@ -130,6 +130,11 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
             .await
             .unwrap()
     );
+
+    // A location whose rate-limit budget is spent, held for an hour.
+    ids.push(insert(s, event("L3", "held", "wh-held", now)).await);
+    let c = claim_one(s).await;
+    assert!(s.defer(&c, now + Duration::from_secs(3600)).await.unwrap());
 
     // Due now, and a second event of the same contact behind it.
     ids.push(insert(s, event("L1", "due", "wh-due-1", now)).await);
@@ -192,14 +197,15 @@ async fn everything_in_the_sqlite_store_arrives_in_postgresql_unchanged() {
         "{out}"
     );
     for line in [
-        "  events                     6",
+        "  events                     7",
         "  decisions                  4",
-        "  webhook_ids                6",
+        "  webhook_ids                7",
         "  contact_state              1",
         "  opportunity_state          1",
         "  known_followers            1",
         "  token_failures             1",
-        "4 events waiting;",
+        "  location_holds             1",
+        "5 events waiting;",
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
@@ -212,12 +218,12 @@ async fn everything_in_the_sqlite_store_arrives_in_postgresql_unchanged() {
         everything(target.as_ref()).await
     );
 
-    // The queue carries on: the due contact's first event, nothing parked or not yet due;
-    // re-deliveries stay duplicates; new events number after the copied ones.
+    // The queue carries on: the due contact's first event, nothing parked, held or not yet
+    // due; re-deliveries stay duplicates; new events number after the copied ones.
     let claimed = target.claim("pg-replica", 10, LEASE).await.unwrap();
     assert_eq!(
         claimed.iter().map(|c| c.id).collect::<Vec<_>>(),
-        vec![ids[4]]
+        vec![ids[5]]
     );
     assert_eq!(claimed[0].attempt, 1);
     let again = event("L1", "done", "wh-done", SystemTime::now());
@@ -263,7 +269,7 @@ async fn a_database_that_holds_data_is_refused_and_left_unchanged() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(
-        err.starts_with("autofollow migrate: the PostgreSQL database already holds data (6 rows in events, 4 rows in decisions"),
+        err.starts_with("autofollow migrate: the PostgreSQL database already holds data (7 rows in events, 4 rows in decisions"),
         "{err}"
     );
     assert!(err.contains("nothing was changed"), "{err}");

@@ -31,8 +31,12 @@ fn new_event(location: &str, contact: &str, webhook: Option<&str>) -> NewEvent {
 }
 
 async fn insert(store: &dyn Store, contact: &str) -> i64 {
+    insert_into(store, "L1", contact).await
+}
+
+async fn insert_into(store: &dyn Store, location: &str, contact: &str) -> i64 {
     match store
-        .insert_event(new_event("L1", contact, None), WINDOW)
+        .insert_event(new_event(location, contact, None), WINDOW)
         .await
         .unwrap()
     {
@@ -353,16 +357,55 @@ async fn retries_wait_until_their_time(store: Arc<dyn Store>) {
     tokio::time::sleep(Duration::from_millis(80)).await;
     let third = s.claim("a", 1, LEASE).await.unwrap();
     assert_eq!(third[0].attempt, 2);
-    // Holding back a whole location.
-    s.release("a").await.unwrap();
-    let later = SystemTime::now() + Duration::from_secs(60);
+}
+
+/// A deferral holds the whole location back, with one row whatever its backlog; its events
+/// keep their order, and other locations go on.
+async fn a_deferral_holds_the_location(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let first = insert(s, "c1").await;
+    let second = insert(s, "c2").await;
+    let third = insert(s, "c3").await;
+    let taken = s.claim("a", 2, LEASE).await.unwrap();
+    assert_eq!(ids(&taken), vec![first, second]);
+    let elsewhere = insert_into(s, "L2", "c9").await;
+    // Long enough to move the location's waiting events (the third) out of the claim's way.
+    let until = SystemTime::now() + Duration::from_millis(800);
+    assert!(s.defer(&taken[0], until).await.unwrap());
+    // A deferral by a worker that lost the lease changes nothing.
+    assert!(!s.defer(&taken[0], until).await.unwrap());
+    // A shorter deferral does not shorten the hold.
+    let short = SystemTime::now() + Duration::from_millis(20);
+    assert!(s.defer(&taken[1], short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Only the other location's event is claimed while the hold lasts.
     assert_eq!(
-        s.defer_location(&LocationId::new("L1"), later)
-            .await
-            .unwrap(),
-        1
+        ids(&s.claim("a", 10, LEASE).await.unwrap()),
+        vec![elsewhere]
     );
-    assert!(s.claim("a", 1, LEASE).await.unwrap().is_empty());
+    assert!(s.claim("b", 10, LEASE).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Then the location's events come back in their order, the deferred ones first.
+    let after = s.claim("a", 10, LEASE).await.unwrap();
+    assert_eq!(ids(&after), vec![first, second, third]);
+    assert_eq!(after[0].attempt, 1, "a deferral is not an attempt");
+    // A short hold (the next token of a budget) holds as well.
+    let now = SystemTime::now();
+    assert!(
+        s.defer(&after[0], now + Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    s.release("a").await.unwrap();
+    assert_eq!(
+        ids(&s.claim("a", 10, LEASE).await.unwrap()),
+        vec![elsewhere]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ids(&s.claim("a", 10, LEASE).await.unwrap()),
+        vec![first, second, third]
+    );
 }
 
 async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
@@ -517,6 +560,7 @@ contract!(
     a_holder_extends_its_leases_and_only_its_own,
     a_settling_webhook_holds_back_its_contacts_earlier_events,
     retries_wait_until_their_time,
+    a_deferral_holds_the_location,
     dead_letters_are_listed_and_replayed,
     finishing_leaves_the_contact_state,
     a_refused_token_parks_the_location_until_resumed,

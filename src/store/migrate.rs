@@ -4,7 +4,7 @@
 //! Everything is copied: events (pending ones stay pending, in order, with their ids, attempts
 //! and retry times), the `webhookId`s seen (so GoHighLevel's re-deliveries stay duplicates),
 //! contact and opportunity state (so `tag_added`, `stage_entered` … keep working), known
-//! followers, refused tokens and the decision history. The SQLite file is read in one
+//! followers, refused tokens, rate-limit holds and the decision history. The SQLite file is read in one
 //! snapshot; the PostgreSQL side is written in one transaction, with its tables locked, and
 //! committed only after the row counts are checked, so a failed migration leaves the database
 //! as it was.
@@ -124,6 +124,11 @@ const TABLES: &[Table] = &[
             ("error", Ty::Text),
             ("since", Ty::Int),
         ],
+        identity: false,
+    },
+    Table {
+        name: "location_holds",
+        columns: &[("location_id", Ty::Text), ("held_until", Ty::Int)],
         identity: false,
     },
 ];

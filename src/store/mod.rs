@@ -212,6 +212,20 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Whether a deferral until `at` (milliseconds) also moves the location's due events to `at`,
+/// given the hold already in force (`held`, if any) at `now`. The hold alone keeps them from
+/// being claimed, but the claim's walk in `available_at` order still passes over them; a hold
+/// that starts or grows by more than [`MOVE_AFTER_MS`] moves them out of the walk once, so a
+/// long backlog costs one rewrite per hold, not one per deferred event (a 429 reaches every
+/// event in flight for the location) and not one walk per claim.
+pub(crate) fn moves_the_queue(held: Option<i64>, now: i64, at: i64) -> bool {
+    let from = held.map_or(now, |h| h.max(now));
+    at - from > MOVE_AFTER_MS
+}
+
+/// See [`moves_the_queue`]: short waits for the next token of a budget only hold.
+pub(crate) const MOVE_AFTER_MS: i64 = 500;
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Commits a webhook to the queue, unless its `webhookId` was seen within `dedup_window`.
@@ -276,17 +290,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         decision: &Decision,
     ) -> Result<bool, StoreError>;
 
-    /// Releases a claimed event until `at` without counting the attempt or recording a
-    /// decision: it waited for a rate limit, nothing was tried.
+    /// Releases a claimed event without counting the attempt or recording a decision (it
+    /// waited for a rate limit, nothing was tried), and holds its location back until `at`:
+    /// no event of the location is claimed before then, and each keeps its place in the
+    /// queue. A hold only lengthens; it is one row however many events wait, so a location
+    /// with a long backlog costs no more to hold than one with a single event.
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
-
-    /// Moves every due, unleased event of the location to `at` (its rate limit is spent), so
-    /// the worker does not claim them one by one only to put them back.
-    async fn defer_location(
-        &self,
-        location: &LocationId,
-        at: SystemTime,
-    ) -> Result<u64, StoreError>;
 
     /// The contact's follower list as GoHighLevel last returned it, if seen after `since`.
     async fn known_followers(
@@ -538,4 +547,29 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
 
 pub(crate) fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_hold_that_starts_or_grows_by_more_than_half_a_second_moves_the_queue() {
+        let now = 1_000_000;
+        // No hold, or one that has ended: a wait for the next token only holds.
+        assert!(!moves_the_queue(None, now, now + 100));
+        assert!(!moves_the_queue(
+            Some(now - 5_000),
+            now,
+            now + MOVE_AFTER_MS
+        ));
+        // A 429's `Retry-After: 1`, or a spent daily quota, moves the queue once ...
+        assert!(moves_the_queue(None, now, now + 1_000));
+        assert!(moves_the_queue(Some(now - 5_000), now, now + 3_600_000));
+        // ... and not again for every other event in flight that meets the same hold.
+        assert!(!moves_the_queue(Some(now + 1_000), now + 3, now + 1_002));
+        assert!(!moves_the_queue(Some(now + 1_000), now, now + 200));
+        // A hold that grows a lot moves what arrived since.
+        assert!(moves_the_queue(Some(now + 1_000), now, now + 60_000));
+    }
 }

@@ -151,6 +151,10 @@ impl Store for PgStore {
                  WHERE e.status = 'pending' AND e.available_at <= $3
                    AND (e.lease_expires_at IS NULL OR e.lease_expires_at < $3)
                    AND CASE
+                       -- Its location's budget is spent.
+                       WHEN EXISTS (
+                           SELECT 1 FROM location_holds h
+                           WHERE h.location_id = e.location_id AND h.held_until > $3) THEN false
                        WHEN EXISTS (
                            SELECT 1 FROM events p
                            WHERE p.status = 'pending' AND p.location_id = e.location_id
@@ -328,42 +332,53 @@ impl Store for PgStore {
     }
 
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError> {
+        let (now, at) = (millis(SystemTime::now()), millis(at));
+        let mut tx = self.pool.begin().await?;
+        // The deferred event keeps its `available_at`, and so its place at the head of the
+        // queue (it was claimed for being due first).
         let r = sqlx::query(
-            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = $1, attempts = GREATEST(attempts - 1, 0)
-             WHERE id = $2 AND lease_owner = $3 AND status = 'pending'",
+            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, attempts = GREATEST(attempts - 1, 0)
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
         )
-        .bind(millis(at))
         .bind(event.id)
         .bind(&event.lease_owner)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn defer_location(
-        &self,
-        location: &LocationId,
-        at: SystemTime,
-    ) -> Result<u64, StoreError> {
-        let now = millis(SystemTime::now());
-        // Rows another transaction holds (a replica deferring the same location, a claim)
-        // are skipped, not waited for: every replica defers a location whose budget is
-        // spent, and waiting made them queue behind each other's row locks (the replicas
-        // test took minutes instead of seconds on a busy machine).
-        let r = sqlx::query(
-            "UPDATE events SET available_at = $1
-             WHERE id IN (
-                 SELECT id FROM events
-                 WHERE status = 'pending' AND location_id = $2 AND available_at <= $3
-                   AND (lease_expires_at IS NULL OR lease_expires_at < $3)
-                 FOR UPDATE SKIP LOCKED)",
+        if r.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // The hold before this one (the row is locked until the commit, so replicas deferring
+        // one location at once take turns here and only one moves the queue).
+        let held: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO location_holds (location_id, held_until) VALUES ($1, $2)
+             ON CONFLICT (location_id) DO UPDATE
+             SET held_until = GREATEST(location_holds.held_until, excluded.held_until)
+             RETURNING (SELECT held_until FROM location_holds WHERE location_id = $1)",
         )
-        .bind(millis(at))
-        .bind(location.as_str())
-        .bind(now)
-        .execute(&self.pool)
+        .bind(event.location_id.as_str())
+        .bind(at)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(r.rows_affected())
+        if super::moves_the_queue(held, now, at) {
+            // Rows another transaction holds (a claim) are skipped, not waited for.
+            sqlx::query(
+                "UPDATE events SET available_at = $1
+                 WHERE id IN (
+                     SELECT id FROM events
+                     WHERE status = 'pending' AND location_id = $2 AND available_at <= $3
+                       AND (lease_expires_at IS NULL OR lease_expires_at < $3) AND id <> $4
+                     FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(at)
+            .bind(event.location_id.as_str())
+            .bind(now)
+            .bind(event.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn known_followers(
@@ -615,6 +630,10 @@ impl Store for PgStore {
             - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
         sqlx::query("DELETE FROM webhook_ids WHERE received_at < $1")
             .bind(seen_cutoff)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM location_holds WHERE held_until < $1")
+            .bind(millis(SystemTime::now()))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -188,6 +188,10 @@ impl Store for SqliteStore {
                          SELECT e.id FROM events e
                          WHERE e.status = 'pending' AND e.available_at <= ?3
                            AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?3)
+                           -- Its location's budget is not spent.
+                           AND NOT EXISTS (
+                               SELECT 1 FROM location_holds h
+                               WHERE h.location_id = e.location_id AND h.held_until > ?3)
                            AND NOT EXISTS (
                                SELECT 1 FROM events p
                                WHERE p.status = 'pending' AND p.location_id = e.location_id
@@ -380,37 +384,44 @@ impl Store for SqliteStore {
     }
 
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError> {
-        let (id, owner, at) = (event.id, event.lease_owner.clone(), millis(at));
-        self.writer
-            .write(move |conn| {
-                let updated = conn
-                    .prepare_cached(
-                        "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = ?1, attempts = MAX(attempts - 1, 0)
-                         WHERE id = ?2 AND lease_owner = ?3 AND status = 'pending'",
-                    )?
-                    .execute((at, id, &owner))?;
-                Ok(updated == 1)
-            })
-            .await
-    }
-
-    async fn defer_location(
-        &self,
-        location: &LocationId,
-        at: SystemTime,
-    ) -> Result<u64, StoreError> {
-        let (location, at) = (location.as_str().to_owned(), millis(at));
+        let (id, owner, location, at) = (
+            event.id,
+            event.lease_owner.clone(),
+            event.location_id.as_str().to_owned(),
+            millis(at),
+        );
         self.writer
             .write(move |conn| {
                 let now = now_ms();
+                // The deferred event keeps its `available_at`, and so its place at the head of
+                // the queue (it was claimed for being due first).
                 let updated = conn
                     .prepare_cached(
+                        "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, attempts = MAX(attempts - 1, 0)
+                         WHERE id = ?1 AND lease_owner = ?2 AND status = 'pending'",
+                    )?
+                    .execute((id, &owner))?;
+                if updated == 0 {
+                    return Ok(false);
+                }
+                let held: Option<i64> = conn
+                    .prepare_cached("SELECT held_until FROM location_holds WHERE location_id = ?1")?
+                    .query_row([&location], |r| r.get(0))
+                    .optional()?;
+                conn.prepare_cached(
+                    "INSERT INTO location_holds (location_id, held_until) VALUES (?1, ?2)
+                     ON CONFLICT (location_id) DO UPDATE SET held_until = MAX(held_until, excluded.held_until)",
+                )?
+                .execute((&location, at))?;
+                if super::moves_the_queue(held, now, at) {
+                    conn.prepare_cached(
                         "UPDATE events SET available_at = ?1
                          WHERE status = 'pending' AND location_id = ?2 AND available_at <= ?3
-                           AND (lease_expires_at IS NULL OR lease_expires_at < ?3)",
+                           AND (lease_expires_at IS NULL OR lease_expires_at < ?3) AND id <> ?4",
                     )?
-                    .execute((at, &location, now))?;
-                Ok(updated as u64)
+                    .execute((at, &location, now, id))?;
+                }
+                Ok(true)
             })
             .await
     }
@@ -692,6 +703,10 @@ impl Store for SqliteStore {
                 conn.execute(
                     "DELETE FROM webhook_ids WHERE received_at < ?1",
                     [seen_cutoff],
+                )?;
+                conn.execute(
+                    "DELETE FROM location_holds WHERE held_until < ?1",
+                    [now_ms()],
                 )?;
                 Ok(events as u64)
             })

@@ -73,7 +73,6 @@ wrapped! {
     fn finish_all(&self, events: &[(&Claimed, EventStatus, &Decision, &NewState)]) -> Result<bool, StoreError>;
     fn retry_at(&self, event: &Claimed, at: SystemTime, decision: &Decision) -> Result<bool, StoreError>;
     fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
-    fn defer_location(&self, location: &LocationId, at: SystemTime) -> Result<u64, StoreError>;
     fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
     fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
     fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
