@@ -133,6 +133,44 @@ async fn concurrent_inserts_of_one_webhook_store_it_once(store: Arc<dyn Store>) 
     assert_eq!(store.pending().await.unwrap(), 1);
 }
 
+/// Webhooks stored together (polled in one go, so a batching store takes them in one batch)
+/// number in the order they arrived: a contact's events are processed in id order.
+async fn inserts_stored_together_number_in_arrival_order(store: Arc<dyn Store>) {
+    let mut pending: Vec<_> = (0..64)
+        .map(|i| {
+            let e = new_event("L1", "c1", Some(&format!("wh-order-{}", 64 - i)));
+            Some(Box::pin(store.insert_event(e, WINDOW)))
+        })
+        .collect();
+    let mut answers = vec![None; pending.len()];
+    // Polls every insert in index order (each sends its webhook on its first poll), until all
+    // are answered.
+    std::future::poll_fn(|cx| {
+        for (slot, answer) in pending.iter_mut().zip(answers.iter_mut()) {
+            if let Some(f) = slot {
+                if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                    *answer = Some(r.unwrap());
+                    *slot = None;
+                }
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    let ids: Vec<i64> = answers
+        .into_iter()
+        .map(|a| match a {
+            Some(Inserted::Accepted(id)) => id,
+            other => panic!("not accepted: {other:?}"),
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
 /// Many webhooks at once (committed together by a store that batches): each gets its own
 /// answer, and what was acknowledged is stored as sent.
 async fn concurrent_inserts_each_get_their_own_answer(store: Arc<dyn Store>) {
@@ -554,6 +592,7 @@ contract!(
     enqueue_and_dedup,
     concurrent_inserts_of_one_webhook_store_it_once,
     concurrent_inserts_each_get_their_own_answer,
+    inserts_stored_together_number_in_arrival_order,
     claims_are_exclusive,
     one_contact_is_claimed_in_order_one_lease_at_a_time,
     expired_leases_are_reclaimed_and_the_old_holder_cannot_finish,

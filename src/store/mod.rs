@@ -7,6 +7,7 @@
 //! one contact are claimed one at a time, oldest first.
 
 pub mod migrate;
+mod pg_intake;
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_writer;

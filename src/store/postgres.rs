@@ -19,6 +19,8 @@ const PARKED: i64 = 9_000_000_000_000;
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Webhooks are stored in batches (group commit).
+    intake: super::pg_intake::Intake,
 }
 
 impl PgStore {
@@ -26,7 +28,8 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
         let pool = connect(url, 8).await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let intake = super::pg_intake::Intake::start(pool.clone());
+        Ok(PgStore { pool, intake })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -79,52 +82,7 @@ impl Store for PgStore {
         e: NewEvent,
         dedup_window: Duration,
     ) -> Result<Inserted, StoreError> {
-        let now = millis(SystemTime::now());
-        let mut tx = self.pool.begin().await?;
-        if let Some(webhook_id) = &e.webhook_id {
-            // A concurrent insert of the same id (another replica) waits for this one to
-            // commit, then sees the conflict: one of them is the duplicate.
-            let cutoff = now - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX);
-            let claimed = sqlx::query(
-                "INSERT INTO webhook_ids (webhook_id, event_id, received_at) VALUES ($1, 0, $2)
-                 ON CONFLICT (webhook_id) DO UPDATE SET event_id = 0, received_at = excluded.received_at
-                 WHERE webhook_ids.received_at < $3",
-            )
-            .bind(webhook_id)
-            .bind(now)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(Inserted::Duplicate);
-            }
-        }
-        let available = millis(e.available_at).max(now);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO events (kind, event_type, location_id, contact_id, opportunity_id, webhook_id, body, received_at, available_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-        )
-        .bind(e.kind.as_str())
-        .bind(&e.event_type)
-        .bind(e.location_id.as_str())
-        .bind(e.contact_id.as_str())
-        .bind(e.opportunity_id.as_ref().map(|o| o.as_str()))
-        .bind(&e.webhook_id)
-        .bind(&e.body)
-        .bind(now)
-        .bind(available)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(webhook_id) = &e.webhook_id {
-            sqlx::query("UPDATE webhook_ids SET event_id = $1 WHERE webhook_id = $2")
-                .bind(id)
-                .bind(webhook_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Inserted::Accepted(id))
+        self.intake.insert(e, dedup_window).await
     }
 
     async fn claim(
