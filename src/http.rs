@@ -29,23 +29,54 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// The protections' settings; the service runs with [`Limits::default`] (the constants
+/// above, which the README states), tests with shorter ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read: HEADER_READ_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains the connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
+        limits.request,
     ));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read);
     builder.http2().timer(TokioTimer::new());
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -76,14 +107,14 @@ pub async fn serve(
             // (`peek` waits for a byte; `readable` can wake without one.)
             let mut first = [0u8; 1];
             if !matches!(
-                tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await,
+                tokio::time::timeout(limits.header_read, stream.peek(&mut first)).await,
                 Ok(Ok(1))
             ) {
                 drop(permit);
                 return;
             }
             let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
-            stream.set_read_timeout(Some(IDLE_TIMEOUT));
+            stream.set_read_timeout(Some(limits.idle));
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service)
                 .into_owned();
