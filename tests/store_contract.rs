@@ -450,6 +450,10 @@ async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let id = insert(s, "c1").await;
     let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    // An earlier attempt's decision, then the last: listings show the last one.
+    let earlier = decision("retry", Some("GoHighLevel answered 503"));
+    assert!(s.retry_at(&c, SystemTime::now(), &earlier).await.unwrap());
+    let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
     let d = decision("failed", Some("gave up after 12 attempts"));
     assert!(
         s.finish(&c, EventStatus::Failed, &d, &NewState::default())
@@ -467,12 +471,26 @@ async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].last_decision.as_ref(), Some(&d));
+    // An event with no decision yet lists none.
+    let undecided = insert(s, "c2").await;
+    let all = s.list_events(&EventFilter::default()).await.unwrap();
+    let listed: Vec<_> = all
+        .iter()
+        .map(|e| {
+            (
+                e.event.id,
+                e.last_decision.as_ref().map(|d| d.outcome.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![(undecided, None), (id, Some("failed"))]);
     assert_eq!(s.replay(&[id, 9999]).await.unwrap(), 1);
-    let again = s.claim("a", 1, LEASE).await.unwrap();
-    assert_eq!((again[0].id, again[0].attempt), (id, 1));
+    let again = s.claim("a", 10, LEASE).await.unwrap();
+    let attempts: Vec<_> = again.iter().map(|c| (c.id, c.attempt)).collect();
+    assert_eq!(attempts, vec![(id, 1), (undecided, 1)]);
     let history = s.history(&ContactId::new("c1")).await.unwrap();
     assert_eq!(history.len(), 1);
-    assert_eq!(history[0].1.len(), 1);
+    assert_eq!(history[0].1.len(), 2);
 }
 
 async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {

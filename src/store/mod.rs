@@ -521,6 +521,32 @@ impl DecisionRow {
     }
 }
 
+/// Listed events (`rows`, with `received_at`) with their latest decisions (`latest`, one row
+/// per event that has any, with `event_id`).
+pub(crate) fn summaries<R>(rows: &[R], latest: &[R]) -> Result<Vec<EventSummary>, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> RecordRow: sqlx::FromRow<'r, R>,
+    for<'r> DecisionRow: sqlx::FromRow<'r, R>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut last: std::collections::HashMap<i64, Decision> = latest
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>("event_id")?, decision(r)?)))
+        .collect::<Result<_, StoreError>>()?;
+    rows.iter()
+        .map(|r| {
+            let event = record(r)?;
+            Ok(EventSummary {
+                last_decision: last.remove(&event.id),
+                received_at: r.try_get("received_at")?,
+                event,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn decision<R>(r: &R) -> Result<Decision, StoreError>
 where
     R: sqlx::Row,

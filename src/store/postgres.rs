@@ -443,17 +443,16 @@ impl Store for PgStore {
         .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let event = record(&r)?;
-            let last_decision = self.decisions(event.id).await?.pop();
-            out.push(EventSummary {
-                event,
-                received_at: r.get("received_at"),
-                last_decision,
-            });
-        }
-        Ok(out)
+        // The latest decision of each listed event, in one query.
+        let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
+        let latest = sqlx::query(
+            "SELECT DISTINCT ON (event_id) event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version
+             FROM decisions WHERE event_id = ANY($1) ORDER BY event_id, id DESC",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        summaries(&rows, &latest)
     }
 
     async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError> {

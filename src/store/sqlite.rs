@@ -554,17 +554,17 @@ impl Store for SqliteStore {
         .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let event = record(&r)?;
-            let last_decision = self.decisions(event.id).await?.pop();
-            out.push(EventSummary {
-                event,
-                received_at: r.get("received_at"),
-                last_decision,
-            });
-        }
-        Ok(out)
+        // The latest decision of each listed event, in one query.
+        let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
+        let latest = sqlx::query(
+            "SELECT d.event_id, d.attempt, d.matched, d.plan, d.calls, d.outcome, d.error, d.dry_run, d.batch, d.rules_version
+             FROM decisions d JOIN json_each(?1) listed ON d.event_id = listed.value
+             WHERE d.id = (SELECT max(id) FROM decisions WHERE event_id = d.event_id)",
+        )
+        .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_all(&self.pool)
+        .await?;
+        summaries(&rows, &latest)
     }
 
     async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError> {
