@@ -397,6 +397,12 @@ async fn retries_wait_until_their_time(store: Arc<dyn Store>) {
     assert_eq!(third[0].attempt, 2);
 }
 
+/// Sleeps until just after `t` (a hold's end: the stores compare whole milliseconds).
+async fn past(t: SystemTime) {
+    let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(5)).await;
+}
+
 /// A deferral holds the whole location back, with one row whatever its backlog; its events
 /// keep their order, and other locations go on.
 async fn a_deferral_holds_the_location(store: Arc<dyn Store>) {
@@ -415,31 +421,27 @@ async fn a_deferral_holds_the_location(store: Arc<dyn Store>) {
     // A shorter deferral does not shorten the hold.
     let short = SystemTime::now() + Duration::from_millis(20);
     assert!(s.defer(&taken[1], short).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    past(short).await;
     // Only the other location's event is claimed while the hold lasts.
     assert_eq!(
         ids(&s.claim("a", 10, LEASE).await.unwrap()),
         vec![elsewhere]
     );
     assert!(s.claim("b", 10, LEASE).await.unwrap().is_empty());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    past(until).await;
     // Then the location's events come back in their order, the deferred ones first.
     let after = s.claim("a", 10, LEASE).await.unwrap();
     assert_eq!(ids(&after), vec![first, second, third]);
     assert_eq!(after[0].attempt, 1, "a deferral is not an attempt");
     // A short hold (the next token of a budget) holds as well.
-    let now = SystemTime::now();
-    assert!(
-        s.defer(&after[0], now + Duration::from_millis(150))
-            .await
-            .unwrap()
-    );
+    let short = SystemTime::now() + Duration::from_millis(150);
+    assert!(s.defer(&after[0], short).await.unwrap());
     s.release("a").await.unwrap();
     assert_eq!(
         ids(&s.claim("a", 10, LEASE).await.unwrap()),
         vec![elsewhere]
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    past(short).await;
     assert_eq!(
         ids(&s.claim("a", 10, LEASE).await.unwrap()),
         vec![first, second, third]

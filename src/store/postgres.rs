@@ -306,8 +306,9 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        // The hold before this one (the row is locked until the commit, so replicas deferring
-        // one location at once take turns here and only one moves the queue).
+        // The hold before this one, as this statement's snapshot saw it. (Two replicas
+        // deferring one location at the same moment may both see no hold and both move the
+        // queue: harmless, and the move skips rows another transaction holds.)
         let held: Option<i64> = sqlx::query_scalar(
             "INSERT INTO location_holds (location_id, held_until) VALUES ($1, $2)
              ON CONFLICT (location_id) DO UPDATE
