@@ -14,12 +14,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin autofollow \
  && mkdir -p /app/data \
- && chown autofollow /app/data
+ && chown autofollow /app/data \
+ && chmod 700 /app/data
 COPY --from=build /src/target/release/autofollow /usr/local/bin/autofollow
 COPY rules /app/rules
 WORKDIR /app
 USER autofollow
+# The public listener (webhooks, health) and the admin listener (admin API, metrics), which
+# only the container network reaches: publish 8080 alone.
 ENV AUTOFOLLOW_LISTEN=0.0.0.0:8080 \
+    AUTOFOLLOW_ADMIN_LISTEN=0.0.0.0:9090 \
     AUTOFOLLOW_RULES=/app/rules \
     AUTOFOLLOW_DATABASE_URL=sqlite:///app/data/autofollow.db \
     AUTOFOLLOW_LOG_FORMAT=json

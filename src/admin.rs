@@ -1,5 +1,6 @@
-//! The operators' HTTP API, on only when `AUTOFOLLOW_ADMIN_TOKEN` is set: list, replay and
-//! explain events, and a contact's history. Every request needs `Authorization: Bearer <token>`.
+//! The operators' HTTP API, on the admin listener only when `AUTOFOLLOW_ADMIN_TOKEN` is set:
+//! list, replay and explain events, a contact's history and its erasure. Every request needs
+//! `Authorization: Bearer <token>`.
 
 use axum::Json;
 use axum::Router;
@@ -8,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/events/{id}/replay", post(replay_one))
         .route("/admin/replay", post(replay_many))
         .route("/admin/contacts/{id}/history", get(history))
+        .route("/admin/contacts/{id}", delete(erase))
         .route("/admin/explain", post(explain))
         .route("/admin/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state, require_token))
@@ -65,6 +67,9 @@ fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// The most events one listing returns (`limit` above it is capped).
+pub const MAX_LIST: u32 = 1000;
+
 #[derive(Deserialize, Default)]
 struct Selection {
     status: Option<String>,
@@ -83,7 +88,11 @@ impl Selection {
                 .filter(|s| !s.is_empty())
                 .map(ops::status)
                 .transpose()?,
-            contact: self.contact.filter(|c| !c.is_empty()).map(ContactId::new),
+            contact: self
+                .contact
+                .filter(|c| !c.is_empty())
+                .map(|c| ContactId::parse(&c).map_err(|e| e.to_string()))
+                .transpose()?,
             since: self
                 .since
                 .as_deref()
@@ -93,10 +102,28 @@ impl Selection {
             limit: self.limit.unwrap_or(100),
         })
     }
+
+    /// The filter of a listing: at least 1 and at most [`MAX_LIST`] events (the store reads
+    /// a limit of 0 as "all", which a listing must never ask for).
+    fn listing(self) -> Result<EventFilter, String> {
+        let filter = self.filter()?;
+        if filter.limit == 0 {
+            return Err(format!("limit must be 1 to {MAX_LIST}"));
+        }
+        Ok(EventFilter {
+            limit: filter.limit.min(MAX_LIST),
+            ..filter
+        })
+    }
+}
+
+/// A contact id from the path, or the message of a 400.
+fn contact_id(text: &str) -> Result<ContactId, String> {
+    ContactId::parse(text).map_err(|e| e.to_string())
 }
 
 async fn list(State(state): State<AppState>, Query(selection): Query<Selection>) -> Response {
-    let filter = match selection.filter() {
+    let filter = match selection.listing() {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -154,13 +181,33 @@ async fn replay_many(
 }
 
 async fn history(State(state): State<AppState>, Path(contact): Path<String>) -> Response {
-    match state.store.history(&ContactId::new(contact)).await {
+    let contact = match contact_id(&contact) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match state.store.history(&contact).await {
         Ok(h) => {
             let items: Vec<_> = h
                 .iter()
                 .map(|(e, d)| json!({ "event": e, "decisions": d }))
                 .collect();
             Json(items).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// Erases what is stored about the contact: `{"erased": {"events": N, "decisions": N,
+/// "states": N}}`.
+async fn erase(State(state): State<AppState>, Path(contact): Path<String>) -> Response {
+    let contact = match contact_id(&contact) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match state.store.erase_contact(&contact).await {
+        Ok(erased) => {
+            tracing::info!(contact = %contact, events = erased.events, "erased a contact's data");
+            Json(json!({ "erased": erased })).into_response()
         }
         Err(e) => internal(e),
     }

@@ -8,20 +8,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{self, Verifier};
 use crate::ids::LocationId;
 use crate::rules::RuleSet;
+pub use crate::telemetry::LogFormat;
+
+/// Reads a secret flag or variable straight into a [`SecretString`], so that no plain copy
+/// of it is kept (and `Debug` of the arguments shows `[REDACTED]`).
+fn secret_arg(text: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(text.to_owned()))
+}
 
 pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
 
 /// The flags of `autofollow serve`; each reads its environment variable when not given.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: webhooks, /healthz and /readyz (ready or not).
     #[arg(long, env = "AUTOFOLLOW_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
+    /// Address of the admin listener: /admin/…, /metrics and /readyz with details; `off`
+    /// turns it off. Keep it unreachable from the internet.
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: String,
     /// Rule file or directory.
     #[arg(long, env = "AUTOFOLLOW_RULES", default_value = "rules")]
     pub rules: PathBuf,
@@ -36,14 +51,17 @@ pub struct ServeArgs {
     #[arg(long, env = "GHL_API_BASE_URL", default_value = DEFAULT_GHL_API)]
     pub ghl_api_base_url: String,
     /// Private Integration Token for every location without a token of its own.
-    #[arg(long, env = "GHL_TOKEN", hide_env_values = true)]
-    pub ghl_token: Option<String>,
+    #[arg(long, env = "GHL_TOKEN", hide_env_values = true, value_parser = secret_arg)]
+    pub ghl_token: Option<SecretString>,
     /// YAML file mapping location id to token.
     #[arg(long, env = "GHL_LOCATION_TOKENS_FILE")]
     pub ghl_location_tokens_file: Option<PathBuf>,
-    /// Shared secret for webhook authentication.
-    #[arg(long, env = "AUTOFOLLOW_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    /// Shared secret for webhook authentication; several, comma-separated, during a rotation.
+    #[arg(long, env = "AUTOFOLLOW_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret_arg)]
+    pub webhook_secret: Option<SecretString>,
+    /// An app webhook body whose `timestamp` is further than this from now is refused (401).
+    #[arg(long, env = "AUTOFOLLOW_WEBHOOK_MAX_AGE", default_value = "3h")]
+    pub webhook_max_age: String,
     /// PEM public keys for X-GHL-Signature, inline or as comma-separated file paths.
     #[arg(long, env = "GHL_WEBHOOK_PUBLIC_KEYS")]
     pub ghl_webhook_public_keys: Option<String>,
@@ -89,17 +107,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTOFOLLOW_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_rules: bool,
     /// Bearer token of the admin API (/admin/…); without it the admin API is off.
-    #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true, value_parser = secret_arg)]
+    pub admin_token: Option<SecretString>,
     /// Log format: pretty or json. RUST_LOG filters.
     #[arg(long, env = "AUTOFOLLOW_LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
 }
 
 /// GoHighLevel tokens by location.
@@ -143,6 +155,8 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
     pub rules_path: PathBuf,
     pub rules: Arc<RuleSet>,
     pub database_url: String,
@@ -192,6 +206,18 @@ impl Config {
                 ))
             })
             .ok();
+        let admin_listen = match args.admin_listen.trim() {
+            "off" => Some(None),
+            text => text
+                .parse::<SocketAddr>()
+                .map(Some)
+                .map_err(|_| {
+                    problems.push(format!(
+                        "AUTOFOLLOW_ADMIN_LISTEN: `{text}` is neither an address such as 127.0.0.1:9090 nor `off`"
+                    ))
+                })
+                .ok(),
+        };
         let database_url = args.database_url.trim().to_owned();
         if !crate::store::is_postgres(&database_url) && !database_url.starts_with("sqlite:") {
             // Only the scheme: the URL may hold a password.
@@ -210,8 +236,8 @@ impl Config {
         }
         let default_token = args
             .ghl_token
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| SecretString::from(t.trim().to_owned()));
+            .filter(|t| !t.expose_secret().trim().is_empty())
+            .map(|t| SecretString::from(t.expose_secret().trim().to_owned()));
         let mut by_location = HashMap::new();
         if let Some(path) = &args.ghl_location_tokens_file {
             match std::fs::read_to_string(path) {
@@ -232,13 +258,12 @@ impl Config {
                         )),
                         Ok(map) => {
                             for (location, token) in map {
-                                if token.trim().is_empty() {
-                                    problems.push(format!("GHL_LOCATION_TOKENS_FILE: the token of location {location} is empty"));
-                                } else {
-                                    by_location.insert(
-                                        LocationId::new(location.trim()),
-                                        SecretString::from(token.trim().to_owned()),
-                                    );
+                                match LocationId::parse(location.trim()) {
+                                    _ if token.trim().is_empty() => problems.push(format!("GHL_LOCATION_TOKENS_FILE: the token of location {location} is empty")),
+                                    Err(e) => problems.push(format!("GHL_LOCATION_TOKENS_FILE: {e}")),
+                                    Ok(id) => {
+                                        by_location.insert(id, SecretString::from(token.trim().to_owned()));
+                                    }
                                 }
                             }
                         }
@@ -274,15 +299,29 @@ impl Config {
         }
         .map_err(|e| problems.push(format!("GHL_WEBHOOK_PUBLIC_KEYS: {e}")))
         .ok();
-        let secret = args
+        let secrets = match args
             .webhook_secret
+            .as_ref()
+            .map(|s| s.expose_secret().trim())
             .filter(|s| !s.is_empty())
-            .map(SecretString::from);
-        let verifier = keys.and_then(|keys| {
-            Verifier::new(keys, secret)
+        {
+            None => Some(Vec::new()),
+            Some(list) => auth::parse_secrets(list)
                 .map_err(|e| problems.push(format!("AUTOFOLLOW_WEBHOOK_SECRET: {e}")))
-                .ok()
-        });
+                .ok(),
+        };
+        let admin_token = args
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose_secret().trim())
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from);
+        if let Some(Err(e)) = admin_token
+            .as_ref()
+            .map(|t| auth::check_token_length(t.expose_secret()))
+        {
+            problems.push(format!("AUTOFOLLOW_ADMIN_TOKEN: {e}"));
+        }
         let log_format = match args.log_format.trim() {
             "pretty" => Some(LogFormat::Pretty),
             "json" => Some(LogFormat::Json),
@@ -308,6 +347,7 @@ impl Config {
                 .ok(),
         };
         let settle_delay = duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay);
+        let max_age = duration("AUTOFOLLOW_WEBHOOK_MAX_AGE", &args.webhook_max_age);
         let shutdown_grace = duration("AUTOFOLLOW_SHUTDOWN_GRACE", &args.shutdown_grace);
         let lease = duration("AUTOFOLLOW_LEASE", &args.lease);
         let followers_freshness =
@@ -315,6 +355,21 @@ impl Config {
         let ghl_timeout = duration("GHL_TIMEOUT", &args.ghl_timeout);
         let retry_base = duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base);
         let retry_cap = duration("AUTOFOLLOW_RETRY_CAP", &args.retry_cap);
+        let max_age = max_age.filter(|d| *d >= std::time::Duration::from_secs(60));
+        if max_age.is_none()
+            && !problems
+                .iter()
+                .any(|p| p.starts_with("AUTOFOLLOW_WEBHOOK_MAX_AGE"))
+        {
+            problems.push("AUTOFOLLOW_WEBHOOK_MAX_AGE: at least 1m (GoHighLevel re-sends a webhook for about 70 minutes; the default 3h covers that)".to_owned());
+        }
+        let verifier = match (keys, secrets, max_age) {
+            (Some(keys), Some(secrets), Some(max_age)) => Verifier::new(keys, secrets)
+                .map(|v| v.with_max_age(max_age))
+                .map_err(|e| problems.push(format!("AUTOFOLLOW_WEBHOOK_SECRET: {e}")))
+                .ok(),
+            _ => None,
+        };
         let ghl_timeout = ghl_timeout.filter(|t| !t.is_zero());
         if ghl_timeout.is_none() && !problems.iter().any(|p| p.starts_with("GHL_TIMEOUT")) {
             problems.push("GHL_TIMEOUT: more than 0".to_owned());
@@ -340,7 +395,7 @@ impl Config {
             })
             .ok();
         match (
-            listen,
+            (listen, admin_listen),
             verifier,
             log_format,
             rules,
@@ -355,7 +410,7 @@ impl Config {
             retry_cap,
         ) {
             (
-                Some(listen),
+                (Some(listen), Some(admin_listen)),
                 Some(verifier),
                 Some(log_format),
                 Some(rules),
@@ -370,6 +425,7 @@ impl Config {
                 Some(retry_cap),
             ) if problems.is_empty() => Ok(Config {
                 listen,
+                admin_listen,
                 rules_path: args.rules,
                 rules: Arc::new(rules),
                 database_url,
@@ -378,10 +434,7 @@ impl Config {
                 verifier: Arc::new(verifier),
                 dry_run,
                 log_format,
-                admin_token: args
-                    .admin_token
-                    .filter(|t| !t.trim().is_empty())
-                    .map(|t| SecretString::from(t.trim().to_owned())),
+                admin_token,
                 retention,
                 settle_delay,
                 shutdown_grace,
@@ -412,15 +465,17 @@ mod tests {
             rules: "does/not/exist".into(),
             database_url: "mysql://x".into(),
             ghl_api_base_url: "ftp://x".into(),
-            ghl_token: Some("tok-SECRET-1".into()),
+            admin_listen: "everywhere".into(),
+            ghl_token: Some("tok-HIDDEN-1".into()),
             ghl_location_tokens_file: Some(dir),
-            webhook_secret: Some("whsec_!!SECRET!!".into()),
+            webhook_secret: Some("whsec_!!HIDDEN!!".into()),
+            webhook_max_age: "ages".into(),
             ghl_webhook_public_keys: Some(
                 "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
             ),
             dry_run: None,
             log_format: "xml".into(),
-            admin_token: Some("admin-SECRET".into()),
+            admin_token: Some("admin-HIDDEN".into()),
             retention: "forever".into(),
             settle_delay: "soon".into(),
             shutdown_grace: "patiently".into(),
@@ -439,6 +494,10 @@ mod tests {
             .unwrap_or_default();
         for needle in [
             "AUTOFOLLOW_LISTEN",
+            "AUTOFOLLOW_ADMIN_LISTEN",
+            "AUTOFOLLOW_ADMIN_TOKEN",
+            "AUTOFOLLOW_WEBHOOK_SECRET",
+            "AUTOFOLLOW_WEBHOOK_MAX_AGE",
             "AUTOFOLLOW_DATABASE_URL",
             "GHL_API_BASE_URL",
             "GHL_LOCATION_TOKENS_FILE",
@@ -457,7 +516,7 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
-        assert!(!err.contains("SECRET"), "{err}");
+        assert!(!err.contains("HIDDEN"), "{err}");
     }
 
     #[test]
@@ -465,6 +524,8 @@ mod tests {
         let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
         let args = ServeArgs {
             listen: "127.0.0.1:0".into(),
+            admin_listen: "off".into(),
+            webhook_max_age: "3h".into(),
             rules,
             database_url: "sqlite://x.db".into(),
             ghl_api_base_url: DEFAULT_GHL_API.into(),

@@ -9,14 +9,16 @@
 //!
 //! Parsing is lenient: unknown keys are ignored and any documented key may be missing or of an
 //! unexpected type (then it counts as missing). Only the location id and the contact id are
-//! required, and an error names the one that is missing.
+//! required, and an error names the one that is missing. Every id a body carries (location,
+//! contact, opportunity, assigned user, pipeline, stage) must have the shape of a GoHighLevel
+//! id ([`crate::ids::is_valid_id`]); an error names the field that does not.
 
 use std::fmt;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::ids::{ContactId, LocationId, OpportunityId, UserId};
+use crate::ids::{ContactId, InvalidId, LocationId, OpportunityId, UserId, is_valid_id};
 
 /// The kind of event, by GoHighLevel's name. [`EventType::Workflow`] stands for every body a
 /// workflow's Webhook action sends.
@@ -156,6 +158,50 @@ pub enum ParseError {
     NotObject,
     #[error("missing field `{0}`")]
     MissingField(&'static str),
+    #[error("field `{0}` is not a GoHighLevel id (1 to 64 letters, digits, `_` or `-`)")]
+    InvalidId(&'static str),
+    /// The body could not be received to its end (the sender broke it off).
+    #[error("the body was not received to its end")]
+    Incomplete,
+}
+
+impl ParseError {
+    /// A fixed description of the kind of problem, for counting rejections.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ParseError::Json(_) => "body is not JSON",
+            ParseError::NotObject => "body is not a JSON object",
+            ParseError::MissingField(_) => "a required field is missing",
+            ParseError::InvalidId(_) => "a field is not a GoHighLevel id",
+            ParseError::Incomplete => "body not received to its end",
+        }
+    }
+}
+
+/// The id under `key`, checked; `None` when absent.
+fn id<T>(obj: &Map<String, Value>, key: &str, field: &'static str) -> Result<Option<T>, ParseError>
+where
+    T: std::str::FromStr<Err = InvalidId>,
+{
+    text(obj, key)
+        .map(|s| s.parse().map_err(|_| ParseError::InvalidId(field)))
+        .transpose()
+}
+
+/// The id under `key`, checked and required.
+fn required<T>(obj: &Map<String, Value>, key: &str, field: &'static str) -> Result<T, ParseError>
+where
+    T: std::str::FromStr<Err = InvalidId>,
+{
+    id(obj, key, field)?.ok_or(ParseError::MissingField(field))
+}
+
+/// A value that names an id without a type of its own (pipeline, stage), checked.
+fn plain_id(obj: &Map<String, Value>, key: &'static str) -> Result<Option<String>, ParseError> {
+    match text(obj, key) {
+        Some(s) if !is_valid_id(&s) => Err(ParseError::InvalidId(key)),
+        other => Ok(other),
+    }
 }
 
 /// Parses an app webhook body (the JSON GoHighLevel sends to an app's webhook URL).
@@ -189,16 +235,16 @@ fn app_event(raw: Value) -> Result<Parsed, ParseError> {
         _ => {
             return Ok(Parsed::Unsupported {
                 event_type: type_name,
-                location_id: text(obj, "locationId").map(LocationId::new),
+                location_id: id(obj, "locationId", "locationId").ok().flatten(),
             });
         }
     };
-    let location_id = text(obj, "locationId").ok_or(ParseError::MissingField("locationId"))?;
+    let location_id = required(obj, "locationId", "locationId")?;
     let (contact_id, opportunity_id, tags) = if event_type.is_opportunity() {
-        let contact = text(obj, "contactId").ok_or(ParseError::MissingField("contactId"))?;
-        (contact, text(obj, "id"), obj.get("tags").map(tag_list))
+        let contact = required(obj, "contactId", "contactId")?;
+        (contact, id(obj, "id", "id")?, obj.get("tags").map(tag_list))
     } else {
-        let contact = text(obj, "id").ok_or(ParseError::MissingField("id"))?;
+        let contact = required(obj, "id", "id")?;
         // Contact events carry the full tag list; GoHighLevel leaves out empty fields.
         (
             contact,
@@ -208,15 +254,15 @@ fn app_event(raw: Value) -> Result<Parsed, ParseError> {
     };
     let event = Event {
         event_type,
-        location_id: LocationId::new(location_id),
-        contact_id: ContactId::new(contact_id),
-        opportunity_id: opportunity_id.map(OpportunityId::new),
+        location_id,
+        contact_id,
+        opportunity_id,
         source: text(obj, "source"),
         tags,
-        assigned_user: text(obj, "assignedTo").map(|id| AssignedUser::Id(UserId::new(id))),
-        pipeline_id: text(obj, "pipelineId"),
+        assigned_user: id(obj, "assignedTo", "assignedTo")?.map(AssignedUser::Id),
+        pipeline_id: plain_id(obj, "pipelineId")?,
         pipeline_name: None,
-        stage_id: text(obj, "pipelineStageId"),
+        stage_id: plain_id(obj, "pipelineStageId")?,
         stage_name: None,
         status: text(obj, "status"),
         workflow_id: None,
@@ -230,30 +276,34 @@ fn app_event(raw: Value) -> Result<Parsed, ParseError> {
 
 fn workflow_event(raw: Value) -> Result<Event, ParseError> {
     let obj = raw.as_object().ok_or(ParseError::NotObject)?;
-    let location = obj.get("location").and_then(Value::as_object);
-    let location_id = location
-        .and_then(|l| text(l, "id"))
-        .ok_or(ParseError::MissingField("location.id"))?;
-    let contact_id = text(obj, "contact_id").ok_or(ParseError::MissingField("contact_id"))?;
+    let location_id = match obj.get("location").and_then(Value::as_object) {
+        Some(location) => required(location, "id", "location.id")?,
+        None => return Err(ParseError::MissingField("location.id")),
+    };
+    let contact_id = required(obj, "contact_id", "contact_id")?;
     let workflow = obj.get("workflow").and_then(Value::as_object);
-    let user = obj.get("user").and_then(Value::as_object);
-    let assigned_user = user.and_then(|u| {
-        text(u, "id")
-            .map(|id| AssignedUser::Id(UserId::new(id)))
-            .or_else(|| text(u, "email").map(AssignedUser::Email))
-    });
-    let pipeline_id = text(obj, "pipeline_id");
+    let assigned_user = match obj.get("user").and_then(Value::as_object) {
+        Some(u) => match id(u, "id", "user.id")? {
+            Some(id) => Some(AssignedUser::Id(id)),
+            None => text(u, "email").map(AssignedUser::Email),
+        },
+        None => None,
+    };
+    let pipeline_id = plain_id(obj, "pipeline_id")?;
     // Only opportunity triggers send `id`, and then it is the opportunity's.
-    let opportunity_id = pipeline_id
-        .is_some()
-        .then(|| text(obj, "id"))
-        .flatten()
-        .or_else(|| text(obj, "opportunity_id"));
+    let opportunity_id = match pipeline_id.is_some() {
+        true => id(obj, "id", "id")?,
+        false => None,
+    };
+    let opportunity_id = match opportunity_id {
+        Some(o) => Some(o),
+        None => id(obj, "opportunity_id", "opportunity_id")?,
+    };
     Ok(Event {
         event_type: EventType::Workflow,
-        location_id: LocationId::new(location_id),
-        contact_id: ContactId::new(contact_id),
-        opportunity_id: opportunity_id.map(OpportunityId::new),
+        location_id,
+        contact_id,
+        opportunity_id,
         source: text(obj, "contact_source").or_else(|| text(obj, "source")),
         tags: Some(obj.get("tags").map(tag_list).unwrap_or_default()),
         assigned_user,
@@ -340,10 +390,13 @@ mod tests {
             "pipelineId": "P", "pipelineStageId": "S", "status": "open", "assignedTo": "U"
         }));
         assert_eq!(e.contact_id.as_str(), "C");
-        assert_eq!(e.opportunity_id, Some(OpportunityId::new("O")));
+        assert_eq!(e.opportunity_id, OpportunityId::parse("O").ok());
         assert_eq!(e.tags, None);
         assert_eq!(e.stage_id.as_deref(), Some("S"));
-        assert_eq!(e.assigned_user, Some(AssignedUser::Id(UserId::new("U"))));
+        assert_eq!(
+            e.assigned_user,
+            UserId::parse("U").ok().map(AssignedUser::Id)
+        );
     }
 
     #[test]
@@ -373,6 +426,60 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_are_not_ghl_ids_are_named_errors() {
+        let err = |v: Value| app(v).err().map(|e| e.to_string());
+        for (body, field) in [
+            (
+                json!({"type": "ContactCreate", "locationId": "L", "id": ".."}),
+                "id",
+            ),
+            (
+                json!({"type": "ContactCreate", "locationId": "a/b", "id": "C"}),
+                "locationId",
+            ),
+            (
+                json!({"type": "ContactCreate", "locationId": "L", "id": "C", "assignedTo": "u u"}),
+                "assignedTo",
+            ),
+            (
+                json!({"type": "OpportunityCreate", "locationId": "L", "id": ".", "contactId": "C"}),
+                "id",
+            ),
+            (
+                json!({"type": "OpportunityCreate", "locationId": "L", "id": "O", "contactId": "C?x"}),
+                "contactId",
+            ),
+            (
+                json!({"type": "OpportunityStageUpdate", "locationId": "L", "id": "O", "contactId": "C", "pipelineStageId": "s/../x"}),
+                "pipelineStageId",
+            ),
+            (
+                json!({"type": "OpportunityStageUpdate", "locationId": "L", "id": "O", "contactId": "C", "pipelineId": "p%2F"}),
+                "pipelineId",
+            ),
+        ] {
+            let message = err(body).unwrap_or_default();
+            assert!(
+                message.starts_with(&format!("field `{field}` is not")),
+                "{message}"
+            );
+        }
+        let workflow = |v: Value| {
+            parse_workflow(v.to_string().as_bytes())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let message = workflow(json!({"contact_id": "..", "location": {"id": "L"}}));
+        assert!(message.is_some_and(|m| m.contains("`contact_id`")));
+        let message = workflow(json!({"contact_id": "C", "location": {"id": "L 1"}}));
+        assert!(message.is_some_and(|m| m.contains("`location.id`")));
+        let message = workflow(
+            json!({"contact_id": "C", "location": {"id": "L"}, "pipeline_id": "P", "id": "a.b"}),
+        );
+        assert!(message.is_some_and(|m| m.contains("`id`")));
+    }
+
+    #[test]
     fn empty_or_mistyped_values_count_as_missing() {
         let r = app(json!({"type": "ContactCreate", "locationId": " ", "id": "C"}));
         assert!(matches!(r, Err(ParseError::MissingField("locationId"))));
@@ -390,7 +497,7 @@ mod tests {
             r,
             Some(Parsed::Unsupported {
                 event_type: "INSTALL".into(),
-                location_id: Some(LocationId::new("L"))
+                location_id: LocationId::parse("L").ok()
             })
         );
         // "Workflow" is our name for workflow webhooks, not an app event type.
@@ -425,7 +532,7 @@ mod tests {
         assert_eq!(e.map(|e| e.event_type), Some(EventType::Workflow));
         assert_eq!(
             e.and_then(|e| e.opportunity_id.clone()),
-            Some(OpportunityId::new("O"))
+            OpportunityId::parse("O").ok()
         );
         assert_eq!(e.and_then(|e| e.stage_name.as_deref()), Some("Proposal"));
         assert_eq!(e.and_then(|e| e.pipeline_name.as_deref()), Some("Sales"));

@@ -1,5 +1,7 @@
 //! The GoHighLevel API client: followers, pipelines and users, with every failure classified
-//! as retryable or permanent in one place.
+//! as retryable or permanent in one place. Request paths are built only from checked id types
+//! ([`crate::ids`]), so nothing a webhook sent can change which endpoint is called; redirects
+//! are not followed (the API never redirects, so one is an error).
 
 use std::time::Duration;
 
@@ -68,6 +70,7 @@ impl GhlClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("autofollow/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(GhlClient {
             http,
@@ -88,7 +91,7 @@ impl GhlClient {
         users: &[UserId],
     ) -> Result<Option<Vec<UserId>>, CallError> {
         let method = if add { Method::POST } else { Method::DELETE };
-        let path = format!("/contacts/{}/followers", urlencode(contact.as_str()));
+        let path = followers_path(contact);
         self.send(
             token,
             location,
@@ -102,7 +105,7 @@ impl GhlClient {
             body.get("followers").and_then(Value::as_array).map(|list| {
                 list.iter()
                     .filter_map(Value::as_str)
-                    .map(UserId::new)
+                    .filter_map(|u| UserId::parse(u).ok())
                     .collect()
             })
         })
@@ -136,7 +139,7 @@ impl GhlClient {
         token: &SecretString,
         location: &LocationId,
     ) -> Result<String, CallError> {
-        let path = format!("/locations/{}", urlencode(location.as_str()));
+        let path = format!("/locations/{location}");
         let body = self
             .send(
                 token,
@@ -193,7 +196,7 @@ impl GhlClient {
                     .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
             })
             .and_then(|u| u.get("id").and_then(Value::as_str))
-            .map(UserId::new))
+            .and_then(|id| UserId::parse(id).ok()))
     }
 
     async fn send(
@@ -267,6 +270,15 @@ impl GhlClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
+        if status.is_redirection() {
+            return Err(CallError::Permanent {
+                status: Some(status.as_u16()),
+                reason: format!(
+                    "GoHighLevel answered {} (a redirect, which its API never sends; not followed)",
+                    status.as_u16()
+                ),
+            });
+        }
         if status.is_success() {
             return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
@@ -321,16 +333,11 @@ fn without_url(e: &reqwest::Error) -> String {
     e
 }
 
-/// Percent-encodes a path segment (ids are alphanumeric, but a body can say anything).
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// The path of a contact's followers, as requested and as recorded in decisions. A
+/// [`ContactId`] is letters, digits, `_` and `-` only: it needs no encoding and cannot leave
+/// its path segment.
+pub fn followers_path(contact: &ContactId) -> String {
+    format!("/contacts/{contact}/followers")
 }
 
 #[cfg(test)]
@@ -352,8 +359,11 @@ mod tests {
     }
 
     #[test]
-    fn path_segments_are_encoded() {
-        assert_eq!(urlencode("abc123"), "abc123");
-        assert_eq!(urlencode("a/b?c"), "a%2Fb%3Fc");
+    fn followers_paths_are_built_from_checked_ids() {
+        let contact = ContactId::parse("nmFmQEsNgz6AVpgLVUJ0").ok();
+        assert_eq!(
+            contact.as_ref().map(followers_path).as_deref(),
+            Some("/contacts/nmFmQEsNgz6AVpgLVUJ0/followers")
+        );
     }
 }

@@ -262,7 +262,7 @@ mod tests {
             }),
             200_000,
         );
-        let a = LocationId::new("A");
+        let a = LocationId::parse("A").unwrap();
         let mut granted = 0;
         for _ in 0..200 {
             granted += usize::from(limits.acquire(&a).await.is_ok());
@@ -274,7 +274,10 @@ mod tests {
             "{wait:?}"
         );
         assert!(
-            limits.acquire(&LocationId::new("B")).await.is_ok(),
+            limits
+                .acquire(&LocationId::parse("B").unwrap())
+                .await
+                .is_ok(),
             "B has its own budget"
         );
     }
@@ -288,7 +291,7 @@ mod tests {
             },
             200_000,
         );
-        let a = LocationId::new("A");
+        let a = LocationId::parse("A").unwrap();
         limits
             .observe(
                 &a,
@@ -303,13 +306,18 @@ mod tests {
         assert!(wait > Duration::from_secs(4), "{wait:?}");
         limits
             .observe(
-                &LocationId::new("B"),
+                &LocationId::parse("B").unwrap(),
                 &Observed {
                     remaining: Some(3),
                     ..Observed::default()
                 },
             )
             .await;
-        assert!(limits.acquire(&LocationId::new("B")).await.is_ok());
+        assert!(
+            limits
+                .acquire(&LocationId::parse("B").unwrap())
+                .await
+                .is_ok()
+        );
     }
 }

@@ -62,7 +62,7 @@ enum Command {
         status: Option<String>,
         /// Only events of this contact.
         #[arg(long)]
-        contact: Option<String>,
+        contact: Option<ContactId>,
         /// Only events received within this long (2h, 30m, 7d).
         #[arg(long, value_name = "DURATION")]
         since: Option<String>,
@@ -87,9 +87,16 @@ enum Command {
     Why {
         #[command(flatten)]
         db: Database,
-        contact: String,
+        contact: ContactId,
         #[arg(long)]
         json: bool,
+    },
+    /// Erase everything stored about a contact (a data subject's request): its events,
+    /// waiting ones included, their decisions, and its tag, stage and follower state.
+    Erase {
+        #[command(flatten)]
+        db: Database,
+        contact: ContactId,
     },
     /// Copy a SQLite store (queued events, state, history) into an empty PostgreSQL database,
     /// to move to several replicas. Stop the service first.
@@ -192,7 +199,15 @@ fn main() -> ExitCode {
         Command::Why { db, contact, json } => {
             return operate(&db, |store| async move {
                 let mut out = io::stdout().lock();
-                ops::why(store.as_ref(), &ContactId::new(contact), json, &mut out)
+                ops::why(store.as_ref(), &contact, json, &mut out)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        Command::Erase { db, contact } => {
+            return operate(&db, |store| async move {
+                let mut out = io::stdout().lock();
+                ops::erase(store.as_ref(), &contact, &mut out)
                     .await
                     .map_err(|e| e.to_string())
             });
@@ -305,13 +320,13 @@ fn healthcheck(url: Option<String>) -> ExitCode {
 
 fn filter(
     status: Option<&str>,
-    contact: Option<String>,
+    contact: Option<ContactId>,
     since: Option<&str>,
     limit: u32,
 ) -> Result<EventFilter, String> {
     Ok(EventFilter {
         status: status.map(ops::status).transpose()?,
-        contact: contact.map(ContactId::new),
+        contact,
         since: since.map(ops::since).transpose()?,
         limit,
     })

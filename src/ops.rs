@@ -1,4 +1,4 @@
-//! Operator commands on the store: `events`, `replay` and `why`. They work on the same
+//! Operator commands on the store: `events`, `replay`, `why` and `erase`. They work on the same
 //! database as a running service, which picks replayed events up within its poll interval.
 
 use std::io::{self, Write};
@@ -109,6 +109,28 @@ pub async fn replay(
         if queued == 1 { "" } else { "s" }
     )?;
     Ok(queued)
+}
+
+/// `autofollow erase CONTACT_ID`: deletes what is stored about the contact.
+pub async fn erase(
+    store: &dyn Store,
+    contact: &ContactId,
+    out: &mut dyn Write,
+) -> Result<(), OpsError> {
+    let erased = store.erase_contact(contact).await?;
+    writeln!(
+        out,
+        "erased contact {contact}: {}, {}, {}",
+        counted(erased.events, "event"),
+        counted(erased.decisions, "decision"),
+        counted(erased.states, "state row"),
+    )?;
+    Ok(())
+}
+
+/// `1 event`, `2 events`.
+fn counted(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `autofollow why CONTACT_ID`: every event of the contact and every decision, oldest first.

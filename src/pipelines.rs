@@ -75,7 +75,7 @@ mod tests {
         let body = br#"{"pipelines":[{"id":"P1","name":"Sales","stages":[
             {"id":"S1","name":"New"},{"id":"S2","name":"Closed Won"},{"bad":1}]}]}"#;
         let p = Pipelines::from_response(body).ok().unwrap_or_default();
-        let loc = LocationId::new("L");
+        let loc = LocationId::parse("L").unwrap();
         assert_eq!(p.pipeline_name(&loc, "P1"), Some("Sales"));
         assert_eq!(p.stage_name(&loc, "S2"), Some("Closed Won"));
         assert_eq!(p.stage_name(&loc, "S3"), None);

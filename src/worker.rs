@@ -1025,7 +1025,7 @@ fn call_record(
 ) -> CallRecord {
     CallRecord {
         method: if add { "POST" } else { "DELETE" }.to_owned(),
-        path: format!("/contacts/{contact}/followers"),
+        path: crate::ghl::followers_path(contact),
         users,
         status,
         outcome: outcome.to_owned(),

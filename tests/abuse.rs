@@ -112,7 +112,7 @@ async fn slow_clients_and_an_unauthenticated_flood_do_not_stop_authenticated_web
     // Nothing from the flood was stored.
     let intruder = app
         .store()
-        .history(&autofollow::ids::ContactId::new("intruder"))
+        .history(&autofollow::ids::ContactId::parse("intruder").unwrap())
         .await
         .unwrap();
     assert!(intruder.is_empty());

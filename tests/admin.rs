@@ -31,7 +31,7 @@ async fn call(
 ) -> (u16, Value) {
     let mut r = app
         .http
-        .request(verb, format!("{}{path}", app.base))
+        .request(verb, format!("{}{path}", app.admin))
         .bearer_auth(ADMIN);
     if let Some(b) = body {
         r = r.body(b.to_string());
@@ -46,7 +46,7 @@ async fn without_the_variable_the_admin_api_is_off() {
     let app = spawn_app(RULES).await;
     let r = app
         .http
-        .get(format!("{}/admin/events", app.base))
+        .get(format!("{}/admin/events", app.admin))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -56,31 +56,40 @@ async fn without_the_variable_the_admin_api_is_off() {
 }
 
 #[tokio::test]
-async fn every_admin_route_needs_the_bearer_token() {
+async fn every_admin_route_needs_the_bearer_token_and_only_the_admin_listener_serves_it() {
     let app = admin_app().await;
     for (verb, path) in [
         (reqwest::Method::GET, "/admin/events"),
         (reqwest::Method::POST, "/admin/events/1/replay"),
         (reqwest::Method::POST, "/admin/replay?status=failed"),
         (reqwest::Method::GET, "/admin/contacts/c1/history"),
+        (reqwest::Method::DELETE, "/admin/contacts/c1"),
         (reqwest::Method::POST, "/admin/explain"),
         (reqwest::Method::POST, "/admin/reload"),
     ] {
         let none = app
             .http
-            .request(verb.clone(), format!("{}{path}", app.base))
+            .request(verb.clone(), format!("{}{path}", app.admin))
             .send()
             .await
             .unwrap();
         assert_eq!(none.status(), 401, "{path} without a token");
         let wrong = app
             .http
-            .request(verb, format!("{}{path}", app.base))
+            .request(verb.clone(), format!("{}{path}", app.admin))
             .bearer_auth("nope")
             .send()
             .await
             .unwrap();
         assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+        let public = app
+            .http
+            .request(verb, format!("{}{path}", app.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(public.status(), 404, "{path} on the public listener");
     }
     app.shutdown().await;
 }

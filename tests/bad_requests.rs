@@ -3,8 +3,9 @@
 //! random combination of the three authentication schemes' headers (Ed25519
 //! `X-GHL-Signature`; the shared secret as `X-Webhook-Secret` or `?secret=`; Standard
 //! Webhooks `webhook-id`/`webhook-timestamp`/`webhook-signature`), each present or not, valid
-//! or not. Whatever arrives: an answer (no panic), never a 5xx, and an event is stored only
-//! when one of the credentials sent was valid for exactly those bytes.
+//! or not, or beyond the header limits (a valid signature among too many entries, credentials
+//! far too long: refused). Whatever arrives: an answer (no panic), never a 5xx, and an event
+//! is stored only when one of the credentials sent was valid for exactly those bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
 mod common;
@@ -121,6 +122,9 @@ enum Cred {
     Wrong,
     /// Malformed (not base64, empty, not a number, …).
     Garbage,
+    /// Beyond the header limits (a valid Standard Webhooks signature among too many entries,
+    /// a signature or secret far too long): refused without hashing.
+    Oversized,
 }
 
 fn arb_cred() -> impl Strategy<Value = Cred> {
@@ -129,6 +133,7 @@ fn arb_cred() -> impl Strategy<Value = Cred> {
         2 => Just(Cred::Valid),
         2 => Just(Cred::Wrong),
         1 => Just(Cred::Garbage),
+        1 => Just(Cred::Oversized),
     ]
 }
 
@@ -202,6 +207,7 @@ impl Request {
             Cred::Valid => url.push_str(&format!("?secret={SECRET}")),
             Cred::Wrong => url.push_str("?secret=not-the-secret"),
             Cred::Garbage => url.push_str("?secret=%ZZ%00&secret="),
+            Cred::Oversized => url.push_str(&format!("?secret={SECRET}{}", "x".repeat(4000))),
         }
         let mut request = http.post(url).body(self.body.clone());
         if let Some(ct) = self.content_type {
@@ -212,12 +218,17 @@ impl Request {
             Cred::Valid => request = request.header("X-GHL-Signature", sign(&self.body)),
             Cred::Wrong => request = request.header("X-GHL-Signature", sign(b"another body")),
             Cred::Garbage => request = request.header("X-GHL-Signature", "!!not base64!!"),
+            Cred::Oversized => request = request.header("X-GHL-Signature", "A".repeat(20_000)),
         }
         match self.secret_header {
             Cred::Absent => {}
             Cred::Valid => request = request.header("X-Webhook-Secret", SECRET),
             Cred::Wrong => request = request.header("X-Webhook-Secret", "guess"),
             Cred::Garbage => request = request.header("X-Webhook-Secret", ""),
+            Cred::Oversized => {
+                request =
+                    request.header("X-Webhook-Secret", format!("{SECRET}{}", " x".repeat(5000)));
+            }
         }
         let timestamp = if self.stale {
             now_secs() - 3600
@@ -233,6 +244,17 @@ impl Request {
             }
             Cred::Wrong => {
                 for (k, v) in standard_webhooks(b"another body", timestamp) {
+                    request = request.header(k, v);
+                }
+            }
+            Cred::Oversized => {
+                // The valid signature, after more entries than any key rotation needs.
+                for (k, v) in standard_webhooks(&self.body, timestamp) {
+                    let v = if k == "webhook-signature" {
+                        format!("{}{v}", "v1,AAAA ".repeat(8))
+                    } else {
+                        v
+                    };
                     request = request.header(k, v);
                 }
             }

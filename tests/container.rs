@@ -33,7 +33,87 @@ fn every_file_the_dockerfile_copies_from_the_context_exists() {
         "runs as a non-root user"
     );
     assert!(dockerfile.contains("EXPOSE 8080"));
+    assert!(
+        !dockerfile.contains("EXPOSE 9090"),
+        "the admin port is not for publishing"
+    );
+    assert!(dockerfile.contains("AUTOFOLLOW_ADMIN_LISTEN=0.0.0.0:9090"));
+    assert!(
+        dockerfile.contains("chmod 700 /app/data"),
+        "the data is private"
+    );
     assert!(dockerfile.contains("HEALTHCHECK"));
+}
+
+/// What each compose service publishes, and where (SECURITY.md, "Deployment").
+#[test]
+fn the_compose_file_publishes_only_public_ports_and_the_admin_port_nowhere() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let mut published = Vec::new();
+    for (name, service) in services {
+        for port in strings(&service["ports"]) {
+            published.push(format!("{}={port}", name.as_str().unwrap()));
+        }
+    }
+    assert_eq!(
+        published,
+        [
+            "autofollow=127.0.0.1:8080:8080",
+            "balancer=127.0.0.1:8080:8080",
+            "tls=80:80",
+            "tls=443:443"
+        ],
+        "only the webhook port, on loopback, and HTTPS in front of it"
+    );
+    let tls = &compose["services"]["tls"];
+    assert_eq!(strings(&tls["profiles"]), ["tls"]);
+    assert!(strings(&tls["volumes"]).contains(&"./deploy/Caddyfile.tls:/etc/caddy/Caddyfile:ro"));
+}
+
+/// The paths a Caddyfile passes on: its `@public path` matcher.
+fn public_paths(file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("@public path "))
+        .unwrap_or_else(|| panic!("{file} has no @public matcher"));
+    line.split_whitespace().skip(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_caddyfiles_pass_only_webhooks_and_health_and_are_valid() {
+    for file in ["deploy/Caddyfile", "deploy/Caddyfile.tls"] {
+        assert_eq!(
+            public_paths(file),
+            ["/webhooks/*", "/healthz", "/readyz"],
+            "{file}"
+        );
+        if Command::new("caddy").arg("version").output().is_err() {
+            eprintln!("caddy is not installed: {file} not adapted");
+            continue;
+        }
+        let adapted = Command::new("caddy")
+            .args(["adapt", "--adapter", "caddyfile", "--config"])
+            .arg(repo().join(file))
+            .env("AUTOFOLLOW_DOMAIN", "hooks.example.com")
+            .output()
+            .unwrap();
+        assert!(
+            adapted.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&adapted.stderr)
+        );
+    }
+    // The README's production setup is that file.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let tls = std::fs::read_to_string(repo().join("deploy/Caddyfile.tls")).unwrap();
+    let site: String = tls
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(readme.contains(&site), "README shows deploy/Caddyfile.tls");
 }
 
 /// docker-compose.yml with its `<<:` merge keys applied, as Compose reads it.
@@ -140,7 +220,7 @@ fn the_replicas_profile_runs_postgresql_two_replicas_and_a_balancer() {
         );
     }
     let balancer = &compose["services"]["balancer"];
-    assert_eq!(strings(&balancer["ports"]), ["8080:8080"]);
+    assert_eq!(strings(&balancer["ports"]), ["127.0.0.1:8080:8080"]);
     let mount = strings(&balancer["volumes"])[0];
     let caddyfile = mount.split(':').next().unwrap();
     assert!(repo().join(caddyfile).exists(), "{caddyfile}");
@@ -330,8 +410,13 @@ async fn the_balancer_passes_webhooks_to_a_live_replica_and_answers_429_when_non
     for i in 0..6 {
         assert_eq!(send(format!("both-{i}")).await.status(), 200);
     }
-    assert_eq!(accepted(&replicas[0].base).await, 3, "round robin");
-    assert_eq!(accepted(&replicas[1].base).await, 3, "round robin");
+    // Nothing but webhooks and health passes.
+    for path in ["/metrics", "/admin/events", "/"] {
+        let r = http.get(format!("{balancer}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    assert_eq!(accepted(&replicas[0].admin).await, 3, "round robin");
+    assert_eq!(accepted(&replicas[1].admin).await, 3, "round robin");
 
     let down = replicas.remove(0);
     drop(down); // SIGKILL
@@ -342,7 +427,7 @@ async fn the_balancer_passes_webhooks_to_a_live_replica_and_answers_429_when_non
             "retried on the live replica"
         );
     }
-    assert_eq!(accepted(&replicas[0].base).await, 9);
+    assert_eq!(accepted(&replicas[0].admin).await, 9);
 
     drop(replicas);
     let r = send("none".into()).await;

@@ -250,7 +250,7 @@ async fn sighup_reloads_the_rules_without_a_restart() {
             .to_owned()
     };
     let ready: Value = http
-        .get(format!("{}/readyz", service.base))
+        .get(format!("{}/readyz", service.admin))
         .send()
         .await
         .unwrap()
@@ -271,7 +271,7 @@ async fn sighup_reloads_the_rules_without_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ready: Value = http
-            .get(format!("{}/readyz", service.base))
+            .get(format!("{}/readyz", service.admin))
             .send()
             .await
             .unwrap()

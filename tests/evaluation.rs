@@ -27,7 +27,7 @@ impl Resolver for TestResolver {
         self.0.stage_name(l, id)
     }
     fn user_id_by_email(&self, _: &LocationId, email: &str) -> Option<UserId> {
-        (email == "rita@example.com").then(|| UserId::new("RitaRepUserId0000001"))
+        (email == "rita@example.com").then(|| UserId::parse("RitaRepUserId0000001").unwrap())
     }
 }
 

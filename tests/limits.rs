@@ -240,7 +240,7 @@ async fn replicas_sharing_postgresql_keep_the_limit_for_their_sum() {
         requests: 20,
         per: Duration::from_secs(1),
     };
-    let location = autofollow::ids::LocationId::new("L1");
+    let location = autofollow::ids::LocationId::parse("L1").unwrap();
     let grants = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let run = Duration::from_millis(3500);

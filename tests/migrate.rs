@@ -38,9 +38,9 @@ fn event(location: &str, contact: &str, webhook: &str, at: SystemTime) -> NewEve
     NewEvent {
         kind: BodyKind::App,
         event_type: "ContactTagUpdate".into(),
-        location_id: LocationId::new(location),
-        contact_id: ContactId::new(contact),
-        opportunity_id: Some(OpportunityId::new(format!("o-{contact}"))),
+        location_id: LocationId::parse(location).unwrap(),
+        contact_id: ContactId::parse(contact).unwrap(),
+        opportunity_id: Some(OpportunityId::parse(&format!("o-{contact}")).unwrap()),
         webhook_id: Some(webhook.to_owned()),
         body: json!({"type": "ContactTagUpdate", "locationId": location, "id": contact, "tags": ["vip"]})
             .to_string(),
@@ -86,10 +86,10 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
     ids.push(insert(s, event("L1", "done", "wh-done", now)).await);
     let c = claim_one(s).await;
     let state = NewState {
-        location_id: Some(LocationId::new("L1")),
-        contact_id: Some(ContactId::new("done")),
+        location_id: Some(LocationId::parse("L1").unwrap()),
+        contact_id: Some(ContactId::parse("done").unwrap()),
         tags: Some(vec!["vip".into(), "lead".into()]),
-        stage: Some((OpportunityId::new("o-done"), "stage-won".into())),
+        stage: Some((OpportunityId::parse("o-done").unwrap(), "stage-won".into())),
     };
     assert!(
         s.finish(&c, EventStatus::Done, &decision("done", None, true), &state)
@@ -97,9 +97,9 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
             .unwrap()
     );
     s.set_known_followers(
-        &LocationId::new("L1"),
-        &ContactId::new("done"),
-        &[UserId::new(common::ALICE)],
+        &LocationId::parse("L1").unwrap(),
+        &ContactId::parse("done").unwrap(),
+        &[UserId::parse(common::ALICE).unwrap()],
         None,
     )
     .await
@@ -122,9 +122,13 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
 
     ids.push(insert(s, event("L2", "parked", "wh-parked", now)).await);
     let c = claim_one(s).await;
-    s.mark_token_failing(&LocationId::new("L2"), "fp-1234", "401 Unauthorized")
-        .await
-        .unwrap();
+    s.mark_token_failing(
+        &LocationId::parse("L2").unwrap(),
+        "fp-1234",
+        "401 Unauthorized",
+    )
+    .await
+    .unwrap();
     assert!(
         s.park(&c, &decision("parked", Some("token refused"), false))
             .await
@@ -150,14 +154,20 @@ async fn everything(store: &dyn Store) -> Value {
     let mut histories = Vec::new();
     for contact in ["done", "failed", "retrying", "parked", "due"] {
         histories.push(
-            serde_json::to_value(store.history(&ContactId::new(contact)).await.unwrap()).unwrap(),
+            serde_json::to_value(
+                store
+                    .history(&ContactId::parse(contact).unwrap())
+                    .await
+                    .unwrap(),
+            )
+            .unwrap(),
         );
     }
     let done = store
         .previous_state(
-            &LocationId::new("L1"),
-            &ContactId::new("done"),
-            Some(&OpportunityId::new("o-done")),
+            &LocationId::parse("L1").unwrap(),
+            &ContactId::parse("done").unwrap(),
+            Some(&OpportunityId::parse("o-done").unwrap()),
         )
         .await
         .unwrap();
@@ -166,7 +176,7 @@ async fn everything(store: &dyn Store) -> Value {
         "histories": histories,
         "previous": format!("{done:?}"),
         "known": store
-            .known_followers(&LocationId::new("L1"), &ContactId::new("done"), SystemTime::UNIX_EPOCH)
+            .known_followers(&LocationId::parse("L1").unwrap(), &ContactId::parse("done").unwrap(), SystemTime::UNIX_EPOCH)
             .await
             .unwrap(),
         "token_failures": format!("{:?}", store.token_failures().await.unwrap()),
@@ -427,7 +437,7 @@ async fn a_service_on_postgresql_carries_on_after_the_migration() {
         let store = Arc::clone(&store);
         async move {
             let filter = EventFilter {
-                contact: Some(ContactId::new("c1")),
+                contact: Some(ContactId::parse("c1").unwrap()),
                 limit: 10,
                 ..EventFilter::default()
             };
@@ -484,7 +494,10 @@ async fn a_service_on_postgresql_carries_on_after_the_migration() {
         async move { target.pending().await.unwrap() == 0 }
     })
     .await;
-    let history = target.history(&ContactId::new("c1")).await.unwrap();
+    let history = target
+        .history(&ContactId::parse("c1").unwrap())
+        .await
+        .unwrap();
     assert_eq!(history.len(), 2, "the SQLite event and the new one");
     assert_eq!(history[1].1[0].matched, vec!["no-longer-vip".to_owned()]);
 }

@@ -27,7 +27,7 @@ const RULES: &str = "rules:
 async fn scrape(app: &TestApp) -> (String, Scrape) {
     let r = app
         .http
-        .get(format!("{}/metrics", app.base))
+        .get(format!("{}/metrics", app.admin))
         .send()
         .await
         .unwrap();
@@ -359,7 +359,7 @@ async fn readiness_is_503_while_the_store_is_gone_and_200_when_it_returns() {
     let ready = || async {
         let r = app
             .http
-            .get(format!("{}/readyz", app.base))
+            .get(format!("{}/readyz", app.admin))
             .send()
             .await
             .unwrap();
@@ -377,6 +377,18 @@ async fn readiness_is_503_while_the_store_is_gone_and_200_when_it_returns() {
         (status, &body["store"]),
         (503, &json!("unreachable")),
         "{body}"
+    );
+    // The public listener says only that: not ready.
+    let public = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 503);
+    assert_eq!(
+        public.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "not ready"})
     );
     // Liveness is not readiness: the process is fine, and restarting it would not help.
     let live = app

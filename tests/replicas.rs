@@ -272,7 +272,7 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
     // Duplicates answered without an id: each contact has all its events, once, all done.
     for k in 0..CONTACTS {
         let filter = autofollow::store::EventFilter {
-            contact: Some(autofollow::ids::ContactId::new(format!("c{k}"))),
+            contact: Some(autofollow::ids::ContactId::parse(&format!("c{k}")).unwrap()),
             limit: 1000,
             ..Default::default()
         };

@@ -917,9 +917,9 @@ async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
     // On record, fresh: carol already follows.
     app.store()
         .set_known_followers(
-            &autofollow::ids::LocationId::new("ve9EPM428h8vShlRW1KT"),
-            &autofollow::ids::ContactId::new("c1"),
-            &[autofollow::ids::UserId::new(CAROL)],
+            &autofollow::ids::LocationId::parse("ve9EPM428h8vShlRW1KT").unwrap(),
+            &autofollow::ids::ContactId::parse("c1").unwrap(),
+            &[autofollow::ids::UserId::parse(CAROL).unwrap()],
             None,
         )
         .await

@@ -21,8 +21,8 @@ fn new_event(location: &str, contact: &str, webhook: Option<&str>) -> NewEvent {
     NewEvent {
         kind: BodyKind::App,
         event_type: "ContactCreate".into(),
-        location_id: LocationId::new(location),
-        contact_id: ContactId::new(contact),
+        location_id: LocationId::parse(location).unwrap(),
+        contact_id: ContactId::parse(contact).unwrap(),
         opportunity_id: None,
         webhook_id: webhook.map(str::to_owned),
         body: format!(r#"{{"type":"ContactCreate","locationId":"{location}","id":"{contact}"}}"#),
@@ -200,7 +200,10 @@ async fn concurrent_inserts_each_get_their_own_answer(store: Arc<dyn Store>) {
                 assert!(ids.insert(id), "id {id} given twice");
                 let stored = store.event(id).await.unwrap().unwrap();
                 assert_eq!(stored.contact_id, contact);
-                let history = store.history(&ContactId::new(&contact)).await.unwrap();
+                let history = store
+                    .history(&ContactId::parse(&contact).unwrap())
+                    .await
+                    .unwrap();
                 assert!(
                     history.iter().any(|(e, _)| e.event.id == id),
                     "event {i} under its contact"
@@ -296,18 +299,26 @@ async fn expired_leases_are_reclaimed_and_the_old_holder_cannot_finish(store: Ar
     assert_eq!(retaken[0].attempt, 2);
     // The follower list: b, the holder now, records it; a, whose lease lapsed, cannot
     // overwrite it (a late answer of a's would otherwise be trusted by the next event).
-    let (l, c) = (LocationId::new("L1"), ContactId::new("c1"));
+    let (l, c) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
     let since = SystemTime::now() - Duration::from_secs(5);
-    let newer = [UserId::new("u-newer")];
+    let newer = [UserId::parse("u-newer").unwrap()];
     assert!(
         s.set_known_followers(&l, &c, &newer, Some(("b", id)))
             .await
             .unwrap()
     );
     assert!(
-        !s.set_known_followers(&l, &c, &[UserId::new("u-stale")], Some(("a", id)))
-            .await
-            .unwrap(),
+        !s.set_known_followers(
+            &l,
+            &c,
+            &[UserId::parse("u-stale").unwrap()],
+            Some(("a", id))
+        )
+        .await
+        .unwrap(),
         "a lost its lease"
     );
     assert_eq!(
@@ -490,7 +501,7 @@ async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
     let again = s.claim("a", 10, LEASE).await.unwrap();
     let attempts: Vec<_> = again.iter().map(|c| (c.id, c.attempt)).collect();
     assert_eq!(attempts, vec![(id, 1), (undecided, 1)]);
-    let history = s.history(&ContactId::new("c1")).await.unwrap();
+    let history = s.history(&ContactId::parse("c1").unwrap()).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].1.len(), 2);
 }
@@ -502,10 +513,10 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
     let first = s.claim("a", 1, LEASE).await.unwrap();
     let rest = s.claim_rest("a", &first[0], 10, LEASE).await.unwrap();
     let state = |tags: &[&str], stage: &str| NewState {
-        location_id: Some(LocationId::new("L1")),
-        contact_id: Some(ContactId::new("c1")),
+        location_id: Some(LocationId::parse("L1").unwrap()),
+        contact_id: Some(ContactId::parse("c1").unwrap()),
         tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
-        stage: Some((OpportunityId::new("o1"), stage.to_owned())),
+        stage: Some((OpportunityId::parse("o1").unwrap(), stage.to_owned())),
     };
     let (d, s1, s2) = (
         decision("done", None),
@@ -522,16 +533,19 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
     );
     let previous = s
         .previous_state(
-            &LocationId::new("L1"),
-            &ContactId::new("c1"),
-            Some(&OpportunityId::new("o1")),
+            &LocationId::parse("L1").unwrap(),
+            &ContactId::parse("c1").unwrap(),
+            Some(&OpportunityId::parse("o1").unwrap()),
         )
         .await
         .unwrap();
     assert_eq!(previous.tags, Some(vec!["a".to_owned(), "vip".to_owned()]));
     assert_eq!(previous.stage.as_deref(), Some("won"));
-    let (l, c) = (LocationId::new("L1"), ContactId::new("c1"));
-    let users = [UserId::new("u1")];
+    let (l, c) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
+    let users = [UserId::parse("u1").unwrap()];
     s.set_known_followers(&l, &c, &users, None).await.unwrap();
     let since = SystemTime::now() - Duration::from_secs(5);
     assert_eq!(
@@ -546,7 +560,7 @@ async fn a_refused_token_parks_the_location_until_resumed(store: Arc<dyn Store>)
     let s = store.as_ref();
     let id = insert(s, "c1").await;
     let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
-    let l = LocationId::new("L1");
+    let l = LocationId::parse("L1").unwrap();
     s.mark_token_failing(&l, "fp1", "401").await.unwrap();
     assert!(s.park(&c, &decision("waiting", Some("401"))).await.unwrap());
     assert_eq!(s.token_failing(&l).await.unwrap().as_deref(), Some("fp1"));

@@ -40,9 +40,9 @@ fn every_documented_contact_example_parses_with_the_contact_id_from_id() {
         );
         assert_eq!(
             e.assigned_user,
-            Some(AssignedUser::Id(autofollow::ids::UserId::new(
-                "nmFmQEsNgz6AVpgLVUJ0"
-            )))
+            Some(AssignedUser::Id(
+                autofollow::ids::UserId::parse("nmFmQEsNgz6AVpgLVUJ0").unwrap()
+            ))
         );
         assert_eq!(e.stage_id, None);
         assert!(e.raw.get("customFields").is_some(), "raw payload kept");
@@ -80,9 +80,9 @@ fn every_documented_opportunity_example_parses_with_the_contact_id_from_contact_
         assert_eq!(e.tags, None, "opportunity events do not describe tags");
         assert_eq!(
             e.assigned_user,
-            Some(AssignedUser::Id(autofollow::ids::UserId::new(
-                "bNl8QNGXhIQJLv8eeASQ"
-            )))
+            Some(AssignedUser::Id(
+                autofollow::ids::UserId::parse("bNl8QNGXhIQJLv8eeASQ").unwrap()
+            ))
         );
     }
 }
@@ -117,43 +117,41 @@ fn fixtures_cover_every_app_event_type() {
 }
 
 /// The fixtures are copies of the official examples; when the docs are beside the repo
-/// (as in CI), check they have not drifted.
+/// (as in CI), check they have not drifted. (The docs hold more event types than autofollow
+/// keeps fixtures for; each fixture is compared with its example.)
 #[test]
 fn fixtures_match_the_official_examples_when_the_docs_are_present() {
     let docs = repo().join("../shared/ghl-spec/docs/webhook events");
-    let Ok(entries) = std::fs::read_dir(&docs) else {
+    if !docs.is_dir() {
         return;
-    };
+    }
+    let fixtures = std::fs::read_dir(repo().join("tests/fixtures/app-webhooks")).unwrap();
     let mut compared = 0;
-    for entry in entries.flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let Some((_, examples)) = text.split_once("#### Example") else {
-            continue;
-        };
-        let stem = entry
+    for entry in fixtures.flatten() {
+        let name = entry
             .path()
             .file_stem()
-            .unwrap_or_default()
+            .unwrap()
             .to_string_lossy()
             .to_string();
-        let blocks: Vec<&str> = examples
-            .split("```json")
+        // `AppInstall-2` is the second example of AppInstall.md.
+        let (stem, n) = match name.rsplit_once('-') {
+            Some((stem, n)) if n.parse::<usize>().is_ok() => (stem.to_owned(), n.parse().unwrap()),
+            _ => (name.clone(), 1),
+        };
+        let text = std::fs::read_to_string(docs.join(format!("{stem}.md"))).unwrap();
+        let (_, examples) = text.split_once("#### Example").unwrap();
+        let block = examples
+            .split("```json\n")
             .skip(1)
             .filter_map(|b| b.split("```").next())
-            .collect();
-        for (i, block) in blocks.iter().enumerate() {
-            let name = if blocks.len() == 1 {
-                stem.clone()
-            } else {
-                format!("{stem}-{}", i + 1)
-            };
-            let doc: serde_json::Value = serde_json::from_str(block).expect("doc example is JSON");
-            let ours: serde_json::Value =
-                serde_json::from_slice(&fixture(&format!("app-webhooks/{name}.json")))
-                    .expect("fixture is JSON");
-            assert_eq!(doc, ours, "{name} differs from the official example");
-            compared += 1;
-        }
+            .nth(n - 1)
+            .unwrap_or_else(|| panic!("{name}: no such example in {stem}.md"));
+        let doc: serde_json::Value = serde_json::from_str(block).expect("doc example is JSON");
+        let ours: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).expect("fixture is JSON");
+        assert_eq!(doc, ours, "{name} differs from the official example");
+        compared += 1;
     }
     assert_eq!(compared, 19);
 }

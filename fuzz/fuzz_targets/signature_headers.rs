@@ -36,7 +36,7 @@ fn verifier() -> &'static Verifier {
     VERIFIER.get_or_init(|| {
         let keys = parse_public_keys(GHL_PUBLIC_KEY_PEM).expect("GoHighLevel's key");
         let secret = SecretString::from(SECRET.to_owned());
-        Verifier::new(keys, Some(secret)).expect("verifier")
+        Verifier::new(keys, vec![secret]).expect("verifier")
     })
 }
 

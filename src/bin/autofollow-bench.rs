@@ -156,7 +156,7 @@ fn main() {
 
 async fn baseline(listen: SocketAddr, public_key: String) {
     let keys = autofollow::auth::parse_public_keys(&public_key).expect("key");
-    let verifier = Arc::new(autofollow::auth::Verifier::new(keys, None).expect("verifier"));
+    let verifier = Arc::new(autofollow::auth::Verifier::new(keys, Vec::new()).expect("verifier"));
     let app = axum::Router::new()
         .route(
             "/webhooks/ghl",
@@ -313,6 +313,8 @@ impl Drop for Scratch {
 struct Process {
     child: Child,
     base: String,
+    /// The admin listener (metrics); the baseline has none, and names its own address.
+    admin: String,
     /// Its files, removed after the process is stopped.
     _scratch: Option<Scratch>,
 }
@@ -429,10 +431,11 @@ async fn start_autofollow(
             .expect("exe")
             .with_file_name("autofollow")
     });
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let child = Command::new(&binary)
         .arg("serve")
         .env("AUTOFOLLOW_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AUTOFOLLOW_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("AUTOFOLLOW_RULES", dir.join("rules.yaml"))
         .env("AUTOFOLLOW_DATABASE_URL", database)
         .env("GHL_API_BASE_URL", ghl)
@@ -453,6 +456,7 @@ async fn start_autofollow(
     Process {
         child,
         base,
+        admin: format!("http://127.0.0.1:{admin_port}"),
         _scratch: Some(scratch),
     }
 }
@@ -769,6 +773,7 @@ async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun
         .expect("baseline");
     let baseline_process = Process {
         child,
+        admin: base.clone(),
         base,
         _scratch: None,
     };
@@ -823,7 +828,7 @@ async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun
     let load = drive(&af.base, af_bodies, common.concurrency, args.seconds as f64).await;
     let load_ended = Instant::now();
     let deadline = load_ended + Duration::from_secs(600);
-    while !args.intake_only && gauge(&af.base, "autofollow_queue_depth").await != Some(0.0) {
+    while !args.intake_only && gauge(&af.admin, "autofollow_queue_depth").await != Some(0.0) {
         assert!(
             Instant::now() < deadline,
             "the queue did not drain in 10 minutes"
@@ -871,7 +876,7 @@ async fn backlog(args: BacklogArgs) {
     let pid = af.child.id();
     let idle_rss = status_kib(pid, "VmRSS:");
     let queued = queue_backlog(&af.base, &key, args.backlog, common).await;
-    let pending = gauge(&af.base, "autofollow_queue_depth")
+    let pending = gauge(&af.admin, "autofollow_queue_depth")
         .await
         .unwrap_or(0.0);
     let mut max_rss = 0;

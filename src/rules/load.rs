@@ -358,10 +358,14 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
                 match value {
                     Node::Scalar(id) if !is_null(id) && !id.as_str().trim().is_empty() => {
                         let id_text = id.as_str().trim();
+                        let Ok(user) = UserId::parse(id_text) else {
+                            cx.error(id.span(), format!("user id of alias `{}` is not a GoHighLevel id (letters, digits, `_` or `-`, at most 64)", name.as_str()));
+                            continue;
+                        };
                         if !looks_like_ghl_id(id_text) {
                             cx.warn(id.span(), format!("user id `{id_text}` of alias `{}` does not look like a GoHighLevel id (20 letters and digits)", name.as_str()));
                         }
-                        users.push((name.as_str().to_owned(), UserId::new(id_text), *name.span()));
+                        users.push((name.as_str().to_owned(), user, *name.span()));
                     }
                     other => cx.error(
                         other.span(),
@@ -756,13 +760,17 @@ fn link(
                     } else if let Some((id, _)) = aliases.get(entry) {
                         UserRef::Alias { name: entry.clone(), id: id.clone() }
                     } else {
+                        let hint = closest(entry, aliases.keys().map(String::as_str))
+                            .map(|a| format!("; did you mean alias `{a}`?"))
+                            .unwrap_or_default();
+                        let Ok(user) = UserId::parse(entry) else {
+                            cx.error(span, format!("`{entry}` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64){hint}"));
+                            continue;
+                        };
                         if !looks_like_ghl_id(entry) {
-                            let hint = closest(entry, aliases.keys().map(String::as_str))
-                                .map(|a| format!("; did you mean alias `{a}`?"))
-                                .unwrap_or_default();
                             cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
                         }
-                        UserRef::Id(UserId::new(entry.clone()))
+                        UserRef::Id(user)
                     });
                 }
                 out

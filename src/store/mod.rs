@@ -174,6 +174,15 @@ pub struct EventSummary {
     pub last_decision: Option<Decision>,
 }
 
+/// What [`Store::erase_contact`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub events: u64,
+    pub decisions: u64,
+    /// Rows of contact, opportunity and follower state.
+    pub states: u64,
+}
+
 /// The queue at a glance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -347,6 +356,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         contact: &ContactId,
     ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
 
+    /// Erases what is stored about a contact (a data subject's request): every event of it
+    /// (whatever its status: waiting work is dropped too), their decisions, the contact's
+    /// tags, its opportunities' stages and its known followers. Delivery ids stay until they
+    /// age out (they hold no personal data and keep re-deliveries from being stored again).
+    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
+
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
     async fn mark_token_failing(
         &self,
@@ -415,6 +430,16 @@ pub(crate) fn lease_until(now: i64, lease: Duration) -> i64 {
     now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// An id read from a row; ids are checked before they are stored, so one that is not an id
+/// means the row was changed behind the service's back.
+pub(crate) fn stored_id<T>(text: &str) -> Result<T, StoreError>
+where
+    T: std::str::FromStr<Err = crate::ids::InvalidId>,
+{
+    text.parse()
+        .map_err(|e: crate::ids::InvalidId| StoreError::Corrupt(format!("a stored row holds {e}")))
+}
+
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -448,8 +473,8 @@ where
             Ok(Claimed {
                 id: c.id,
                 kind: BodyKind::parse(&c.kind),
-                location_id: LocationId::new(c.location_id),
-                contact_id: ContactId::new(c.contact_id),
+                location_id: stored_id(&c.location_id)?,
+                contact_id: stored_id(&c.contact_id)?,
                 body: c.body,
                 attempt: u32::try_from(c.attempts).unwrap_or(u32::MAX),
                 received_at: from_millis(c.received_at),

@@ -497,6 +497,36 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut run = async |sql: &str| -> Result<u64, StoreError> {
+            Ok(sqlx::query(sql)
+                .bind(contact.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected())
+        };
+        let decisions = run(
+            "DELETE FROM decisions WHERE event_id IN (SELECT id FROM events WHERE contact_id = $1)",
+        )
+        .await?;
+        let mut states = run(
+            "DELETE FROM opportunity_state WHERE (location_id, opportunity_id) IN
+                 (SELECT location_id, opportunity_id FROM events
+                  WHERE contact_id = $1 AND opportunity_id IS NOT NULL)",
+        )
+        .await?;
+        let events = run("DELETE FROM events WHERE contact_id = $1").await?;
+        states += run("DELETE FROM contact_state WHERE contact_id = $1").await?;
+        states += run("DELETE FROM known_followers WHERE contact_id = $1").await?;
+        tx.commit().await?;
+        Ok(Erased {
+            events,
+            decisions,
+            states,
+        })
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,
@@ -530,10 +560,9 @@ impl Store for PgStore {
             sqlx::query_as("SELECT location_id, fingerprint FROM token_failures")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(l, f)| (LocationId::new(l), f))
-            .collect())
+        rows.into_iter()
+            .map(|(l, f)| Ok((stored_id(&l)?, f)))
+            .collect()
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
@@ -547,7 +576,7 @@ impl Store for PgStore {
         .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(LocationId::new).collect())
+        rows.iter().map(|l| stored_id(l)).collect()
     }
 
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {

@@ -15,6 +15,43 @@ use super::*;
 /// safely inside `SystemTime`).
 const PARKED: i64 = 9_000_000_000_000;
 
+/// Creates the database's directory (mode 0700) and file (0600) when missing, and narrows an
+/// existing file, its WAL and its shared-memory file to 0600: they hold webhook bodies, which
+/// are personal data. SQLite gives the WAL and shared-memory files the database file's mode.
+/// An existing directory is left as it is (it may be shared, such as `/tmp`).
+fn private_files(path: &std::path::Path) -> Result<(), StoreError> {
+    let failed = |what: &str, e: std::io::Error| {
+        StoreError::Corrupt(format!("cannot {what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| failed("create the directory of", e))?;
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    open.open(path).map_err(|e| failed("create", e))?;
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| failed("narrow the permissions of", e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Reads (WAL: they never wait for the writer).
@@ -53,15 +90,8 @@ impl SqliteStore {
                 options.get_filename().display()
             )));
         }
-        if let Some(dir) = std::path::Path::new(options.get_filename()).parent() {
-            if create && !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Corrupt(format!(
-                        "cannot create the database directory {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-            }
+        if create {
+            private_files(options.get_filename())?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -71,6 +101,13 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         let writer = Writer::start(options.get_filename()).await?;
         Ok(SqliteStore { pool, writer })
+    }
+}
+
+/// A column that does not hold an id, as rusqlite's conversion error.
+fn conversion(column: usize) -> impl Fn(crate::ids::InvalidId) -> rusqlite::Error {
+    move |e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
     }
 }
 
@@ -86,8 +123,8 @@ fn claimed_rows(
             Ok(Claimed {
                 id: r.get(0)?,
                 kind: BodyKind::parse(&r.get::<_, String>(1)?),
-                location_id: LocationId::new(r.get::<_, String>(2)?),
-                contact_id: ContactId::new(r.get::<_, String>(3)?),
+                location_id: r.get::<_, String>(2)?.parse().map_err(conversion(2))?,
+                contact_id: r.get::<_, String>(3)?.parse().map_err(conversion(3))?,
                 body: r.get(4)?,
                 attempt: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
                 received_at: from_millis(r.get(6)?),
@@ -609,6 +646,33 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError> {
+        let contact = contact.as_str().to_owned();
+        self.writer
+            .write(move |conn| {
+                let decisions = conn.execute(
+                    "DELETE FROM decisions WHERE event_id IN (SELECT id FROM events WHERE contact_id = ?1)",
+                    [&contact],
+                )?;
+                let mut states = conn.execute(
+                    "DELETE FROM opportunity_state WHERE (location_id, opportunity_id) IN
+                         (SELECT location_id, opportunity_id FROM events
+                          WHERE contact_id = ?1 AND opportunity_id IS NOT NULL)",
+                    [&contact],
+                )?;
+                let events = conn.execute("DELETE FROM events WHERE contact_id = ?1", [&contact])?;
+                states += conn.execute("DELETE FROM contact_state WHERE contact_id = ?1", [&contact])?;
+                states +=
+                    conn.execute("DELETE FROM known_followers WHERE contact_id = ?1", [&contact])?;
+                Ok(Erased {
+                    events: events as u64,
+                    decisions: decisions as u64,
+                    states: states as u64,
+                })
+            })
+            .await
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,
@@ -645,15 +709,14 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT location_id, fingerprint FROM token_failures")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                (
-                    LocationId::new(r.get::<String, _>("location_id")),
+                Ok((
+                    stored_id(r.get::<&str, _>("location_id"))?,
                     r.get("fingerprint"),
-                )
+                ))
             })
-            .collect())
+            .collect()
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
@@ -666,7 +729,7 @@ impl Store for SqliteStore {
                 .bind(PARKED)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(LocationId::new).collect())
+        rows.iter().map(|l| stored_id(l)).collect()
     }
 
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {

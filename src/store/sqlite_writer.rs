@@ -379,14 +379,16 @@ mod tests {
     #[tokio::test]
     async fn webhooks_are_committed_ahead_of_other_jobs_queued_with_them() {
         let (w, _dir) = writer().await;
-        // A job that writes `x` once the test lets it go.
+        // A job that says when the writer runs it, then writes `x` once the test lets it go.
         let gated = |x: i64| {
             let (go, gate) = std::sync::mpsc::channel::<()>();
+            let (started, running) = std::sync::mpsc::channel::<()>();
             let job = move |conn: &Connection| {
+                let _ = started.send(());
                 let _ = gate.recv();
                 insert(x)(conn)
             };
-            (go, job)
+            (go, running, job)
         };
         let queued = |w: &Writer| w.jobs.max_capacity() - w.jobs.capacity();
         async fn until(condition: impl Fn() -> bool) {
@@ -395,13 +397,15 @@ mod tests {
             }
         }
         // The first job holds the writer while another job and a webhook queue behind it.
-        let (release_first, first_job) = gated(1);
+        // (Waiting for the queue to be empty instead was true before the first job was even
+        // sent, and the writer could then take it with the others: the test spun forever.)
+        let (release_first, first_running, first_job) = gated(1);
         let first = tokio::spawn({
             let w = w.clone();
             async move { w.write(first_job).await }
         });
-        until(|| queued(&w) == 0).await;
-        let (release_other, other_job) = gated(2);
+        until(|| first_running.try_recv().is_ok()).await;
+        let (release_other, _, other_job) = gated(2);
         let other = tokio::spawn({
             let w = w.clone();
             async move { w.write(other_job).await }

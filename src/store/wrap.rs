@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Claimed, Decision, EventFilter, EventRecord, EventStatus, EventSummary, Inserted, NewEvent,
-    NewState, QueueStats, Store, StoreError,
+    Claimed, Decision, Erased, EventFilter, EventRecord, EventStatus, EventSummary, Inserted,
+    NewEvent, NewState, QueueStats, Store, StoreError,
 };
 use crate::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::rules::PreviousState;
@@ -83,6 +83,7 @@ wrapped! {
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
     fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
     fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
+    fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;

@@ -11,7 +11,10 @@ use super::service::{SECRET, public_key_pem};
 
 pub struct Service {
     pub child: Child,
+    /// The public listener.
     pub base: String,
+    /// The admin listener (admin API, metrics, detailed readiness).
+    pub admin: String,
     /// Everything the process logged.
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -40,18 +43,21 @@ impl Drop for Service {
     }
 }
 
-/// Starts `autofollow serve` on a free port with the test secret and key, JSON logs and file
-/// watching off (so SIGHUP is what reloads), plus `env`; waits for the address it logs.
+/// Starts `autofollow serve` on free ports with the test secret and key, JSON logs and file
+/// watching off (so SIGHUP is what reloads), plus `env` (which may override those); waits for
+/// the addresses it logs.
 pub fn spawn(env: &[(&str, String)]) -> Service {
     let mut command = Command::new(env!("CARGO_BIN_EXE_autofollow"));
     command
         .arg("serve")
         .env("AUTOFOLLOW_WATCH_RULES", "false")
         .env("AUTOFOLLOW_LISTEN", "127.0.0.1:0")
+        .env("AUTOFOLLOW_ADMIN_LISTEN", "127.0.0.1:0")
         .env("AUTOFOLLOW_WEBHOOK_SECRET", SECRET)
         .env("GHL_WEBHOOK_PUBLIC_KEYS", public_key_pem())
         .env("AUTOFOLLOW_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
@@ -67,22 +73,38 @@ pub fn spawn(env: &[(&str, String)]) -> Service {
                 l.push_str(&line);
                 l.push('\n');
             }
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if let Some(addr) = v.get("addr").and_then(Value::as_str) {
-                    let _ = tx.send(addr.to_owned());
-                }
+            if let Some(addresses) = listening(&line) {
+                let _ = tx.send(addresses);
             }
         }
     });
-    let addr = rx
+    let (addr, admin) = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the service logs its address");
     Service {
         child,
         base: format!("http://{addr}"),
+        admin: format!("http://{admin}"),
         log,
         reader: Some(reader),
     }
+}
+
+/// The public and admin addresses of the "listening" line, in JSON or pretty format.
+fn listening(line: &str) -> Option<(String, String)> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        let addr = v.get("addr").and_then(Value::as_str)?;
+        let admin = v.get("admin_addr").and_then(Value::as_str).unwrap_or("off");
+        return Some((addr.to_owned(), admin.to_owned()));
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(|v| v.trim_matches(',').to_owned())
+    };
+    line.contains("autofollow is listening")
+        .then(|| Some((field("addr=")?, field("admin_addr=")?)))
+        .flatten()
 }
 
 /// A temporary directory holding `rules.yaml`: the test aliases, then `rules:` and `rules`

@@ -40,9 +40,19 @@ pub fn sign(body: &[u8]) -> String {
     BASE64.encode(signing_key().sign(body).to_bytes())
 }
 
-/// A Standard Webhooks signature header set for `body` at `timestamp` (unix seconds).
+/// A Standard Webhooks signature header set for `body` at `timestamp` (unix seconds), with a
+/// `webhook-id` of its own (from the body and the time, as a sender's retry would keep it).
 pub fn standard_webhooks(body: &[u8], timestamp: u64) -> [(String, String); 3] {
-    let id = "msg_test_1";
+    use sha2::Digest;
+    let digest = Sha256::digest([body, &timestamp.to_be_bytes()].concat());
+    let id = format!(
+        "msg_{}",
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let id = id.as_str();
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
@@ -61,7 +71,10 @@ pub fn now_secs() -> u64 {
 }
 
 pub struct TestApp {
+    /// The public listener: webhooks and health.
     pub base: String,
+    /// The admin listener: admin API, metrics, detailed readiness.
+    pub admin: String,
     /// The rule file the service reads (tests edit it to try reloads).
     pub rules_file: std::path::PathBuf,
     pub database_url: String,
@@ -128,6 +141,7 @@ pub struct Options {
     /// (location id, token) pairs written to GHL_LOCATION_TOKENS_FILE.
     pub location_tokens: Vec<(String, String)>,
     pub shutdown_grace: String,
+    pub webhook_max_age: String,
 }
 
 impl Default for Options {
@@ -144,6 +158,7 @@ impl Default for Options {
             rate_limit: "100/10s".into(),
             location_tokens: Vec::new(),
             shutdown_grace: "8s".into(),
+            webhook_max_age: "3h".into(),
         }
     }
 }
@@ -175,13 +190,15 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let ghl = MockServer::start().await;
     let args = ServeArgs {
         listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        webhook_max_age: options.webhook_max_age,
         rules: options.rules_path.unwrap_or_else(|| rules_path.clone()),
         database_url: format!(
             "sqlite://{}",
             dir.path().join("data/autofollow.db").display()
         ),
         ghl_api_base_url: ghl.uri(),
-        ghl_token: options.token.then(|| TOKEN.to_owned()),
+        ghl_token: options.token.then(|| TOKEN.into()),
         ghl_location_tokens_file: (!options.location_tokens.is_empty()).then(|| {
             let path = dir.path().join("tokens.yaml");
             let yaml: String = options
@@ -192,11 +209,11 @@ pub async fn spawn_with(options: Options) -> TestApp {
             std::fs::write(&path, yaml).expect("tokens file");
             path
         }),
-        webhook_secret: Some(options.secret),
+        webhook_secret: Some(options.secret.into()),
         ghl_webhook_public_keys: Some(public_key_pem()),
         dry_run: options.dry_run,
         log_format: "pretty".into(),
-        admin_token: options.admin_token,
+        admin_token: options.admin_token.map(Into::into),
         retention: "30d".into(),
         settle_delay: options.settle_delay,
         rate_limit: options.rate_limit,
@@ -235,6 +252,10 @@ pub async fn spawn_with(options: Options) -> TestApp {
     TestApp {
         rules_file: rules_path,
         base: format!("http://{}", running.addr),
+        admin: format!(
+            "http://{}",
+            running.admin_addr.expect("the admin listener is on")
+        ),
         database_url: config.database_url.clone(),
         ghl,
         running: Some(running),
@@ -295,11 +316,11 @@ impl TestApp {
             .await;
     }
 
-    /// The `/readyz` answer.
+    /// The admin listener's `/readyz` answer (with details).
     pub async fn ready(&self) -> Value {
         let r = self
             .http
-            .get(format!("{}/readyz", self.base))
+            .get(format!("{}/readyz", self.admin))
             .send()
             .await
             .expect("readyz");
