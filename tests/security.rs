@@ -219,6 +219,40 @@ async fn ids_that_could_leave_the_url_path_are_400_naming_the_field_and_nothing_
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_event_stored_before_ids_were_checked_fails_and_the_queue_goes_on() {
+    let app = app().await;
+    app.ghl_accepts_the_rest().await;
+    // A row as an earlier version could have stored it.
+    let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+    let now = i64::try_from(now_secs() * 1000).unwrap();
+    let old: i64 = sqlx::query_scalar(
+        "INSERT INTO events (kind, event_type, location_id, contact_id, body, received_at, available_at)
+         VALUES ('app', 'ContactCreate', 'L1', '..', ?1, ?2, ?2) RETURNING id",
+    )
+    .bind(r#"{"type":"ContactCreate","locationId":"L1","id":".."}"#)
+    .bind(now)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let new = app.contact("ContactCreate", "c1", json!({})).await;
+    app.drain().await;
+    assert_eq!(app.event(old).await.status, autofollow::store::EventStatus::Failed);
+    let error = app.event(old).await.last_error.unwrap_or_default();
+    assert!(error.contains("no longer parses") && error.contains("`id`"), "{error}");
+    assert_eq!(app.event(new).await.status, autofollow::store::EventStatus::Done);
+    let paths: Vec<String> = app
+        .ghl
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/contacts/c1/followers"]);
+    app.shutdown().await;
+}
+
 // ---- 4. Weak secrets -------------------------------------------------------------------------
 
 fn serve_with_env(env: &[(&str, &str)]) -> (Option<i32>, String) {

@@ -592,6 +592,52 @@ async fn pruning_deletes_old_finished_events_only(store: Arc<dyn Store>) {
     s.ping().await.unwrap();
 }
 
+async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (l, c) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
+    let o = OpportunityId::parse("o1").unwrap();
+    let with_opportunity = NewEvent {
+        opportunity_id: Some(o.clone()),
+        ..new_event("L1", "c1", Some("wh-1"))
+    };
+    s.insert_event(with_opportunity, WINDOW).await.unwrap();
+    let waiting = insert(s, "c1").await;
+    let other = insert(s, "c2").await;
+    let first = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let state = NewState {
+        location_id: Some(l.clone()),
+        contact_id: Some(c.clone()),
+        tags: Some(vec!["vip".into()]),
+        stage: Some((o.clone(), "won".into())),
+    };
+    assert!(
+        s.finish(&first, EventStatus::Done, &decision("done", None), &state)
+            .await
+            .unwrap()
+    );
+    let users = [UserId::parse("u1").unwrap()];
+    s.set_known_followers(&l, &c, &users, None).await.unwrap();
+    let erased = s.erase_contact(&c).await.unwrap();
+    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 3));
+    assert!(s.history(&c).await.unwrap().is_empty());
+    assert!(s.event(waiting).await.unwrap().is_none(), "waiting work too");
+    let previous = s.previous_state(&l, &c, Some(&o)).await.unwrap();
+    assert_eq!((previous.tags, previous.stage), (None, None));
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(s.known_followers(&l, &c, long_ago).await.unwrap(), None);
+    // Other contacts are untouched; a re-delivery of an erased webhook is still a duplicate.
+    assert!(s.event(other).await.unwrap().is_some());
+    let again = s
+        .insert_event(new_event("L1", "c1", Some("wh-1")), WINDOW)
+        .await
+        .unwrap();
+    assert_eq!(again, Inserted::Duplicate);
+    assert_eq!(s.erase_contact(&c).await.unwrap().events, 0);
+}
+
 /// One `#[tokio::test]` per contract check and backend.
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
@@ -638,4 +684,5 @@ contract!(
     finishing_leaves_the_contact_state,
     a_refused_token_parks_the_location_until_resumed,
     pruning_deletes_old_finished_events_only,
+    erasing_a_contact_deletes_its_events_decisions_and_state,
 );

@@ -560,9 +560,7 @@ impl Store for PgStore {
             sqlx::query_as("SELECT location_id, fingerprint FROM token_failures")
                 .fetch_all(&self.pool)
                 .await?;
-        rows.into_iter()
-            .map(|(l, f)| Ok((stored_id(&l)?, f)))
-            .collect()
+        Ok(stored_ids(rows))
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
@@ -576,7 +574,10 @@ impl Store for PgStore {
         .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|l| stored_id(l)).collect()
+        Ok(stored_ids(rows.into_iter().map(|l| (l, ())))
+            .into_iter()
+            .map(|(l, ())| l)
+            .collect())
     }
 
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {

@@ -104,13 +104,6 @@ impl SqliteStore {
     }
 }
 
-/// A column that does not hold an id, as rusqlite's conversion error.
-fn conversion(column: usize) -> impl Fn(crate::ids::InvalidId) -> rusqlite::Error {
-    move |e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
-    }
-}
-
 /// The claimed rows a `… RETURNING id, kind, location_id, contact_id, body, attempts,
 /// received_at` statement returns, oldest first.
 fn claimed_rows(
@@ -123,8 +116,8 @@ fn claimed_rows(
             Ok(Claimed {
                 id: r.get(0)?,
                 kind: BodyKind::parse(&r.get::<_, String>(1)?),
-                location_id: r.get::<_, String>(2)?.parse().map_err(conversion(2))?,
-                contact_id: r.get::<_, String>(3)?.parse().map_err(conversion(3))?,
+                location_id: r.get(2)?,
+                contact_id: r.get(3)?,
                 body: r.get(4)?,
                 attempt: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
                 received_at: from_millis(r.get(6)?),
@@ -709,14 +702,10 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT location_id, fingerprint FROM token_failures")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    stored_id(r.get::<&str, _>("location_id"))?,
-                    r.get("fingerprint"),
-                ))
-            })
-            .collect()
+        Ok(stored_ids(
+            rows.iter()
+                .map(|r| (r.get("location_id"), r.get("fingerprint"))),
+        ))
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
@@ -729,7 +718,10 @@ impl Store for SqliteStore {
                 .bind(PARKED)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(|l| stored_id(l)).collect()
+        Ok(stored_ids(rows.into_iter().map(|l| (l, ())))
+            .into_iter()
+            .map(|(l, ())| l)
+            .collect())
     }
 
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {
