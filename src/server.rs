@@ -181,15 +181,11 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/ghl", post(app_webhook))
         .route("/webhooks/workflow", post(workflow_webhook))
         .route_layer(middleware::from_fn_with_state(state.clone(), count_webhook));
-    Router::new()
+    let routes = Router::new()
         .merge(webhooks)
         .route("/healthz", get(healthz))
-        .route("/readyz", get(ready))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(traced())
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(Counter::default()))
-        .with_state(state)
+        .route("/readyz", get(ready));
+    layered(routes, state)
 }
 
 /// The admin listener: the admin API (when a token is set), `/metrics`, `/readyz` with its
@@ -199,11 +195,18 @@ pub fn admin_router(state: AppState) -> Router {
         Some(_) => crate::admin::router(state.clone()),
         None => Router::new(),
     };
-    Router::new()
+    let routes = Router::new()
         .merge(admin)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    layered(routes, state)
+}
+
+/// What both listeners share: the body limit of extracted bodies, a span per request and
+/// request ids.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(traced())
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -254,9 +257,10 @@ impl MakeRequestId for Counter {
     }
 }
 
-/// A webhook request that passed authentication.
+/// A webhook request that passed authentication: only [`authenticate`] makes one, as it
+/// needs the proof, and only one is stored.
 struct Authenticated {
-    proof: Verified,
+    _proof: Verified,
     body: Bytes,
     /// The Standard Webhooks `webhook-id`, when that is how it was signed.
     delivery_id: Option<String>,
@@ -291,7 +295,7 @@ async fn authenticate(
     let body = read_body(&state.body_budget, &parts.headers, body).await?;
     let proof = checked.body(&body).map_err(ApiError::Unauthorized)?;
     Ok(Authenticated {
-        proof,
+        _proof: proof,
         body,
         delivery_id,
     })
@@ -353,57 +357,47 @@ async fn read_body(
     }
 }
 
-async fn app_webhook(State(state): State<AppState>, request: Request<Body>) -> Response {
-    let result = async {
-        let Authenticated {
-            proof,
-            body,
-            delivery_id,
-        } = authenticate(&state, request, BodyKind::App).await?;
-        match event::parse_app(&body)? {
-            Parsed::Unsupported { event_type, .. } => {
-                tracing::info!(event_type = ?untrusted(&event_type), answer = "ignored", "webhook");
-                Ok(labelled(
-                    Json(json!({ "status": "ignored" })),
-                    "other",
-                    "ignored",
-                ))
-            }
-            Parsed::Event(e) => {
-                state
-                    .verifier
-                    .fresh(e.timestamp.as_deref())
-                    .map_err(ApiError::Unauthorized)?;
-                store(&state, proof, BodyKind::App, &e, &body, delivery_id).await
-            }
+async fn app_webhook(
+    State(state): State<AppState>,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let webhook = authenticate(&state, request, BodyKind::App).await?;
+    match event::parse_app(&webhook.body)? {
+        Parsed::Unsupported { event_type, .. } => {
+            tracing::info!(event_type = ?untrusted(&event_type), answer = "ignored", "webhook");
+            let ignored = Json(json!({ "status": "ignored" }));
+            Ok(labelled(ignored, "other", "ignored"))
         }
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+        Parsed::Event(e) => {
+            state
+                .verifier
+                .fresh(e.timestamp.as_deref())
+                .map_err(ApiError::Unauthorized)?;
+            store(&state, webhook, BodyKind::App, &e).await
+        }
+    }
 }
 
-async fn workflow_webhook(State(state): State<AppState>, request: Request<Body>) -> Response {
-    let result = async {
-        let Authenticated {
-            proof,
-            body,
-            delivery_id,
-        } = authenticate(&state, request, BodyKind::Workflow).await?;
-        let e = event::parse_workflow(&body)?;
-        store(&state, proof, BodyKind::Workflow, &e, &body, delivery_id).await
-    };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+async fn workflow_webhook(
+    State(state): State<AppState>,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let webhook = authenticate(&state, request, BodyKind::Workflow).await?;
+    let e = event::parse_workflow(&webhook.body)?;
+    store(&state, webhook, BodyKind::Workflow, &e).await
 }
 
 /// Commits the event. Deduplicated on the body's `webhookId` (GoHighLevel's re-deliveries),
 /// else on the Standard Webhooks `webhook-id` (a sender's retries, or a replay).
 async fn store(
     state: &AppState,
-    _proof: Verified,
+    webhook: Authenticated,
     kind: BodyKind,
     e: &Event,
-    body: &[u8],
-    delivery_id: Option<String>,
 ) -> Result<Response, ApiError> {
+    let Authenticated {
+        body, delivery_id, ..
+    } = webhook;
     let webhook_id = e
         .webhook_id
         .clone()
@@ -415,7 +409,7 @@ async fn store(
         contact_id: e.contact_id.clone(),
         opportunity_id: e.opportunity_id.clone(),
         webhook_id,
-        body: String::from_utf8_lossy(body).into_owned(),
+        body: String::from_utf8_lossy(&body).into_owned(),
         available_at: SystemTime::now() + state.settle_delay,
     };
     let inserted = state

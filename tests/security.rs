@@ -237,10 +237,19 @@ async fn an_event_stored_before_ids_were_checked_fails_and_the_queue_goes_on() {
     .unwrap();
     let new = app.contact("ContactCreate", "c1", json!({})).await;
     app.drain().await;
-    assert_eq!(app.event(old).await.status, autofollow::store::EventStatus::Failed);
+    assert_eq!(
+        app.event(old).await.status,
+        autofollow::store::EventStatus::Failed
+    );
     let error = app.event(old).await.last_error.unwrap_or_default();
-    assert!(error.contains("no longer parses") && error.contains("`id`"), "{error}");
-    assert_eq!(app.event(new).await.status, autofollow::store::EventStatus::Done);
+    assert!(
+        error.contains("no longer parses") && error.contains("`id`"),
+        "{error}"
+    );
+    assert_eq!(
+        app.event(new).await.status,
+        autofollow::store::EventStatus::Done
+    );
     let paths: Vec<String> = app
         .ghl
         .received_requests()
@@ -432,6 +441,24 @@ async fn bodies_beyond_the_budget_get_429_before_they_are_read() {
     app.shutdown().await;
 }
 
+/// The `autofollow serve` binary with one rule, its own SQLite file, and `env`; the
+/// directory holding both.
+fn serve(env: &[(&str, String)]) -> (common::process::Service, tempfile::TempDir) {
+    let dir = common::process::rules_dir("  - name: all\n    add: [alice]\n");
+    let mut all = vec![
+        (
+            "AUTOFOLLOW_RULES",
+            dir.path().join("rules.yaml").display().to_string(),
+        ),
+        (
+            "AUTOFOLLOW_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("db.sqlite").display()),
+        ),
+    ];
+    all.extend(env.iter().cloned());
+    (common::process::spawn(&all), dir)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -445,17 +472,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn slow_unauthenticated_bodies_hold_a_bounded_amount_of_memory() {
     const CONNECTIONS: usize = 300;
     const BODY: usize = 255 * 1024;
-    let dir = common::process::rules_dir("  - name: all\n    add: [alice]\n");
-    let service = common::process::spawn(&[
-        (
-            "AUTOFOLLOW_RULES",
-            dir.path().join("rules.yaml").display().to_string(),
-        ),
-        (
-            "AUTOFOLLOW_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("db.sqlite").display()),
-        ),
-    ]);
+    let (service, _dir) = serve(&[]);
     let pid = service.child.id();
     let addr = service.base.trim_start_matches("http://").to_owned();
     let before = rss_kib(pid);
@@ -570,18 +587,7 @@ fn the_admin_listener_defaults_to_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_are_summed_up_and_request_strings_cannot_forge_log_lines() {
-    let dir = common::process::rules_dir("  - name: all\n    add: [alice]\n");
-    let service = common::process::spawn(&[
-        (
-            "AUTOFOLLOW_RULES",
-            dir.path().join("rules.yaml").display().to_string(),
-        ),
-        (
-            "AUTOFOLLOW_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("db.sqlite").display()),
-        ),
-        ("AUTOFOLLOW_LOG_FORMAT", "pretty".into()),
-    ]);
+    let (service, _dir) = serve(&[("AUTOFOLLOW_LOG_FORMAT", "pretty".into())]);
     let http = reqwest::Client::new();
     let started = Instant::now();
     for i in 0..1000 {

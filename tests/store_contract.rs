@@ -623,7 +623,10 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
     let erased = s.erase_contact(&c).await.unwrap();
     assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 3));
     assert!(s.history(&c).await.unwrap().is_empty());
-    assert!(s.event(waiting).await.unwrap().is_none(), "waiting work too");
+    assert!(
+        s.event(waiting).await.unwrap().is_none(),
+        "waiting work too"
+    );
     let previous = s.previous_state(&l, &c, Some(&o)).await.unwrap();
     assert_eq!((previous.tags, previous.stage), (None, None));
     let long_ago = SystemTime::now() - Duration::from_secs(3600);
