@@ -7,8 +7,9 @@
 
 use std::hint::black_box;
 
-use autofollow::event::{self, Event, Parsed};
-use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+use autofollow::model::event::{self, Event, Parsed};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, RuleSet};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn rule_set(n: usize) -> RuleSet {

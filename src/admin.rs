@@ -16,9 +16,10 @@ use serde_json::json;
 
 use crate::auth::same_secret;
 use crate::cli::explain_json;
-use crate::ids::ContactId;
+use crate::model::ids::ContactId;
+use crate::model::plan::PreviousState;
 use crate::ops;
-use crate::rules::{NoResolver, PreviousState};
+use crate::rules::NoResolver;
 use crate::server::AppState;
 use crate::store::EventFilter;
 

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::event::{self, Event, Parsed};
-use crate::pipelines::Pipelines;
-use crate::rules::{Check, NoResolver, PreviousState, Resolver, RuleOutcome, RuleSet};
+use crate::ghl::pipelines::Pipelines;
+use crate::model::event::{self, Event, Parsed};
+use crate::model::plan::PreviousState;
+use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet};
 
 /// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
 pub type Status = u8;
@@ -59,7 +60,7 @@ struct JsonExplanation<'a> {
     unsupported: Option<&'a str>,
     previous: &'a PreviousState,
     rules: &'a [crate::rules::RuleTrace],
-    plan: &'a crate::rules::Plan,
+    plan: &'a crate::model::plan::Plan,
     summary: String,
 }
 
@@ -71,7 +72,7 @@ pub fn explain_json(
     previous: &PreviousState,
     resolver: &dyn Resolver,
 ) -> Result<serde_json::Value, event::ParseError> {
-    let plan = crate::rules::Plan::default();
+    let plan = crate::model::plan::Plan::default();
     let report = match event::parse_any(body)? {
         Parsed::Unsupported { event_type, .. } => serde_json::to_value(JsonExplanation {
             rules_version: set.version(),
@@ -152,7 +153,11 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
                 out,
                 "event type {event_type:?} is not one autofollow acts on: no rule applies"
             )?;
-            writeln!(out, "\nplan: {}", crate::rules::Plan::default().summary())?;
+            writeln!(
+                out,
+                "\nplan: {}",
+                crate::model::plan::Plan::default().summary()
+            )?;
             return Ok(0);
         }
         Err(e) => {

@@ -11,7 +11,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{self, Verifier};
-use crate::ids::LocationId;
+use crate::model::ids::LocationId;
 use crate::rules::RuleSet;
 pub use crate::telemetry::LogFormat;
 
@@ -170,7 +170,7 @@ pub struct Config {
     pub settle_delay: std::time::Duration,
     pub shutdown_grace: std::time::Duration,
     pub lease: std::time::Duration,
-    pub rate_limit: crate::limits::RateLimit,
+    pub rate_limit: crate::ghl::budget::RateLimit,
     pub daily_limit: u32,
     pub followers_freshness: std::time::Duration,
     pub ghl_timeout: std::time::Duration,
@@ -380,7 +380,7 @@ impl Config {
         }
         let rate_limit = args
             .rate_limit
-            .parse::<crate::limits::RateLimit>()
+            .parse::<crate::ghl::budget::RateLimit>()
             .map_err(|e| problems.push(format!("AUTOFOLLOW_RATE_LIMIT: {e}")))
             .ok();
         if args.daily_limit < 2 {

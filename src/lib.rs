@@ -1,12 +1,13 @@
 //! autofollow: GoHighLevel webhooks in, contact followers out, decided by YAML rules.
 //!
 //! The data's path: [`event`] parses a webhook body into a normalized [`event::Event`];
-//! [`rules`] loads the rule files and decides a [`rules::Plan`] for each event;
+//! [`rules`] loads the rule files and decides a [`model::plan::Plan`] for each event;
 //! [`pipelines`] resolves pipeline and stage names; [`cli`] is the command line over them.
 //!
 //! ```
-//! use autofollow::event::{self, Parsed};
-//! use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+//! use autofollow::model::event::{self, Parsed};
+//! use autofollow::model::plan::PreviousState;
+//! use autofollow::rules::{NoResolver, RuleSet};
 //!
 //! let rules = RuleSet::from_sources(&[(
 //!     "rules.yaml",
@@ -25,14 +26,11 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod event;
 pub mod ghl;
 pub mod http;
-pub mod ids;
-pub mod limits;
 pub mod metrics;
+pub mod model;
 pub mod ops;
-pub mod pipelines;
 pub mod rules;
 pub mod server;
 pub mod store;

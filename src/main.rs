@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use autofollow::cli::{self, ExplainArgs};
 use autofollow::config::{Config, ServeArgs};
-use autofollow::ids::ContactId;
+use autofollow::model::ids::ContactId;
 use autofollow::store::{EventFilter, Store};
 use autofollow::{ops, server, telemetry, worker};
 

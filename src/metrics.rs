@@ -2,19 +2,17 @@
 //!
 //! Each running service has its own [`Registry`] (no process-global state), so several
 //! services in one process (tests) count apart. Counters and histograms are updated where
-//! things happen; the queue, token and rule gauges are read from the store and the live rules
-//! when scraped. The README's Operations section lists every series.
+//! things happen; the queue, token and rule gauges are read by the caller when scraped and
+//! passed in as [`Gauges`]. A leaf: it imports nothing of the crate, so any layer reports
+//! into it. The README's Operations section lists every series.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::rules::LiveRules;
-use crate::store::Store;
 
 /// Every series autofollow exports.
 #[derive(Clone, Debug)]
@@ -235,44 +233,57 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Reads the gauges from the store and the rules, then renders every series.
-    pub async fn render(&self, store: &dyn Store, rules: &LiveRules) -> String {
-        match store.queue_stats().await {
-            Ok(stats) => {
+    /// Sets the gauges read at scrape time, then renders every series.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        match &gauges.queue {
+            Some(queue) => {
                 self.store_up.set(1);
-                self.queue_depth
-                    .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
-                self.failed_events
-                    .set(i64::try_from(stats.failed).unwrap_or(i64::MAX));
-                let age = stats
-                    .oldest_pending
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .unwrap_or_default();
-                self.oldest_pending.set(age.as_secs_f64());
+                self.queue_depth.set(count(queue.pending));
+                self.failed_events.set(count(queue.failed));
+                self.oldest_pending
+                    .set(queue.oldest_pending_age.as_secs_f64());
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot read the queue from the store");
-                self.store_up.set(0);
-            }
+            None => self.store_up.set(0),
         }
-        if let Ok(failures) = store.token_failures().await {
-            self.tokens_refused
-                .set(i64::try_from(failures.len()).unwrap_or(i64::MAX));
+        if let Some(refused) = gauges.tokens_refused {
+            self.tokens_refused.set(count(refused as u64));
         }
-        let status = rules.status();
         self.rules_info.reset();
         self.rules_info
-            .with_label_values(&[status.version.as_str()])
+            .with_label_values(&[gauges.rules_version.as_str()])
             .set(1);
-        self.rules_count
-            .set(i64::try_from(status.rules).unwrap_or(i64::MAX));
-        self.rules_valid.set(i64::from(status.last_error.is_none()));
+        self.rules_count.set(count(gauges.rules as u64));
+        self.rules_valid.set(i64::from(gauges.rules_valid));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "metrics: cannot encode");
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What the gauges show, read by the caller from the store and the rules at each scrape.
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    /// `None` when the store did not answer.
+    pub queue: Option<QueueGauges>,
+    /// `None` when the store did not answer (the gauge keeps its value).
+    pub tokens_refused: Option<usize>,
+    pub rules_version: String,
+    pub rules: usize,
+    /// False while the rule files on disk are invalid.
+    pub rules_valid: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueGauges {
+    pub pending: u64,
+    pub failed: u64,
+    pub oldest_pending_age: Duration,
 }
 
 /// Shared handle.

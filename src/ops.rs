@@ -4,8 +4,9 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::ids::ContactId;
-use crate::store::{Decision, EventFilter, EventStatus, EventSummary, Store, StoreError};
+use crate::model::ids::ContactId;
+use crate::model::record::{Decision, EventStatus};
+use crate::store::{EventFilter, EventSummary, Store, StoreError};
 
 /// `2h`, `30m`, `7d`… as a point in the past.
 pub fn since(ago: &str) -> Result<SystemTime, String> {

@@ -32,12 +32,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{AuthError, Verified, Verifier};
 use crate::config::Config;
-use crate::event::{self, Event, ParseError, Parsed};
 use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
+use crate::model::event::{self, BodyKind, Event, ParseError, Parsed};
 use crate::rules::LiveRules;
 use crate::store::wrap::Wrapped;
-use crate::store::{BodyKind, Inserted, NewEvent, Store, StoreError};
+use crate::store::{Inserted, NewEvent, Store, StoreError};
 use crate::telemetry::untrusted;
 use crate::worker::{Worker, WorkerOptions};
 
@@ -567,10 +567,7 @@ async fn summarize_rejections(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state
-        .metrics
-        .render(state.store.as_ref(), &state.rules)
-        .await;
+    let text = state.metrics.render(&gauges(&state).await);
     (
         [(
             header::CONTENT_TYPE,
@@ -579,6 +576,32 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The gauges of a scrape, from the store and the rules.
+async fn gauges(state: &AppState) -> crate::metrics::Gauges {
+    let queue = match state.store.queue_stats().await {
+        Ok(stats) => Some(crate::metrics::QueueGauges {
+            pending: stats.pending,
+            failed: stats.failed,
+            oldest_pending_age: stats
+                .oldest_pending
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot read the queue from the store");
+            None
+        }
+    };
+    let rules = state.rules.status();
+    crate::metrics::Gauges {
+        queue,
+        tokens_refused: state.store.token_failures().await.ok().map(|f| f.len()),
+        rules_version: rules.version,
+        rules: rules.rules,
+        rules_valid: rules.last_error.is_none(),
+    }
 }
 
 /// The public `/readyz`: 200 `{"status":"ready"}` while the store answers, else 503
@@ -749,12 +772,20 @@ pub async fn start_with_store(
     let accepting = Arc::new(AtomicBool::new(true));
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Replicas on one PostgreSQL database share the budget there: the limit holds for their sum.
-    let limits = Arc::new(if crate::store::is_postgres(&config.database_url) {
-        let pool = crate::store::postgres::connect(&config.database_url, 2).await?;
-        crate::limits::Limits::shared(config.rate_limit, config.daily_limit, pool)
-    } else {
-        crate::limits::Limits::new(config.rate_limit, config.daily_limit)
-    });
+    let limits: Arc<dyn crate::ghl::budget::Budget> =
+        if crate::store::is_postgres(&config.database_url) {
+            let pool = crate::store::postgres::connect(&config.database_url, 2).await?;
+            Arc::new(crate::store::pg_budget::PgBudget::new(
+                pool,
+                config.rate_limit,
+                config.daily_limit,
+            ))
+        } else {
+            Arc::new(crate::ghl::budget::LocalBudget::new(
+                config.rate_limit,
+                config.daily_limit,
+            ))
+        };
     let ghl = GhlClient::new(
         &config.ghl_api_base_url,
         config.ghl_timeout,

@@ -11,13 +11,16 @@ use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Tokens;
-use crate::event::{self, AssignedUser, Event, Parsed};
-use crate::ghl::{CallError, CallRecord, GhlClient};
-use crate::ids::{LocationId, UserId};
+use crate::ghl::pipelines::Pipelines;
+use crate::ghl::{CallError, GhlClient};
 use crate::metrics::Metrics;
-use crate::pipelines::Pipelines;
-use crate::rules::{LiveRules, Plan, PlanEntry, PreviousState, Resolver};
-use crate::store::{BodyKind, Claimed, Decision, EventStatus, NewState, Store, StoreError};
+use crate::model::event::BodyKind;
+use crate::model::event::{self, AssignedUser, Event, Parsed};
+use crate::model::ids::{LocationId, UserId};
+use crate::model::plan::{Plan, PlanEntry, PreviousState};
+use crate::model::record::{CallRecord, Decision, EventStatus};
+use crate::rules::{LiveRules, Resolver};
+use crate::store::{Claimed, NewState, Store, StoreError};
 
 /// When to try a failed call again: exponential backoff with full jitter, capped.
 #[derive(Clone, Copy, Debug)]
@@ -588,7 +591,7 @@ impl Worker {
             .previous_state(&location, &contact, None)
             .await?
             .tags;
-        let mut stages: HashMap<crate::ids::OpportunityId, Option<String>> = HashMap::new();
+        let mut stages: HashMap<crate::model::ids::OpportunityId, Option<String>> = HashMap::new();
         let mut records: Vec<(usize, Decision, NewState)> = Vec::new();
         let mut net = Plan::default();
         for (i, event) in &events {
@@ -698,7 +701,7 @@ impl Worker {
     async fn call(
         &self,
         location: &LocationId,
-        contact: &crate::ids::ContactId,
+        contact: &crate::model::ids::ContactId,
         net: &Plan,
         token: Option<&SecretString>,
         trust_known: bool,
@@ -1018,7 +1021,7 @@ fn batches(plan: &Plan) -> Vec<(bool, Vec<UserId>)> {
 
 fn call_record(
     add: bool,
-    contact: &crate::ids::ContactId,
+    contact: &crate::model::ids::ContactId,
     users: Vec<UserId>,
     status: Option<u16>,
     outcome: &str,

@@ -104,7 +104,7 @@ async fn slow_clients_and_an_unauthenticated_flood_do_not_stop_authenticated_web
     for id in ids {
         assert_eq!(
             app.event(id).await.status,
-            autofollow::store::EventStatus::Done
+            autofollow::model::record::EventStatus::Done
         );
     }
     assert!(unauthorized.load(Ordering::Relaxed) > 0, "the flood ran");
@@ -112,7 +112,7 @@ async fn slow_clients_and_an_unauthenticated_flood_do_not_stop_authenticated_web
     // Nothing from the flood was stored.
     let intruder = app
         .store()
-        .history(&autofollow::ids::ContactId::parse("intruder").unwrap())
+        .history(&autofollow::model::ids::ContactId::parse("intruder").unwrap())
         .await
         .unwrap();
     assert!(intruder.is_empty());

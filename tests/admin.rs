@@ -5,7 +5,7 @@
 
 mod common;
 
-use autofollow::store::EventStatus;
+use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::{Value, json};
 use wiremock::matchers::method;

@@ -6,9 +6,10 @@
 
 mod common;
 
-use autofollow::ids::{LocationId, UserId};
-use autofollow::pipelines::Pipelines;
-use autofollow::rules::{NoResolver, PreviousState, Resolver, RuleOutcome};
+use autofollow::ghl::pipelines::Pipelines;
+use autofollow::model::ids::{LocationId, UserId};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, Resolver, RuleOutcome};
 use common::*;
 use serde_json::json;
 
@@ -41,7 +42,7 @@ fn one_rule(when: &str) -> autofollow::rules::RuleSet {
     ))
 }
 
-fn holds(when: &str, e: &autofollow::event::Event) -> bool {
+fn holds(when: &str, e: &autofollow::model::event::Event) -> bool {
     plan(&one_rule(when), e) == "add: alice"
 }
 

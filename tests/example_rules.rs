@@ -4,8 +4,9 @@
 
 mod common;
 
-use autofollow::pipelines::Pipelines;
-use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+use autofollow::ghl::pipelines::Pipelines;
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, RuleSet};
 use common::*;
 use serde_json::json;
 

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use autofollow::store::EventStatus;
+use autofollow::ghl::budget::Budget;
+use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::json;
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
@@ -236,18 +237,20 @@ async fn replicas_sharing_postgresql_keep_the_limit_for_their_sum() {
         return;
     };
     autofollow::store::open(&url).await.unwrap(); // migrations
-    let rate = autofollow::limits::RateLimit {
+    let rate = autofollow::ghl::budget::RateLimit {
         requests: 20,
         per: Duration::from_secs(1),
     };
-    let location = autofollow::ids::LocationId::parse("L1").unwrap();
+    let location = autofollow::model::ids::LocationId::parse("L1").unwrap();
     let grants = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let run = Duration::from_millis(3500);
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let pool = autofollow::store::postgres::connect(&url, 2).await.unwrap();
-        let limits = Arc::new(autofollow::limits::Limits::shared(rate, 200_000, pool));
+        let limits = Arc::new(autofollow::store::pg_budget::PgBudget::new(
+            pool, rate, 200_000,
+        ));
         for _ in 0..2 {
             let (limits, grants, location) =
                 (Arc::clone(&limits), Arc::clone(&grants), location.clone());

@@ -9,11 +9,11 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use autofollow::ids::{ContactId, LocationId, OpportunityId, UserId};
-use autofollow::rules::Plan;
-use autofollow::store::{
-    BodyKind, Claimed, Decision, EventFilter, EventStatus, Inserted, NewEvent, NewState, Store,
-};
+use autofollow::model::event::BodyKind;
+use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
+use autofollow::model::plan::Plan;
+use autofollow::model::record::{Decision, EventStatus};
+use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
 use common::process::spawn;
 use common::service::TOKEN;
 use serde_json::{Value, json};

@@ -422,7 +422,7 @@ async fn readiness_is_503_while_the_store_is_gone_and_200_when_it_returns() {
     app.drain().await;
     assert_eq!(
         app.event(id).await.status,
-        autofollow::store::EventStatus::Done
+        autofollow::model::record::EventStatus::Done
     );
     app.shutdown().await;
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use autofollow::store::EventStatus;
+use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};

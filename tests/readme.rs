@@ -8,8 +8,9 @@ mod common;
 
 use std::process::Command;
 
-use autofollow::event::{self, Parsed};
-use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+use autofollow::model::event::{self, Parsed};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, RuleSet};
 use common::repo;
 
 struct Block {

@@ -267,12 +267,16 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
             .await
             .unwrap()
             .expect("acknowledged event stored");
-        assert_eq!(e.status, autofollow::store::EventStatus::Done, "{e:?}");
+        assert_eq!(
+            e.status,
+            autofollow::model::record::EventStatus::Done,
+            "{e:?}"
+        );
     }
     // Duplicates answered without an id: each contact has all its events, once, all done.
     for k in 0..CONTACTS {
         let filter = autofollow::store::EventFilter {
-            contact: Some(autofollow::ids::ContactId::parse(&format!("c{k}")).unwrap()),
+            contact: Some(autofollow::model::ids::ContactId::parse(&format!("c{k}")).unwrap()),
             limit: 1000,
             ..Default::default()
         };
@@ -281,7 +285,7 @@ async fn three_replicas_one_killed_lose_nothing_keep_order_and_the_limit() {
         assert!(
             events
                 .iter()
-                .all(|e| e.event.status == autofollow::store::EventStatus::Done),
+                .all(|e| e.event.status == autofollow::model::record::EventStatus::Done),
             "c{k}"
         );
     }
@@ -354,7 +358,9 @@ async fn a_call_slower_than_the_lease_is_not_repeated_by_another_replica() {
         .unwrap();
     let store = autofollow::store::open(&url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while store.event(id).await.unwrap().unwrap().status != autofollow::store::EventStatus::Done {
+    while store.event(id).await.unwrap().unwrap().status
+        != autofollow::model::record::EventStatus::Done
+    {
         assert!(Instant::now() < deadline, "not done");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -5,8 +5,9 @@
 
 mod common;
 
-use autofollow::event::{self, Parsed};
-use autofollow::rules::{PreviousState, RuleSet};
+use autofollow::model::event::{self, Parsed};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::RuleSet;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -239,7 +239,7 @@ async fn an_event_stored_before_ids_were_checked_fails_and_the_queue_goes_on() {
     app.drain().await;
     assert_eq!(
         app.event(old).await.status,
-        autofollow::store::EventStatus::Failed
+        autofollow::model::record::EventStatus::Failed
     );
     let error = app.event(old).await.last_error.unwrap_or_default();
     assert!(
@@ -248,7 +248,7 @@ async fn an_event_stored_before_ids_were_checked_fails_and_the_queue_goes_on() {
     );
     assert_eq!(
         app.event(new).await.status,
-        autofollow::store::EventStatus::Done
+        autofollow::model::record::EventStatus::Done
     );
     let paths: Vec<String> = app
         .ghl
@@ -671,7 +671,7 @@ async fn the_sqlite_files_are_private_to_the_service() {
     store
         .insert_event(
             autofollow::store::NewEvent {
-                kind: autofollow::store::BodyKind::App,
+                kind: autofollow::model::event::BodyKind::App,
                 event_type: "ContactCreate".into(),
                 location_id: "L1".parse().unwrap(),
                 contact_id: "c1".parse().unwrap(),
@@ -750,7 +750,7 @@ async fn an_operator_erases_a_contact_over_http_and_from_the_command_line() {
     );
     let shared = &app;
     let history = |c: &str| {
-        let c = autofollow::ids::ContactId::parse(c).unwrap();
+        let c = autofollow::model::ids::ContactId::parse(c).unwrap();
         async move { shared.store().history(&c).await.unwrap().len() }
     };
     assert_eq!(history("forget-me").await, 0);
@@ -815,7 +815,7 @@ async fn a_redirect_from_gohighlevel_is_an_error_and_is_not_followed() {
     app.drain().await;
     assert_eq!(
         app.event(id).await.status,
-        autofollow::store::EventStatus::Failed
+        autofollow::model::record::EventStatus::Failed
     );
     let decision = &app.decisions(id).await[0];
     assert!(

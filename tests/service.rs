@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use autofollow::store::EventStatus;
+use autofollow::model::record::EventStatus;
 use common::service::*;
 use common::{ALICE, BOB, CAROL, fixture};
 use serde_json::{Value, json};
@@ -917,9 +917,9 @@ async fn a_retried_event_does_not_trust_the_follower_list_on_record() {
     // On record, fresh: carol already follows.
     app.store()
         .set_known_followers(
-            &autofollow::ids::LocationId::parse("ve9EPM428h8vShlRW1KT").unwrap(),
-            &autofollow::ids::ContactId::parse("c1").unwrap(),
-            &[autofollow::ids::UserId::parse(CAROL).unwrap()],
+            &autofollow::model::ids::LocationId::parse("ve9EPM428h8vShlRW1KT").unwrap(),
+            &autofollow::model::ids::ContactId::parse("c1").unwrap(),
+            &[autofollow::model::ids::UserId::parse(CAROL).unwrap()],
             None,
         )
         .await

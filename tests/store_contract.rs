@@ -8,11 +8,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use autofollow::ids::{ContactId, LocationId, OpportunityId, UserId};
-use autofollow::rules::Plan;
-use autofollow::store::{
-    BodyKind, Claimed, Decision, EventFilter, EventStatus, Inserted, NewEvent, NewState, Store,
-};
+use autofollow::model::event::BodyKind;
+use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
+use autofollow::model::plan::Plan;
+use autofollow::model::record::{Decision, EventStatus};
+use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
 
 const LEASE: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(3600);

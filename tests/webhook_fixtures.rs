@@ -4,7 +4,7 @@
 
 mod common;
 
-use autofollow::event::{self, AssignedUser, EventType, Parsed};
+use autofollow::model::event::{self, AssignedUser, EventType, Parsed};
 use common::{fixture, repo};
 
 fn parse_fixture(name: &str) -> Parsed {
@@ -41,7 +41,7 @@ fn every_documented_contact_example_parses_with_the_contact_id_from_id() {
         assert_eq!(
             e.assigned_user,
             Some(AssignedUser::Id(
-                autofollow::ids::UserId::parse("nmFmQEsNgz6AVpgLVUJ0").unwrap()
+                autofollow::model::ids::UserId::parse("nmFmQEsNgz6AVpgLVUJ0").unwrap()
             ))
         );
         assert_eq!(e.stage_id, None);
@@ -81,7 +81,7 @@ fn every_documented_opportunity_example_parses_with_the_contact_id_from_contact_
         assert_eq!(
             e.assigned_user,
             Some(AssignedUser::Id(
-                autofollow::ids::UserId::parse("bNl8QNGXhIQJLv8eeASQ").unwrap()
+                autofollow::model::ids::UserId::parse("bNl8QNGXhIQJLv8eeASQ").unwrap()
             ))
         );
     }

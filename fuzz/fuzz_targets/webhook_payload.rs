@@ -4,8 +4,9 @@
 
 use std::sync::OnceLock;
 
-use autofollow::event::{self, Parsed};
-use autofollow::rules::{NoResolver, PreviousState, RuleSet};
+use autofollow::model::event::{self, Parsed};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, RuleSet};
 use libfuzzer_sys::fuzz_target;
 
 fn rules() -> &'static RuleSet {

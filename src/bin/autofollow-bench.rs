@@ -167,7 +167,7 @@ async fn baseline(listen: SocketAddr, public_key: String) {
                     if v.app(&headers, &body).is_err() {
                         return (StatusCode::UNAUTHORIZED, "{}").into_response();
                     }
-                    match autofollow::event::parse_app(&body) {
+                    match autofollow::model::event::parse_app(&body) {
                         Ok(_) => axum::Json(json!({"status": "accepted"})).into_response(),
                         Err(_) => (StatusCode::BAD_REQUEST, "{}").into_response(),
                     }

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::model::{Block, Condition, FieldPath, Rule, Status, UserRef};
 use super::pattern::{PatternSet, normalize};
-use crate::event::{AssignedUser, Event};
-use crate::ids::{LocationId, UserId};
+use crate::model::event::{AssignedUser, Event};
+use crate::model::ids::{LocationId, UserId};
+use crate::model::plan::{Plan, PlanBuilder, PlanEntry, PreviousState};
 
 /// Names and ids the event does not carry, looked up by the caller.
 ///
@@ -36,107 +37,6 @@ pub trait Resolver {
 pub struct NoResolver;
 
 impl Resolver for NoResolver {}
-
-/// What the caller remembers of the contact (tags) and opportunity (stage) from their
-/// previous event; transitions compare against it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PreviousState {
-    /// Tags at the contact's previous event; `None` when no earlier event carried tags.
-    pub tags: Option<Vec<String>>,
-    /// Stage (id or name) at the opportunity's previous event; `None` when unknown.
-    pub stage: Option<String>,
-}
-
-/// The followers one event should add and remove.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    pub add: Vec<PlanEntry>,
-    pub remove: Vec<PlanEntry>,
-}
-
-/// One user in a plan, with the rule that decided it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanEntry {
-    pub user: UserId,
-    /// How the rules named the user: an alias, `assigned_user`, or the id itself.
-    pub label: String,
-    pub rule: String,
-}
-
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// Applies a later plan on top of this one: for a user both mention, the later decision
-    /// wins. This is how the plans of several events of one contact combine into one.
-    pub fn merge(&mut self, later: &Plan) {
-        let mut builder = PlanBuilder::default();
-        let earlier = std::mem::take(self);
-        for (add, entries) in [(true, earlier.add), (false, earlier.remove)] {
-            for e in entries {
-                builder.decide(add, e);
-            }
-        }
-        for (add, entries) in [(true, &later.add), (false, &later.remove)] {
-            for e in entries {
-                builder.decide(add, e.clone());
-            }
-        }
-        *self = builder.finish();
-    }
-
-    /// One line: `add: alice, bob; remove: carol`, or `no change`.
-    pub fn summary(&self) -> String {
-        let list = |entries: &[PlanEntry]| {
-            entries
-                .iter()
-                .map(|e| e.label.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut parts = Vec::new();
-        if !self.add.is_empty() {
-            parts.push(format!("add: {}", list(&self.add)));
-        }
-        if !self.remove.is_empty() {
-            parts.push(format!("remove: {}", list(&self.remove)));
-        }
-        if parts.is_empty() {
-            "no change".to_owned()
-        } else {
-            parts.join("; ")
-        }
-    }
-}
-
-/// Builds a plan rule by rule; a later decision about a user replaces an earlier one.
-#[derive(Default)]
-struct PlanBuilder {
-    /// (user, add?, entry) in first-decision order.
-    decisions: Vec<(bool, PlanEntry)>,
-}
-
-impl PlanBuilder {
-    fn decide(&mut self, add: bool, entry: PlanEntry) {
-        match self
-            .decisions
-            .iter_mut()
-            .find(|(_, e)| e.user == entry.user)
-        {
-            Some(slot) => *slot = (add, entry),
-            None => self.decisions.push((add, entry)),
-        }
-    }
-
-    fn finish(self) -> Plan {
-        let (add, remove): (Vec<_>, Vec<_>) = self.decisions.into_iter().partition(|(a, _)| *a);
-        Plan {
-            add: add.into_iter().map(|(_, e)| e).collect(),
-            remove: remove.into_iter().map(|(_, e)| e).collect(),
-        }
-    }
-}
 
 /// The event's facets, normalized once per evaluation so each rule only compares strings.
 pub(crate) struct View<'a> {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use super::eval::View;
 use super::model::{Condition, Rule};
-use crate::event::EventType;
+use crate::model::event::EventType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dim {

@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::eval::status_from_name;
 use super::model::{Block, Condition, FieldPath, Origin, Rule, UserRef};
 use super::pattern::PatternSet;
-use crate::event::EventType;
-use crate::ids::{UserId, looks_like_ghl_id};
+use crate::model::event::EventType;
+use crate::model::ids::{UserId, looks_like_ghl_id};
 
 /// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
 pub const MAX_FOLLOWERS: usize = 10;

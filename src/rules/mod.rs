@@ -15,18 +15,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use eval::{
-    Check, Explanation, NoResolver, Plan, PlanEntry, PreviousState, Resolver, RuleOutcome,
-    RuleTrace,
-};
+pub use eval::{Check, Explanation, NoResolver, Resolver, RuleOutcome, RuleTrace};
 pub use live::{LiveRules, ReloadStatus};
 pub use load::{
     CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
 };
 pub use model::{Origin, Rule, Status, UserRef};
 
-use crate::event::Event;
-use crate::ids::UserId;
+use crate::model::event::Event;
+use crate::model::ids::UserId;
+use crate::model::plan::{Plan, PreviousState};
 use eval::View;
 use index::RuleIndex;
 
@@ -41,9 +39,9 @@ pub struct RuleSet {
     version: String,
 }
 
-/// The outcome of evaluating one event.
+/// What the rules decided for one event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+pub struct Evaluation {
     pub plan: Plan,
     /// Names of the rules that matched, in evaluation order.
     pub matched: Vec<String>,
@@ -122,11 +120,11 @@ impl RuleSet {
         event: &Event,
         previous: &PreviousState,
         resolver: &dyn Resolver,
-    ) -> Decision {
+    ) -> Evaluation {
         let view = View::new(event, previous, resolver);
         let candidates = self.index.candidates(&view);
         let (plan, matched, _) = eval::run(&self.rules, Some(&candidates), &view, false);
-        Decision { plan, matched }
+        Evaluation { plan, matched }
     }
 
     /// Evaluates every rule and records why each matched or not. Same plan as

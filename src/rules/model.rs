@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::pattern::PatternSet;
-use crate::event::EventType;
-use crate::ids::UserId;
+use crate::model::event::EventType;
+use crate::model::ids::UserId;
 
 /// Where something was written: file, 1-based line and column.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

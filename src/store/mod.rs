@@ -7,6 +7,7 @@
 //! one contact are claimed one at a time, oldest first.
 
 pub mod migrate;
+pub mod pg_budget;
 mod pg_intake;
 pub mod postgres;
 pub mod sqlite;
@@ -16,37 +17,13 @@ pub mod wrap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::FromRow;
 
-use crate::ghl::CallRecord;
-use crate::ids::{ContactId, LocationId, OpportunityId};
-use crate::rules::{Plan, PreviousState};
-
-/// Which parser reads a stored body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BodyKind {
-    App,
-    Workflow,
-}
-
-impl BodyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BodyKind::App => "app",
-            BodyKind::Workflow => "workflow",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> BodyKind {
-        if s == "workflow" {
-            BodyKind::Workflow
-        } else {
-            BodyKind::App
-        }
-    }
-}
+use crate::model::event::BodyKind;
+use crate::model::ids::{ContactId, LocationId, OpportunityId};
+use crate::model::plan::PreviousState;
+use crate::model::record::{Decision, EventStatus};
 
 /// A webhook to store, already authenticated and parsed.
 #[derive(Clone, Debug)]
@@ -98,63 +75,6 @@ pub struct EventRecord {
     pub status: EventStatus,
     pub attempts: u32,
     pub last_error: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventStatus {
-    Pending,
-    Done,
-    Failed,
-    /// Nothing to do after all: the contact no longer exists in GoHighLevel.
-    Skipped,
-}
-
-impl EventStatus {
-    pub const ALL: [EventStatus; 4] = [
-        EventStatus::Pending,
-        EventStatus::Done,
-        EventStatus::Failed,
-        EventStatus::Skipped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventStatus::Pending => "pending",
-            EventStatus::Done => "done",
-            EventStatus::Failed => "failed",
-            EventStatus::Skipped => "skipped",
-        }
-    }
-
-    pub fn parse(s: &str) -> EventStatus {
-        match s {
-            "done" => EventStatus::Done,
-            "failed" => EventStatus::Failed,
-            "skipped" => EventStatus::Skipped,
-            _ => EventStatus::Pending,
-        }
-    }
-}
-
-/// What one processing attempt decided and did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub attempt: u32,
-    pub matched: Vec<String>,
-    pub plan: Plan,
-    pub calls: Vec<CallRecord>,
-    /// `done`, `failed`, `skipped` or `retry`.
-    pub outcome: String,
-    pub error: Option<String>,
-    pub dry_run: bool,
-    /// When several events of the contact were processed together: all their ids. The calls
-    /// recorded carried their combined plan.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub batch: Vec<i64>,
-    /// [`crate::rules::RuleSet::version`] of the rules that decided.
-    #[serde(default)]
-    pub rules_version: String,
 }
 
 /// Which events to list or replay; every field narrows the selection.
@@ -316,7 +236,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         location: &LocationId,
         contact: &ContactId,
         since: SystemTime,
-    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError>;
+    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError>;
 
     /// Remembers the follower list a followers call returned. With `holder`, `(owner, event
     /// id)`, only while that lease is live: a worker whose lease lapsed (another one took the
@@ -326,7 +246,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         location: &LocationId,
         contact: &ContactId,
-        followers: &[crate::ids::UserId],
+        followers: &[crate::model::ids::UserId],
         holder: Option<(&str, i64)>,
     ) -> Result<bool, StoreError>;
 
@@ -439,7 +359,7 @@ pub(crate) fn lease_until(now: i64, lease: Duration) -> i64 {
 /// every caller.
 pub(crate) fn stored_ids<T, R>(rows: impl IntoIterator<Item = (String, R)>) -> Vec<(T, R)>
 where
-    T: std::str::FromStr<Err = crate::ids::InvalidId>,
+    T: std::str::FromStr<Err = crate::model::ids::InvalidId>,
 {
     rows.into_iter()
         .filter_map(|(id, rest)| Some((id.parse().ok()?, rest)))

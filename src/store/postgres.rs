@@ -345,7 +345,7 @@ impl Store for PgStore {
         location: &LocationId,
         contact: &ContactId,
         since: SystemTime,
-    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError> {
+    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError> {
         let text: Option<String> = sqlx::query_scalar(
             "SELECT followers FROM known_followers WHERE location_id = $1 AND contact_id = $2 AND seen_at >= $3",
         )
@@ -362,7 +362,7 @@ impl Store for PgStore {
         &self,
         location: &LocationId,
         contact: &ContactId,
-        followers: &[crate::ids::UserId],
+        followers: &[crate::model::ids::UserId],
         holder: Option<(&str, i64)>,
     ) -> Result<bool, StoreError> {
         let written = sqlx::query(

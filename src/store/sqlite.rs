@@ -461,7 +461,7 @@ impl Store for SqliteStore {
         location: &LocationId,
         contact: &ContactId,
         since: SystemTime,
-    ) -> Result<Option<Vec<crate::ids::UserId>>, StoreError> {
+    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError> {
         let text: Option<String> = sqlx::query_scalar(
             "SELECT followers FROM known_followers WHERE location_id = ? AND contact_id = ? AND seen_at >= ?",
         )
@@ -478,7 +478,7 @@ impl Store for SqliteStore {
         &self,
         location: &LocationId,
         contact: &ContactId,
-        followers: &[crate::ids::UserId],
+        followers: &[crate::model::ids::UserId],
         holder: Option<(&str, i64)>,
     ) -> Result<bool, StoreError> {
         let (location, contact, followers) = (

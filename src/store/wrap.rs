@@ -8,11 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Claimed, Decision, Erased, EventFilter, EventRecord, EventStatus, EventSummary, Inserted,
-    NewEvent, NewState, QueueStats, Store, StoreError,
+    Claimed, Erased, EventFilter, EventRecord, EventSummary, Inserted, NewEvent, NewState,
+    QueueStats, Store, StoreError,
 };
-use crate::ids::{ContactId, LocationId, OpportunityId, UserId};
-use crate::rules::PreviousState;
+use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
+use crate::model::plan::PreviousState;
+use crate::model::record::{Decision, EventStatus};
 
 /// Called around every operation of a [`Wrapped`] store.
 pub trait Hook: Send + Sync + std::fmt::Debug + 'static {

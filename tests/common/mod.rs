@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use autofollow::event::{self, Event, Parsed};
-use autofollow::rules::{NoResolver, PreviousState, Resolver, RuleSet};
+use autofollow::model::event::{self, Event, Parsed};
+use autofollow::model::plan::PreviousState;
+use autofollow::rules::{NoResolver, Resolver, RuleSet};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -8,8 +8,9 @@ use autofollow::config::{Config, ServeArgs};
 use autofollow::server::{self, Running};
 use std::sync::Arc;
 
+use autofollow::model::record::Decision;
 use autofollow::store::sqlite::SqliteStore;
-use autofollow::store::{Decision, EventRecord, Store};
+use autofollow::store::{EventRecord, Store};
 use autofollow::worker::{RetryPolicy, WorkerOptions};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;

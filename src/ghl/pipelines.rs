@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::ids::LocationId;
+use crate::model::ids::LocationId;
 use crate::rules::Resolver;
 
 /// Names by id, for one location's pipelines and their stages.

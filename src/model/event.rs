@@ -11,14 +11,39 @@
 //! unexpected type (then it counts as missing). Only the location id and the contact id are
 //! required, and an error names the one that is missing. Every id a body carries (location,
 //! contact, opportunity, assigned user, pipeline, stage) must have the shape of a GoHighLevel
-//! id ([`crate::ids::is_valid_id`]); an error names the field that does not.
+//! id ([`crate::model::ids::is_valid_id`]); an error names the field that does not.
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{ContactId, InvalidId, LocationId, OpportunityId, UserId, is_valid_id};
+use super::ids::{ContactId, InvalidId, LocationId, OpportunityId, UserId, is_valid_id};
+
+/// Which parser reads a stored body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKind {
+    App,
+    Workflow,
+}
+
+impl BodyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyKind::App => "app",
+            BodyKind::Workflow => "workflow",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> BodyKind {
+        if s == "workflow" {
+            BodyKind::Workflow
+        } else {
+            BodyKind::App
+        }
+    }
+}
 
 /// The kind of event, by GoHighLevel's name. [`EventType::Workflow`] stands for every body a
 /// workflow's Webhook action sends.

@@ -3,19 +3,21 @@
 //! ([`crate::ids`]), so nothing a webhook sent can change which endpoint is called; redirects
 //! are not followed (the API never redirects, so one is an error).
 
+pub mod budget;
+pub mod pipelines;
+
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use std::sync::Arc;
 
-use crate::ids::{ContactId, LocationId, UserId};
-use crate::limits::{Limits, Observed};
 use crate::metrics::Metrics;
-use crate::pipelines::Pipelines;
+use crate::model::ids::{ContactId, LocationId, UserId};
+use budget::{Budget, Observed};
+use pipelines::Pipelines;
 
 /// The API version header GoHighLevel requires on every call.
 pub const API_VERSION: &str = "2021-07-28";
@@ -38,32 +40,20 @@ pub enum CallError {
     Deferred { wait: Duration },
 }
 
-/// What one followers call did, for the decision record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallRecord {
-    pub method: String,
-    pub path: String,
-    pub users: Vec<UserId>,
-    /// HTTP status, or `None` when no answer came (or in dry-run).
-    pub status: Option<u16>,
-    /// `ok`, `dry-run`, or the error.
-    pub outcome: String,
-}
-
 #[derive(Debug, Clone)]
 pub struct GhlClient {
     http: reqwest::Client,
     base: String,
-    limits: Arc<Limits>,
+    budget: Arc<dyn Budget>,
     metrics: Arc<Metrics>,
 }
 
 impl GhlClient {
-    /// Every call goes through `limits`, the per-location budget, and is counted in `metrics`.
+    /// Every call goes through `budget`, the per-location budget, and is counted in `metrics`.
     pub fn new(
         base: &str,
         timeout: Duration,
-        limits: Arc<Limits>,
+        budget: Arc<dyn Budget>,
         metrics: Arc<Metrics>,
     ) -> Result<GhlClient, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -75,7 +65,7 @@ impl GhlClient {
         Ok(GhlClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
-            limits,
+            budget,
             metrics,
         })
     }
@@ -208,7 +198,7 @@ impl GhlClient {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, CallError> {
-        if let Err(wait) = self.limits.acquire(location).await {
+        if let Err(wait) = self.budget.acquire(location).await {
             self.metrics
                 .rate_limit_waits
                 .with_label_values(&[location.as_str()])
@@ -262,7 +252,7 @@ impl GhlClient {
             interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
             daily_remaining: number("x-ratelimit-daily-remaining"),
         };
-        self.limits.observe(location, &observed).await;
+        self.budget.observe(location, &observed).await;
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -1,7 +1,9 @@
-//! GoHighLevel's rate limits, per location: a budget in front of every call, and what the
-//! answers' `X-RateLimit-*` headers and 429s say.
+//! GoHighLevel's rate limits, per location: a [`Budget`] in front of every call, and what the
+//! answers' `X-RateLimit-*` headers and 429s say ([`Observed`]).
 //!
-//! The budget is a GCRA limiter (`governor`) per location. GoHighLevel counts requests in a
+//! One instance keeps its budget in memory ([`LocalBudget`]); replicas on one PostgreSQL
+//! database share one there (`store::pg_budget`), behind the same trait. Both are a GCRA per
+//! location (here from `governor`). GoHighLevel counts requests in a
 //! window (100 per 10 s); a GCRA with burst `b` and one request per `t` allows `b + W/t` in
 //! any window `W`, so the quota is shaped to `b = n/20` and `t = W/(n - b - 1)`: at most
 //! `n - 1` in any window (one spare for network jitter), about 94 % of the limit sustained
@@ -13,10 +15,31 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::ids::LocationId;
+use crate::model::ids::LocationId;
+
+/// The requests a location may still make. Every call takes one first.
+#[async_trait]
+pub trait Budget: Send + Sync + std::fmt::Debug {
+    /// Takes one request from the location's budget, or says how long to wait for one.
+    async fn acquire(&self, location: &LocationId) -> Result<(), Duration>;
+
+    /// Holds the location back for `wait` (GoHighLevel said its budget is spent).
+    async fn hold(&self, location: &LocationId, wait: Duration);
+
+    /// The window of the limit, for a wait GoHighLevel did not state.
+    fn window(&self) -> Duration;
+
+    /// Slows the location down when GoHighLevel says its budget is spent.
+    async fn observe(&self, location: &LocationId, seen: &Observed) {
+        if let Some(wait) = seen.wait(self.window()) {
+            self.hold(location, wait).await;
+        }
+    }
+}
 
 /// `N/duration`, e.g. `100/10s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +64,9 @@ impl FromStr for RateLimit {
 }
 
 /// Shapes `n` requests per `window` into a GCRA burst and emission period that never exceed
-/// `n - 1` per window.
-fn shape(n: u32, window: Duration) -> (u32, Duration) {
+/// `n - 1` per window: at most `n - 1` in any window (one spare for network jitter), about
+/// 94 % of the limit sustained.
+pub fn shape(n: u32, window: Duration) -> (u32, Duration) {
     let burst = (n / 20).max(1);
     let steady = n.saturating_sub(burst + 1).max(1);
     (burst, (window / steady).max(Duration::from_nanos(1)))
@@ -66,119 +90,49 @@ pub struct Observed {
     pub daily_remaining: Option<u64>,
 }
 
+impl Observed {
+    /// How long the location must wait, when the answer says its budget is spent: a 429's
+    /// `Retry-After` (else the interval, else the window), no requests remaining in the window
+    /// (the interval, else the window), or none left today (an hour).
+    pub fn wait(&self, window: Duration) -> Option<Duration> {
+        if self.too_many {
+            Some(self.retry_after.or(self.interval).unwrap_or(window))
+        } else if self.remaining == Some(0) {
+            Some(self.interval.unwrap_or(window))
+        } else if self.daily_remaining == Some(0) {
+            Some(Duration::from_secs(3600))
+        } else {
+            None
+        }
+    }
+}
+
+/// The budget of one instance, in memory.
 #[derive(Debug)]
-pub struct Limits {
+pub struct LocalBudget {
     window: RateLimit,
     burst: DefaultKeyedRateLimiter<LocationId>,
     daily: DefaultKeyedRateLimiter<LocationId>,
     /// Locations GoHighLevel told to wait (429, or no requests remaining), until when.
     blocked: Mutex<HashMap<LocationId, Instant>>,
     clock: DefaultClock,
-    /// Several replicas on one PostgreSQL database share the budget there instead.
-    shared: Option<sqlx::PgPool>,
-    per_day: u32,
 }
 
-impl Limits {
-    pub fn new(window: RateLimit, per_day: u32) -> Limits {
-        Limits {
+impl LocalBudget {
+    pub fn new(window: RateLimit, per_day: u32) -> LocalBudget {
+        LocalBudget {
             window,
             burst: RateLimiter::keyed(quota(window.requests, window.per)),
             daily: RateLimiter::keyed(quota(per_day.max(2), Duration::from_secs(86_400))),
             blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
-            shared: None,
-            per_day: per_day.max(2),
         }
     }
+}
 
-    /// The same budget, kept in PostgreSQL (tables `rate_budget`, `rate_blocks`) and shared
-    /// by every replica on the database: the limit holds for their sum.
-    pub fn shared(window: RateLimit, per_day: u32, pool: sqlx::PgPool) -> Limits {
-        Limits {
-            shared: Some(pool),
-            ..Limits::new(window, per_day)
-        }
-    }
-
-    /// Takes one request from the location's budget, or says how long to wait for one.
-    pub async fn acquire(&self, location: &LocationId) -> Result<(), Duration> {
-        match &self.shared {
-            Some(pool) => match self.acquire_shared(pool, location).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take from the shared rate-limit budget; waiting");
-                    Err(Duration::from_secs(1))
-                }
-            },
-            None => self.acquire_local(location),
-        }
-    }
-
-    /// A GCRA per location and quota in one transaction on the database's clock: the window
-    /// and the daily quota are both taken, or neither.
-    async fn acquire_shared(
-        &self,
-        pool: &sqlx::PgPool,
-        location: &LocationId,
-    ) -> Result<Result<(), Duration>, sqlx::Error> {
-        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4);
-        let mut tx = pool.begin().await?;
-        let now: i64 =
-            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
-        let blocked: Option<i64> =
-            sqlx::query_scalar("SELECT until_us FROM rate_blocks WHERE location_id = $1")
-                .bind(location.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(until) = blocked.filter(|u| *u > now) {
-            tx.rollback().await?;
-            return Ok(Err(Duration::from_micros(
-                u64::try_from(until - now).unwrap_or(0),
-            )));
-        }
-        let quotas = [
-            ("window", shape(self.window.requests, self.window.per)),
-            ("day", shape(self.per_day, Duration::from_secs(86_400))),
-        ];
-        for (name, (burst, period)) in quotas {
-            let (t, tolerance) = (micros(period), micros(period) * i64::from(burst - 1));
-            let taken: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO rate_budget (location_id, quota, tat) VALUES ($1, $2, $3 + $4)
-                 ON CONFLICT (location_id, quota) DO UPDATE
-                     SET tat = GREATEST(rate_budget.tat, $3) + $4
-                     WHERE GREATEST(rate_budget.tat, $3) - $3 <= $5
-                 RETURNING tat",
-            )
-            .bind(location.as_str())
-            .bind(name)
-            .bind(now)
-            .bind(t)
-            .bind(tolerance)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if taken.is_none() {
-                let tat: i64 = sqlx::query_scalar(
-                    "SELECT tat FROM rate_budget WHERE location_id = $1 AND quota = $2",
-                )
-                .bind(location.as_str())
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                let wait = tat.max(now) - now - tolerance;
-                return Ok(Err(Duration::from_micros(
-                    u64::try_from(wait).unwrap_or(0).max(1),
-                )));
-            }
-        }
-        tx.commit().await?;
-        Ok(Ok(()))
-    }
-
-    fn acquire_local(&self, location: &LocationId) -> Result<(), Duration> {
+#[async_trait]
+impl Budget for LocalBudget {
+    async fn acquire(&self, location: &LocationId) -> Result<(), Duration> {
         let now = Instant::now();
         if let Ok(mut blocked) = self.blocked.lock() {
             match blocked.get(location) {
@@ -197,41 +151,16 @@ impl Limits {
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    /// Slows the location down when GoHighLevel says its budget is spent.
-    pub async fn observe(&self, location: &LocationId, seen: &Observed) {
-        let wait = if seen.too_many {
-            Some(
-                seen.retry_after
-                    .or(seen.interval)
-                    .unwrap_or(self.window.per),
-            )
-        } else if seen.remaining == Some(0) {
-            Some(seen.interval.unwrap_or(self.window.per))
-        } else if seen.daily_remaining == Some(0) {
-            Some(Duration::from_secs(3600))
-        } else {
-            None
-        };
-        if let (Some(wait), Some(pool)) = (wait, &self.shared) {
-            let blocked = sqlx::query(
-                "INSERT INTO rate_blocks (location_id, until_us)
-                 VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + $2)
-                 ON CONFLICT (location_id) DO UPDATE SET until_us = GREATEST(rate_blocks.until_us, excluded.until_us)",
-            )
-            .bind(location.as_str())
-            .bind(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX / 4))
-            .execute(pool)
-            .await;
-            if let Err(e) = blocked {
-                tracing::warn!(error = %e, "cannot record the location's rate-limit block in the database");
-            }
-            return;
-        }
-        if let (Some(wait), Ok(mut blocked)) = (wait, self.blocked.lock()) {
+    async fn hold(&self, location: &LocationId, wait: Duration) {
+        if let Ok(mut blocked) = self.blocked.lock() {
             let until = Instant::now() + wait;
             let slot = blocked.entry(location.clone()).or_insert(until);
             *slot = (*slot).max(until);
         }
+    }
+
+    fn window(&self) -> Duration {
+        self.window.per
     }
 }
 
@@ -255,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_never_exceeds_the_window_and_locations_are_independent() {
-        let limits = Limits::new(
+        let limits = LocalBudget::new(
             "100/10s".parse().unwrap_or(RateLimit {
                 requests: 100,
                 per: Duration::from_secs(10),
@@ -284,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_429_blocks_the_location_for_retry_after() {
-        let limits = Limits::new(
+        let limits = LocalBudget::new(
             RateLimit {
                 requests: 100,
                 per: Duration::from_secs(10),
