@@ -1,27 +1,34 @@
 //! `autofollow serve` configuration: environment variables (each also a flag), validated at
-//! start-up with every problem reported at once. Secrets are wrapped so they never print.
+//! start-up with every problem reported at once, into one settings value per component
+//! ([`WebSettings`], [`StoreSettings`], [`GhlSettings`], the worker's [`WorkerOptions`],
+//! [`RulesSettings`]). Each setting takes one path: from its variable, through here, to the
+//! component that uses it. Secrets are wrapped so they never print.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::auth::{self, Verifier};
+use crate::ghl::Tokens;
+use crate::ghl::budget::RateLimit;
 use crate::model::ids::LocationId;
 use crate::rules::RuleSet;
 pub use crate::telemetry::LogFormat;
+use crate::web::auth::{self, Verifier};
+use crate::worker::{RetryPolicy, WorkerOptions};
+
+pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
 
 /// Reads a secret flag or variable straight into a [`SecretString`], so that no plain copy
 /// of it is kept (and `Debug` of the arguments shows `[REDACTED]`).
 fn secret_arg(text: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(text.to_owned()))
 }
-
-pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
 
 /// The flags of `autofollow serve`; each reads its environment variable when not given.
 #[derive(Args, Debug, Clone, Default)]
@@ -114,69 +121,53 @@ pub struct ServeArgs {
     pub log_format: String,
 }
 
-/// GoHighLevel tokens by location.
-#[derive(Clone, Default)]
-pub struct Tokens {
-    default: Option<SecretString>,
-    by_location: HashMap<LocationId, SecretString>,
-}
-
-impl fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokens")
-            .field("default", &self.default.as_ref().map(|_| "[redacted]"))
-            .field("locations", &self.by_location.len())
-            .finish()
-    }
-}
-
-impl Tokens {
-    pub fn new(
-        default: Option<SecretString>,
-        by_location: HashMap<LocationId, SecretString>,
-    ) -> Tokens {
-        Tokens {
-            default,
-            by_location,
-        }
-    }
-
-    /// The location's own token, else the default one.
-    pub fn for_location(&self, location: &LocationId) -> Option<&SecretString> {
-        self.by_location.get(location).or(self.default.as_ref())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.default.is_none() && self.by_location.is_empty()
-    }
-}
-
-/// Validated configuration.
+/// Validated configuration, one part per component.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub web: WebSettings,
+    pub store: StoreSettings,
+    pub ghl: GhlSettings,
+    pub worker: WorkerOptions,
+    pub rules: RulesSettings,
+    pub log_format: LogFormat,
+    /// On SIGTERM, how long in-flight work may finish before its events are released.
+    pub shutdown_grace: Duration,
+}
+
+/// The listeners and what intake and the admin API check.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
     pub listen: SocketAddr,
     /// `None`: no admin listener.
     pub admin_listen: Option<SocketAddr>,
-    pub rules_path: PathBuf,
-    pub rules: Arc<RuleSet>,
-    pub database_url: String,
-    pub ghl_api_base_url: String,
-    pub tokens: Tokens,
     pub verifier: Arc<Verifier>,
-    pub dry_run: bool,
-    pub log_format: LogFormat,
+    /// `None`: the admin API is off.
     pub admin_token: Option<SecretString>,
-    pub retention: std::time::Duration,
-    pub settle_delay: std::time::Duration,
-    pub shutdown_grace: std::time::Duration,
-    pub lease: std::time::Duration,
-    pub rate_limit: crate::ghl::budget::RateLimit,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub database_url: String,
+    /// Finished events older than this are deleted.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GhlSettings {
+    pub base_url: String,
+    pub tokens: Tokens,
+    pub timeout: Duration,
+    pub rate_limit: RateLimit,
     pub daily_limit: u32,
-    pub followers_freshness: std::time::Duration,
-    pub ghl_timeout: std::time::Duration,
-    pub retry_base: std::time::Duration,
-    pub retry_cap: std::time::Duration,
-    pub watch_rules: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesSettings {
+    pub path: PathBuf,
+    /// The set loaded at start-up.
+    pub set: Arc<RuleSet>,
+    /// Reload when the files change.
+    pub watch: bool,
 }
 
 /// Every configuration problem found.
@@ -193,263 +184,280 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The problems found so far; each check records its own and yields `None` on failure, so
+/// every setting is checked before start-up is refused.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    /// The value, or `None` with `{variable}: {error}` recorded.
+    fn check<T, E: fmt::Display>(&mut self, variable: &str, result: Result<T, E>) -> Option<T> {
+        result
+            .map_err(|e| self.0.push(format!("{variable}: {e}")))
+            .ok()
+    }
+
+    /// A duration (`1s`, `500ms`, `0`) at least `min`.
+    fn duration(&mut self, variable: &str, text: &str, min: Duration) -> Option<Duration> {
+        let parsed = match text.trim() {
+            "0" => Ok(Duration::ZERO),
+            t => humantime::parse_duration(t)
+                .map_err(|e| format!("`{t}` is not a duration such as 1s or 500ms: {e}")),
+        };
+        let checked = parsed.and_then(|d| match d >= min {
+            true => Ok(d),
+            false if min == Duration::from_nanos(1) => Err("more than 0".to_owned()),
+            false => Err(format!("at least {}", humantime::format_duration(min))),
+        });
+        self.check(variable, checked)
+    }
+}
+
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let listen = args
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                problems.push(format!(
-                    "AUTOFOLLOW_LISTEN: `{}` is not an address such as 0.0.0.0:8080",
-                    args.listen
-                ))
+        let mut p = Problems::default();
+        let web = web(&args, &mut p);
+        let store = store(&args, &mut p);
+        let ghl = ghl(&args, &mut p);
+        let dry_run = ghl
+            .as_ref()
+            .map(|g| args.dry_run.unwrap_or(g.tokens.is_empty()));
+        let worker = worker(&args, &mut p);
+        let rules = p.check("AUTOFOLLOW_RULES", RuleSet::load(&args.rules));
+        let log_format = p.check(
+            "AUTOFOLLOW_LOG_FORMAT",
+            match args.log_format.trim() {
+                "pretty" => Ok(LogFormat::Pretty),
+                "json" => Ok(LogFormat::Json),
+                other => Err(format!("`{other}` is neither pretty nor json")),
+            },
+        );
+        let shutdown_grace = p.duration(
+            "AUTOFOLLOW_SHUTDOWN_GRACE",
+            &args.shutdown_grace,
+            Duration::ZERO,
+        );
+        let config = (|| {
+            Some(Config {
+                web: web?,
+                store: store?,
+                ghl: ghl?,
+                worker: WorkerOptions {
+                    dry_run: dry_run?,
+                    ..worker?
+                },
+                rules: RulesSettings {
+                    path: args.rules.clone(),
+                    set: Arc::new(rules?),
+                    watch: args.watch_rules,
+                },
+                log_format: log_format?,
+                shutdown_grace: shutdown_grace?,
             })
-            .ok();
-        let admin_listen = match args.admin_listen.trim() {
-            "off" => Some(None),
-            text => text
-                .parse::<SocketAddr>()
-                .map(Some)
-                .map_err(|_| {
-                    problems.push(format!(
-                        "AUTOFOLLOW_ADMIN_LISTEN: `{text}` is neither an address such as 127.0.0.1:9090 nor `off`"
-                    ))
-                })
-                .ok(),
-        };
-        let database_url = args.database_url.trim().to_owned();
-        if !crate::store::is_postgres(&database_url) && !database_url.starts_with("sqlite:") {
-            // Only the scheme: the URL may hold a password.
-            let scheme = database_url.split(':').next().unwrap_or_default();
-            problems.push(format!(
-                "AUTOFOLLOW_DATABASE_URL: `{scheme}:` is neither sqlite://PATH nor postgres://…"
-            ));
-        }
-        let base = args
-            .ghl_api_base_url
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
-        if !(base.starts_with("https://") || base.starts_with("http://")) {
-            problems.push(format!("GHL_API_BASE_URL: `{base}` is not an http(s) URL"));
-        }
-        let default_token = args
-            .ghl_token
-            .filter(|t| !t.expose_secret().trim().is_empty())
-            .map(|t| SecretString::from(t.expose_secret().trim().to_owned()));
-        let mut by_location = HashMap::new();
-        if let Some(path) = &args.ghl_location_tokens_file {
-            match std::fs::read_to_string(path) {
-                Err(e) => problems.push(format!(
-                    "GHL_LOCATION_TOKENS_FILE: cannot read {}: {e}",
-                    path.display()
-                )),
-                Ok(text) => {
-                    match serde_yaml::from_str::<HashMap<String, String>>(&text) {
-                        Err(e) => problems.push(format!(
-                            "GHL_LOCATION_TOKENS_FILE: {} must map location ids to tokens: {}",
-                            path.display(),
-                            // serde_yaml errors quote the offending value; keep only where it is.
-                            e.location().map_or(
-                                "not a mapping of strings".to_owned(),
-                                |l| format!("problem at line {}, column {}", l.line(), l.column())
-                            )
-                        )),
-                        Ok(map) => {
-                            for (location, token) in map {
-                                match LocationId::parse(location.trim()) {
-                                    _ if token.trim().is_empty() => problems.push(format!("GHL_LOCATION_TOKENS_FILE: the token of location {location} is empty")),
-                                    Err(e) => problems.push(format!("GHL_LOCATION_TOKENS_FILE: {e}")),
-                                    Ok(id) => {
-                                        by_location.insert(id, SecretString::from(token.trim().to_owned()));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let tokens = Tokens::new(default_token, by_location);
-        let keys = match args
-            .ghl_webhook_public_keys
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            None => auth::parse_public_keys(auth::GHL_PUBLIC_KEY_PEM).map_err(|e| e.0),
-            Some(inline) if inline.contains("-----BEGIN") => {
-                auth::parse_public_keys(inline).map_err(|e| e.0)
-            }
-            Some(paths) => {
-                let mut keys = Vec::new();
-                let mut error = None;
-                for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    match std::fs::read_to_string(path) {
-                        Ok(text) => match auth::parse_public_keys(&text) {
-                            Ok(k) => keys.extend(k),
-                            Err(e) => error = Some(format!("{path}: {e}")),
-                        },
-                        Err(e) => error = Some(format!("cannot read {path}: {e}")),
-                    }
-                }
-                error.map_or(Ok(keys), Err)
-            }
-        }
-        .map_err(|e| problems.push(format!("GHL_WEBHOOK_PUBLIC_KEYS: {e}")))
-        .ok();
-        let secrets = match args
-            .webhook_secret
-            .as_ref()
-            .map(|s| s.expose_secret().trim())
-            .filter(|s| !s.is_empty())
-        {
-            None => Some(Vec::new()),
-            Some(list) => auth::parse_secrets(list)
-                .map_err(|e| problems.push(format!("AUTOFOLLOW_WEBHOOK_SECRET: {e}")))
-                .ok(),
-        };
-        let admin_token = args
-            .admin_token
-            .as_ref()
-            .map(|t| t.expose_secret().trim())
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from);
-        if let Some(Err(e)) = admin_token
-            .as_ref()
-            .map(|t| auth::check_token_length(t.expose_secret()))
-        {
-            problems.push(format!("AUTOFOLLOW_ADMIN_TOKEN: {e}"));
-        }
-        let log_format = match args.log_format.trim() {
-            "pretty" => Some(LogFormat::Pretty),
-            "json" => Some(LogFormat::Json),
-            other => {
-                problems.push(format!(
-                    "AUTOFOLLOW_LOG_FORMAT: `{other}` is neither pretty nor json"
-                ));
-                None
-            }
-        };
-        let rules = RuleSet::load(&args.rules)
-            .map_err(|e| problems.push(format!("AUTOFOLLOW_RULES: {e}")))
-            .ok();
-        let dry_run = args.dry_run.unwrap_or(tokens.is_empty());
-        let mut duration = |name: &str, text: &str| match text.trim() {
-            "0" => Some(std::time::Duration::ZERO),
-            text => humantime::parse_duration(text)
-                .map_err(|e| {
-                    problems.push(format!(
-                        "{name}: `{text}` is not a duration such as 1s or 500ms: {e}"
-                    ))
-                })
-                .ok(),
-        };
-        let settle_delay = duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay);
-        let max_age = duration("AUTOFOLLOW_WEBHOOK_MAX_AGE", &args.webhook_max_age);
-        let shutdown_grace = duration("AUTOFOLLOW_SHUTDOWN_GRACE", &args.shutdown_grace);
-        let lease = duration("AUTOFOLLOW_LEASE", &args.lease);
-        let followers_freshness =
-            duration("AUTOFOLLOW_FOLLOWERS_FRESHNESS", &args.followers_freshness);
-        let ghl_timeout = duration("GHL_TIMEOUT", &args.ghl_timeout);
-        let retry_base = duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base);
-        let retry_cap = duration("AUTOFOLLOW_RETRY_CAP", &args.retry_cap);
-        let max_age = max_age.filter(|d| *d >= std::time::Duration::from_secs(60));
-        if max_age.is_none()
-            && !problems
-                .iter()
-                .any(|p| p.starts_with("AUTOFOLLOW_WEBHOOK_MAX_AGE"))
-        {
-            problems.push("AUTOFOLLOW_WEBHOOK_MAX_AGE: at least 1m (GoHighLevel re-sends a webhook for about 70 minutes; the default 3h covers that)".to_owned());
-        }
-        let verifier = match (keys, secrets, max_age) {
-            (Some(keys), Some(secrets), Some(max_age)) => Verifier::new(keys, secrets)
-                .map(|v| v.with_max_age(max_age))
-                .map_err(|e| problems.push(format!("AUTOFOLLOW_WEBHOOK_SECRET: {e}")))
-                .ok(),
-            _ => None,
-        };
-        let ghl_timeout = ghl_timeout.filter(|t| !t.is_zero());
-        if ghl_timeout.is_none() && !problems.iter().any(|p| p.starts_with("GHL_TIMEOUT")) {
-            problems.push("GHL_TIMEOUT: more than 0".to_owned());
-        }
-        let lease = lease.filter(|l| *l >= std::time::Duration::from_secs(1));
-        if lease.is_none() && !problems.iter().any(|p| p.starts_with("AUTOFOLLOW_LEASE")) {
-            problems.push("AUTOFOLLOW_LEASE: at least 1s".to_owned());
-        }
-        let rate_limit = args
-            .rate_limit
-            .parse::<crate::ghl::budget::RateLimit>()
-            .map_err(|e| problems.push(format!("AUTOFOLLOW_RATE_LIMIT: {e}")))
-            .ok();
-        if args.daily_limit < 2 {
-            problems.push("AUTOFOLLOW_DAILY_LIMIT: at least 2".to_owned());
-        }
-        let retention = humantime::parse_duration(args.retention.trim())
-            .map_err(|e| {
-                problems.push(format!(
-                    "AUTOFOLLOW_RETENTION: `{}` is not a duration such as 30d: {e}",
-                    args.retention
-                ))
-            })
-            .ok();
-        match (
-            (listen, admin_listen),
-            verifier,
-            log_format,
-            rules,
-            retention,
-            settle_delay,
-            rate_limit,
-            followers_freshness,
-            shutdown_grace,
-            lease,
-            ghl_timeout,
-            retry_base,
-            retry_cap,
-        ) {
-            (
-                (Some(listen), Some(admin_listen)),
-                Some(verifier),
-                Some(log_format),
-                Some(rules),
-                Some(retention),
-                Some(settle_delay),
-                Some(rate_limit),
-                Some(followers_freshness),
-                Some(shutdown_grace),
-                Some(lease),
-                Some(ghl_timeout),
-                Some(retry_base),
-                Some(retry_cap),
-            ) if problems.is_empty() => Ok(Config {
-                listen,
-                admin_listen,
-                rules_path: args.rules,
-                rules: Arc::new(rules),
-                database_url,
-                ghl_api_base_url: base,
-                tokens,
-                verifier: Arc::new(verifier),
-                dry_run,
-                log_format,
-                admin_token,
-                retention,
-                settle_delay,
-                shutdown_grace,
-                lease,
-                rate_limit,
-                daily_limit: args.daily_limit,
-                followers_freshness,
-                ghl_timeout,
-                retry_base,
-                retry_cap: retry_cap.max(retry_base),
-                watch_rules: args.watch_rules,
-            }),
-            _ => Err(ConfigError(problems)),
+        })();
+        match config {
+            Some(config) if p.0.is_empty() => Ok(config),
+            _ => Err(ConfigError(p.0)),
         }
     }
+}
+
+fn web(args: &ServeArgs, p: &mut Problems) -> Option<WebSettings> {
+    let listen = p.check(
+        "AUTOFOLLOW_LISTEN",
+        args.listen
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("`{}` is not an address such as 0.0.0.0:8080", args.listen)),
+    );
+    let admin_listen = p.check(
+        "AUTOFOLLOW_ADMIN_LISTEN",
+        match args.admin_listen.trim() {
+            "off" => Ok(None),
+            text => text.parse::<SocketAddr>().map(Some).map_err(|_| {
+                format!("`{text}` is neither an address such as 127.0.0.1:9090 nor `off`")
+            }),
+        },
+    );
+    let admin_token = args
+        .admin_token
+        .as_ref()
+        .map(|t| t.expose_secret().trim())
+        .filter(|t| !t.is_empty())
+        .map(|t| auth::check_token_length(t).map(|()| SecretString::from(t)))
+        .transpose();
+    let admin_token = p.check("AUTOFOLLOW_ADMIN_TOKEN", admin_token);
+    let verifier = verifier(args, p);
+    Some(WebSettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        verifier: Arc::new(verifier?),
+        admin_token: admin_token?,
+    })
+}
+
+/// Public keys, shared secrets and the max age of app bodies.
+fn verifier(args: &ServeArgs, p: &mut Problems) -> Option<Verifier> {
+    let keys = match args
+        .ghl_webhook_public_keys
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => auth::parse_public_keys(auth::GHL_PUBLIC_KEY_PEM).map_err(|e| e.0),
+        Some(inline) if inline.contains("-----BEGIN") => {
+            auth::parse_public_keys(inline).map_err(|e| e.0)
+        }
+        Some(paths) => public_key_files(paths),
+    };
+    let keys = p.check("GHL_WEBHOOK_PUBLIC_KEYS", keys);
+    let secrets = match args
+        .webhook_secret
+        .as_ref()
+        .map(|s| s.expose_secret().trim())
+        .filter(|s| !s.is_empty())
+    {
+        None => Ok(Vec::new()),
+        Some(list) => auth::parse_secrets(list),
+    };
+    let secrets = p.check("AUTOFOLLOW_WEBHOOK_SECRET", secrets);
+    let max_age = p.duration(
+        "AUTOFOLLOW_WEBHOOK_MAX_AGE",
+        &args.webhook_max_age,
+        Duration::from_secs(60),
+    );
+    let verifier = Verifier::new(keys?, secrets?);
+    p.check("AUTOFOLLOW_WEBHOOK_SECRET", verifier)
+        .map(|v| v.with_max_age(max_age.unwrap_or_default()))
+        .filter(|_| max_age.is_some())
+}
+
+/// Every key of comma-separated PEM files.
+fn public_key_files(paths: &str) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+    let mut keys = Vec::new();
+    for path in paths.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        keys.extend(auth::parse_public_keys(&text).map_err(|e| format!("{path}: {e}"))?);
+    }
+    Ok(keys)
+}
+
+fn store(args: &ServeArgs, p: &mut Problems) -> Option<StoreSettings> {
+    let database_url = args.database_url.trim().to_owned();
+    let url = if crate::store::is_postgres(&database_url) || database_url.starts_with("sqlite:") {
+        Ok(database_url)
+    } else {
+        // Only the scheme: the URL may hold a password.
+        let scheme = database_url.split(':').next().unwrap_or_default();
+        Err(format!(
+            "`{scheme}:` is neither sqlite://PATH nor postgres://…"
+        ))
+    };
+    let database_url = p.check("AUTOFOLLOW_DATABASE_URL", url);
+    let retention = p.check(
+        "AUTOFOLLOW_RETENTION",
+        humantime::parse_duration(args.retention.trim())
+            .map_err(|e| format!("`{}` is not a duration such as 30d: {e}", args.retention)),
+    );
+    Some(StoreSettings {
+        database_url: database_url?,
+        retention: retention?,
+    })
+}
+
+fn ghl(args: &ServeArgs, p: &mut Problems) -> Option<GhlSettings> {
+    let base = args
+        .ghl_api_base_url
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    let base_url = p.check(
+        "GHL_API_BASE_URL",
+        match base.starts_with("https://") || base.starts_with("http://") {
+            true => Ok(base.clone()),
+            false => Err(format!("`{base}` is not an http(s) URL")),
+        },
+    );
+    let default_token = args
+        .ghl_token
+        .as_ref()
+        .map(|t| t.expose_secret().trim())
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+    let by_location = match &args.ghl_location_tokens_file {
+        None => Some(HashMap::new()),
+        Some(path) => p.check("GHL_LOCATION_TOKENS_FILE", location_tokens(path)),
+    };
+    let timeout = p.duration("GHL_TIMEOUT", &args.ghl_timeout, Duration::from_nanos(1));
+    let rate_limit = p.check(
+        "AUTOFOLLOW_RATE_LIMIT",
+        args.rate_limit.parse::<RateLimit>(),
+    );
+    let daily_limit = p.check(
+        "AUTOFOLLOW_DAILY_LIMIT",
+        match args.daily_limit >= 2 {
+            true => Ok(args.daily_limit),
+            false => Err("at least 2"),
+        },
+    );
+    Some(GhlSettings {
+        base_url: base_url?,
+        tokens: Tokens::new(default_token, by_location?),
+        timeout: timeout?,
+        rate_limit: rate_limit?,
+        daily_limit: daily_limit?,
+    })
+}
+
+/// `GHL_LOCATION_TOKENS_FILE`: a YAML mapping of location id to token. Errors never quote a
+/// token.
+fn location_tokens(path: &Path) -> Result<HashMap<LocationId, SecretString>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let map = serde_yaml::from_str::<HashMap<String, String>>(&text).map_err(|e| {
+        // serde_yaml errors quote the offending value; keep only where it is.
+        let at = e
+            .location()
+            .map_or("not a mapping of strings".to_owned(), |l| {
+                format!("problem at line {}, column {}", l.line(), l.column())
+            });
+        format!("{} must map location ids to tokens: {at}", path.display())
+    })?;
+    let mut tokens = HashMap::new();
+    for (location, token) in map {
+        if token.trim().is_empty() {
+            return Err(format!("the token of location {location} is empty"));
+        }
+        let id = LocationId::parse(location.trim()).map_err(|e| e.to_string())?;
+        tokens.insert(id, SecretString::from(token.trim().to_owned()));
+    }
+    Ok(tokens)
+}
+
+/// The worker's options (all but `dry_run`, which depends on the tokens).
+fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
+    let zero = Duration::ZERO;
+    let settle_delay = p.duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay, zero);
+    let lease = p.duration("AUTOFOLLOW_LEASE", &args.lease, Duration::from_secs(1));
+    let followers_fresh = p.duration(
+        "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
+        &args.followers_freshness,
+        zero,
+    );
+    let retry_base = p.duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base, zero);
+    let retry_cap = p.duration("AUTOFOLLOW_RETRY_CAP", &args.retry_cap, zero);
+    let defaults = WorkerOptions::default();
+    Some(WorkerOptions {
+        settle_delay: settle_delay?,
+        lease: lease?,
+        followers_fresh: followers_fresh?,
+        retry: RetryPolicy {
+            base: retry_base?,
+            cap: retry_cap?.max(retry_base?),
+            ..defaults.retry
+        },
+        ..defaults
+    })
 }
 
 #[cfg(test)]
@@ -543,13 +551,13 @@ mod tests {
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();
-        assert_eq!(config.map(|c| c.dry_run), Some(true));
+        assert_eq!(config.map(|c| c.worker.dry_run), Some(true));
         let with_token = ServeArgs {
             ghl_token: Some("t".into()),
             ..args.clone()
         };
         assert_eq!(
-            Config::from_args(with_token).ok().map(|c| c.dry_run),
+            Config::from_args(with_token).ok().map(|c| c.worker.dry_run),
             Some(false)
         );
 
@@ -559,10 +567,11 @@ mod tests {
             followers_freshness: "0".into(),
             retry_base: "250ms".into(),
             retry_cap: "2s".into(),
+            settle_delay: "250ms".into(),
             ..args
         };
         let config = Config::from_args(tuned).unwrap_or_else(|e| panic!("{e}"));
-        let options = crate::worker::WorkerOptions::from_config(&config);
+        let options = config.worker;
         assert_eq!(options.followers_fresh, std::time::Duration::ZERO);
         assert_eq!(options.retry.base, std::time::Duration::from_millis(250));
         assert_eq!(options.retry.cap, std::time::Duration::from_secs(2));
@@ -570,5 +579,6 @@ mod tests {
             options.retry.max_attempts,
             crate::worker::RetryPolicy::default().max_attempts
         );
+        assert_eq!(options.settle_delay, std::time::Duration::from_millis(250));
     }
 }

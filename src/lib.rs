@@ -22,17 +22,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod admin;
-pub mod auth;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod ghl;
-pub mod http;
 pub mod metrics;
 pub mod model;
-pub mod ops;
 pub mod rules;
-pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 pub mod worker;

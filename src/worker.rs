@@ -10,11 +10,10 @@ use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Tokens;
+use crate::ghl::Tokens;
 use crate::ghl::pipelines::Pipelines;
 use crate::ghl::{CallError, GhlClient};
 use crate::metrics::Metrics;
-use crate::model::event::BodyKind;
 use crate::model::event::{self, AssignedUser, Event, Parsed};
 use crate::model::ids::{LocationId, UserId};
 use crate::model::plan::{Plan, PlanEntry, PreviousState};
@@ -75,22 +74,9 @@ pub struct WorkerOptions {
     pub dry_run: bool,
     /// How long the follower list a call returned is trusted to skip needless calls.
     pub followers_fresh: Duration,
-}
-
-impl WorkerOptions {
-    /// The defaults, with what the configuration sets.
-    pub fn from_config(config: &crate::config::Config) -> WorkerOptions {
-        let defaults = WorkerOptions::default();
-        WorkerOptions {
-            followers_fresh: config.followers_freshness,
-            retry: RetryPolicy {
-                base: config.retry_base,
-                cap: config.retry_cap,
-                ..defaults.retry
-            },
-            ..defaults
-        }
-    }
+    /// How long a contact's work waits after its latest webhook, so a burst is decided
+    /// together (intake stores each event due this much later).
+    pub settle_delay: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -102,6 +88,7 @@ impl Default for WorkerOptions {
             retry: RetryPolicy::default(),
             dry_run: false,
             followers_fresh: Duration::from_secs(60),
+            settle_delay: Duration::from_secs(1),
         }
     }
 }
@@ -537,12 +524,7 @@ impl Worker {
         let mut outcomes: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
         let mut events: Vec<(usize, Box<Event>)> = Vec::new();
         for (i, claimed) in group.iter().enumerate() {
-            let parsed = match claimed.kind {
-                BodyKind::App => event::parse_app(claimed.body.as_bytes()),
-                BodyKind::Workflow => event::parse_workflow(claimed.body.as_bytes())
-                    .map(|e| Parsed::Event(Box::new(e))),
-            };
-            match parsed {
+            match event::parse(claimed.kind, claimed.body.as_bytes()) {
                 Ok(Parsed::Event(e)) => events.push((i, e)),
                 Ok(Parsed::Unsupported { event_type, .. }) => {
                     outcomes[i] = Some(self.failed(

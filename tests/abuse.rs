@@ -150,7 +150,7 @@ async fn closed_within(
 async fn connections_that_never_finish_their_request_head_are_closed() {
     let app = common::service::spawn_app("rules:\n  - name: all\n    add: [alice]\n").await;
     let addr = app.base.trim_start_matches("http://").to_owned();
-    let limit = autofollow::http::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let limit = autofollow::web::server::HEADER_READ_TIMEOUT + Duration::from_secs(5);
     // Silent: connects and sends nothing.
     let silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Dribbling: a request line, then a header line every 500 ms, never the blank line.

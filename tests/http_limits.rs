@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use autofollow::http::{self, Limits};
+use autofollow::web::server::{self as http, Limits};
 use axum::Router;
 use axum::routing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

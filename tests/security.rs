@@ -412,7 +412,7 @@ async fn bodies_beyond_the_budget_get_429_before_they_are_read() {
     let signature = format!("X-GHL-Signature: {}\r\n", BASE64.encode([1u8; 64]));
     let size = 256 * 1024;
     // Large bodies may hold half the budget: that many hold it (their bodies never come) ...
-    let fit = autofollow::server::BODY_BUDGET / 2 / size;
+    let fit = autofollow::web::guard::BODY_BUDGET / 2 / size;
     let mut holding = Vec::new();
     for _ in 0..fit {
         holding.push(head_only(&addr, "/webhooks/ghl", &signature, size).await);
@@ -522,7 +522,7 @@ async fn slow_unauthenticated_bodies_hold_a_bounded_amount_of_memory() {
         peak as f64 / 1024.0
     );
     assert!(refused > 0, "no body was refused");
-    let budget_mib = (autofollow::server::BODY_BUDGET / 1024 / 1024) as f64;
+    let budget_mib = (autofollow::web::guard::BODY_BUDGET / 1024 / 1024) as f64;
     assert!(
         grew_mib < budget_mib * 2.0 && grew_mib < unbounded_mib / 2.0,
         "RSS grew by {grew_mib:.1} MiB (budget {budget_mib} MiB)"
@@ -771,7 +771,7 @@ async fn event_listings_are_capped() {
     })
     .await;
     let mut posts = tokio::task::JoinSet::new();
-    for i in 0..autofollow::admin::MAX_LIST + 5 {
+    for i in 0..autofollow::web::admin::MAX_LIST + 5 {
         let (http, base) = (app.http.clone(), app.base.clone());
         posts.spawn(async move { post_signed(&http, &base, &lead(&format!("c{i}"))).await });
         while posts.len() >= 32 {

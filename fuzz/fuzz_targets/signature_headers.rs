@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use autofollow::auth::{GHL_PUBLIC_KEY_PEM, Verifier, parse_public_keys};
+use autofollow::web::auth::{GHL_PUBLIC_KEY_PEM, Verifier, parse_public_keys};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;

@@ -155,13 +155,14 @@ fn main() {
 // ---- the baseline -------------------------------------------------------------------------
 
 async fn baseline(listen: SocketAddr, public_key: String) {
-    let keys = autofollow::auth::parse_public_keys(&public_key).expect("key");
-    let verifier = Arc::new(autofollow::auth::Verifier::new(keys, Vec::new()).expect("verifier"));
+    let keys = autofollow::web::auth::parse_public_keys(&public_key).expect("key");
+    let verifier =
+        Arc::new(autofollow::web::auth::Verifier::new(keys, Vec::new()).expect("verifier"));
     let app = axum::Router::new()
         .route(
             "/webhooks/ghl",
             post(
-                |State(v): State<Arc<autofollow::auth::Verifier>>,
+                |State(v): State<Arc<autofollow::web::auth::Verifier>>,
                  headers: HeaderMap,
                  body: Bytes| async move {
                     if v.app(&headers, &body).is_err() {

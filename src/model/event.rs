@@ -236,9 +236,18 @@ pub fn parse_app(body: &[u8]) -> Result<Parsed, ParseError> {
 }
 
 /// Parses the body a workflow's Webhook action sends.
-pub fn parse_workflow(body: &[u8]) -> Result<Event, ParseError> {
+/// Always an [`Parsed::Event`]: every workflow body is one.
+pub fn parse_workflow(body: &[u8]) -> Result<Parsed, ParseError> {
     let raw: Value = serde_json::from_slice(body)?;
-    workflow_event(raw)
+    workflow_event(raw).map(|e| Parsed::Event(Box::new(e)))
+}
+
+/// Parses a body with the parser of its kind (the endpoint it was sent to).
+pub fn parse(kind: BodyKind, body: &[u8]) -> Result<Parsed, ParseError> {
+    match kind {
+        BodyKind::App => parse_app(body),
+        BodyKind::Workflow => parse_workflow(body),
+    }
 }
 
 /// Parses either kind of body: an app webhook when it has a string `type`, else a workflow
@@ -383,6 +392,14 @@ mod tests {
 
     fn app(v: Value) -> Result<Parsed, ParseError> {
         parse_app(v.to_string().as_bytes())
+    }
+
+    /// The event of a workflow body, when it parses.
+    fn workflow(v: &Value) -> Option<Event> {
+        match parse_workflow(v.to_string().as_bytes()) {
+            Ok(Parsed::Event(e)) => Some(*e),
+            _ => None,
+        }
     }
 
     fn app_event(v: Value) -> Event {
@@ -532,12 +549,9 @@ mod tests {
 
     #[test]
     fn workflow_tags_string_is_split_on_commas_and_trimmed() {
-        let e = parse_workflow(
-            json!({"contact_id": "C", "location": {"id": "L"}, "tags": "vip, webinar ,,hot"})
-                .to_string()
-                .as_bytes(),
-        )
-        .ok();
+        let e = workflow(
+            &json!({"contact_id": "C", "location": {"id": "L"}, "tags": "vip, webinar ,,hot"}),
+        );
         assert_eq!(
             e.and_then(|e| e.tags),
             Some(vec!["vip".into(), "webinar".into(), "hot".into()])
@@ -552,7 +566,7 @@ mod tests {
             "user": {"email": "rep@example.com"}, "workflow": {"id": "W", "name": "Hot leads"},
             "contact_source": "Facebook Ads"
         });
-        let e = parse_workflow(body.to_string().as_bytes()).ok();
+        let e = workflow(&body);
         let e = e.as_ref();
         assert_eq!(e.map(|e| e.event_type), Some(EventType::Workflow));
         assert_eq!(
@@ -571,7 +585,7 @@ mod tests {
             Some(AssignedUser::Email("rep@example.com".into()))
         );
         let correct = json!({"contact_id": "C", "location": {"id": "L"}, "pipeline_stage": "Won"});
-        let e = parse_workflow(correct.to_string().as_bytes()).ok();
+        let e = workflow(&correct);
         assert_eq!(e.and_then(|e| e.stage_name), Some("Won".into()));
     }
 

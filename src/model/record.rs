@@ -42,6 +42,17 @@ impl EventStatus {
     }
 }
 
+impl std::str::FromStr for EventStatus {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<EventStatus, String> {
+        EventStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name.trim())
+            .ok_or_else(|| format!("`{name}` is not a status: pending, done, failed or skipped"))
+    }
+}
+
 /// What one processing attempt decided and did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {

@@ -10,6 +10,7 @@ mod live;
 mod load;
 mod model;
 mod pattern;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +22,7 @@ pub use load::{
     CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
 };
 pub use model::{Origin, Rule, Status, UserRef};
+pub use report::explain_report;
 
 use crate::model::event::Event;
 use crate::model::ids::UserId;

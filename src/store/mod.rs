@@ -87,6 +87,17 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+impl EventFilter {
+    /// `2h`, `30m`, `7d`… ago, as a point in time for [`EventFilter::since`].
+    pub fn since_ago(ago: &str) -> Result<SystemTime, String> {
+        let d = humantime::parse_duration(ago.trim())
+            .map_err(|e| format!("`{ago}` is not a duration such as 2h or 7d: {e}"))?;
+        SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("`{ago}` reaches before 1970"))
+    }
+}
+
 /// An event with its latest decision, for operators.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventSummary {

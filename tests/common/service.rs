@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use autofollow::app::{self, Running};
 use autofollow::config::{Config, ServeArgs};
-use autofollow::server::{self, Running};
 use std::sync::Arc;
 
 use autofollow::model::record::Decision;
 use autofollow::store::sqlite::SqliteStore;
 use autofollow::store::{EventRecord, Store};
-use autofollow::worker::{RetryPolicy, WorkerOptions};
+use autofollow::worker::RetryPolicy;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::pkcs8::EncodePublicKey;
@@ -227,19 +227,17 @@ pub async fn spawn_with(options: Options) -> TestApp {
         shutdown_grace: options.shutdown_grace,
         lease: "60s".into(),
     };
-    let config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
-    let worker = WorkerOptions {
-        poll: Duration::from_millis(20),
-        retry: RetryPolicy {
-            base: Duration::from_millis(20),
-            cap: Duration::from_millis(200),
-            max_attempts: 4,
-            max_age: Duration::from_secs(3600),
-        },
-        ..WorkerOptions::default()
+    let mut config = Config::from_args(args).unwrap_or_else(|e| panic!("{e}"));
+    // Quick polls and retries, so tests do not wait on the production pace.
+    config.worker.poll = Duration::from_millis(20);
+    config.worker.retry = RetryPolicy {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+        max_attempts: 4,
+        max_age: Duration::from_secs(3600),
     };
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.database_url)
+        SqliteStore::open(&config.store.database_url)
             .await
             .expect("store"),
     );
@@ -247,7 +245,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         Some(faults) => Arc::new(autofollow::store::wrap::Wrapped::new(store, faults)),
         None => store,
     };
-    let running = server::start_with_store(&config, worker, store)
+    let running = app::start_with_store(&config, store)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     TestApp {
@@ -257,7 +255,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             "http://{}",
             running.admin_addr.expect("the admin listener is on")
         ),
-        database_url: config.database_url.clone(),
+        database_url: config.store.database_url.clone(),
         ghl,
         running: Some(running),
         http: reqwest::Client::new(),

@@ -4,12 +4,10 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use crate::ghl::pipelines::Pipelines;
-use crate::model::event::{self, Event, Parsed};
+use crate::model::event::{self, Parsed};
 use crate::model::plan::PreviousState;
-use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet};
+use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, explain_report};
 
 /// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
 pub type Status = u8;
@@ -41,62 +39,25 @@ pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Resul
 }
 
 /// Arguments of `autofollow explain`.
-#[derive(Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct ExplainArgs {
+    /// A rule file or a directory of *.yaml / *.yml files.
+    #[arg(long, env = "AUTOFOLLOW_RULES", default_value = "rules")]
     pub rules: PathBuf,
-    /// A webhook body (app or workflow); `-` reads standard input.
-    pub event: PathBuf,
+    /// The contact's tags at its previous event, comma-separated (for tag_added / tag_removed).
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
     pub previous_tags: Option<Vec<String>>,
+    /// The opportunity's stage (id or name) at its previous event (for stage_entered / stage_left).
+    #[arg(long, value_name = "STAGE")]
     pub previous_stage: Option<String>,
     /// A saved `GET /opportunities/pipelines` response, to resolve pipeline and stage names.
+    #[arg(long, value_name = "FILE")]
     pub pipelines: Option<PathBuf>,
+    /// Print the explanation as JSON.
+    #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Serialize)]
-struct JsonExplanation<'a> {
-    rules_version: &'a str,
-    event: Option<&'a Event>,
-    unsupported: Option<&'a str>,
-    previous: &'a PreviousState,
-    rules: &'a [crate::rules::RuleTrace],
-    plan: &'a crate::model::plan::Plan,
-    summary: String,
-}
-
-/// The explanation of one webhook body (either kind) as JSON: `event` (or `unsupported`),
-/// `previous`, `rules`, `plan` and `summary`. Shared by `explain --json` and `POST /admin/explain`.
-pub fn explain_json(
-    set: &RuleSet,
-    body: &[u8],
-    previous: &PreviousState,
-    resolver: &dyn Resolver,
-) -> Result<serde_json::Value, event::ParseError> {
-    let plan = crate::model::plan::Plan::default();
-    let report = match event::parse_any(body)? {
-        Parsed::Unsupported { event_type, .. } => serde_json::to_value(JsonExplanation {
-            rules_version: set.version(),
-            event: None,
-            unsupported: Some(&event_type),
-            previous,
-            rules: &[],
-            plan: &plan,
-            summary: plan.summary(),
-        }),
-        Parsed::Event(event) => {
-            let explanation = set.explain(&event, previous, resolver);
-            serde_json::to_value(JsonExplanation {
-                rules_version: set.version(),
-                event: Some(&event),
-                unsupported: None,
-                previous,
-                rules: &explanation.rules,
-                plan: &explanation.plan,
-                summary: explanation.plan.summary(),
-            })
-        }
-    };
-    Ok(report.unwrap_or_default())
+    /// A webhook body (app or workflow webhook) in a JSON file; `-` reads standard input.
+    pub event: PathBuf,
 }
 
 /// `autofollow explain`: every rule's verdict for one event, with reasons, and the plan.
@@ -130,11 +91,16 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         },
     };
     let previous = PreviousState {
-        tags: args.previous_tags.clone(),
+        tags: args.previous_tags.as_ref().map(|tags| {
+            tags.iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect()
+        }),
         stage: args.previous_stage.clone(),
     };
     if args.json {
-        return match explain_json(&set, &body, &previous, resolver.as_ref()) {
+        return match explain_report(&set, &body, &previous, resolver.as_ref()) {
             Ok(report) => {
                 let text = serde_json::to_string_pretty(&report).map_err(io::Error::other)?;
                 writeln!(out, "{text}")?;

@@ -2,27 +2,11 @@
 //! database as a running service, which picks replayed events up within its poll interval.
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::model::ids::ContactId;
-use crate::model::record::{Decision, EventStatus};
+use crate::model::record::Decision;
 use crate::store::{EventFilter, EventSummary, Store, StoreError};
-
-/// `2h`, `30m`, `7d`… as a point in the past.
-pub fn since(ago: &str) -> Result<SystemTime, String> {
-    let d = humantime::parse_duration(ago.trim())
-        .map_err(|e| format!("`{ago}` is not a duration such as 2h or 7d: {e}"))?;
-    SystemTime::now()
-        .checked_sub(d)
-        .ok_or_else(|| format!("`{ago}` reaches before 1970"))
-}
-
-pub fn status(name: &str) -> Result<EventStatus, String> {
-    EventStatus::ALL
-        .into_iter()
-        .find(|s| s.as_str() == name.trim())
-        .ok_or_else(|| format!("`{name}` is not a status: pending, done, failed or skipped"))
-}
 
 fn time(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -43,6 +27,9 @@ fn decision_line(d: &Decision) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
+    /// An argument that does not select anything (the message says why).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -14,13 +14,13 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::same_secret;
-use crate::cli::explain_json;
+use super::auth::same_secret;
+use super::state::AppState;
 use crate::model::ids::ContactId;
 use crate::model::plan::PreviousState;
-use crate::ops;
+use crate::model::record::EventStatus;
 use crate::rules::NoResolver;
-use crate::server::AppState;
+use crate::rules::explain_report;
 use crate::store::EventFilter;
 
 /// The admin routes, behind the bearer-token check.
@@ -87,7 +87,7 @@ impl Selection {
                 .status
                 .as_deref()
                 .filter(|s| !s.is_empty())
-                .map(ops::status)
+                .map(str::parse::<EventStatus>)
                 .transpose()?,
             contact: self
                 .contact
@@ -98,7 +98,7 @@ impl Selection {
                 .since
                 .as_deref()
                 .filter(|s| !s.is_empty())
-                .map(ops::since)
+                .map(EventFilter::since_ago)
                 .transpose()?,
             limit: self.limit.unwrap_or(100),
         })
@@ -236,7 +236,7 @@ async fn explain(
         }),
         stage: q.previous_stage.filter(|s| !s.is_empty()),
     };
-    match explain_json(&state.rules.current(), &body, &previous, &NoResolver) {
+    match explain_report(&state.rules.current(), &body, &previous, &NoResolver) {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }

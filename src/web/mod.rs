@@ -1,0 +1,190 @@
+//! The web layer: two listeners over the HTTP server of [`server`]. The public one takes
+//! webhooks ([`intake`]) and answers health checks; the admin one serves the operators' API
+//! ([`admin`]), metrics and detailed readiness. [`auth`] checks webhooks; [`state`] is what
+//! every handler shares.
+
+pub mod admin;
+pub mod auth;
+pub mod guard;
+pub mod intake;
+pub mod server;
+pub mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::telemetry::untrusted;
+use intake::MAX_BODY;
+use state::AppState;
+
+/// The public listener: webhooks, `/healthz`, and a `/readyz` that says ready or not.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(intake::routes(state.clone()))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(ready));
+    layered(routes, state)
+}
+
+/// The admin listener: the admin API (when a token is set), `/metrics`, `/readyz` with its
+/// details, `/healthz`.
+pub fn admin_router(state: AppState) -> Router {
+    let admin = match state.admin_token {
+        Some(_) => admin::router(state.clone()),
+        None => Router::new(),
+    };
+    let routes = Router::new()
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    layered(routes, state)
+}
+
+/// What both listeners share: the body limit of extracted bodies, a span per request and
+/// request ids.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(traced())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(Counter::default()))
+        .with_state(state)
+}
+
+/// The trace layer of both listeners.
+type Traced = TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&Request<Body>) -> tracing::Span,
+>;
+
+/// A span per request naming the method, the path (escaped and cut: a request sent it) and
+/// the request id; never the query string, which may hold the webhook secret.
+fn traced() -> Traced {
+    TraceLayer::new_for_http().make_span_with(request_span as fn(&Request<Body>) -> tracing::Span)
+}
+
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = ?untrusted(request.uri().path()),
+        request_id = %id
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Request ids: process start time plus a counter, unique enough to follow one request.
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl MakeRequestId for Counter {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("af-{}-{n}", std::process::id()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&gauges(&state).await);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The gauges of a scrape, from the store and the rules.
+async fn gauges(state: &AppState) -> crate::metrics::Gauges {
+    let queue = match state.store.queue_stats().await {
+        Ok(stats) => Some(crate::metrics::QueueGauges {
+            pending: stats.pending,
+            failed: stats.failed,
+            oldest_pending_age: stats
+                .oldest_pending
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot read the queue from the store");
+            None
+        }
+    };
+    let rules = state.rules.status();
+    crate::metrics::Gauges {
+        queue,
+        tokens_refused: state.store.token_failures().await.ok().map(|f| f.len()),
+        rules_version: rules.version,
+        rules: rules.rules,
+        rules_valid: rules.last_error.is_none(),
+    }
+}
+
+/// The public `/readyz`: 200 `{"status":"ready"}` while the store answers, else 503
+/// `{"status":"not ready"}`; the details are on the admin listener.
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready" })),
+        )
+            .into_response(),
+    }
+}
+
+/// The admin `/readyz`: the same status code, with the store, rules, intake and refused
+/// tokens.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let rules = state.rules.status();
+    // Locations whose token GoHighLevel refused: their events wait (see README, Operations).
+    let refused: Vec<String> = match state.store.token_failures().await {
+        Ok(f) => f.into_iter().map(|(l, _)| l.to_string()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let body = json!({
+        "store": if store.is_ok() { "ok" } else { "unreachable" },
+        "rules": {
+            "version": rules.version,
+            "count": rules.rules,
+            "files": rules.files,
+            "loaded_at": humantime::format_rfc3339_seconds(rules.loaded_at).to_string(),
+            "last_error": rules.last_error,
+        },
+        "accepting": state.accepting.load(Ordering::SeqCst),
+        "tokens_refused": refused,
+    });
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

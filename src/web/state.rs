@@ -1,0 +1,38 @@
+//! What every request handler shares: the service's parts, cheap to clone.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::Notify;
+
+use super::auth::Verifier;
+use super::guard::{BodyBudget, Rejections};
+use crate::metrics::Metrics;
+use crate::rules::LiveRules;
+use crate::store::Store;
+
+/// Shared by every request; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub verifier: Arc<Verifier>,
+    pub rules: Arc<LiveRules>,
+    /// False once shutdown began: intake answers 429.
+    pub accepting: Arc<AtomicBool>,
+    /// Wakes the worker now (work due now: replays).
+    pub wake: Arc<Notify>,
+    /// Told when an event is stored: wakes the worker once it can be due (see
+    /// [`wake_when_due`]).
+    pub arrived: Arc<Notify>,
+    /// How long a contact's work waits after its latest webhook.
+    pub settle_delay: Duration,
+    /// Bearer token of the admin API; `None` turns the API off.
+    pub admin_token: Option<Arc<SecretString>>,
+    pub metrics: Arc<Metrics>,
+    /// Body bytes that may be being received at once.
+    pub body_budget: Arc<BodyBudget>,
+    /// Rejected webhooks since the last summary.
+    pub rejections: Arc<Rejections>,
+}
