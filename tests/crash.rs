@@ -202,7 +202,7 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
             .unwrap();
         assert_eq!(
             record.status,
-            autofollow::model::record::EventStatus::Pending,
+            autofollow::model::record::EventStatus::Parked,
             "parked, not failed"
         );
     }

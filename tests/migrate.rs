@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use autofollow::model::plan::Plan;
-use autofollow::model::record::{Decision, EventStatus};
+use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
 use common::process::spawn;
 use common::service::TOKEN;
@@ -61,7 +61,7 @@ fn decision(outcome: &str, error: Option<&str>, dry_run: bool) -> Decision {
         matched: vec!["vip".into()],
         plan: Plan::default(),
         calls: Vec::new(),
-        outcome: outcome.into(),
+        outcome: Outcome::parse(outcome).expect("an outcome"),
         error: error.map(str::to_owned),
         dry_run,
         batch: Vec::new(),
@@ -92,7 +92,7 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
         stage: Some((OpportunityId::parse("o-done").unwrap(), "stage-won".into())),
     };
     assert!(
-        s.finish(&c, EventStatus::Done, &decision("done", None, true), &state)
+        s.finish(&c, &decision("done", None, true), &state)
             .await
             .unwrap()
     );
@@ -108,11 +108,7 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
     ids.push(insert(s, event("L1", "failed", "wh-failed", now)).await);
     let c = claim_one(s).await;
     let failed = decision("failed", Some("GoHighLevel answered 400"), false);
-    assert!(
-        s.finish(&c, EventStatus::Failed, &failed, &NewState::default())
-            .await
-            .unwrap()
-    );
+    assert!(s.finish(&c, &failed, &NewState::default()).await.unwrap());
 
     ids.push(insert(s, event("L1", "retrying", "wh-retrying", now)).await);
     let c = claim_one(s).await;
@@ -251,7 +247,6 @@ async fn everything_in_the_sqlite_store_arrives_in_postgresql_unchanged() {
         target
             .finish(
                 &claimed[0],
-                EventStatus::Done,
                 &decision("done", None, false),
                 &NewState::default()
             )

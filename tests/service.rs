@@ -491,7 +491,7 @@ async fn a_429_is_retried_and_then_done() {
         .decisions(id)
         .await
         .into_iter()
-        .map(|d| d.outcome)
+        .map(|d| d.outcome.to_string())
         .collect();
     assert_eq!(outcomes, ["retry", "done"]);
     app.ghl.verify().await;
@@ -756,13 +756,13 @@ async fn a_refused_token_parks_its_locations_events_without_burning_retries_unti
         let e = app.event(id).await;
         assert_eq!(
             e.status,
-            EventStatus::Pending,
+            EventStatus::Parked,
             "parked, not failed: {:?}",
             app.decisions(id).await
         );
         let d = app.decisions(id).await;
         assert_eq!(d.len(), 1, "parked once, not retried");
-        assert_eq!(d[0].outcome, "waiting");
+        assert_eq!(d[0].outcome.to_string(), "parked");
     }
     let to_c2 = |c: &str| format!("/contacts/{c}/followers");
     let made: Vec<String> = calls(&app).await.into_iter().map(|(_, p, _)| p).collect();
@@ -977,7 +977,7 @@ async fn a_group_that_failed_is_retried_at_one_time() {
             .decisions(*id)
             .await
             .into_iter()
-            .map(|d| d.outcome)
+            .map(|d| d.outcome.to_string())
             .collect();
         assert_eq!(outcomes, ["retry", "done"], "event {id}");
     }

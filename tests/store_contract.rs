@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use autofollow::model::plan::Plan;
-use autofollow::model::record::{Decision, EventStatus};
+use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ fn decision(outcome: &str, error: Option<&str>) -> Decision {
         matched: vec!["rule".into()],
         plan: Plan::default(),
         calls: Vec::new(),
-        outcome: outcome.into(),
+        outcome: Outcome::parse(outcome).expect("an outcome"),
         error: error.map(str::to_owned),
         dry_run: false,
         batch: Vec::new(),
@@ -61,12 +61,7 @@ fn decision(outcome: &str, error: Option<&str>) -> Decision {
 
 async fn finish(store: &dyn Store, c: &Claimed, status: EventStatus) -> bool {
     store
-        .finish(
-            c,
-            status,
-            &decision(status.as_str(), None),
-            &NewState::default(),
-        )
+        .finish(c, &decision(status.as_str(), None), &NewState::default())
         .await
         .unwrap()
 }
@@ -468,11 +463,7 @@ async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
     assert!(s.retry_at(&c, SystemTime::now(), &earlier).await.unwrap());
     let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
     let d = decision("failed", Some("gave up after 12 attempts"));
-    assert!(
-        s.finish(&c, EventStatus::Failed, &d, &NewState::default())
-            .await
-            .unwrap()
-    );
+    assert!(s.finish(&c, &d, &NewState::default()).await.unwrap());
     let stats = s.queue_stats().await.unwrap();
     assert_eq!((stats.pending, stats.failed), (0, 1));
     let failed = s
@@ -524,12 +515,9 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
         state(&["a", "vip"], "won"),
     );
     assert!(
-        s.finish_all(&[
-            (&first[0], EventStatus::Done, &d, &s1),
-            (&rest[0], EventStatus::Done, &d, &s2),
-        ])
-        .await
-        .unwrap()
+        s.finish_all(&[(&first[0], &d, &s1), (&rest[0], &d, &s2),])
+            .await
+            .unwrap()
     );
     let previous = s
         .previous_state(
@@ -614,7 +602,7 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
         stage: Some((o.clone(), "won".into())),
     };
     assert!(
-        s.finish(&first, EventStatus::Done, &decision("done", None), &state)
+        s.finish(&first, &decision("done", None), &state)
             .await
             .unwrap()
     );

@@ -253,9 +253,10 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> Result<Report, MigrateE
         }
         report.tables.push((table.name, read));
     }
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status = 'pending'")
-        .fetch_one(&mut *dst)
-        .await?;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE status IN ('pending', 'parked')")
+            .fetch_one(&mut *dst)
+            .await?;
     report.pending = pending.unsigned_abs();
     dst.commit().await?;
     src.rollback().await?;

@@ -23,7 +23,7 @@ use sqlx::FromRow;
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId};
 use crate::model::plan::PreviousState;
-use crate::model::record::{Decision, EventStatus};
+use crate::model::record::{Decision, EventStatus, Outcome};
 
 /// A webhook to store, already authenticated and parsed.
 #[derive(Clone, Debug)]
@@ -207,23 +207,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Ends a claimed event as done or failed, with its decision and the state it leaves.
-    /// Returns false (and changes nothing) when the lease was lost.
+    /// Ends a claimed event with its decision, whose outcome (done, failed or skipped) is its
+    /// final status, and the state it leaves. Returns false (and changes nothing) when the
+    /// lease was lost.
     async fn finish(
         &self,
         event: &Claimed,
-        status: EventStatus,
         decision: &Decision,
         state: &NewState,
     ) -> Result<bool, StoreError> {
-        self.finish_all(&[(event, status, decision, state)]).await
+        self.finish_all(&[(event, decision, state)]).await
     }
 
     /// Ends several claimed events in one transaction, in order (the last one's state is the
     /// state that stays). All or nothing: false when any lease was lost.
     async fn finish_all(
         &self,
-        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
+        events: &[(&Claimed, &Decision, &NewState)],
     ) -> Result<bool, StoreError>;
 
     /// Releases a claimed event to be tried again at `at`, recording the attempt.
@@ -467,6 +467,11 @@ pub(crate) struct DecisionRow {
 }
 
 impl DecisionRow {
+    /// The status the decision's outcome leaves its event in.
+    pub(crate) fn status(&self) -> &'static str {
+        Outcome::parse(&self.outcome).map_or("pending", |o| o.status().as_str())
+    }
+
     /// The decision as it is stored.
     pub(crate) fn new(d: &Decision) -> Result<DecisionRow, StoreError> {
         Ok(DecisionRow {
@@ -474,7 +479,7 @@ impl DecisionRow {
             matched: to_json(&d.matched)?,
             plan: to_json(&d.plan)?,
             calls: to_json(&d.calls)?,
-            outcome: d.outcome.clone(),
+            outcome: d.outcome.as_str().to_owned(),
             error: d.error.clone(),
             dry_run: d.dry_run,
             batch: to_json(&d.batch)?,
@@ -520,7 +525,8 @@ where
         matched: from_json(&r.matched)?,
         plan: from_json(&r.plan)?,
         calls: from_json(&r.calls)?,
-        outcome: r.outcome,
+        // Every outcome ever stored reads back; an unknown one as failed.
+        outcome: Outcome::parse(&r.outcome).unwrap_or(Outcome::Failed),
         error: r.error,
         dry_run: r.dry_run,
         batch: from_json(&r.batch)?,

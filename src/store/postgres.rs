@@ -14,7 +14,6 @@ use sqlx::{Postgres, Row, Transaction};
 use super::*;
 
 /// `available_at` of a parked event (as in the SQLite store).
-const PARKED: i64 = 9_000_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -62,7 +61,7 @@ async fn insert_decision(
     .bind(to_json(&d.matched)?)
     .bind(to_json(&d.plan)?)
     .bind(to_json(&d.calls)?)
-    .bind(&d.outcome)
+    .bind(d.outcome.as_str())
     .bind(&d.error)
     .bind(d.dry_run)
     .bind(to_json(&d.batch)?)
@@ -113,16 +112,17 @@ impl Store for PgStore {
                        WHEN EXISTS (
                            SELECT 1 FROM location_holds h
                            WHERE h.location_id = e.location_id AND h.held_until > $3) THEN false
+                       -- Its contact has an earlier unfinished event.
                        WHEN EXISTS (
                            SELECT 1 FROM events p
-                           WHERE p.status = 'pending' AND p.location_id = e.location_id
+                           WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
                              AND p.contact_id = e.contact_id AND p.id < e.id) THEN false
                        -- Settle: the contact waits while any of its newer webhooks does.
                        WHEN EXISTS (
                            SELECT 1 FROM events n
                            WHERE n.status = 'pending' AND n.location_id = e.location_id
                              AND n.contact_id = e.contact_id AND n.id > e.id
-                             AND n.available_at + 0 > $3 AND n.available_at + 0 < $5) THEN false
+                             AND n.available_at + 0 > $3) THEN false
                        ELSE true
                    END
                  ORDER BY e.available_at, e.id
@@ -136,7 +136,6 @@ impl Store for PgStore {
         .bind(lease_until(now, lease))
         .bind(now)
         .bind(i64::from(limit))
-        .bind(PARKED)
         .fetch_all(&self.pool)
         .await?;
         claimed_in_order(&rows, owner)
@@ -209,16 +208,16 @@ impl Store for PgStore {
 
     async fn finish_all(
         &self,
-        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
+        events: &[(&Claimed, &Decision, &NewState)],
     ) -> Result<bool, StoreError> {
         let now = millis(SystemTime::now());
         let mut tx = self.pool.begin().await?;
-        for (event, status, decision, state) in events {
+        for (event, decision, state) in events {
             let updated = sqlx::query(
                 "UPDATE events SET status = $1, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, finished_at = $3
                  WHERE id = $4 AND lease_owner = $5 AND status = 'pending'",
             )
-            .bind(status.as_str())
+            .bind(decision.outcome.status().as_str())
             .bind(&decision.error)
             .bind(now)
             .bind(event.id)
@@ -564,16 +563,31 @@ impl Store for PgStore {
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
-        self.retry_at(event, from_millis(PARKED), decision).await
+        let now = millis(SystemTime::now());
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE events SET status = 'parked', lease_owner = NULL, lease_expires_at = NULL, last_error = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'pending'",
+        )
+        .bind(&decision.error)
+        .bind(event.id)
+        .bind(&event.lease_owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_decision(&mut tx, event.id, decision, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT location_id FROM events WHERE status = 'pending' AND available_at >= $1",
-        )
-        .bind(PARKED)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT location_id FROM events WHERE status = 'parked'")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(stored_ids(rows.into_iter().map(|l| (l, ())))
             .into_iter()
             .map(|(l, ())| l)
@@ -583,10 +597,9 @@ impl Store for PgStore {
     async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "UPDATE events SET available_at = $1 WHERE status = 'pending' AND available_at >= $2 AND location_id = $3",
+            "UPDATE events SET status = 'pending', available_at = $1 WHERE status = 'parked' AND location_id = $2",
         )
         .bind(millis(SystemTime::now()))
-        .bind(PARKED)
         .bind(location.as_str())
         .execute(&mut *tx)
         .await?;
@@ -603,17 +616,18 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "DELETE FROM decisions WHERE event_id IN
-                 (SELECT id FROM events WHERE status <> 'pending' AND finished_at < $1)",
+                 (SELECT id FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < $1)",
         )
         .bind(cutoff)
         .execute(&mut *tx)
         .await?;
-        let events =
-            sqlx::query("DELETE FROM events WHERE status <> 'pending' AND finished_at < $1")
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let events = sqlx::query(
+            "DELETE FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < $1",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let seen_cutoff = millis(SystemTime::now())
             - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
         sqlx::query("DELETE FROM webhook_ids WHERE received_at < $1")
@@ -631,8 +645,8 @@ impl Store for PgStore {
     async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let (pending, oldest, failed): (i64, Option<i64>, i64) = sqlx::query_as(
             "SELECT
-                (SELECT COUNT(*) FROM events WHERE status = 'pending'),
-                (SELECT MIN(received_at) FROM events WHERE status = 'pending'),
+                (SELECT COUNT(*) FROM events WHERE status IN ('pending', 'parked')),
+                (SELECT MIN(received_at) FROM events WHERE status IN ('pending', 'parked')),
                 (SELECT COUNT(*) FROM events WHERE status = 'failed')",
         )
         .fetch_one(&self.pool)

@@ -11,10 +11,6 @@ use sqlx::{Row, SqlitePool};
 use super::sqlite_writer::{BUSY_TIMEOUT, Writer};
 use super::*;
 
-/// `available_at` of a parked event: later than any real time (year ~2255 in milliseconds,
-/// safely inside `SystemTime`).
-const PARKED: i64 = 9_000_000_000_000;
-
 /// Creates the database's directory (mode 0700) and file (0600) when missing, and narrows an
 /// existing file, its WAL and its shared-memory file to 0600: they hold webhook bodies, which
 /// are personal data. SQLite gives the WAL and shared-memory files the database file's mode.
@@ -160,7 +156,6 @@ fn insert_decision(
 struct Finish {
     id: i64,
     owner: String,
-    status: EventStatus,
     decision: DecisionRow,
     tags: Option<(String, String, String)>,
     stage: Option<(String, String, String)>,
@@ -170,21 +165,22 @@ fn now_ms() -> i64 {
     millis(SystemTime::now())
 }
 
-/// Releases a claimed event until `at`, recording the attempt's decision; false when the
-/// lease was lost.
-fn release_until(
+/// Releases a claimed event with the status of its decision's outcome (pending to retry at
+/// `at`, or parked), recording the decision; false when the lease was lost.
+fn release(
     conn: &Connection,
     id: i64,
     owner: &str,
-    at: i64,
+    at: Option<i64>,
     decision: &DecisionRow,
 ) -> Result<bool, StoreError> {
     let updated = conn
         .prepare_cached(
-            "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL, available_at = ?1, last_error = ?2
+            "UPDATE events SET status = ?5, lease_owner = NULL, lease_expires_at = NULL,
+                    available_at = COALESCE(?1, available_at), last_error = ?2
              WHERE id = ?3 AND lease_owner = ?4 AND status = 'pending'",
         )?
-        .execute((at, &decision.error, id, owner))?;
+        .execute((at, &decision.error, id, owner, decision.status()))?;
     if updated == 0 {
         return Ok(false);
     }
@@ -222,9 +218,10 @@ impl Store for SqliteStore {
                            AND NOT EXISTS (
                                SELECT 1 FROM location_holds h
                                WHERE h.location_id = e.location_id AND h.held_until > ?3)
+                           -- Its contact has no earlier unfinished event.
                            AND NOT EXISTS (
                                SELECT 1 FROM events p
-                               WHERE p.status = 'pending' AND p.location_id = e.location_id
+                               WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
                                  AND p.contact_id = e.contact_id AND p.id < e.id)
                            -- Settle: the contact waits while any of its newer webhooks does.
                            AND NOT EXISTS (
@@ -232,14 +229,14 @@ impl Store for SqliteStore {
                                WHERE n.status = 'pending' AND n.location_id = e.location_id
                                  AND n.contact_id = e.contact_id AND n.id > e.id
                                  -- `+`: probe the contact's index, not every settling event.
-                                 AND +n.available_at > ?3 AND +n.available_at < ?5)
+                                 AND +n.available_at > ?3)
                          ORDER BY e.available_at, e.id
                          LIMIT ?4)
                      RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
                 )?;
                 claimed_rows(
                     &mut stmt,
-                    (&owner, lease_until(now, lease), now, i64::from(limit), PARKED),
+                    (&owner, lease_until(now, lease), now, i64::from(limit)),
                     &owner,
                 )
             })
@@ -328,16 +325,15 @@ impl Store for SqliteStore {
 
     async fn finish_all(
         &self,
-        events: &[(&Claimed, EventStatus, &Decision, &NewState)],
+        events: &[(&Claimed, &Decision, &NewState)],
     ) -> Result<bool, StoreError> {
         let finishes = events
             .iter()
-            .map(|(event, status, decision, state)| {
+            .map(|(event, decision, state)| {
                 let location = state.location_id.as_ref().map(|l| l.as_str().to_owned());
                 Ok(Finish {
                     id: event.id,
                     owner: event.lease_owner.clone(),
-                    status: *status,
                     decision: DecisionRow::new(decision)?,
                     tags: match (&location, &state.contact_id, &state.tags) {
                         (Some(l), Some(c), Some(tags)) => {
@@ -374,7 +370,7 @@ impl Store for SqliteStore {
                         "UPDATE events SET status = ?1, lease_owner = NULL, lease_expires_at = NULL, last_error = ?2, finished_at = ?3
                          WHERE id = ?4",
                     )?
-                    .execute((f.status.as_str(), &f.decision.error, now, f.id))?;
+                    .execute((f.decision.status(), &f.decision.error, now, f.id))?;
                     insert_decision(conn, &f.decision, f.id, now)?;
                     if let Some((location, contact, tags)) = &f.tags {
                         conn.prepare_cached(
@@ -409,7 +405,7 @@ impl Store for SqliteStore {
             DecisionRow::new(decision)?,
         );
         self.writer
-            .write(move |conn| release_until(conn, id, &owner, at, &decision))
+            .write(move |conn| release(conn, id, &owner, Some(at), &decision))
             .await
     }
 
@@ -709,13 +705,19 @@ impl Store for SqliteStore {
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
-        self.retry_at(event, from_millis(PARKED), decision).await
+        let (id, owner, decision) = (
+            event.id,
+            event.lease_owner.clone(),
+            DecisionRow::new(decision)?,
+        );
+        self.writer
+            .write(move |conn| release(conn, id, &owner, None, &decision))
+            .await
     }
 
     async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError> {
         let rows: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT location_id FROM events WHERE status = 'pending' AND available_at >= ?")
-                .bind(PARKED)
+            sqlx::query_scalar("SELECT DISTINCT location_id FROM events WHERE status = 'parked'")
                 .fetch_all(&self.pool)
                 .await?;
         Ok(stored_ids(rows.into_iter().map(|l| (l, ())))
@@ -730,9 +732,9 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 let resumed = conn
                     .prepare_cached(
-                        "UPDATE events SET available_at = ?1 WHERE status = 'pending' AND available_at >= ?2 AND location_id = ?3",
+                        "UPDATE events SET status = 'pending', available_at = ?1 WHERE status = 'parked' AND location_id = ?2",
                     )?
-                    .execute((now_ms(), PARKED, &location))?;
+                    .execute((now_ms(), &location))?;
                 conn.prepare_cached("DELETE FROM token_failures WHERE location_id = ?1")?
                     .execute([&location])?;
                 Ok(resumed as u64)
@@ -746,11 +748,11 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 conn.execute(
                     "DELETE FROM decisions WHERE event_id IN
-                         (SELECT id FROM events WHERE status != 'pending' AND finished_at < ?1)",
+                         (SELECT id FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < ?1)",
                     [cutoff],
                 )?;
                 let events = conn.execute(
-                    "DELETE FROM events WHERE status != 'pending' AND finished_at < ?1",
+                    "DELETE FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < ?1",
                     [cutoff],
                 )?;
                 let seen_cutoff =
@@ -771,8 +773,8 @@ impl Store for SqliteStore {
     async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let row = sqlx::query(
             "SELECT
-                (SELECT COUNT(*) FROM events WHERE status = 'pending') AS pending,
-                (SELECT MIN(received_at) FROM events WHERE status = 'pending') AS oldest,
+                (SELECT COUNT(*) FROM events WHERE status IN ('pending', 'parked')) AS pending,
+                (SELECT MIN(received_at) FROM events WHERE status IN ('pending', 'parked')) AS oldest,
                 (SELECT COUNT(*) FROM events WHERE status = 'failed') AS failed",
         )
         .fetch_one(&self.pool)

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::PreviousState;
-use crate::model::record::{Decision, EventStatus};
+use crate::model::record::Decision;
 
 /// Called around every operation of a [`Wrapped`] store.
 pub trait Hook: Send + Sync + std::fmt::Debug + 'static {
@@ -70,8 +70,8 @@ wrapped! {
     fn claim(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
     fn previous_state(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<PreviousState, StoreError>;
     fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
-    fn finish(&self, event: &Claimed, status: EventStatus, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
-    fn finish_all(&self, events: &[(&Claimed, EventStatus, &Decision, &NewState)]) -> Result<bool, StoreError>;
+    fn finish(&self, event: &Claimed, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
+    fn finish_all(&self, events: &[(&Claimed, &Decision, &NewState)]) -> Result<bool, StoreError>;
     fn retry_at(&self, event: &Claimed, at: SystemTime, decision: &Decision) -> Result<bool, StoreError>;
     fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
     fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;

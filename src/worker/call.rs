@@ -1,0 +1,185 @@
+//! Phase 3, call: at most one `POST` (adds) and one `DELETE` (removes) of the contact's
+//! followers for the group's combined plan, each made only while this worker still holds the
+//! group, and skipped while GoHighLevel's last follower list shows it would change nothing.
+
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+use super::decide::Decided;
+use super::{Ending, Worker, fingerprint};
+use crate::ghl::CallError;
+use crate::model::ids::{ContactId, UserId};
+use crate::model::plan::{Plan, PlanEntry};
+use crate::model::record::{CallRecord, Outcome};
+use crate::store::StoreError;
+
+/// The calls made (for the decision records) and how they ended.
+pub(super) type Called = (Vec<CallRecord>, Ending);
+
+impl Worker {
+    /// Makes the group's calls. `trust_known`: the follower list on record may be used to
+    /// skip calls (not when an earlier attempt may have made calls it could not record).
+    /// `head`: the group's first event, whose lease is renewed before each call.
+    pub(super) async fn call(
+        &self,
+        decided: &Decided,
+        token: Option<&SecretString>,
+        trust_known: bool,
+        head: i64,
+    ) -> Result<Called, StoreError> {
+        let (location, contact) = (&decided.location, &decided.contact);
+        let mut calls = Vec::new();
+        let mut batches = batches(&decided.net);
+        if batches.is_empty() {
+            return Ok((calls, Ending::done()));
+        }
+        if self.options.dry_run {
+            for (add, users) in batches {
+                calls.push(call_record(add, contact, users, None, "dry-run"));
+            }
+            return Ok((calls, Ending::done()));
+        }
+        let Some(token) = token else {
+            let reason = format!(
+                "no GoHighLevel token for location {location} (set GHL_TOKEN or add the location to GHL_LOCATION_TOKENS_FILE)"
+            );
+            return Ok((calls, Ending::attempt(Outcome::Failed, reason)));
+        };
+        if trust_known {
+            self.skip_known(decided, &mut batches).await?;
+        }
+        for (add, users) in batches {
+            // Still this worker's group? Renewing the lease right before the call is also the
+            // check: a worker that stalled past its lease (another took the contact over)
+            // must not make a call that could land after the new holder's.
+            if self
+                .store
+                .extend(&self.owner, &[head], self.options.lease)
+                .await?
+                == 0
+            {
+                return Ok((calls, Ending::Lost));
+            }
+            if let Some(ending) = self
+                .call_one(decided, token, add, users, head, &mut calls)
+                .await?
+            {
+                return Ok((calls, ending));
+            }
+        }
+        // The token works: events parked while it did not can go.
+        if self.parked.lock().await.remove(location) {
+            let resumed = self.store.resume_location(location).await?;
+            tracing::info!(%location, resumed, "the location's token works again; its parked events resume");
+        }
+        Ok((calls, Ending::done()))
+    }
+
+    /// While the follower list GoHighLevel last returned is fresh, skips users who already
+    /// follow (adds) or already do not (removes). People change followers by hand, so only for
+    /// a short while.
+    async fn skip_known(
+        &self,
+        decided: &Decided,
+        batches: &mut Vec<(bool, Vec<UserId>)>,
+    ) -> Result<(), StoreError> {
+        if self.options.followers_fresh.is_zero() {
+            return Ok(());
+        }
+        let since = SystemTime::now() - self.options.followers_fresh;
+        let known = self
+            .store
+            .known_followers(&decided.location, &decided.contact, since)
+            .await?;
+        if let Some(known) = known {
+            for (add, users) in batches.iter_mut() {
+                users.retain(|u| known.contains(u) != *add);
+            }
+            batches.retain(|(_, users)| !users.is_empty());
+        }
+        Ok(())
+    }
+
+    /// One followers call, recorded in `calls`; the ending when it ends the group's calls.
+    async fn call_one(
+        &self,
+        decided: &Decided,
+        token: &SecretString,
+        add: bool,
+        users: Vec<UserId>,
+        head: i64,
+        calls: &mut Vec<CallRecord>,
+    ) -> Result<Option<Ending>, StoreError> {
+        let (location, contact) = (&decided.location, &decided.contact);
+        let answer = self
+            .ghl
+            .followers(token, location, add, contact, &users)
+            .await;
+        let (status, reason) = match answer {
+            Ok(list) => {
+                // Recorded only while this worker still holds the group (see
+                // Store::set_known_followers).
+                if let Some(list) = list {
+                    let holder = Some((self.owner.as_str(), head));
+                    self.store
+                        .set_known_followers(location, contact, &list, holder)
+                        .await?;
+                }
+                let status = if add { 201 } else { 200 };
+                calls.push(call_record(add, contact, users, Some(status), "ok"));
+                return Ok(None);
+            }
+            Err(CallError::Deferred { wait }) => return Ok(Some(Ending::Deferred(wait))),
+            Err(CallError::Retryable {
+                reason,
+                retry_after,
+            }) => {
+                calls.push(call_record(add, contact, users, None, &reason));
+                return Ok(Some(Ending::retry(reason, retry_after)));
+            }
+            Err(CallError::Permanent { status, reason }) => (status, reason),
+        };
+        calls.push(call_record(add, contact, users, status, &reason));
+        let ending = match status {
+            Some(401 | 403) => {
+                self.store
+                    .mark_token_failing(location, &fingerprint(token), &reason)
+                    .await?;
+                self.parked.lock().await.insert(location.clone());
+                let reason =
+                    format!("{reason}; the location's events wait for a new token or a replay");
+                Ending::attempt(Outcome::Parked, reason)
+            }
+            // 404: the contact was deleted; nothing is left to do, and nothing failed.
+            Some(404) => Ending::attempt(Outcome::Skipped, reason),
+            _ => Ending::attempt(Outcome::Failed, reason),
+        };
+        Ok(Some(ending))
+    }
+}
+
+/// At most one add call and one remove call, adds first.
+fn batches(plan: &Plan) -> Vec<(bool, Vec<UserId>)> {
+    let ids = |entries: &[PlanEntry]| entries.iter().map(|e| e.user.clone()).collect::<Vec<_>>();
+    [(true, ids(&plan.add)), (false, ids(&plan.remove))]
+        .into_iter()
+        .filter(|(_, users)| !users.is_empty())
+        .collect()
+}
+
+fn call_record(
+    add: bool,
+    contact: &ContactId,
+    users: Vec<UserId>,
+    status: Option<u16>,
+    outcome: &str,
+) -> CallRecord {
+    CallRecord {
+        method: if add { "POST" } else { "DELETE" }.to_owned(),
+        path: crate::ghl::followers_path(contact),
+        users,
+        status,
+        outcome: outcome.to_owned(),
+    }
+}

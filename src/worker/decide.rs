@@ -1,0 +1,177 @@
+//! Phase 2, decide: each event of the group, in order, on the state the one before it left,
+//! by the rule set in force when the group started; their plans combined into one.
+
+use std::collections::HashMap;
+
+use secrecy::SecretString;
+
+use super::{Ending, Worker, fingerprint};
+use crate::ghl::CallError;
+use crate::model::event::Event;
+use crate::model::ids::{ContactId, LocationId, OpportunityId};
+use crate::model::plan::{Plan, PreviousState};
+use crate::model::record::{Decision, Outcome};
+use crate::store::{Claimed, NewState, StoreError};
+
+/// What the rules decided for a group.
+pub(super) struct Decided {
+    pub location: LocationId,
+    pub contact: ContactId,
+    /// Per event (by index in the group): its decision record and the state it leaves.
+    pub records: Vec<(usize, Decision, NewState)>,
+    /// The plans combined: a later decision about a user wins. The calls carry it.
+    pub net: Plan,
+}
+
+/// The state the events leave, as the group is decided in order.
+struct Previous {
+    tags: Option<Vec<String>>,
+    stages: HashMap<OpportunityId, Option<String>>,
+}
+
+impl Worker {
+    /// Decides the group's `events` (index in `group`, event), or says why it cannot now: the
+    /// location's token was refused (parked), or a lookup failed (retry, or wait for the
+    /// budget).
+    pub(super) async fn decide(
+        &self,
+        group: &[Claimed],
+        events: &[(usize, Box<Event>)],
+        token: Option<&SecretString>,
+    ) -> Result<Result<Decided, Ending>, StoreError> {
+        let Some((_, first)) = events.first() else {
+            return Ok(Err(Ending::done()));
+        };
+        let (location, contact) = (first.location_id.clone(), first.contact_id.clone());
+        if let Some(ending) = self.refused(&location, token).await? {
+            return Ok(Err(ending));
+        }
+        let rules = self.rules.current();
+        let tags = self
+            .store
+            .previous_state(&location, &contact, None)
+            .await?
+            .tags;
+        let mut previous = Previous {
+            tags,
+            stages: HashMap::new(),
+        };
+        let mut decided = Decided {
+            location,
+            contact,
+            records: Vec::with_capacity(events.len()),
+            net: Plan::default(),
+        };
+        let batch: Vec<i64> = match events.len() {
+            1 => Vec::new(),
+            _ => events.iter().map(|(j, _)| group[*j].id).collect(),
+        };
+        for (i, event) in events {
+            let stage = self.previous_stage(&decided, event, &mut previous).await?;
+            let before = PreviousState {
+                tags: previous.tags.clone(),
+                stage,
+            };
+            let resolver = match self
+                .lookups
+                .resolve(&self.ghl, event, before.stage.as_deref(), token)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(Ending::from_lookup(e))),
+            };
+            let evaluation = rules.evaluate(event, &before, &resolver);
+            decided.net.merge(&evaluation.plan);
+            let decision = Decision {
+                matched: evaluation.matched,
+                plan: evaluation.plan,
+                batch: batch.clone(),
+                rules_version: rules.version().to_owned(),
+                ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
+            };
+            let state = leave(&decided, event, &mut previous);
+            decided.records.push((*i, decision, state));
+        }
+        Ok(Ok(decided))
+    }
+
+    /// Parked when GoHighLevel refused the location's token and it is still the same token;
+    /// a changed token is tried again.
+    async fn refused(
+        &self,
+        location: &LocationId,
+        token: Option<&SecretString>,
+    ) -> Result<Option<Ending>, StoreError> {
+        let (false, Some(token)) = (self.options.dry_run, token) else {
+            return Ok(None);
+        };
+        match self.store.token_failing(location).await? {
+            Some(refused) if refused == fingerprint(token) => {
+                self.parked.lock().await.insert(location.clone());
+                Ok(Some(Ending::attempt(
+                    Outcome::Parked,
+                    format!(
+                        "GoHighLevel refused the token of location {location}; waiting for a new token or a replay"
+                    ),
+                )))
+            }
+            Some(_) => {
+                self.store.resume_location(location).await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The stage the event's opportunity had before it: as an earlier event of the group left
+    /// it, else as stored.
+    async fn previous_stage(
+        &self,
+        decided: &Decided,
+        event: &Event,
+        previous: &mut Previous,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(o) = &event.opportunity_id else {
+            return Ok(None);
+        };
+        if !previous.stages.contains_key(o) {
+            let stored = self
+                .store
+                .previous_state(&decided.location, &decided.contact, Some(o))
+                .await?
+                .stage;
+            previous.stages.insert(o.clone(), stored);
+        }
+        Ok(previous.stages.get(o).cloned().flatten())
+    }
+}
+
+/// The state `event` leaves (for the next event of the group, and to store).
+fn leave(decided: &Decided, event: &Event, previous: &mut Previous) -> NewState {
+    let stage = event.stage_id.clone().or_else(|| event.stage_name.clone());
+    if let (Some(o), Some(s)) = (&event.opportunity_id, &stage) {
+        previous.stages.insert(o.clone(), Some(s.clone()));
+    }
+    if event.tags.is_some() {
+        previous.tags.clone_from(&event.tags);
+    }
+    NewState {
+        location_id: Some(decided.location.clone()),
+        contact_id: Some(decided.contact.clone()),
+        tags: event.tags.clone(),
+        stage: event.opportunity_id.clone().zip(stage),
+    }
+}
+
+impl Ending {
+    /// A lookup that failed: retried, or deferred while the budget is spent.
+    fn from_lookup(e: CallError) -> Ending {
+        match e {
+            CallError::Deferred { wait } => Ending::Deferred(wait),
+            // A lookup's retry waits the backoff, whatever it was told.
+            CallError::Retryable { reason, .. } | CallError::Permanent { reason, .. } => {
+                Ending::retry(reason, None)
+            }
+        }
+    }
+}

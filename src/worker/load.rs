@@ -1,0 +1,138 @@
+//! Phase 1, load: the claimed event and the contact's later events that are due, taken into
+//! this worker's hand, their bodies parsed.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{MAX_BATCH, Worker};
+use crate::model::event::{self, Event, Parsed};
+use crate::store::Claimed;
+
+/// The events of one contact processed together, oldest first; they leave this worker's
+/// hand when it is dropped.
+pub(super) struct Group {
+    pub claimed: Vec<Claimed>,
+    _hand: InHand,
+}
+
+/// Events taken into a worker's hand; let go when dropped. Leases carry the worker's name,
+/// so a claim can hand a worker back an event whose lease lapsed while one of its own tasks
+/// still works on it (stalled): it is not processed twice.
+pub(super) struct InHand {
+    set: Arc<Mutex<HashSet<i64>>>,
+    ids: Vec<i64>,
+}
+
+impl InHand {
+    pub(super) fn new(set: &Arc<Mutex<HashSet<i64>>>) -> InHand {
+        InHand {
+            set: Arc::clone(set),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Takes the ids not in hand yet; returns which were taken.
+    pub(super) fn take(&mut self, ids: &[i64]) -> Vec<i64> {
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken: Vec<i64> = ids.iter().copied().filter(|id| set.insert(*id)).collect();
+        self.ids.extend(&taken);
+        taken
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in &self.ids {
+            set.remove(id);
+        }
+    }
+}
+
+/// The group's events that parsed, by their index in the group, and those that no longer do,
+/// with why.
+pub(super) struct Bodies {
+    pub events: Vec<(usize, Box<Event>)>,
+    pub unreadable: Vec<(usize, String)>,
+}
+
+impl Worker {
+    /// `first` and the contact's later due events (only the consecutive run not held by
+    /// another of this worker's tasks); `None` when a task of this worker has `first`.
+    pub(super) async fn load(&self, first: Claimed) -> Option<Group> {
+        let mut hand = InHand::new(&self.in_hand);
+        if hand.take(&[first.id]).is_empty() {
+            return None;
+        }
+        let mut claimed = vec![first];
+        let lease = self.options.lease;
+        match self
+            .store
+            .claim_rest(&self.owner, &claimed[0], MAX_BATCH, lease)
+            .await
+        {
+            Ok(rest) => {
+                for event in rest {
+                    if hand.take(&[event.id]).is_empty() {
+                        break;
+                    }
+                    claimed.push(event);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the contact's later events; they follow on their own");
+            }
+        }
+        Some(Group {
+            claimed,
+            _hand: hand,
+        })
+    }
+}
+
+/// Parses each stored body again, with the parser of its kind.
+pub(super) fn parse(group: &[Claimed]) -> Bodies {
+    let mut parsed = Bodies {
+        events: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for (i, claimed) in group.iter().enumerate() {
+        match event::parse(claimed.kind, claimed.body.as_bytes()) {
+            Ok(Parsed::Event(e)) => parsed.events.push((i, e)),
+            Ok(Parsed::Unsupported { event_type, .. }) => parsed.unreadable.push((
+                i,
+                format!("stored event type {event_type} is not supported"),
+            )),
+            Err(e) => parsed
+                .unreadable
+                .push((i, format!("stored body no longer parses: {e}"))),
+        }
+    }
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_in_hand_is_not_taken_twice_until_let_go() {
+        let set = Arc::default();
+        let mut first = InHand::new(&set);
+        assert_eq!(first.take(&[1, 2]), vec![1, 2]);
+        let mut second = InHand::new(&set);
+        assert_eq!(second.take(&[2, 3]), vec![3], "2 is in the first hand");
+        drop(first);
+        assert_eq!(
+            second.take(&[1, 2]),
+            vec![1, 2],
+            "let go with the first hand"
+        );
+        drop(second);
+        assert!(
+            set.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! What the rules may need and an event does not carry, fetched from GoHighLevel and cached
+//! per location: pipeline and stage names, a location's company, users by email.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+
+use crate::ghl::pipelines::Pipelines;
+use crate::ghl::{CallError, GhlClient};
+use crate::model::event::{AssignedUser, Event};
+use crate::model::ids::{LocationId, UserId};
+use crate::rules::Resolver;
+
+/// Refetch pipelines for an unknown id, or look a missing email up again, at most this often.
+const LOOKUP_REFRESH: Duration = Duration::from_secs(60);
+
+/// A location and a lowercased email.
+type EmailKey = (LocationId, String);
+
+/// The caches, shared by every task of a worker.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    pipelines: Mutex<HashMap<LocationId, (Arc<Pipelines>, Instant)>>,
+    companies: Mutex<HashMap<LocationId, String>>,
+    /// (location, lowercased email) → the user id found (or not) and when it was looked up.
+    users: Mutex<HashMap<EmailKey, (Option<UserId>, Instant)>>,
+}
+
+/// What the lookups know for one event: a [`Resolver`] over a snapshot.
+pub struct Resolved {
+    pipelines: Option<Arc<Pipelines>>,
+    user: Option<(String, UserId)>,
+}
+
+impl Resolver for Resolved {
+    fn pipeline_name(&self, l: &LocationId, id: &str) -> Option<&str> {
+        self.pipelines.as_ref()?.pipeline_name(l, id)
+    }
+    fn stage_name(&self, l: &LocationId, id: &str) -> Option<&str> {
+        self.pipelines.as_ref()?.stage_name(l, id)
+    }
+    fn user_id_by_email(&self, _: &LocationId, email: &str) -> Option<UserId> {
+        let (known, id) = self.user.as_ref()?;
+        known.eq_ignore_ascii_case(email).then(|| id.clone())
+    }
+}
+
+/// A permanent failure of a lookup: logged, and the rules go on without the answer. Retryable
+/// failures and waits for the budget are passed on, to retry or defer the event.
+fn tolerated<T>(
+    answer: Result<T, CallError>,
+    location: &LocationId,
+    what: &str,
+) -> Result<Option<T>, CallError> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => Err(e),
+        Err(CallError::Permanent { reason, .. }) => {
+            tracing::warn!(location = %location, error = %reason, "cannot {what}");
+            Ok(None)
+        }
+    }
+}
+
+impl Lookups {
+    /// Fetches what the rules may need for `event`: pipeline and stage names (when an id is
+    /// not cached yet), and the id of a workflow event's assignee. Nothing without a token.
+    pub async fn resolve(
+        &self,
+        ghl: &GhlClient,
+        event: &Event,
+        previous_stage: Option<&str>,
+        token: Option<&SecretString>,
+    ) -> Result<Resolved, CallError> {
+        let mut resolved = Resolved {
+            pipelines: None,
+            user: None,
+        };
+        let Some(token) = token else {
+            return Ok(resolved);
+        };
+        let names_needed = event.stage_name.is_none()
+            && [
+                event.pipeline_id.as_deref(),
+                event.stage_id.as_deref(),
+                previous_stage,
+            ]
+            .iter()
+            .any(Option::is_some);
+        if names_needed {
+            resolved.pipelines = self.pipelines(ghl, event, token).await?;
+        }
+        if let Some(AssignedUser::Email(email)) = &event.assigned_user {
+            let id = self.user(ghl, &event.location_id, email, token).await?;
+            resolved.user = id.map(|id| (email.clone(), id));
+        }
+        Ok(resolved)
+    }
+
+    /// The location's pipelines: cached, fetched again (at most once a minute) when the event
+    /// names an id the cache does not know.
+    async fn pipelines(
+        &self,
+        ghl: &GhlClient,
+        event: &Event,
+        token: &SecretString,
+    ) -> Result<Option<Arc<Pipelines>>, CallError> {
+        let location = &event.location_id;
+        let mut cache = self.pipelines.lock().await;
+        let known = cache.get(location).cloned();
+        let stale = match &known {
+            None => true,
+            Some((p, fetched)) => {
+                let unknown_pipeline = event
+                    .pipeline_id
+                    .as_deref()
+                    .is_some_and(|id| p.pipeline_name(location, id).is_none());
+                let unknown_stage = event
+                    .stage_id
+                    .as_deref()
+                    .is_some_and(|id| p.stage_name(location, id).is_none());
+                (unknown_pipeline || unknown_stage) && fetched.elapsed() > LOOKUP_REFRESH
+            }
+        };
+        let known = known.map(|(p, _)| p);
+        if !stale {
+            return Ok(known);
+        }
+        let what = "read pipelines; rules naming pipelines or stages will not match";
+        match tolerated(ghl.pipelines(token, location).await, location, what)? {
+            Some(p) => {
+                let p = Arc::new(p);
+                cache.insert(location.clone(), (Arc::clone(&p), Instant::now()));
+                Ok(Some(p))
+            }
+            None => Ok(known),
+        }
+    }
+
+    /// The id of the location's user with this email: cached; a missing one is looked up
+    /// again at most once a minute.
+    async fn user(
+        &self,
+        ghl: &GhlClient,
+        location: &LocationId,
+        email: &str,
+        token: &SecretString,
+    ) -> Result<Option<UserId>, CallError> {
+        let key = (location.clone(), email.trim().to_lowercase());
+        let cached = self.users.lock().await.get(&key).cloned();
+        if let Some((id, at)) = cached {
+            if id.is_some() || at.elapsed() < LOOKUP_REFRESH {
+                return Ok(id);
+            }
+        }
+        let what = "search users; assigned_user stays unresolved";
+        let id = match self.company(ghl, location, token).await? {
+            Some(company) => {
+                let found = ghl.user_by_email(token, &company, location, email).await;
+                tolerated(found, location, what)?.flatten()
+            }
+            None => None,
+        };
+        let mut users = self.users.lock().await;
+        users.insert(key, (id.clone(), Instant::now()));
+        Ok(id)
+    }
+
+    /// The location's company id, which the users search needs.
+    async fn company(
+        &self,
+        ghl: &GhlClient,
+        location: &LocationId,
+        token: &SecretString,
+    ) -> Result<Option<String>, CallError> {
+        if let Some(c) = self.companies.lock().await.get(location) {
+            return Ok(Some(c.clone()));
+        }
+        let what = "read the location's company; assigned_user stays unresolved";
+        let company = tolerated(ghl.company_id(token, location).await, location, what)?;
+        if let Some(c) = &company {
+            let mut companies = self.companies.lock().await;
+            companies.insert(location.clone(), c.clone());
+        }
+        Ok(company)
+    }
+}

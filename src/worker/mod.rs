@@ -1,0 +1,404 @@
+//! The worker: claims stored events (oldest first per contact) and takes each group of a
+//! contact's due events through four phases, each in its own module:
+//!
+//! 1. [`load`]: the claimed event and the contact's later due events, bodies parsed again;
+//! 2. [`decide`]: each event, in order, by the rules, on the state the one before it left
+//!    (with names from [`lookups`]); their plans combined;
+//! 3. [`call`]: at most one add and one remove call to GoHighLevel for the combined plan;
+//! 4. [`record`]: each event's decision and state stored, logged and counted.
+//!
+//! How a group ended is one [`Ending`]; each event's decision carries its
+//! [`Outcome`](crate::model::record::Outcome), which sets its status. [`retry`] says when a
+//! failed attempt is tried again.
+
+mod call;
+mod decide;
+mod load;
+mod lookups;
+mod record;
+mod retry;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use rand::Rng;
+use secrecy::SecretString;
+use tokio::sync::{Mutex, Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use retry::RetryPolicy;
+
+use crate::ghl::{GhlClient, Tokens};
+use crate::metrics::Metrics;
+use crate::model::ids::LocationId;
+use crate::model::record::{Decision, Outcome};
+use crate::rules::LiveRules;
+use crate::store::{Claimed, NewState, Store, StoreError};
+use lookups::Lookups;
+use record::Result1;
+
+/// Tuning of the worker loop.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerOptions {
+    /// Events processed at once (different contacts).
+    pub concurrency: u32,
+    pub lease: Duration,
+    /// How often to look for due retries when nothing wakes the worker.
+    pub poll: Duration,
+    pub retry: RetryPolicy,
+    pub dry_run: bool,
+    /// How long the follower list a call returned is trusted to skip needless calls.
+    pub followers_fresh: Duration,
+    /// How long a contact's work waits after its latest webhook, so a burst is decided
+    /// together (intake stores each event due this much later).
+    pub settle_delay: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 8,
+            lease: Duration::from_secs(120),
+            poll: Duration::from_millis(500),
+            retry: RetryPolicy::default(),
+            dry_run: false,
+            followers_fresh: Duration::from_secs(60),
+            settle_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The most events of one contact decided together.
+const MAX_BATCH: u32 = 100;
+
+/// How the work on a group ended, before each event's decision records it.
+#[derive(Clone, Debug)]
+pub(crate) enum Ending {
+    /// An attempt was made and ended with `outcome` (`error` says why when it is not done).
+    Attempt {
+        outcome: Outcome,
+        error: Option<String>,
+        /// When GoHighLevel said when to try again.
+        retry_after: Option<Duration>,
+    },
+    /// Nothing was tried: the location's rate-limit budget is spent for this long. Not an
+    /// attempt: nothing is recorded.
+    Deferred(Duration),
+    /// This worker no longer holds the group (it stalled past its lease and another took the
+    /// contact over): it stops without making or recording anything more.
+    Lost,
+}
+
+impl Ending {
+    fn done() -> Ending {
+        Ending::Attempt {
+            outcome: Outcome::Done,
+            error: None,
+            retry_after: None,
+        }
+    }
+
+    fn attempt(outcome: Outcome, error: String) -> Ending {
+        Ending::Attempt {
+            outcome,
+            error: Some(error),
+            retry_after: None,
+        }
+    }
+
+    fn retry(error: String, retry_after: Option<Duration>) -> Ending {
+        Ending::Attempt {
+            outcome: Outcome::Retry,
+            error: Some(error),
+            retry_after,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    store: Arc<dyn Store>,
+    rules: Arc<LiveRules>,
+    ghl: GhlClient,
+    tokens: Tokens,
+    options: WorkerOptions,
+    owner: String,
+    wake: Arc<Notify>,
+    lookups: Lookups,
+    /// Locations with parked events; a successful call for one of them resumes the rest.
+    parked: Mutex<HashSet<LocationId>>,
+    /// Events a task of this worker is processing (see [`load::InHand`]).
+    in_hand: Arc<StdMutex<HashSet<i64>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn Store>,
+        rules: Arc<LiveRules>,
+        ghl: GhlClient,
+        tokens: Tokens,
+        options: WorkerOptions,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        let owner = format!("{}-{}", std::process::id(), rand::rng().random::<u32>());
+        Worker {
+            store,
+            rules,
+            ghl,
+            tokens,
+            options,
+            owner,
+            wake,
+            lookups: Lookups::default(),
+            parked: Mutex::default(),
+            in_hand: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// The name this worker's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the events in hand and releases leases.
+    /// A slot is claimed for whenever one is free, so one slow call never holds up other
+    /// contacts.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.resume_changed_tokens().await {
+            tracing::warn!(error = %e, "cannot check parked locations; they resume on replay");
+        }
+        let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1) as usize));
+        let mut tasks = JoinSet::new();
+        while !*shutdown.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+            let claimed = match free {
+                0 => Vec::new(),
+                _ => self.claim(free).await,
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.options.poll) => {}
+                    _ = shutdown.changed() => {}
+                    // A finished event frees a slot and may unblock its contact's next event.
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+                continue;
+            }
+            for event in claimed {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
+                let worker = Arc::clone(&self);
+                tasks.spawn(async move {
+                    worker.process(event).await;
+                    drop(permit);
+                });
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        if let Err(e) = self.store.release(&self.owner).await {
+            tracing::warn!(error = %e, "cannot release leases at shutdown; they expire on their own");
+        }
+    }
+
+    /// Processes every event that is due now, one group at a time, and returns how many groups
+    /// it processed: what `run` does, without waiting, for tests and tools that drain the
+    /// queue. Events due later (settling, retried, deferred) are left.
+    pub async fn run_once(&self) -> usize {
+        let mut groups = 0;
+        loop {
+            let claimed = self.claim(self.options.concurrency.max(1)).await;
+            if claimed.is_empty() {
+                return groups;
+            }
+            for event in claimed {
+                self.process(event).await;
+                groups += 1;
+            }
+        }
+    }
+
+    async fn claim(&self, limit: u32) -> Vec<Claimed> {
+        match self
+            .store
+            .claim(&self.owner, limit, self.options.lease)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim events; retrying");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Resumes the parked events of every location whose token changed since it was refused.
+    async fn resume_changed_tokens(&self) -> Result<(), StoreError> {
+        for (location, refused) in self.store.token_failures().await? {
+            let current = self.tokens.for_location(&location).map(fingerprint);
+            if current.as_deref() != Some(refused.as_str()) {
+                let resumed = self.store.resume_location(&location).await?;
+                tracing::info!(%location, resumed, "the location's token changed; its parked events resume");
+            }
+        }
+        self.parked
+            .lock()
+            .await
+            .extend(self.store.parked_locations().await?);
+        Ok(())
+    }
+
+    /// Takes a claimed event, with the contact's later events that are due, through the
+    /// phases: load, decide and call (under leases kept alive), record.
+    pub async fn process(&self, first: Claimed) {
+        let Some(group) = self.load(first).await else {
+            return; // a task of this worker has it already
+        };
+        let group = &group.claimed;
+        let worked = self.holding_leases(group, self.work(group)).await;
+        let (results, ending) = match worked {
+            None => return,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                // The store failed mid-way: leave the leases to expire; nothing is lost.
+                tracing::error!(event_id = group[0].id, error = %e, "store error while processing; the events will be retried");
+                return;
+            }
+        };
+        let retry_after = match &ending {
+            Ending::Attempt { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let retry_at = self.options.retry.group_retry_at(group, retry_after);
+        for (claimed, result) in group.iter().zip(&results) {
+            record::log(claimed, result, &ending, retry_at);
+        }
+        if let Ending::Deferred(wait) = ending {
+            self.wake_after(wait);
+        }
+        self.record(group, &results, &ending, retry_at).await;
+    }
+
+    /// Decides and calls for the group: one result per event, in order, and how it ended.
+    async fn work(&self, group: &[Claimed]) -> Result<(Vec<Result1>, Ending), StoreError> {
+        let bodies = load::parse(group);
+        let mut results: Vec<Result1> = group.iter().map(|_| None).collect();
+        for (i, reason) in bodies.unreadable {
+            let mut d = Decision::empty(group[i].attempt, Outcome::Failed, self.options.dry_run);
+            d.error = Some(reason);
+            results[i] = Some((d, NewState::default()));
+        }
+        let Some(location) = bodies.events.first().map(|(_, e)| e.location_id.clone()) else {
+            return Ok((results, Ending::done()));
+        };
+        let token = self.tokens.for_location(&location);
+        let (records, ending) = match self.decide(group, &bodies.events, token).await? {
+            Err(ending) => {
+                let empty = |i: usize| {
+                    Decision::empty(group[i].attempt, Outcome::Done, self.options.dry_run)
+                };
+                let records = bodies
+                    .events
+                    .iter()
+                    .map(|(i, _)| (*i, empty(*i), NewState::default()));
+                (records.collect(), ending)
+            }
+            Ok(decided) => {
+                // An event tried before may have had its calls made by a process that died (or
+                // lost its lease) before it could record their answers: the follower list on
+                // record may be stale, so it is not trusted for this group.
+                let first_try = group.iter().all(|c| c.attempt <= 1);
+                let (calls, ending) = self.call(&decided, token, first_try, group[0].id).await?;
+                let records = decided.records.into_iter().map(|(i, mut d, s)| {
+                    d.calls.clone_from(&calls);
+                    (i, d, s)
+                });
+                (records.collect::<Vec<_>>(), ending)
+            }
+        };
+        for (i, decision, state) in records {
+            results[i] = self.settle(&group[i], decision, state, &ending);
+        }
+        Ok((results, ending))
+    }
+
+    /// An event's result, its decision given the group's ending (a retry may be given up).
+    fn settle(
+        &self,
+        claimed: &Claimed,
+        mut d: Decision,
+        state: NewState,
+        ending: &Ending,
+    ) -> Result1 {
+        let Ending::Attempt { outcome, error, .. } = ending else {
+            return None;
+        };
+        d.outcome = *outcome;
+        d.error.clone_from(error);
+        match outcome {
+            Outcome::Retry => {
+                let reason = error.clone().unwrap_or_default();
+                self.options.retry.retry_or_give_up(claimed, reason, &mut d);
+                // A given-up event still leaves its state; a retried one leaves nothing yet.
+                Some((d, state))
+            }
+            // A parked event leaves nothing yet; a finished one its state.
+            Outcome::Parked => Some((d, NewState::default())),
+            _ => Some((d, state)),
+        }
+    }
+
+    /// Looks again the moment the location's budget has room, not at the next poll: a
+    /// location with a backlog then uses its whole budget.
+    fn wake_after(&self, wait: Duration) {
+        let wake = Arc::clone(&self.wake);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            wake.notify_one();
+        });
+    }
+
+    /// Runs `work` on the claimed `group`, extending its leases every third of the lease, so
+    /// slow GoHighLevel calls never outlive them. When another worker has taken the events
+    /// after all (this one stalled past its lease), the work stops: None.
+    async fn holding_leases<T>(
+        &self,
+        group: &[Claimed],
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let ids: Vec<i64> = group.iter().map(|c| c.id).collect();
+        let every = (self.options.lease / 3).max(Duration::from_millis(100));
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = renew.tick() => {
+                    match self.store.extend(&self.owner, &ids, self.options.lease).await {
+                        Ok(held) if held == ids.len() as u64 => {}
+                        Ok(_) => {
+                            tracing::warn!(event_id = ids[0], "lease taken over by another worker; this one stops and leaves the events to it");
+                            return None;
+                        }
+                        Err(e) => tracing::warn!(event_id = ids[0], error = %e, "cannot extend the lease; trying again"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Identifies a token in the store without storing it: a SHA-256 prefix.
+fn fingerprint(token: &SecretString) -> String {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.expose_secret().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
