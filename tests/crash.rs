@@ -188,7 +188,7 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     for id in 1..=3 {
-        while autofollow::store::Store::decisions(&store, id)
+        while autofollow::store::History::decisions(&store, id)
             .await
             .unwrap()
             .is_empty()
@@ -196,7 +196,7 @@ async fn events_parked_on_a_refused_token_resume_when_the_service_restarts_with_
             assert!(Instant::now() < deadline, "event {id} was not handled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let record = autofollow::store::Store::event(&store, id)
+        let record = autofollow::store::History::event(&store, id)
             .await
             .unwrap()
             .unwrap();

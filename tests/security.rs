@@ -667,7 +667,7 @@ async fn the_sqlite_files_are_private_to_the_service() {
     let store = autofollow::store::sqlite::SqliteStore::open(&url)
         .await
         .unwrap();
-    use autofollow::store::Store;
+    use autofollow::store::Queue;
     store
         .insert_event(
             autofollow::store::NewEvent {

@@ -170,8 +170,10 @@ pub(crate) fn moves_the_queue(held: Option<i64>, now: i64, at: i64) -> bool {
 /// See [`moves_the_queue`]: short waits for the next token of a budget only hold.
 pub(crate) const MOVE_AFTER_MS: i64 = 500;
 
+/// The processing queue: webhooks stored, claimed under a lease, and ended (finished,
+/// retried, parked, deferred), one contact's events in order.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Commits a webhook to the queue, unless its `webhookId` was seen within `dedup_window`.
     async fn insert_event(
         &self,
@@ -188,14 +190,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;
-
-    /// What earlier events said about this contact and opportunity.
-    async fn previous_state(
-        &self,
-        location: &LocationId,
-        contact: &ContactId,
-        opportunity: Option<&OpportunityId>,
-    ) -> Result<PreviousState, StoreError>;
 
     /// Leases the contact's later unfinished events that are due, after `first` (which the
     /// caller holds), oldest first: processed together, their plans combine.
@@ -241,6 +235,80 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// with a long backlog costs no more to hold than one with a single event.
     async fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
 
+    /// Extends `owner`'s leases on these events to `lease` from now, while it still works on
+    /// them. Returns how many it still held: fewer than `ids` means another worker has the rest.
+    async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
+
+    /// Releases every lease `owner` holds (shutdown).
+    async fn release(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Releases every lease: on start-up of a single-instance store, no other process can
+    /// hold one, so a crashed process's events resume at once instead of after lease expiry.
+    async fn release_all(&self) -> Result<u64, StoreError>;
+
+    /// Puts finished (or waiting) events back in the queue, due now, with a fresh attempt
+    /// count, and clears the token-failure mark of their locations so they are tried.
+    /// Events under a live lease are left alone. Returns how many were queued.
+    async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
+
+    /// Parks a claimed event until its location's token works again.
+    async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError>;
+
+    /// Locations that have parked events.
+    async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError>;
+
+    /// Clears the location's failure mark and makes its parked events due now.
+    async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
+
+    /// Events not finished yet.
+    async fn pending(&self) -> Result<u64, StoreError> {
+        Ok(self.queue_stats().await?.pending)
+    }
+
+    /// How much work waits, and how old the oldest is (for metrics).
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+}
+
+/// What operators read and erase: events with their decision records.
+#[async_trait]
+pub trait History: Send + Sync + std::fmt::Debug {
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
+
+    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+
+    /// Events matching the filter, newest first, with their latest decision.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+
+    /// Every event of a contact, oldest first, with every decision.
+    async fn history(
+        &self,
+        contact: &ContactId,
+    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
+
+    /// Erases what is stored about a contact (a data subject's request): every event of it
+    /// (whatever its status: waiting work is dropped too), their decisions, the contact's
+    /// tags, its opportunities' stages and its known followers. Delivery ids stay until they
+    /// age out (they hold no personal data and keep re-deliveries from being stored again).
+    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
+
+    /// Deletes finished events (and their decisions) that finished before `before`, and
+    /// `webhookId`s older than the deduplication needs. State rows are kept. Returns the number
+    /// of events deleted.
+    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
+}
+
+/// What is remembered between events: a contact's tags and its opportunities' stages, the
+/// follower list GoHighLevel last returned, and the locations whose token was refused.
+#[async_trait]
+pub trait ContactState: Send + Sync + std::fmt::Debug {
+    /// What earlier events said about this contact and opportunity.
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError>;
+
     /// The contact's follower list as GoHighLevel last returned it, if seen after `since`.
     async fn known_followers(
         &self,
@@ -261,41 +329,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         holder: Option<(&str, i64)>,
     ) -> Result<bool, StoreError>;
 
-    /// Extends `owner`'s leases on these events to `lease` from now, while it still works on
-    /// them. Returns how many it still held: fewer than `ids` means another worker has the rest.
-    async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
-
-    /// Releases every lease `owner` holds (shutdown).
-    async fn release(&self, owner: &str) -> Result<u64, StoreError>;
-
-    /// Releases every lease: on start-up of a single-instance store, no other process can
-    /// hold one, so a crashed process's events resume at once instead of after lease expiry.
-    async fn release_all(&self) -> Result<u64, StoreError>;
-
-    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
-
-    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
-
-    /// Events matching the filter, newest first, with their latest decision.
-    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
-
-    /// Puts finished (or waiting) events back in the queue, due now, with a fresh attempt
-    /// count, and clears the token-failure mark of their locations so they are tried.
-    /// Events under a live lease are left alone. Returns how many were queued.
-    async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
-
-    /// Every event of a contact, oldest first, with every decision.
-    async fn history(
-        &self,
-        contact: &ContactId,
-    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
-
-    /// Erases what is stored about a contact (a data subject's request): every event of it
-    /// (whatever its status: waiting work is dropped too), their decisions, the contact's
-    /// tags, its opportunities' stages and its known followers. Delivery ids stay until they
-    /// age out (they hold no personal data and keep re-deliveries from being stored again).
-    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
-
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
     async fn mark_token_failing(
         &self,
@@ -309,29 +342,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every location marked failing, with the refused token's fingerprint.
     async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+}
 
-    /// Parks a claimed event until its location's token works again.
-    async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError>;
-
-    /// Locations that have parked events.
-    async fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError>;
-
-    /// Clears the location's failure mark and makes its parked events due now.
-    async fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
-
-    /// Deletes finished events (and their decisions) that finished before `before`, and
-    /// `webhookId`s older than the deduplication needs. State rows are kept. Returns the number
-    /// of events deleted.
-    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
-
-    /// Events not finished yet.
-    async fn pending(&self) -> Result<u64, StoreError> {
-        Ok(self.queue_stats().await?.pending)
-    }
-
-    /// How much work waits, and how old the oldest is (for metrics).
-    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
-
+/// The whole contract a backend keeps. Split by concern so a feature touches one part; the
+/// service holds an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Queue + History + ContactState + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

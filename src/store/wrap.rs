@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Claimed, Erased, EventFilter, EventRecord, EventSummary, Inserted, NewEvent, NewState,
-    QueueStats, Store, StoreError,
+    Claimed, ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted,
+    NewEvent, NewState, Queue, QueueStats, Store, StoreError,
 };
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::PreviousState;
@@ -46,12 +46,12 @@ impl<H: Hook> Wrapped<H> {
     }
 }
 
-/// Implements [`Store`] for [`Wrapped`]: each listed method calls the hook around the inner
-/// store's method.
+/// Implements a store trait for [`Wrapped`]: each listed method calls the hook around the
+/// inner store's method.
 macro_rules! wrapped {
-    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
         #[async_trait]
-        impl<H: Hook> Store for Wrapped<H> {
+        impl<H: Hook> $trait for Wrapped<H> {
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     self.hook.before(stringify!($name))?;
@@ -65,34 +65,43 @@ macro_rules! wrapped {
     };
 }
 
-wrapped! {
+wrapped!(Queue {
     fn insert_event(&self, event: NewEvent, dedup_window: Duration) -> Result<Inserted, StoreError>;
     fn claim(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
-    fn previous_state(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<PreviousState, StoreError>;
     fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
     fn finish(&self, event: &Claimed, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
     fn finish_all(&self, events: &[(&Claimed, &Decision, &NewState)]) -> Result<bool, StoreError>;
     fn retry_at(&self, event: &Claimed, at: SystemTime, decision: &Decision) -> Result<bool, StoreError>;
     fn defer(&self, event: &Claimed, at: SystemTime) -> Result<bool, StoreError>;
-    fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
-    fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
     fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError>;
     fn release(&self, owner: &str) -> Result<u64, StoreError>;
     fn release_all(&self) -> Result<u64, StoreError>;
-    fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
-    fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
-    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
     fn replay(&self, ids: &[i64]) -> Result<u64, StoreError>;
-    fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
-    fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
-    fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
-    fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
-    fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
     fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError>;
     fn parked_locations(&self) -> Result<Vec<LocationId>, StoreError>;
     fn resume_location(&self, location: &LocationId) -> Result<u64, StoreError>;
-    fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
     fn pending(&self) -> Result<u64, StoreError>;
     fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+});
+
+wrapped!(History {
+    fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
+    fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
+    fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
+    fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;
+    fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError>;
+});
+
+wrapped!(ContactState {
+    fn previous_state(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<PreviousState, StoreError>;
+    fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
+    fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
+    fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
+    fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
+    fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+});
+
+wrapped!(Store {
     fn ping(&self) -> Result<(), StoreError>;
-}
+});

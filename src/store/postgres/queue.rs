@@ -1,81 +1,9 @@
-//! The PostgreSQL store, for several replicas on one database. The same contract as the
-//! SQLite store; claims use `FOR UPDATE SKIP LOCKED`, so replicas never take the same event,
-//! and only a contact's oldest unfinished event can be claimed, so no two replicas work on one
-//! contact at once. A replica that dies leaves leases that expire; another replica then
-//! resumes its events.
-
-use std::str::FromStr;
-use std::time::{Duration, SystemTime};
-
-use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+//! The queue of the PostgreSQL store.
 
 use super::*;
 
-/// `available_at` of a parked event (as in the SQLite store).
-
-#[derive(Clone, Debug)]
-pub struct PgStore {
-    pool: PgPool,
-    /// Webhooks are stored in batches (group commit).
-    intake: super::pg_intake::Intake,
-}
-
-impl PgStore {
-    /// Connects and migrates. `max_connections` bounds this process's share of the server.
-    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let pool = connect(url, 8).await?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        let intake = super::pg_intake::Intake::start(pool.clone());
-        Ok(PgStore { pool, intake })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-
-/// A pool on `url` (a `postgres://` URL; `?options=-c search_path=…` selects a schema).
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await?)
-}
-
-async fn insert_decision(
-    tx: &mut Transaction<'_, Postgres>,
-    event_id: i64,
-    d: &Decision,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(event_id)
-    .bind(i64::from(d.attempt))
-    .bind(to_json(&d.matched)?)
-    .bind(to_json(&d.plan)?)
-    .bind(to_json(&d.calls)?)
-    .bind(d.outcome.as_str())
-    .bind(&d.error)
-    .bind(d.dry_run)
-    .bind(to_json(&d.batch)?)
-    .bind(&d.rules_version)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-const CLAIMED_COLUMNS: &str = "events.id, events.kind, events.location_id, events.contact_id, events.body, events.attempts, events.received_at";
-
 #[async_trait]
-impl Store for PgStore {
+impl Queue for PgStore {
     async fn insert_event(
         &self,
         e: NewEvent,
@@ -139,35 +67,6 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         claimed_in_order(&rows, owner)
-    }
-
-    async fn previous_state(
-        &self,
-        location: &LocationId,
-        contact: &ContactId,
-        opportunity: Option<&OpportunityId>,
-    ) -> Result<PreviousState, StoreError> {
-        let tags: Option<String> = sqlx::query_scalar(
-            "SELECT tags FROM contact_state WHERE location_id = $1 AND contact_id = $2",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let tags = tags
-            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()?;
-        let stage = match opportunity {
-            Some(o) => sqlx::query_scalar(
-                "SELECT stage FROM opportunity_state WHERE location_id = $1 AND opportunity_id = $2",
-            )
-            .bind(location.as_str())
-            .bind(o.as_str())
-            .fetch_optional(&self.pool)
-            .await?,
-            None => None,
-        };
-        Ok(PreviousState { tags, stage })
     }
 
     async fn claim_rest(
@@ -339,49 +238,6 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn known_followers(
-        &self,
-        location: &LocationId,
-        contact: &ContactId,
-        since: SystemTime,
-    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError> {
-        let text: Option<String> = sqlx::query_scalar(
-            "SELECT followers FROM known_followers WHERE location_id = $1 AND contact_id = $2 AND seen_at >= $3",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(millis(since))
-        .fetch_optional(&self.pool)
-        .await?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
-    }
-
-    async fn set_known_followers(
-        &self,
-        location: &LocationId,
-        contact: &ContactId,
-        followers: &[crate::model::ids::UserId],
-        holder: Option<(&str, i64)>,
-    ) -> Result<bool, StoreError> {
-        let written = sqlx::query(
-            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at)
-             SELECT $1, $2, $3, $4
-             WHERE $5::text IS NULL
-                OR EXISTS (SELECT 1 FROM events WHERE id = $6 AND lease_owner = $5 AND lease_expires_at > $4)
-             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(to_json(&followers)?)
-        .bind(millis(SystemTime::now()))
-        .bind(holder.map(|h| h.0))
-        .bind(holder.map(|h| h.1))
-        .execute(&self.pool)
-        .await?;
-        Ok(written.rows_affected() > 0)
-    }
-
     async fn extend(&self, owner: &str, ids: &[i64], lease: Duration) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_expires_at = $1
@@ -410,51 +266,6 @@ impl Store for PgStore {
         Ok(0)
     }
 
-    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error FROM events WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record).transpose()
-    }
-
-    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version FROM decisions WHERE event_id = $1 ORDER BY id",
-        )
-        .bind(event_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decision).collect()
-    }
-
-    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error, received_at FROM events
-             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR contact_id = $2)
-               AND ($3::bigint IS NULL OR received_at >= $3)
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(filter.status.map(EventStatus::as_str))
-        .bind(filter.contact.as_ref().map(|c| c.as_str()))
-        .bind(filter.since.map(millis))
-        .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
-        .fetch_all(&self.pool)
-        .await?;
-        // The latest decision of each listed event, in one query.
-        let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
-        let latest = sqlx::query(
-            "SELECT DISTINCT ON (event_id) event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version
-             FROM decisions WHERE event_id = ANY($1) ORDER BY event_id, id DESC",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
-        summaries(&rows, &latest)
-    }
-
     async fn replay(&self, ids: &[i64]) -> Result<u64, StoreError> {
         let now = millis(SystemTime::now());
         let mut tx = self.pool.begin().await?;
@@ -476,90 +287,6 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(queued)
-    }
-
-    async fn history(
-        &self,
-        contact: &ContactId,
-    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError> {
-        let filter = EventFilter {
-            contact: Some(contact.clone()),
-            ..EventFilter::default()
-        };
-        let mut events = self.list_events(&filter).await?;
-        events.reverse();
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let decisions = self.decisions(e.event.id).await?;
-            out.push((e, decisions));
-        }
-        Ok(out)
-    }
-
-    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut run = async |sql: &str| -> Result<u64, StoreError> {
-            Ok(sqlx::query(sql)
-                .bind(contact.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected())
-        };
-        let decisions = run(
-            "DELETE FROM decisions WHERE event_id IN (SELECT id FROM events WHERE contact_id = $1)",
-        )
-        .await?;
-        let mut states = run(
-            "DELETE FROM opportunity_state WHERE (location_id, opportunity_id) IN
-                 (SELECT location_id, opportunity_id FROM events
-                  WHERE contact_id = $1 AND opportunity_id IS NOT NULL)",
-        )
-        .await?;
-        let events = run("DELETE FROM events WHERE contact_id = $1").await?;
-        states += run("DELETE FROM contact_state WHERE contact_id = $1").await?;
-        states += run("DELETE FROM known_followers WHERE contact_id = $1").await?;
-        tx.commit().await?;
-        Ok(Erased {
-            events,
-            decisions,
-            states,
-        })
-    }
-
-    async fn mark_token_failing(
-        &self,
-        location: &LocationId,
-        fingerprint: &str,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO token_failures (location_id, fingerprint, error, since) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (location_id) DO UPDATE SET fingerprint = excluded.fingerprint, error = excluded.error",
-        )
-        .bind(location.as_str())
-        .bind(fingerprint)
-        .bind(error)
-        .bind(millis(SystemTime::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = $1")
-                .bind(location.as_str())
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT location_id, fingerprint FROM token_failures")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(stored_ids(rows))
     }
 
     async fn park(&self, event: &Claimed, decision: &Decision) -> Result<bool, StoreError> {
@@ -611,37 +338,6 @@ impl Store for PgStore {
         Ok(r.rows_affected())
     }
 
-    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError> {
-        let cutoff = millis(before);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "DELETE FROM decisions WHERE event_id IN
-                 (SELECT id FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < $1)",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-        let events = sqlx::query(
-            "DELETE FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < $1",
-        )
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let seen_cutoff = millis(SystemTime::now())
-            - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
-        sqlx::query("DELETE FROM webhook_ids WHERE received_at < $1")
-            .bind(seen_cutoff)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM location_holds WHERE held_until < $1")
-            .bind(millis(SystemTime::now()))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(events)
-    }
-
     async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let (pending, oldest, failed): (i64, Option<i64>, i64) = sqlx::query_as(
             "SELECT
@@ -656,10 +352,5 @@ impl Store for PgStore {
             oldest_pending: oldest.map(from_millis),
             failed: u64::try_from(failed).unwrap_or(0),
         })
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 }

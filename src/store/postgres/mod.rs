@@ -1,0 +1,87 @@
+//! The PostgreSQL store, for several replicas on one database. The same contract as the
+//! SQLite store; claims use `FOR UPDATE SKIP LOCKED`, so replicas never take the same event,
+//! and only a contact's oldest unfinished event can be claimed, so no two replicas work on one
+//! contact at once. A replica that dies leaves leases that expire; another replica then
+//! resumes its events.
+
+mod history;
+mod queue;
+mod state;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::*;
+
+/// `available_at` of a parked event (as in the SQLite store).
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// Webhooks are stored in batches (group commit).
+    intake: super::pg_intake::Intake,
+}
+
+impl PgStore {
+    /// Connects and migrates. `max_connections` bounds this process's share of the server.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let pool = connect(url, 8).await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let intake = super::pg_intake::Intake::start(pool.clone());
+        Ok(PgStore { pool, intake })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A pool on `url` (a `postgres://` URL; `?options=-c search_path=…` selects a schema).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?)
+}
+
+async fn insert_decision(
+    tx: &mut Transaction<'_, Postgres>,
+    event_id: i64,
+    d: &Decision,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(event_id)
+    .bind(i64::from(d.attempt))
+    .bind(to_json(&d.matched)?)
+    .bind(to_json(&d.plan)?)
+    .bind(to_json(&d.calls)?)
+    .bind(d.outcome.as_str())
+    .bind(&d.error)
+    .bind(d.dry_run)
+    .bind(to_json(&d.batch)?)
+    .bind(&d.rules_version)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const CLAIMED_COLUMNS: &str = "events.id, events.kind, events.location_id, events.contact_id, events.body, events.attempts, events.received_at";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! The contact state of the PostgreSQL store.
+
+use super::*;
+
+#[async_trait]
+impl ContactState for PgStore {
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError> {
+        let tags: Option<String> = sqlx::query_scalar(
+            "SELECT tags FROM contact_state WHERE location_id = $1 AND contact_id = $2",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let tags = tags
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?;
+        let stage = match opportunity {
+            Some(o) => sqlx::query_scalar(
+                "SELECT stage FROM opportunity_state WHERE location_id = $1 AND opportunity_id = $2",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .fetch_optional(&self.pool)
+            .await?,
+            None => None,
+        };
+        Ok(PreviousState { tags, stage })
+    }
+
+    async fn known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        since: SystemTime,
+    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT followers FROM known_followers WHERE location_id = $1 AND contact_id = $2 AND seen_at >= $3",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(millis(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn set_known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        followers: &[crate::model::ids::UserId],
+        holder: Option<(&str, i64)>,
+    ) -> Result<bool, StoreError> {
+        let written = sqlx::query(
+            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at)
+             SELECT $1, $2, $3, $4
+             WHERE $5::text IS NULL
+                OR EXISTS (SELECT 1 FROM events WHERE id = $6 AND lease_owner = $5 AND lease_expires_at > $4)
+             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(to_json(&followers)?)
+        .bind(millis(SystemTime::now()))
+        .bind(holder.map(|h| h.0))
+        .bind(holder.map(|h| h.1))
+        .execute(&self.pool)
+        .await?;
+        Ok(written.rows_affected() > 0)
+    }
+
+    async fn mark_token_failing(
+        &self,
+        location: &LocationId,
+        fingerprint: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO token_failures (location_id, fingerprint, error, since) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id) DO UPDATE SET fingerprint = excluded.fingerprint, error = excluded.error",
+        )
+        .bind(location.as_str())
+        .bind(fingerprint)
+        .bind(error)
+        .bind(millis(SystemTime::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = $1")
+                .bind(location.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT location_id, fingerprint FROM token_failures")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(stored_ids(rows))
+    }
+}

@@ -1,0 +1,124 @@
+//! The history of the SQLite store.
+
+use super::*;
+
+#[async_trait]
+impl History for SqliteStore {
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error FROM events WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version FROM decisions WHERE event_id = ? ORDER BY id",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decision).collect()
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_type, location_id, contact_id, status, attempts, last_error, received_at FROM events
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR contact_id = ?2) AND (?3 IS NULL OR received_at >= ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(filter.status.map(EventStatus::as_str))
+        .bind(filter.contact.as_ref().map(|c| c.as_str()))
+        .bind(filter.since.map(millis))
+        .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
+        .fetch_all(&self.pool)
+        .await?;
+        // The latest decision of each listed event, in one query.
+        let ids: Vec<i64> = rows.iter().map(|r| r.get("id")).collect();
+        let latest = sqlx::query(
+            "SELECT d.event_id, d.attempt, d.matched, d.plan, d.calls, d.outcome, d.error, d.dry_run, d.batch, d.rules_version
+             FROM decisions d JOIN json_each(?1) listed ON d.event_id = listed.value
+             WHERE d.id = (SELECT max(id) FROM decisions WHERE event_id = d.event_id)",
+        )
+        .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_all(&self.pool)
+        .await?;
+        summaries(&rows, &latest)
+    }
+
+    async fn history(
+        &self,
+        contact: &ContactId,
+    ) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError> {
+        let filter = EventFilter {
+            contact: Some(contact.clone()),
+            ..EventFilter::default()
+        };
+        let mut events = self.list_events(&filter).await?;
+        events.reverse();
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let decisions = self.decisions(e.event.id).await?;
+            out.push((e, decisions));
+        }
+        Ok(out)
+    }
+
+    async fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError> {
+        let contact = contact.as_str().to_owned();
+        self.writer
+            .write(move |conn| {
+                let decisions = conn.execute(
+                    "DELETE FROM decisions WHERE event_id IN (SELECT id FROM events WHERE contact_id = ?1)",
+                    [&contact],
+                )?;
+                let mut states = conn.execute(
+                    "DELETE FROM opportunity_state WHERE (location_id, opportunity_id) IN
+                         (SELECT location_id, opportunity_id FROM events
+                          WHERE contact_id = ?1 AND opportunity_id IS NOT NULL)",
+                    [&contact],
+                )?;
+                let events = conn.execute("DELETE FROM events WHERE contact_id = ?1", [&contact])?;
+                states += conn.execute("DELETE FROM contact_state WHERE contact_id = ?1", [&contact])?;
+                states +=
+                    conn.execute("DELETE FROM known_followers WHERE contact_id = ?1", [&contact])?;
+                Ok(Erased {
+                    events: events as u64,
+                    decisions: decisions as u64,
+                    states: states as u64,
+                })
+            })
+            .await
+    }
+
+    async fn prune(&self, before: SystemTime, dedup_window: Duration) -> Result<u64, StoreError> {
+        let cutoff = millis(before);
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM decisions WHERE event_id IN
+                         (SELECT id FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < ?1)",
+                    [cutoff],
+                )?;
+                let events = conn.execute(
+                    "DELETE FROM events WHERE status IN ('done', 'failed', 'skipped') AND finished_at < ?1",
+                    [cutoff],
+                )?;
+                let seen_cutoff =
+                    now_ms() - i64::try_from(dedup_window.as_millis()).unwrap_or(i64::MAX / 2);
+                conn.execute(
+                    "DELETE FROM webhook_ids WHERE received_at < ?1",
+                    [seen_cutoff],
+                )?;
+                conn.execute(
+                    "DELETE FROM location_holds WHERE held_until < ?1",
+                    [now_ms()],
+                )?;
+                Ok(events as u64)
+            })
+            .await
+    }
+}

@@ -1,0 +1,134 @@
+//! The contact state of the SQLite store.
+
+use super::*;
+
+#[async_trait]
+impl ContactState for SqliteStore {
+    async fn previous_state(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<PreviousState, StoreError> {
+        let tags: Option<String> = sqlx::query_scalar(
+            "SELECT tags FROM contact_state WHERE location_id = ? AND contact_id = ?",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let tags = match tags {
+            Some(t) => {
+                Some(serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        let stage = match opportunity {
+            Some(o) => sqlx::query_scalar(
+                "SELECT stage FROM opportunity_state WHERE location_id = ? AND opportunity_id = ?",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .fetch_optional(&self.pool)
+            .await?,
+            None => None,
+        };
+        Ok(PreviousState { tags, stage })
+    }
+
+    async fn known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        since: SystemTime,
+    ) -> Result<Option<Vec<crate::model::ids::UserId>>, StoreError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT followers FROM known_followers WHERE location_id = ? AND contact_id = ? AND seen_at >= ?",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(millis(since))
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn set_known_followers(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        followers: &[crate::model::ids::UserId],
+        holder: Option<(&str, i64)>,
+    ) -> Result<bool, StoreError> {
+        let (location, contact, followers) = (
+            location.as_str().to_owned(),
+            contact.as_str().to_owned(),
+            to_json(&followers)?,
+        );
+        let holder = holder.map(|(owner, id)| (owner.to_owned(), id));
+        self.writer
+            .write(move |conn| {
+                let written = conn
+                    .prepare_cached(
+                        "INSERT INTO known_followers (location_id, contact_id, followers, seen_at)
+                         SELECT ?1, ?2, ?3, ?4
+                         WHERE ?5 IS NULL
+                            OR EXISTS (SELECT 1 FROM events WHERE id = ?6 AND lease_owner = ?5 AND lease_expires_at > ?4)
+                         ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+                    )?
+                    .execute((
+                        &location,
+                        &contact,
+                        &followers,
+                        now_ms(),
+                        holder.as_ref().map(|h| &h.0),
+                        holder.as_ref().map(|h| h.1),
+                    ))?;
+                Ok(written > 0)
+            })
+            .await
+    }
+
+    async fn mark_token_failing(
+        &self,
+        location: &LocationId,
+        fingerprint: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (location, fingerprint, error) = (
+            location.as_str().to_owned(),
+            fingerprint.to_owned(),
+            error.to_owned(),
+        );
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO token_failures (location_id, fingerprint, error, since) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (location_id) DO UPDATE SET fingerprint = excluded.fingerprint, error = excluded.error",
+                )?
+                .execute((&location, &fingerprint, &error, now_ms()))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = ?")
+                .bind(location.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
+        let rows = sqlx::query("SELECT location_id, fingerprint FROM token_failures")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(stored_ids(
+            rows.iter()
+                .map(|r| (r.get("location_id"), r.get("fingerprint"))),
+        ))
+    }
+}
