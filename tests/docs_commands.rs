@@ -80,17 +80,35 @@ fn named_tests_benchmarks_and_fuzz_targets_exist() {
     assert!(checked >= 8, "only {checked} commands found");
 }
 
+/// The benchmark harness, an example of the crate: `cargo test` builds it beside the
+/// binaries (`target/<profile>/examples/`); a run of only some tests may not have, so it is
+/// built here then.
+fn bench_harness() -> std::path::PathBuf {
+    let service = std::path::PathBuf::from(env!("CARGO_BIN_EXE_autofollow"));
+    let harness = service.with_file_name("examples").join("autofollow-bench");
+    if !harness.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--example", "autofollow-bench"])
+            .current_dir(common::repo())
+            .status()
+            .unwrap();
+        assert!(built.success(), "cannot build the benchmark harness");
+    }
+    harness
+}
+
 #[test]
 fn autofollow_bench_commands_use_its_subcommands_and_flags() {
     let mut checked = 0;
     for name in DOCS {
         for command in commands(&doc(name)) {
-            let Some((_, rest)) = command.split_once("autofollow-bench ") else {
+            let Some((_, rest)) = command.rsplit_once("autofollow-bench ") else {
                 continue;
             };
             let mut words = rest.split_whitespace().filter(|w| *w != "--");
             let Some(sub) = words.next() else { continue };
-            let help = Command::new(env!("CARGO_BIN_EXE_autofollow-bench"))
+            let help = Command::new(bench_harness())
                 .args([sub, "--help"])
                 .output()
                 .unwrap();

@@ -1,7 +1,8 @@
 //! `autofollow-bench`: reproducible speed and efficiency figures for BENCHMARKS.md.
 //!
-//! `cargo run --release --bin autofollow-bench -- intake` starts, in one run, the real
-//! `autofollow serve` (the release binary next to this one), an in-process GoHighLevel
+//! An example of the crate, not one of its binaries: `cargo build --release --bin autofollow
+//! --example autofollow-bench && target/release/examples/autofollow-bench intake` starts, in
+//! one run, the real `autofollow serve` (the release binary of the same build), an in-process GoHighLevel
 //! stand-in, and a **baseline**: a bare axum server (`autofollow-bench baseline`, its own
 //! process) that checks the same Ed25519 signature, parses the same JSON and stores nothing.
 //! Both are driven with the same signed ContactCreate / ContactTagUpdate /
@@ -397,6 +398,18 @@ const RULES: &str = "rules:
     remove: [bob]
 ";
 
+/// The `autofollow` binary of the same build: this example runs from `target/<profile>/examples/`,
+/// the service's binary is `target/<profile>/autofollow`.
+fn serve_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    let dir = exe.parent().expect("the example's directory");
+    let beside = dir.join("autofollow");
+    match (beside.exists(), dir.parent()) {
+        (false, Some(profile)) => profile.join("autofollow"),
+        _ => beside,
+    }
+}
+
 /// A running `autofollow serve` on a fresh database in a scratch directory, with tokens for
 /// `locations`, against the stand-in `ghl` (started here).
 async fn start_autofollow(
@@ -427,11 +440,7 @@ async fn start_autofollow(
         }
         None => format!("sqlite://{}", dir.join("autofollow.db").display()),
     };
-    let binary = common.serve.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .with_file_name("autofollow")
-    });
+    let binary = common.serve.clone().unwrap_or_else(serve_binary);
     let (port, admin_port) = (free_port(), free_port());
     let child = Command::new(&binary)
         .arg("serve")
