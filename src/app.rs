@@ -64,7 +64,9 @@ pub struct Running {
     accepting: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     admin_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    worker: tokio::task::JoinHandle<()>,
+    /// The worker, also for [`Running::run_once`].
+    worker: Arc<Worker>,
+    worker_task: tokio::task::JoinHandle<()>,
     /// Writes the last rejection summary at shutdown.
     summarizer: tokio::task::JoinHandle<()>,
     /// The worker's lease owner name.
@@ -79,13 +81,20 @@ impl Running {
         self.accepting.store(false, Ordering::SeqCst);
     }
 
+    /// Processes every event that is due now, beside the running worker (claims are
+    /// exclusive, so no event is processed twice); how many groups it processed. Tests drain
+    /// the queue with it instead of waiting for the worker's next poll.
+    pub async fn run_once(&self) -> usize {
+        self.worker.run_once().await
+    }
+
     /// Stops intake (429), lets in-flight work finish (up to the grace period), then releases
     /// every lease this service holds: its unfinished events are free for the next run (or
     /// another replica) at once, and are redone there.
     pub async fn shutdown(self) {
         self.accepting.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
-        let mut worker = self.worker;
+        let mut worker = self.worker_task;
         if tokio::time::timeout(self.grace, &mut worker).await.is_err() {
             tracing::warn!(
                 grace = %humantime::format_duration(self.grace),
@@ -160,7 +169,7 @@ pub async fn start_with_store(
         Arc::clone(&metrics),
     ));
     let owner = worker.owner().to_owned();
-    let worker = tokio::spawn(worker.run(shutdown_rx.clone()));
+    let worker_task = tokio::spawn(Arc::clone(&worker).run(shutdown_rx.clone()));
     let state = AppState {
         store: Arc::clone(&store),
         verifier: Arc::clone(&config.web.verifier),
@@ -204,6 +213,7 @@ pub async fn start_with_store(
         server,
         admin_server,
         worker,
+        worker_task,
         summarizer,
         owner,
         grace: config.shutdown_grace,

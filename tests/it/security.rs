@@ -3,10 +3,8 @@
 //! the admin listener, what is logged, and what is stored and erased. Loopback only, bounded
 //! in count and time; costs are compared with a measurement of the same run, never with a
 //! fixed time.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;

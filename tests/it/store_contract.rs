@@ -1,8 +1,5 @@
 //! The store contract, run against every backend: SQLite always; PostgreSQL when
 //! `AUTOFOLLOW_TEST_DATABASE_URL` is set (`.ci/run` sets it), each test in a fresh schema.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -2,10 +2,8 @@
 //! (slowloris) and a flood of unauthenticated requests do not stop authenticated webhooks
 //! from being accepted, and the flood gets 401s, never a 5xx. Loopback only, bounded in count
 //! and time.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -3,10 +3,8 @@
 //! processed, each contact's calls follow its events' order, no location ever goes over its
 //! limit, and every contact ends with the followers the rules imply.
 //! Runs when `AUTOFOLLOW_TEST_DATABASE_URL` is set (`.ci/test` sets it).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

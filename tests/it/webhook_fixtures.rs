@@ -1,9 +1,6 @@
 //! Every documented GoHighLevel webhook example parses into the event model.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use autofollow::model::event::{self, AssignedUser, EventType, Parsed};
 use common::{fixture, repo};
 

@@ -1,10 +1,8 @@
 //! `autofollow migrate`: a SQLite store copied into PostgreSQL keeps its queue, state and
 //! history, and a service on PostgreSQL carries on where the SQLite one stopped. Runs when
 //! `AUTOFOLLOW_TEST_DATABASE_URL` is set (`.ci/test` sets it); usage errors always.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -1,10 +1,8 @@
 //! Operations: `/metrics` read by a Prometheus text parser after a run that exercises every
 //! series; readiness while the store is gone and after it returns; no lease left after
 //! shutdown, whether in-flight calls finish in the grace period or not.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,10 +1,7 @@
 //! Live reload by watching the rule files: edits apply without a restart, invalid edits are
 //! rejected with the old rules still deciding, and rename-style replacement is seen.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
 use common::service::*;

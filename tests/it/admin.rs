@@ -1,10 +1,7 @@
 //! The admin API: off without `AUTOFOLLOW_ADMIN_TOKEN`, 401 without the bearer token, and
 //! the same list / replay / history / explain as the command line.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::{Value, json};

@@ -1,10 +1,7 @@
 //! The Dockerfile and docker-compose.yml stay consistent with the repository (no Docker engine
 //! runs in CI; the build stage's command is the one `.ci/run`'s tests already exercise).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 use common::repo;
@@ -285,9 +282,22 @@ fn the_healthcheck_command_fails_when_nothing_listens() {
 #[test]
 fn every_test_file_holds_tests() {
     // A test file emptied by mistake would otherwise pass silently.
-    for entry in std::fs::read_dir(repo().join("tests")).unwrap().flatten() {
+    let main = std::fs::read_to_string(repo().join("tests/it/main.rs")).unwrap();
+    for entry in std::fs::read_dir(repo().join("tests/it"))
+        .unwrap()
+        .flatten()
+    {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "rs") {
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if path.extension().is_some_and(|e| e == "rs") && stem != "main" {
+            assert!(
+                main.contains(&format!("mod {stem};")),
+                "tests/it/main.rs leaves out {stem}"
+            );
             let text = std::fs::read_to_string(&path).unwrap();
             let tests = text.matches("#[test]").count()
                 + text.matches("#[tokio::test").count()

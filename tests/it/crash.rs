@@ -1,10 +1,7 @@
 //! The real binary, killed with SIGKILL after it acknowledged webhooks whose GoHighLevel calls
 //! had not completed, loses nothing: restarted on the same database it makes every call.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;

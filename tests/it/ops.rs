@@ -1,9 +1,6 @@
 //! `autofollow events`, `replay` and `why` on the database of a running service.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::process::Output;
 
 use autofollow::model::record::EventStatus;

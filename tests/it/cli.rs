@@ -1,9 +1,6 @@
 //! The `autofollow` binary: `check`, `explain` and the `serve` placeholder.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

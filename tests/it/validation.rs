@@ -1,7 +1,5 @@
 //! Loading reports every problem of every file, each at its file:line:column.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
 use autofollow::rules::{RuleSet, Severity};
 
 /// Every diagnostic's text for these files, or an empty list when they load (warnings then).

@@ -1,10 +1,7 @@
 //! Property tests: the loader and the parser never panic on any input, and the indexed
 //! evaluation always agrees with checking every rule.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use autofollow::model::event::{self, Parsed};
 use autofollow::model::plan::PreviousState;
 use autofollow::rules::RuleSet;

@@ -1,9 +1,6 @@
 //! End to end: the real server, a temporary SQLite database and a wiremock GoHighLevel.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use autofollow::model::record::EventStatus;

@@ -3,7 +3,6 @@
 //! is closed, and no more than the connection cap are served at once (the next waits until
 //! one closes). Each runs with short limits, on loopback, in a few seconds; the last test
 //! checks that the service's limits are the README's numbers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

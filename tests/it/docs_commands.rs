@@ -1,10 +1,8 @@
 //! The commands BENCHMARKS.md, RELIABILITY.md and the README's development section give name
 //! things that exist: test files, benchmarks, fuzz targets and their seed directories,
 //! `autofollow-bench` subcommands and flags, and the environment variables the tests read.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 const DOCS: [&str; 3] = ["BENCHMARKS.md", "RELIABILITY.md", "README.md"];
@@ -48,9 +46,16 @@ fn named_tests_benchmarks_and_fuzz_targets_exist() {
     let mut checked = 0;
     for name in DOCS {
         for command in commands(&doc(name)) {
+            // `--test it AREA`: the one test binary, and a module of it.
             for test in after(&command, "--test") {
-                let path = common::repo().join(format!("tests/{test}.rs"));
-                assert!(path.exists(), "{name}: `{command}`: no {}", path.display());
+                assert_eq!(test, "it", "{name}: `{command}`: the test binary is `it`");
+                let words: Vec<&str> = command.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "--test").unwrap_or(0);
+                let area = words.get(at + 2).map(|a| a.trim_end_matches("::"));
+                if let Some(area) = area.filter(|a| !a.starts_with('-')) {
+                    let path = common::repo().join(format!("tests/it/{area}.rs"));
+                    assert!(path.exists(), "{name}: `{command}`: no {}", path.display());
+                }
                 checked += 1;
             }
             for bench in after(&command, "--bench") {
@@ -134,13 +139,13 @@ fn autofollow_bench_commands_use_its_subcommands_and_flags() {
 
 #[test]
 fn environment_variables_the_reliability_notes_name_are_read_by_the_tests() {
-    let chaos = std::fs::read_to_string(common::repo().join("tests/chaos.rs")).unwrap();
+    let chaos = std::fs::read_to_string(common::repo().join("tests/it/chaos.rs")).unwrap();
     let text = doc("RELIABILITY.md");
     for var in ["AUTOFOLLOW_LONG_TESTS", "AUTOFOLLOW_CHAOS_SEED"] {
         assert!(text.contains(var), "RELIABILITY.md does not mention {var}");
         assert!(
             chaos.contains(&format!("\"{var}\"")),
-            "tests/chaos.rs does not read {var}"
+            "tests/it/chaos.rs does not read {var}"
         );
     }
 }

@@ -6,10 +6,8 @@
 //! or not, or beyond the header limits (a valid signature among too many entries, credentials
 //! far too long: refused). Whatever arrives: an answer (no panic), never a 5xx, and an event
 //! is stored only when one of the credentials sent was valid for exactly those bytes.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
-mod common;
-
+use crate::common;
 use std::sync::OnceLock;
 
 use base64::Engine;

@@ -7,10 +7,8 @@
 //!
 //! CI runs 2 kills on SQLite (and on PostgreSQL when `AUTOFOLLOW_TEST_DATABASE_URL` is set);
 //! `AUTOFOLLOW_LONG_TESTS=1` runs 5 kills over more webhooks.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
-mod common;
-
+use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,6 @@
 //! The example rule set in `rules/` loads cleanly and does what its comments say.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use autofollow::ghl::pipelines::Pipelines;
 use autofollow::model::plan::PreviousState;
 use autofollow::rules::{NoResolver, RuleSet};

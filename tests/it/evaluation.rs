@@ -2,10 +2,7 @@
 //! `stop`, conflicts and `assigned_user`. Each check also proves the indexed evaluation and
 //! the full explain agree (see `common::plan_with`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use autofollow::ghl::pipelines::Pipelines;
 use autofollow::model::ids::{LocationId, UserId};
 use autofollow::model::plan::PreviousState;

@@ -2,10 +2,7 @@
 //! `rules/00-users.yaml`), each rule example with a webhook body gives the plan the README
 //! states, each `console` block prints what the README shows, and every rule key has a section.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 use autofollow::model::event::{self, Parsed};

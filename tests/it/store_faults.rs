@@ -8,10 +8,8 @@
 //! - PostgreSQL (when `AUTOFOLLOW_TEST_DATABASE_URL` is set): the service reaches the server
 //!   through a TCP proxy in the test, which is "stopped" (open connections cut, new ones
 //!   refused) and started again.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

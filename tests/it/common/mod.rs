@@ -1,6 +1,4 @@
 //! Helpers shared by the integration tests.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::SystemTime;

@@ -1,10 +1,7 @@
 //! Rate limits end to end: a GoHighLevel stand-in that counts each location's requests in a
 //! sliding window and answers 429 past its limit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
-
-mod common;
-
+use crate::common;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,31 @@
+//! The test suite, one binary: each module is one area (the names say which), sharing the
+//! helpers of [`common`]. Run one area with `cargo test --test it store_contract`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod common;
+
+mod abuse;
+mod admin;
+mod bad_requests;
+mod chaos;
+mod cli;
+mod container;
+mod crash;
+mod docs_commands;
+mod evaluation;
+mod example_rules;
+mod http_limits;
+mod limits;
+mod migrate;
+mod operations;
+mod ops;
+mod readme;
+mod reload;
+mod replicas;
+mod robustness;
+mod security;
+mod service;
+mod store_contract;
+mod store_faults;
+mod validation;
+mod webhook_fixtures;
