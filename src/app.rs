@@ -170,19 +170,7 @@ pub async fn start_with_store(
     ));
     let owner = worker.owner().to_owned();
     let worker_task = tokio::spawn(Arc::clone(&worker).run(shutdown_rx.clone()));
-    let state = AppState {
-        store: Arc::clone(&store),
-        verifier: Arc::clone(&config.web.verifier),
-        rules: Arc::clone(&rules),
-        accepting: Arc::new(AtomicBool::new(true)),
-        wake,
-        arrived: Arc::new(Notify::new()),
-        admin_token: config.web.admin_token.clone().map(Arc::new),
-        settle_delay: config.worker.settle_delay,
-        metrics,
-        body_budget: Arc::default(),
-        rejections: Arc::new(Rejections::default()),
-    };
+    let state = app_state(config, &store, &rules, wake, metrics);
     let summarizer = spawn_housekeeping(config, &state, &shutdown_rx);
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
     let admin_server = admin_listener.map(|(listener, _)| {
@@ -218,6 +206,29 @@ pub async fn start_with_store(
         owner,
         grace: config.shutdown_grace,
     })
+}
+
+/// What the web handlers share.
+fn app_state(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    rules: &Arc<LiveRules>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) -> AppState {
+    AppState {
+        store: Arc::clone(store),
+        verifier: Arc::clone(&config.web.verifier),
+        rules: Arc::clone(rules),
+        accepting: Arc::new(AtomicBool::new(true)),
+        wake,
+        arrived: Arc::new(Notify::new()),
+        admin_token: config.web.admin_token.clone().map(Arc::new),
+        settle_delay: config.worker.settle_delay,
+        metrics,
+        body_budget: Arc::default(),
+        rejections: Arc::new(Rejections::default()),
+    }
 }
 
 /// The GoHighLevel client, with the location budget: in PostgreSQL when replicas share the

@@ -93,6 +93,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every series, registered. Longer than a screen because it is the list of series (name,
+    /// help text, labels) that the README's table documents; split, the list would scatter.
     pub fn new() -> Metrics {
         let r = Registry::new();
         let oldest_pending = prometheus::Gauge::new(

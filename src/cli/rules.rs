@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::ghl::pipelines::Pipelines;
-use crate::model::event::{self, Parsed};
+use crate::model::event::{self, Event, Parsed};
 use crate::model::plan::PreviousState;
 use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, explain_report};
 
@@ -62,33 +62,12 @@ pub struct ExplainArgs {
 
 /// `autofollow explain`: every rule's verdict for one event, with reasons, and the plan.
 pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
-    let set = match RuleSet::load(&args.rules) {
-        Ok(set) => set,
-        Err(e) => {
-            writeln!(err, "{e}")?;
+    let (set, body, resolver) = match inputs(args) {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            writeln!(err, "{message}")?;
             return Ok(1);
         }
-    };
-    let body = match read_input(&args.event) {
-        Ok(b) => b,
-        Err(e) => {
-            writeln!(err, "{}: cannot read: {e}", args.event.display())?;
-            return Ok(1);
-        }
-    };
-    let resolver: Box<dyn Resolver> = match &args.pipelines {
-        None => Box::new(NoResolver),
-        Some(path) => match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                Pipelines::from_response(&b).map_err(|e| format!("not a pipelines response: {e}"))
-            }) {
-            Ok(p) => Box::new(p),
-            Err(e) => {
-                writeln!(err, "{}: {e}", path.display())?;
-                return Ok(1);
-            }
-        },
     };
     let previous = PreviousState {
         tags: args.previous_tags.as_ref().map(|tags| {
@@ -115,15 +94,12 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     let event = match event::parse_any(&body) {
         Ok(Parsed::Event(e)) => e,
         Ok(Parsed::Unsupported { event_type, .. }) => {
+            let plan = crate::model::plan::Plan::default().summary();
             writeln!(
                 out,
                 "event type {event_type:?} is not one autofollow acts on: no rule applies"
             )?;
-            writeln!(
-                out,
-                "\nplan: {}",
-                crate::model::plan::Plan::default().summary()
-            )?;
+            writeln!(out, "\nplan: {plan}")?;
             return Ok(0);
         }
         Err(e) => {
@@ -131,7 +107,39 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             return Ok(1);
         }
     };
-    let explanation = set.explain(&event, &previous, resolver.as_ref());
+    write_explanation(out, &set, &event, &previous, resolver.as_ref())?;
+    Ok(0)
+}
+
+/// What `explain` reads: the rules, the webhook body, and what resolves names.
+type Inputs = (RuleSet, Vec<u8>, Box<dyn Resolver>);
+
+/// The inputs `explain` needs, or what is wrong with them.
+fn inputs(args: &ExplainArgs) -> Result<Inputs, String> {
+    let set = RuleSet::load(&args.rules).map_err(|e| e.to_string())?;
+    let body = read_input(&args.event)
+        .map_err(|e| format!("{}: cannot read: {e}", args.event.display()))?;
+    let resolver: Box<dyn Resolver> = match &args.pipelines {
+        None => Box::new(NoResolver),
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pipelines = Pipelines::from_response(&text)
+                .map_err(|e| format!("{}: not a pipelines response: {e}", path.display()))?;
+            Box::new(pipelines)
+        }
+    };
+    Ok((set, body, resolver))
+}
+
+/// The text explanation: the event, the previous state, every rule with its checks, the plan.
+fn write_explanation(
+    out: &mut dyn Write,
+    set: &RuleSet,
+    event: &Event,
+    previous: &PreviousState,
+    resolver: &dyn Resolver,
+) -> io::Result<()> {
+    let explanation = set.explain(event, previous, resolver);
     writeln!(
         out,
         "event: {}, location {}, contact {}",
@@ -156,8 +164,7 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             writeln!(out, "  => {action}")?;
         }
     }
-    writeln!(out, "\nplan: {}", explanation.plan.summary())?;
-    Ok(0)
+    writeln!(out, "\nplan: {}", explanation.plan.summary())
 }
 
 fn write_checks(out: &mut dyn Write, checks: &[Check], depth: usize) -> io::Result<()> {

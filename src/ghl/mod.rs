@@ -228,6 +228,8 @@ impl GhlClient {
             .and_then(|id| UserId::parse(id).ok()))
     }
 
+    /// One call: a request from the location's budget, the answer's rate-limit headers
+    /// observed, the answer classified.
     async fn send(
         &self,
         token: &SecretString,
@@ -258,78 +260,77 @@ impl GhlClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| {
-            self.metrics
-                .ghl_call(&method_name, endpoint, None, started.elapsed());
-            CallError::Retryable {
-                reason: if e.is_timeout() {
-                    "GoHighLevel did not answer in time".to_owned()
-                } else {
-                    format!("cannot reach GoHighLevel: {}", without_url(&e))
-                },
-                retry_after: None,
-            }
+        let answer = request.send().await;
+        let status = answer.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics
+            .ghl_call(&method_name, endpoint, status, started.elapsed());
+        let response = answer.map_err(|e| CallError::Retryable {
+            reason: if e.is_timeout() {
+                "GoHighLevel did not answer in time".to_owned()
+            } else {
+                format!("cannot reach GoHighLevel: {}", without_url(&e))
+            },
+            retry_after: None,
         })?;
-        let status = response.status();
-        self.metrics.ghl_call(
-            &method_name,
-            endpoint,
-            Some(status.as_u16()),
-            started.elapsed(),
-        );
-        let number = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let observed = Observed {
-            too_many: status == StatusCode::TOO_MANY_REQUESTS,
-            retry_after: number("retry-after").map(Duration::from_secs),
-            remaining: number("x-ratelimit-remaining"),
-            interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
-            daily_remaining: number("x-ratelimit-daily-remaining"),
-        };
-        self.budget.observe(location, &observed).await;
-        let retry_after = response
+        self.budget.observe(location, &observed(&response)).await;
+        classify(response).await
+    }
+}
+
+/// What an answer's status and `X-RateLimit-*` / `Retry-After` headers say of the budget.
+fn observed(response: &reqwest::Response) -> Observed {
+    let number = |name: &str| {
+        response
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = response.text().await.unwrap_or_default();
-        if status.is_redirection() {
-            return Err(CallError::Permanent {
-                status: Some(status.as_u16()),
-                reason: format!(
-                    "GoHighLevel answered {} (a redirect, which its API never sends; not followed)",
-                    status.as_u16()
-                ),
-            });
-        }
-        if status.is_success() {
-            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
-        }
-        let reason = format!(
-            "GoHighLevel answered {}: {}",
-            status.as_u16(),
-            error_message(&text)
-        );
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status.is_server_error()
-        {
-            Err(CallError::Retryable {
-                reason,
-                retry_after,
-            })
-        } else {
-            Err(CallError::Permanent {
-                status: Some(status.as_u16()),
-                reason,
-            })
-        }
+    };
+    Observed {
+        too_many: response.status() == StatusCode::TOO_MANY_REQUESTS,
+        retry_after: number("retry-after").map(Duration::from_secs),
+        remaining: number("x-ratelimit-remaining"),
+        interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+        daily_remaining: number("x-ratelimit-daily-remaining"),
+    }
+}
+
+/// The answer's body, or the failure it says: retryable (429, 408, 5xx, with `Retry-After`)
+/// or permanent (other 4xx, and a redirect, which the API never sends).
+async fn classify(response: reqwest::Response) -> Result<Value, CallError> {
+    let status = response.status();
+    let retry_after = observed(&response).retry_after;
+    let text = response.text().await.unwrap_or_default();
+    if status.is_redirection() {
+        return Err(CallError::Permanent {
+            status: Some(status.as_u16()),
+            reason: format!(
+                "GoHighLevel answered {} (a redirect, which its API never sends; not followed)",
+                status.as_u16()
+            ),
+        });
+    }
+    if status.is_success() {
+        return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+    }
+    let reason = format!(
+        "GoHighLevel answered {}: {}",
+        status.as_u16(),
+        error_message(&text)
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
+        Err(CallError::Retryable {
+            reason,
+            retry_after,
+        })
+    } else {
+        Err(CallError::Permanent {
+            status: Some(status.as_u16()),
+            reason,
+        })
     }
 }
 

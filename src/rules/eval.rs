@@ -196,6 +196,8 @@ impl Evaluator<'_, '_> {
         holds
     }
 
+    /// Whether one condition holds, recording why in `out` (when explaining). One arm per
+    /// kind of condition; the longer checks have a method each.
     fn condition(&self, condition: &Condition, out: &mut Vec<Check>) -> bool {
         let v = self.view;
         let key = condition.key();
@@ -208,64 +210,10 @@ impl Evaluator<'_, '_> {
                 v.event.source.as_deref(),
                 set,
             ),
-            Condition::HasTag(set) | Condition::LacksTag(set) => match &v.tags {
-                None => self.record(out, key, false, || no_tags(v)),
-                Some(tags) => {
-                    let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
-                    let wanted = matches!(condition, Condition::HasTag(_));
-                    self.record(out, key, hit.is_some() == wanted, || match hit {
-                        Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
-                        None => format!("none of the tags {} is in {set}", shown(v)),
-                    })
-                }
-            },
-            Condition::TagAdded(set) => match &v.tags {
-                None => self.record(out, key, false, || no_tags(v)),
-                Some(tags) => {
-                    let prev = v.previous_tags.as_ref();
-                    let added = |t: &String| prev.is_none_or(|p| !p.contains(t));
-                    let hit = tags
-                        .iter()
-                        .filter(|t| added(t))
-                        .find_map(|t| set.find(t).map(|p| (t, p)));
-                    self.record(out, key, hit.is_some(), || {
-                        let basis = match prev {
-                            None => "no previous tags known, so every current tag counts as added"
-                                .to_owned(),
-                            Some(p) => format!("previous tags {}", sorted(p)),
-                        };
-                        match hit {
-                            Some((t, p)) => {
-                                format!("tag {t:?} (matches {:?}) was added; {basis}", p.as_str())
-                            }
-                            None => format!(
-                                "no tag in {set} was added; current tags {}, {basis}",
-                                shown(v)
-                            ),
-                        }
-                    })
-                }
-            },
-            Condition::TagRemoved(set) => match (&v.tags, &v.previous_tags) {
-                (None, _) => self.record(out, key, false, || no_tags(v)),
-                (Some(_), None) => self.record(out, key, false, || {
-                    "no previous tags known, so no tag counts as removed".to_owned()
-                }),
-                (Some(tags), Some(prev)) => {
-                    let mut removed: Vec<&String> =
-                        prev.iter().filter(|t| !tags.contains(t)).collect();
-                    removed.sort();
-                    let hit = removed.iter().find_map(|t| set.find(t).map(|p| (*t, p)));
-                    self.record(out, key, hit.is_some(), || match hit {
-                        Some((t, p)) => format!("tag {t:?} (matches {:?}) was removed", p.as_str()),
-                        None => format!(
-                            "no tag in {set} was removed; previous tags {}, current tags {}",
-                            sorted(prev),
-                            shown(v)
-                        ),
-                    })
-                }
-            },
+            Condition::HasTag(set) => self.has_tag(out, key, set, true),
+            Condition::LacksTag(set) => self.has_tag(out, key, set, false),
+            Condition::TagAdded(set) => self.tag_added(out, key, set),
+            Condition::TagRemoved(set) => self.tag_removed(out, key, set),
             Condition::Pipeline(set) => self.keyed(
                 out,
                 key,
@@ -277,63 +225,9 @@ impl Evaluator<'_, '_> {
             Condition::Stage(set) => {
                 self.keyed(out, key, "stage", &v.stage, v.stage_label.as_deref(), set)
             }
-            Condition::StageEntered(set) => {
-                let hit = v.stage.iter().find_map(|s| set.find(s));
-                let holds = hit.is_some() && v.stage_changed();
-                self.record(out, key, holds, || {
-                    let Some(current) = &v.stage_label else {
-                        return "the event has no pipeline stage".to_owned();
-                    };
-                    match (hit, &v.previous_stage_label) {
-                        (None, _) => format!("stage {current} is not in {set}"),
-                        (Some(_), None) => {
-                            format!("stage {current} entered (no previous stage known)")
-                        }
-                        (Some(_), Some(prev)) if holds => {
-                            format!("stage {current} entered from {prev}")
-                        }
-                        (Some(_), Some(_)) => {
-                            format!("stage {current} is unchanged since the previous event")
-                        }
-                    }
-                })
-            }
-            Condition::StageLeft(set) => {
-                let prev_hit = v
-                    .previous_stage
-                    .as_ref()
-                    .and_then(|p| p.iter().find_map(|s| set.find(s)));
-                let holds = !v.stage.is_empty() && prev_hit.is_some() && v.stage_changed();
-                self.record(out, key, holds, || {
-                    let Some(current) = &v.stage_label else {
-                        return "the event has no pipeline stage".to_owned();
-                    };
-                    match (&v.previous_stage_label, prev_hit) {
-                        (None, _) => {
-                            "no previous stage known, so no stage counts as left".to_owned()
-                        }
-                        (Some(prev), None) => format!("previous stage {prev} is not in {set}"),
-                        (Some(prev), Some(_)) if holds => {
-                            format!("stage {prev} left for {current}")
-                        }
-                        (Some(prev), Some(_)) => format!("stage {prev} is unchanged"),
-                    }
-                })
-            }
-            Condition::Status(wanted) => {
-                let holds = v
-                    .status
-                    .as_deref()
-                    .is_some_and(|s| wanted.iter().any(|w| w.name() == s));
-                self.record(out, key, holds, || {
-                    let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
-                    match &v.event.status {
-                        None => "the event has no opportunity status".to_owned(),
-                        Some(s) if holds => format!("status {s:?} is in {names:?}"),
-                        Some(s) => format!("status {s:?} is not in {names:?}"),
-                    }
-                })
-            }
+            Condition::StageEntered(set) => self.stage_entered(out, key, set),
+            Condition::StageLeft(set) => self.stage_left(out, key, set),
+            Condition::Status(wanted) => self.status(out, key, wanted),
             Condition::Workflow(set) => {
                 let label = match (&v.event.workflow_name, &v.event.workflow_id) {
                     (None, None) => None,
@@ -341,45 +235,8 @@ impl Evaluator<'_, '_> {
                 };
                 self.keyed(out, key, "workflow", &v.workflow, label.as_deref(), set)
             }
-            Condition::Field(path, set) => {
-                let values = field_values(&v.event.raw, path);
-                let hit = values.iter().find(|s| set.matches(&normalize(s)));
-                let name = format!("fields.{}", path.text);
-                self.record(out, &name, hit.is_some(), || {
-                    match (hit, values.as_slice()) {
-                        (_, []) => format!("{} is missing", path.text),
-                        (Some(h), _) => format!("{} = {h:?} matches {set}", path.text),
-                        (None, [one]) => format!("{} = {one:?} is not in {set}", path.text),
-                        (None, many) => format!("{} = {many:?}: none is in {set}", path.text),
-                    }
-                })
-            }
-            Condition::Any(blocks) => {
-                let mut children = Vec::new();
-                let mut count = 0;
-                for (i, block) in blocks.iter().enumerate() {
-                    let mut inner = Vec::new();
-                    let holds = self.block(block, &mut inner);
-                    count += usize::from(holds);
-                    if self.explain {
-                        children.push(Check {
-                            condition: format!("any[{i}]"),
-                            holds,
-                            detail: if holds { "holds" } else { "does not hold" }.to_owned(),
-                            checks: inner,
-                        });
-                    } else if holds {
-                        return true;
-                    }
-                }
-                self.nested(
-                    out,
-                    key,
-                    count > 0,
-                    format!("{count} of {} blocks hold", blocks.len()),
-                    children,
-                )
-            }
+            Condition::Field(path, set) => self.field(out, path, set),
+            Condition::Any(blocks) => self.any(out, key, blocks),
             Condition::Not(block) => {
                 let mut inner = Vec::new();
                 let holds = !self.block(block, &mut inner);
@@ -391,6 +248,162 @@ impl Evaluator<'_, '_> {
                 self.nested(out, key, holds, detail.to_owned(), inner)
             }
         }
+    }
+
+    /// `has_tag` (`wanted`) and `lacks_tag` (not `wanted`).
+    fn has_tag(&self, out: &mut Vec<Check>, key: &str, set: &PatternSet, wanted: bool) -> bool {
+        let v = self.view;
+        match &v.tags {
+            None => self.record(out, key, false, || no_tags(v)),
+            Some(tags) => {
+                let hit = tags.iter().find_map(|t| set.find(t).map(|p| (t, p)));
+                self.record(out, key, hit.is_some() == wanted, || match hit {
+                    Some((t, p)) => format!("tag {t:?} matches {:?}", p.as_str()),
+                    None => format!("none of the tags {} is in {set}", shown(v)),
+                })
+            }
+        }
+    }
+
+    fn tag_added(&self, out: &mut Vec<Check>, key: &str, set: &PatternSet) -> bool {
+        let v = self.view;
+        let Some(tags) = &v.tags else {
+            return self.record(out, key, false, || no_tags(v));
+        };
+        let prev = v.previous_tags.as_ref();
+        let added = |t: &String| prev.is_none_or(|p| !p.contains(t));
+        let hit = tags
+            .iter()
+            .filter(|t| added(t))
+            .find_map(|t| set.find(t).map(|p| (t, p)));
+        self.record(out, key, hit.is_some(), || {
+            let basis = match prev {
+                None => "no previous tags known, so every current tag counts as added".to_owned(),
+                Some(p) => format!("previous tags {}", sorted(p)),
+            };
+            match hit {
+                Some((t, p)) => format!("tag {t:?} (matches {:?}) was added; {basis}", p.as_str()),
+                None => format!(
+                    "no tag in {set} was added; current tags {}, {basis}",
+                    shown(v)
+                ),
+            }
+        })
+    }
+
+    fn tag_removed(&self, out: &mut Vec<Check>, key: &str, set: &PatternSet) -> bool {
+        let v = self.view;
+        let (tags, prev) = match (&v.tags, &v.previous_tags) {
+            (None, _) => return self.record(out, key, false, || no_tags(v)),
+            (Some(_), None) => {
+                return self.record(out, key, false, || {
+                    "no previous tags known, so no tag counts as removed".to_owned()
+                });
+            }
+            (Some(tags), Some(prev)) => (tags, prev),
+        };
+        let mut removed: Vec<&String> = prev.iter().filter(|t| !tags.contains(t)).collect();
+        removed.sort();
+        let hit = removed.iter().find_map(|t| set.find(t).map(|p| (*t, p)));
+        self.record(out, key, hit.is_some(), || match hit {
+            Some((t, p)) => format!("tag {t:?} (matches {:?}) was removed", p.as_str()),
+            None => format!(
+                "no tag in {set} was removed; previous tags {}, current tags {}",
+                sorted(prev),
+                shown(v)
+            ),
+        })
+    }
+
+    fn stage_entered(&self, out: &mut Vec<Check>, key: &str, set: &PatternSet) -> bool {
+        let v = self.view;
+        let hit = v.stage.iter().find_map(|s| set.find(s));
+        let holds = hit.is_some() && v.stage_changed();
+        self.record(out, key, holds, || {
+            let Some(current) = &v.stage_label else {
+                return "the event has no pipeline stage".to_owned();
+            };
+            match (hit, &v.previous_stage_label) {
+                (None, _) => format!("stage {current} is not in {set}"),
+                (Some(_), None) => format!("stage {current} entered (no previous stage known)"),
+                (Some(_), Some(prev)) if holds => format!("stage {current} entered from {prev}"),
+                (Some(_), Some(_)) => {
+                    format!("stage {current} is unchanged since the previous event")
+                }
+            }
+        })
+    }
+
+    fn stage_left(&self, out: &mut Vec<Check>, key: &str, set: &PatternSet) -> bool {
+        let v = self.view;
+        let prev_hit = v
+            .previous_stage
+            .as_ref()
+            .and_then(|p| p.iter().find_map(|s| set.find(s)));
+        let holds = !v.stage.is_empty() && prev_hit.is_some() && v.stage_changed();
+        self.record(out, key, holds, || {
+            let Some(current) = &v.stage_label else {
+                return "the event has no pipeline stage".to_owned();
+            };
+            match (&v.previous_stage_label, prev_hit) {
+                (None, _) => "no previous stage known, so no stage counts as left".to_owned(),
+                (Some(prev), None) => format!("previous stage {prev} is not in {set}"),
+                (Some(prev), Some(_)) if holds => format!("stage {prev} left for {current}"),
+                (Some(prev), Some(_)) => format!("stage {prev} is unchanged"),
+            }
+        })
+    }
+
+    fn status(&self, out: &mut Vec<Check>, key: &str, wanted: &[Status]) -> bool {
+        let v = self.view;
+        let holds = v
+            .status
+            .as_deref()
+            .is_some_and(|s| wanted.iter().any(|w| w.name() == s));
+        self.record(out, key, holds, || {
+            let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
+            match &v.event.status {
+                None => "the event has no opportunity status".to_owned(),
+                Some(s) if holds => format!("status {s:?} is in {names:?}"),
+                Some(s) => format!("status {s:?} is not in {names:?}"),
+            }
+        })
+    }
+
+    fn field(&self, out: &mut Vec<Check>, path: &FieldPath, set: &PatternSet) -> bool {
+        let values = field_values(&self.view.event.raw, path);
+        let hit = values.iter().find(|s| set.matches(&normalize(s)));
+        let name = format!("fields.{}", path.text);
+        self.record(out, &name, hit.is_some(), || {
+            match (hit, values.as_slice()) {
+                (_, []) => format!("{} is missing", path.text),
+                (Some(h), _) => format!("{} = {h:?} matches {set}", path.text),
+                (None, [one]) => format!("{} = {one:?} is not in {set}", path.text),
+                (None, many) => format!("{} = {many:?}: none is in {set}", path.text),
+            }
+        })
+    }
+
+    fn any(&self, out: &mut Vec<Check>, key: &str, blocks: &[Block]) -> bool {
+        let mut children = Vec::new();
+        let mut count = 0;
+        for (i, block) in blocks.iter().enumerate() {
+            let mut inner = Vec::new();
+            let holds = self.block(block, &mut inner);
+            count += usize::from(holds);
+            if self.explain {
+                children.push(Check {
+                    condition: format!("any[{i}]"),
+                    holds,
+                    detail: if holds { "holds" } else { "does not hold" }.to_owned(),
+                    checks: inner,
+                });
+            } else if holds {
+                return true;
+            }
+        }
+        let detail = format!("{count} of {} blocks hold", blocks.len());
+        self.nested(out, key, count > 0, detail, children)
     }
 
     fn nested(

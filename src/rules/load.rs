@@ -334,6 +334,14 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
         return None;
     };
     cx.unknown_keys(top, TOP_KEYS, "the rule file");
+    check_version(cx, top);
+    let users = parse_users(cx, top);
+    let rules = parse_rules(cx, top);
+    Some(FileSpec { users, rules })
+}
+
+/// `version`, when given, must be 1.
+fn check_version(cx: &mut Cx, top: &MarkedMappingNode) {
     if let Some(v) = top.get_node("version") {
         match v {
             Node::Scalar(s) if s.as_str().trim() == "1" => {}
@@ -346,6 +354,10 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
             ),
         }
     }
+}
+
+/// The `users` section: alias name, user id and where the name stands.
+fn parse_users(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<(String, UserId, Span)> {
     let mut users = Vec::new();
     match top.get_node("users") {
         None => {}
@@ -386,6 +398,11 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
             ),
         ),
     }
+    users
+}
+
+/// The `rules` list, each rule checked on its own.
+fn parse_rules(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<RawRule> {
     let mut rules = Vec::new();
     match top.get_node("rules") {
         None => {}
@@ -405,7 +422,7 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
             format!("`rules` must be a list of rules, found {}", kind(other)),
         ),
     }
-    Some(FileSpec { users, rules })
+    rules
 }
 
 /// Line of a `---` that starts a second document, if any. A `---` at column 0 after content
@@ -529,22 +546,7 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
     // A block mapping's own mark lies after its first key; the first key is where the rule
     // visibly starts.
     let span = map.keys().next().map_or(*map.span(), |k| *k.span());
-    let name = match map.get_node("name") {
-        None => {
-            cx.error(&span, "rule has no `name`; every rule needs a unique name");
-            None
-        }
-        Some(Node::Scalar(s)) if !is_null(s) && !s.as_str().trim().is_empty() => {
-            Some(s.as_str().trim().to_owned())
-        }
-        Some(other) => {
-            cx.error(
-                other.span(),
-                format!("`name` must be a non-empty string, found {}", kind(other)),
-            );
-            None
-        }
-    };
+    let name = rule_name(cx, map, &span);
     let description = map.get_node("description").and_then(|n| match n {
         Node::Scalar(s) => Some(s.as_str().to_owned()),
         other => {
@@ -566,60 +568,16 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
     let events = map
         .get_node("events")
         .and_then(|n| strings(cx, n, "events"))
-        .map(|names| {
-            let mut events = Vec::new();
-            for (name, span) in names {
-                match event_type(&name) {
-                    Some(t) => {
-                        if !events.contains(&t) {
-                            events.push(t);
-                        }
-                    }
-                    None => {
-                        let hint = closest(&name, EventType::ALL.iter().map(|t| t.name()))
-                            .map(|s| format!("; did you mean `{s}`?"))
-                            .unwrap_or_else(|| {
-                                "; see the README for the supported event types".to_owned()
-                            });
-                        cx.error(&span, format!("unknown event type `{name}`{hint}"));
-                    }
-                }
-            }
-            events
-        });
+        .map(|names| event_types(cx, names));
     let locations = map
         .get_node("locations")
         .and_then(|n| patterns(cx, n, "locations"));
-    let when = match map.get_node("when") {
-        None => Block::default(),
-        Some(Node::Mapping(m)) => block(cx, m),
-        Some(other) => {
-            cx.error(
-                other.span(),
-                format!(
-                    "`when` must be a mapping of conditions, found {}",
-                    kind(other)
-                ),
-            );
-            Block::default()
-        }
-    };
+    let when = rule_when(cx, map);
     let add = map.get_node("add").and_then(|n| strings(cx, n, "add"));
     let remove = map
         .get_node("remove")
         .and_then(|n| strings(cx, n, "remove"));
-    // A rule that only stops evaluation has an effect (it shields the contact from later
-    // rules); any other rule without `add` or `remove` does nothing and is a mistake.
-    if map.get_node("add").is_none() && map.get_node("remove").is_none() && !stop {
-        let label = name
-            .as_deref()
-            .map(|n| format!("rule `{n}`"))
-            .unwrap_or_else(|| "rule".into());
-        cx.error(
-            &span,
-            format!("{label} has neither `add` nor `remove`, so it would do nothing"),
-        );
-    }
+    check_effect(cx, map, name.as_deref(), stop, &span);
     RawRule {
         name,
         span,
@@ -632,6 +590,79 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
         remove: remove.unwrap_or_default(),
         stop,
         origin: cx.origin(&span),
+    }
+}
+
+/// `name`: required, a non-empty string.
+fn rule_name(cx: &mut Cx, map: &MarkedMappingNode, span: &Span) -> Option<String> {
+    match map.get_node("name") {
+        None => {
+            cx.error(span, "rule has no `name`; every rule needs a unique name");
+            None
+        }
+        Some(Node::Scalar(s)) if !is_null(s) && !s.as_str().trim().is_empty() => {
+            Some(s.as_str().trim().to_owned())
+        }
+        Some(other) => {
+            cx.error(
+                other.span(),
+                format!("`name` must be a non-empty string, found {}", kind(other)),
+            );
+            None
+        }
+    }
+}
+
+/// Event type names, each known (a close match is suggested), without repeats.
+fn event_types(cx: &mut Cx, names: Vec<(String, Span)>) -> Vec<EventType> {
+    let mut events = Vec::new();
+    for (name, span) in names {
+        match event_type(&name) {
+            Some(t) => {
+                if !events.contains(&t) {
+                    events.push(t);
+                }
+            }
+            None => {
+                let hint = closest(&name, EventType::ALL.iter().map(|t| t.name()))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; see the README for the supported event types".to_owned());
+                cx.error(&span, format!("unknown event type `{name}`{hint}"));
+            }
+        }
+    }
+    events
+}
+
+/// `when`: a mapping of conditions, or none.
+fn rule_when(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
+    match map.get_node("when") {
+        None => Block::default(),
+        Some(Node::Mapping(m)) => block(cx, m),
+        Some(other) => {
+            cx.error(
+                other.span(),
+                format!(
+                    "`when` must be a mapping of conditions, found {}",
+                    kind(other)
+                ),
+            );
+            Block::default()
+        }
+    }
+}
+
+/// A rule that only stops evaluation has an effect (it shields the contact from later rules);
+/// any other rule without `add` or `remove` does nothing and is a mistake.
+fn check_effect(cx: &mut Cx, map: &MarkedMappingNode, name: Option<&str>, stop: bool, span: &Span) {
+    if map.get_node("add").is_none() && map.get_node("remove").is_none() && !stop {
+        let label = name
+            .map(|n| format!("rule `{n}`"))
+            .unwrap_or_else(|| "rule".into());
+        cx.error(
+            span,
+            format!("{label} has neither `add` nor `remove`, so it would do nothing"),
+        );
     }
 }
 
@@ -727,8 +758,26 @@ fn link(
     diags: &mut Vec<Diagnostic>,
     files: Vec<(Arc<str>, FileSpec)>,
 ) -> (Vec<Rule>, BTreeMap<String, UserId>) {
+    let aliases = collect_aliases(diags, &files);
+    let mut names: HashMap<String, Origin> = HashMap::new();
+    let mut rules = Vec::new();
+    for (file, spec) in files {
+        let mut cx = Cx { file, diags };
+        for raw in spec.rules {
+            rules.extend(link_rule(&mut cx, raw, &aliases, &mut names));
+        }
+    }
+    let aliases = aliases.into_iter().map(|(k, (id, _))| (k, id)).collect();
+    (rules, aliases)
+}
+
+/// Every file's aliases; one name defined with two ids is an error.
+fn collect_aliases(
+    diags: &mut Vec<Diagnostic>,
+    files: &[(Arc<str>, FileSpec)],
+) -> BTreeMap<String, (UserId, Origin)> {
     let mut aliases: BTreeMap<String, (UserId, Origin)> = BTreeMap::new();
-    for (file, spec) in &files {
+    for (file, spec) in files {
         let mut cx = Cx {
             file: file.clone(),
             diags,
@@ -747,92 +796,107 @@ fn link(
             }
         }
     }
-    let mut names: HashMap<String, Origin> = HashMap::new();
-    let mut rules = Vec::new();
-    for (file, spec) in files {
-        let mut cx = Cx { file, diags };
-        for raw in spec.rules {
-            let resolve = |cx: &mut Cx, entries: &[(String, Span)]| -> Vec<UserRef> {
-                let mut out = Vec::new();
-                for (entry, span) in entries {
-                    out.push(if entry == ASSIGNED_USER {
-                        UserRef::AssignedUser
-                    } else if let Some((id, _)) = aliases.get(entry) {
-                        UserRef::Alias { name: entry.clone(), id: id.clone() }
-                    } else {
-                        let hint = closest(entry, aliases.keys().map(String::as_str))
-                            .map(|a| format!("; did you mean alias `{a}`?"))
-                            .unwrap_or_default();
-                        let Ok(user) = UserId::parse(entry) else {
-                            cx.error(span, format!("`{entry}` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64){hint}"));
-                            continue;
-                        };
-                        if !looks_like_ghl_id(entry) {
-                            cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
-                        }
-                        UserRef::Id(user)
-                    });
-                }
-                out
-            };
-            let add = resolve(&mut cx, &raw.add);
-            let remove = resolve(&mut cx, &raw.remove);
-            let id_of = |u: &UserRef| match u {
-                UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
-                UserRef::AssignedUser => None,
-            };
-            let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
-            added_ids.sort();
-            added_ids.dedup();
-            let added = added_ids.len() + usize::from(add.contains(&UserRef::AssignedUser));
-            if added > MAX_FOLLOWERS {
-                let at = raw.add.first().map_or(raw.span, |(_, s)| *s);
-                cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
-            }
-            for ((entry, span), user) in raw.remove.iter().zip(&remove) {
-                if id_of(user).is_some_and(|id| added_ids.contains(&id)) {
-                    cx.error(
-                        span,
-                        format!("`{entry}` is both added and removed by this rule"),
-                    );
-                }
-            }
-            let dedup = |refs: Vec<UserRef>| {
-                let mut out: Vec<UserRef> = Vec::new();
-                for r in refs {
-                    if !out
-                        .iter()
-                        .any(|o| o == &r || (id_of(o).is_some() && id_of(o) == id_of(&r)))
-                    {
-                        out.push(r);
-                    }
-                }
-                out
-            };
-            let (add, remove) = (dedup(add), dedup(remove));
-            let Some(name) = raw.name else { continue };
-            if let Some(first) = names.get(&name) {
-                cx.error(
-                    &raw.span,
-                    format!("duplicate rule name `{name}` (first defined at {first})"),
-                );
-                continue;
-            }
-            names.insert(name.clone(), raw.origin.clone());
-            rules.push(Rule {
-                name,
-                description: raw.description,
-                enabled: raw.enabled,
-                events: raw.events,
-                locations: raw.locations,
-                when: raw.when,
-                add,
-                remove,
-                stop: raw.stop,
-                origin: raw.origin,
-            });
+    aliases
+}
+
+/// One rule with its users resolved, checked (at most [`MAX_FOLLOWERS`] added, none both
+/// added and removed, a unique name); `None` when it has no usable name.
+fn link_rule(
+    cx: &mut Cx,
+    raw: RawRule,
+    aliases: &BTreeMap<String, (UserId, Origin)>,
+    names: &mut HashMap<String, Origin>,
+) -> Option<Rule> {
+    let add = resolve(cx, &raw.add, aliases);
+    let remove = resolve(cx, &raw.remove, aliases);
+    let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
+    added_ids.sort();
+    added_ids.dedup();
+    let added = added_ids.len() + usize::from(add.contains(&UserRef::AssignedUser));
+    if added > MAX_FOLLOWERS {
+        let at = raw.add.first().map_or(raw.span, |(_, s)| *s);
+        cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
+    }
+    for ((entry, span), user) in raw.remove.iter().zip(&remove) {
+        if id_of(user).is_some_and(|id| added_ids.contains(&id)) {
+            cx.error(
+                span,
+                format!("`{entry}` is both added and removed by this rule"),
+            );
         }
     }
-    let aliases = aliases.into_iter().map(|(k, (id, _))| (k, id)).collect();
-    (rules, aliases)
+    let name = raw.name?;
+    if let Some(first) = names.get(&name) {
+        cx.error(
+            &raw.span,
+            format!("duplicate rule name `{name}` (first defined at {first})"),
+        );
+        return None;
+    }
+    names.insert(name.clone(), raw.origin.clone());
+    Some(Rule {
+        name,
+        description: raw.description,
+        enabled: raw.enabled,
+        events: raw.events,
+        locations: raw.locations,
+        when: raw.when,
+        add: dedup(add),
+        remove: dedup(remove),
+        stop: raw.stop,
+        origin: raw.origin,
+    })
+}
+
+/// `add`/`remove` entries as users: `assigned_user`, an alias, or a user id.
+fn resolve(
+    cx: &mut Cx,
+    entries: &[(String, Span)],
+    aliases: &BTreeMap<String, (UserId, Origin)>,
+) -> Vec<UserRef> {
+    let mut out = Vec::new();
+    for (entry, span) in entries {
+        out.push(if entry == ASSIGNED_USER {
+            UserRef::AssignedUser
+        } else if let Some((id, _)) = aliases.get(entry) {
+            UserRef::Alias {
+                name: entry.clone(),
+                id: id.clone(),
+            }
+        } else {
+            let hint = closest(entry, aliases.keys().map(String::as_str))
+                .map(|a| format!("; did you mean alias `{a}`?"))
+                .unwrap_or_default();
+            let Ok(user) = UserId::parse(entry) else {
+                cx.error(span, format!("`{entry}` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64){hint}"));
+                continue;
+            };
+            if !looks_like_ghl_id(entry) {
+                cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
+            }
+            UserRef::Id(user)
+        });
+    }
+    out
+}
+
+fn id_of(u: &UserRef) -> Option<UserId> {
+    match u {
+        UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
+        UserRef::AssignedUser => None,
+    }
+}
+
+/// The users without repeats (by reference, or by the id they stand for).
+fn dedup(refs: Vec<UserRef>) -> Vec<UserRef> {
+    let mut out: Vec<UserRef> = Vec::new();
+    for r in refs {
+        if !out
+            .iter()
+            .any(|o| o == &r || (id_of(o).is_some() && id_of(o) == id_of(&r)))
+        {
+            out.push(r);
+        }
+    }
+    out
 }

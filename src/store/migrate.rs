@@ -207,26 +207,7 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> Result<Report, MigrateE
 
     let target = PgStore::open(to).await?;
     let mut dst = target.pool().begin().await?;
-    let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
-    // Replicas already started on the database wait until the copy is committed.
-    sqlx::query(&format!(
-        "LOCK TABLE {} IN EXCLUSIVE MODE",
-        names.join(", ")
-    ))
-    .execute(&mut *dst)
-    .await?;
-    let mut held = Vec::new();
-    for table in TABLES {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name))
-            .fetch_one(&mut *dst)
-            .await?;
-        if n > 0 {
-            held.push(format!("{n} rows in {}", table.name));
-        }
-    }
-    if !held.is_empty() {
-        return Err(MigrateError::TargetNotEmpty(held.join(", ")));
-    }
+    lock_empty_target(&mut dst).await?;
 
     let mut report = Report::default();
     for table in TABLES {
@@ -261,6 +242,33 @@ pub async fn sqlite_to_postgres(from: &str, to: &str) -> Result<Report, MigrateE
     dst.commit().await?;
     src.rollback().await?;
     Ok(report)
+}
+
+/// Locks every table of the target (replicas already started on the database wait until the
+/// copy is committed), and refuses a target that holds any row.
+async fn lock_empty_target(
+    dst: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), MigrateError> {
+    let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+    .execute(&mut **dst)
+    .await?;
+    let mut held = Vec::new();
+    for table in TABLES {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name))
+            .fetch_one(&mut **dst)
+            .await?;
+        if n > 0 {
+            held.push(format!("{n} rows in {}", table.name));
+        }
+    }
+    if !held.is_empty() {
+        return Err(MigrateError::TargetNotEmpty(held.join(", ")));
+    }
+    Ok(())
 }
 
 /// Copies one table in batches keyed on SQLite's rowid; returns the rows read.

@@ -15,6 +15,7 @@ mod docs_commands;
 mod evaluation;
 mod example_rules;
 mod http_limits;
+mod layering;
 mod limits;
 mod migrate;
 mod operations;
