@@ -1,8 +1,10 @@
 //! autofollow: GoHighLevel webhooks in, contact followers out, decided by YAML rules.
 //!
-//! The data's path: [`event`] parses a webhook body into a normalized [`event::Event`];
-//! [`rules`] loads the rule files and decides a [`model::plan::Plan`] for each event;
-//! [`pipelines`] resolves pipeline and stage names; [`cli`] is the command line over them.
+//! The data's path, one module per stage (ARCHITECTURE.md maps them): [`web`] receives and
+//! authenticates webhooks, [`store`] keeps them, [`worker`] claims, decides and calls, with
+//! [`rules`] (the YAML rules) and [`ghl`] (the GoHighLevel client), all in the vocabulary of
+//! [`model`]. [`app`] assembles the service, [`config`] reads its settings, [`cli`] is the
+//! command line.
 //!
 //! ```
 //! use autofollow::model::event::{self, Parsed};

@@ -119,7 +119,7 @@ struct Database {
 /// Which events `events` lists.
 #[derive(clap::Args, Debug)]
 struct Selection {
-    /// Only events with this status: pending, done, failed or skipped.
+    /// Only events with this status: pending, parked, done, failed or skipped.
     #[arg(long)]
     status: Option<String>,
     /// Only events of this contact.

@@ -5,7 +5,13 @@
 use crate::common;
 use std::process::Command;
 
-const DOCS: [&str; 3] = ["BENCHMARKS.md", "RELIABILITY.md", "README.md"];
+const DOCS: [&str; 5] = [
+    "BENCHMARKS.md",
+    "RELIABILITY.md",
+    "README.md",
+    "SECURITY.md",
+    "ARCHITECTURE.md",
+];
 
 fn doc(name: &str) -> String {
     std::fs::read_to_string(common::repo().join(name)).unwrap()
@@ -51,7 +57,7 @@ fn named_tests_benchmarks_and_fuzz_targets_exist() {
                 assert_eq!(test, "it", "{name}: `{command}`: the test binary is `it`");
                 let words: Vec<&str> = command.split_whitespace().collect();
                 let at = words.iter().position(|w| *w == "--test").unwrap_or(0);
-                let area = words.get(at + 2).map(|a| a.trim_end_matches("::"));
+                let area = words.get(at + 2).and_then(|a| a.split("::").next());
                 if let Some(area) = area.filter(|a| !a.starts_with('-')) {
                     let path = common::repo().join(format!("tests/it/{area}.rs"));
                     assert!(path.exists(), "{name}: `{command}`: no {}", path.display());

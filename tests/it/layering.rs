@@ -84,6 +84,49 @@ fn crate_modules(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
+fn architecture_md_lists_the_layers_in_this_order() {
+    let text = std::fs::read_to_string(repo().join("ARCHITECTURE.md")).unwrap();
+    let mut listed = Vec::new();
+    for row in text
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains("| `"))
+    {
+        for module in row
+            .split('|')
+            .nth(2)
+            .unwrap_or_default()
+            .split('`')
+            .skip(1)
+            .step_by(2)
+        {
+            listed.push(
+                module
+                    .trim_end_matches('/')
+                    .trim_end_matches(".rs")
+                    .to_owned(),
+            );
+        }
+    }
+    // Listed from the top down: each module's layer is at most the one before it.
+    let layers: Vec<usize> = listed
+        .iter()
+        .map(|m| layer(m).unwrap_or(usize::MAX))
+        .collect();
+    assert!(!listed.is_empty());
+    assert!(
+        layers.windows(2).all(|w| w[0] >= w[1]) && !layers.contains(&usize::MAX),
+        "ARCHITECTURE.md's layers {listed:?} are not this test's {LAYERS:?}"
+    );
+    let all: Vec<&str> = LAYERS.iter().flat_map(|l| l.iter().copied()).collect();
+    for module in all {
+        assert!(
+            listed.iter().any(|m| m == module),
+            "ARCHITECTURE.md leaves out {module}"
+        );
+    }
+}
+
+#[test]
 fn every_module_imports_only_the_layers_below_it() {
     let mut wrong = Vec::new();
     for (file, text) in sources() {
