@@ -10,14 +10,14 @@ use crate::model::plan::PreviousState;
 use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, explain_report};
 
 /// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
-pub type Status = u8;
+pub type Exit = u8;
 
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `autofollow check PATH`: validates the rules; prints `ok: …` and warnings, or every error.
-pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
+pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Exit> {
     match RuleSet::load(path) {
         Ok(set) => {
             for w in set.warnings() {
@@ -61,7 +61,7 @@ pub struct ExplainArgs {
 }
 
 /// `autofollow explain`: every rule's verdict for one event, with reasons, and the plan.
-pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Status> {
+pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Exit> {
     let (set, body, resolver) = match inputs(args) {
         Ok(inputs) => inputs,
         Err(message) => {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{Block, Condition, FieldPath, Rule, Status, UserRef};
+use super::model::{Block, Condition, FieldPath, OpportunityStatus, Rule, UserRef};
 use super::pattern::{PatternSet, normalize};
 use crate::model::event::{AssignedUser, Event};
 use crate::model::ids::{LocationId, UserId};
@@ -354,7 +354,7 @@ impl Evaluator<'_, '_> {
         })
     }
 
-    fn status(&self, out: &mut Vec<Check>, key: &str, wanted: &[Status]) -> bool {
+    fn status(&self, out: &mut Vec<Check>, key: &str, wanted: &[OpportunityStatus]) -> bool {
         let v = self.view;
         let holds = v
             .status
@@ -714,7 +714,7 @@ pub(crate) fn run(
     (plan.finish(), matched, traces)
 }
 
-pub(crate) fn status_from_name(name: &str) -> Option<Status> {
+pub(crate) fn status_from_name(name: &str) -> Option<OpportunityStatus> {
     let n = normalize(name);
-    Status::ALL.into_iter().find(|s| s.name() == n)
+    OpportunityStatus::ALL.into_iter().find(|s| s.name() == n)
 }

@@ -21,7 +21,7 @@ pub use live::{LiveRules, ReloadStatus};
 pub use load::{
     CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
 };
-pub use model::{Origin, Rule, Status, UserRef};
+pub use model::{OpportunityStatus, Origin, Rule, UserRef};
 pub use report::explain_report;
 
 use crate::model::event::Event;

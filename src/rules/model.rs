@@ -69,22 +69,27 @@ pub struct Block(pub Vec<Condition>);
 /// Opportunity status, as GoHighLevel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub enum OpportunityStatus {
     Open,
     Won,
     Lost,
     Abandoned,
 }
 
-impl Status {
-    pub const ALL: [Status; 4] = [Status::Open, Status::Won, Status::Lost, Status::Abandoned];
+impl OpportunityStatus {
+    pub const ALL: [OpportunityStatus; 4] = [
+        OpportunityStatus::Open,
+        OpportunityStatus::Won,
+        OpportunityStatus::Lost,
+        OpportunityStatus::Abandoned,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Status::Open => "open",
-            Status::Won => "won",
-            Status::Lost => "lost",
-            Status::Abandoned => "abandoned",
+            OpportunityStatus::Open => "open",
+            OpportunityStatus::Won => "won",
+            OpportunityStatus::Lost => "lost",
+            OpportunityStatus::Abandoned => "abandoned",
         }
     }
 }
@@ -101,7 +106,7 @@ pub enum Condition {
     Stage(PatternSet),
     StageEntered(PatternSet),
     StageLeft(PatternSet),
-    Status(Vec<Status>),
+    Status(Vec<OpportunityStatus>),
     Workflow(PatternSet),
     Field(FieldPath, PatternSet),
     Any(Vec<Block>),
