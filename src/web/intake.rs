@@ -202,10 +202,11 @@ impl Webhook {
         request: Request<Body>,
         kind: BodyKind,
     ) -> Result<Webhook, ApiError> {
+        let (parts, body) = request.into_parts();
         if !state.accepting.load(Ordering::SeqCst) {
+            discard(body);
             return Err(ApiError::ShuttingDown);
         }
-        let (parts, body) = request.into_parts();
         let checked = match kind {
             BodyKind::App => state.verifier.app_headers(&parts.headers),
             BodyKind::Workflow => {
@@ -213,8 +214,14 @@ impl Webhook {
                 let secret = query.as_ref().and_then(|q| q.secret.as_deref());
                 state.verifier.shared_headers(&parts.headers, secret)
             }
-        }
-        .map_err(ApiError::Unauthorized)?;
+        };
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                discard(body);
+                return Err(ApiError::Unauthorized(e));
+            }
+        };
         let delivery_id = checked.delivery_id().map(str::to_owned);
         let body = read_body(&state.body_budget, &parts.headers, body).await?;
         let proof = checked.body(&body).map_err(ApiError::Unauthorized)?;
@@ -242,11 +249,13 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
+        discard(body);
         return Err(ApiError::TooLarge);
     }
-    let _held = budget
-        .reserve(declared.unwrap_or(MAX_BODY))
-        .ok_or(ApiError::Busy)?;
+    let Some(_held) = budget.reserve(declared.unwrap_or(MAX_BODY)) else {
+        discard(body);
+        return Err(ApiError::Busy);
+    };
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match http_body_util::BodyExt::collect(limited).await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -254,6 +263,31 @@ async fn read_body(
         // The client went away or sent a broken body; it will not read the answer.
         Err(_) => Err(ApiError::BadRequest(ParseError::Incomplete)),
     }
+}
+
+/// How much of a refused request's body is read and thrown away, and for how long at most.
+const DISCARD_BYTES: usize = MAX_BODY;
+const DISCARD_FOR: Duration = Duration::from_secs(5);
+
+/// Reads a refused request's body and throws it away, beside the answer, which is sent at
+/// once. Closing a connection with its request half read makes the kernel reset it, and the
+/// sender may then lose the answer (a 429 GoHighLevel would have retried, seen instead as a
+/// broken connection). Nothing is kept: no memory is held for the body, and at most
+/// [`DISCARD_BYTES`] are read within [`DISCARD_FOR`]; then the connection is let go.
+fn discard(body: Body) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0;
+        let drained = async {
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                read += frame.data_ref().map_or(0, Bytes::len);
+                if read > DISCARD_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_FOR, drained).await;
+    });
 }
 
 async fn app_webhook(

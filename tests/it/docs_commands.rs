@@ -1,6 +1,7 @@
 //! The commands BENCHMARKS.md, RELIABILITY.md and the README's development section give name
 //! things that exist: test files, benchmarks, fuzz targets and their seed directories,
-//! `autofollow-bench` subcommands and flags, and the environment variables the tests read.
+//! `autofollow-bench` subcommands and flags, the environment variables the tests read, and
+//! the source files they point to.
 
 use crate::common;
 use std::process::Command;
@@ -89,6 +90,27 @@ fn named_tests_benchmarks_and_fuzz_targets_exist() {
         }
     }
     assert!(checked >= 8, "only {checked} commands found");
+}
+
+/// Every source or test file the documents name in a code span (`src/web/intake.rs`,
+/// `tests/it/chaos.rs`) exists: a restructuring that moves a file also moves its mentions.
+#[test]
+fn source_files_the_documents_name_exist() {
+    let mut checked = 0;
+    for name in DOCS {
+        for span in commands(&doc(name)) {
+            for word in span.split_whitespace() {
+                let word = word.trim_matches(|c: char| !c.is_alphanumeric() && c != '_');
+                let source = ["src/", "tests/", "examples/", "benches/"];
+                if source.iter().any(|s| word.starts_with(s)) && word.ends_with(".rs") {
+                    let path = common::repo().join(word);
+                    assert!(path.exists(), "{name}: `{span}`: no {word}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} paths found");
 }
 
 /// The benchmark harness, an example of the crate: `cargo test` builds it beside the

@@ -403,6 +403,52 @@ async fn a_wrong_workflow_secret_is_refused_before_the_body_is_read() {
     app.shutdown().await;
 }
 
+/// A request refused before its body is read still gets its answer: the body is read and
+/// thrown away beside it, so the connection is not reset under a sender still writing (a
+/// GoHighLevel webhook refused with 429 must see the 429, or it is lost).
+#[tokio::test]
+async fn a_request_refused_before_its_body_is_read_still_gets_its_answer() {
+    let app = app().await;
+    // The sender writes its body only after the answer could have been sent (the race the
+    // HTTP property test once lost with a 174-byte body).
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    for path in [
+        "/webhooks/ghl",
+        "/webhooks/workflow?secret=wrong-secret-0123456789",
+    ] {
+        let mut conn = head_only(&addr, path, "X-GHL-Signature: !!\r\n", 174).await;
+        // The answer is sent before the body arrives; the body still goes through whole,
+        for part in [100, 74] {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let written = conn.write_all(&vec![b'x'; part]).await;
+            assert!(written.is_ok(), "{path}: {written:?}");
+        }
+        // and the answer is there to read.
+        let status = status_within(&mut conn, Duration::from_secs(10)).await;
+        assert_eq!(status, Some(401), "{path}");
+    }
+    let body = vec![b'x'; 200 * 1024];
+    for i in 0..20 {
+        let (path, header) = match i % 2 {
+            0 => ("/webhooks/ghl", ("X-GHL-Signature", "!!not base64!!")),
+            _ => (
+                "/webhooks/workflow?secret=wrong-secret-0123456789",
+                ("X-Other", "1"),
+            ),
+        };
+        let r = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .header(header.0, header.1)
+            .body(body.clone())
+            .send()
+            .await;
+        let status = r.map(|r| r.status().as_u16());
+        assert_eq!(status.map_err(|e| e.to_string()), Ok(401), "request {i}");
+    }
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn bodies_beyond_the_budget_get_429_before_they_are_read() {
     let app = app().await;
