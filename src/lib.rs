@@ -31,6 +31,7 @@ pub mod ghl;
 pub mod metrics;
 pub mod model;
 pub mod rules;
+pub mod seal;
 pub mod store;
 pub mod telemetry;
 pub mod web;

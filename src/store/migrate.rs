@@ -126,6 +126,26 @@ const TABLES: &[Table] = &[
         ],
         identity: false,
     },
+    // Sealed tokens are copied as they are: the PostgreSQL replicas need the same
+    // AUTOFOLLOW_ENCRYPTION_KEY. A refresh lease is not copied.
+    Table {
+        name: "installations",
+        columns: &[
+            ("id", Ty::Text),
+            ("kind", Ty::Text),
+            ("company_id", Ty::Text),
+            ("access_token", Ty::Text),
+            ("refresh_token", Ty::Text),
+            ("scopes", Ty::Text),
+            ("issued_at", Ty::Int),
+            ("expires_at", Ty::Int),
+            ("state", Ty::Text),
+            ("problem", Ty::Text),
+            ("version", Ty::Int),
+            ("updated_at", Ty::Int),
+        ],
+        identity: false,
+    },
     Table {
         name: "location_holds",
         columns: &[("location_id", Ty::Text), ("held_until", Ty::Int)],

@@ -344,10 +344,142 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
     async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
 }
 
+/// Whether an installation is a location's or a company's (agency's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallKind {
+    Location,
+    Company,
+}
+
+/// Where an installation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallState {
+    /// Its tokens are used.
+    Active,
+    /// GoHighLevel refused its refresh token: its location's work is parked until the app is
+    /// installed again.
+    Reauthorize,
+    /// The app was uninstalled: tokens deleted, its events are not processed.
+    Uninstalled,
+}
+
+impl InstallKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            InstallKind::Location => "location",
+            InstallKind::Company => "company",
+        }
+    }
+}
+
+impl InstallState {
+    fn as_str(self) -> &'static str {
+        match self {
+            InstallState::Active => "active",
+            InstallState::Reauthorize => "reauthorize",
+            InstallState::Uninstalled => "uninstalled",
+        }
+    }
+}
+
+impl std::str::FromStr for InstallKind {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "location" => Ok(InstallKind::Location),
+            "company" => Ok(InstallKind::Company),
+            _ => Err(StoreError::Corrupt(format!("installation kind {s:?}"))),
+        }
+    }
+}
+
+impl std::str::FromStr for InstallState {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(InstallState::Active),
+            "reauthorize" => Ok(InstallState::Reauthorize),
+            "uninstalled" => Ok(InstallState::Uninstalled),
+            _ => Err(StoreError::Corrupt(format!("installation state {s:?}"))),
+        }
+    }
+}
+
+/// Tokens to write for an installation; the token strings are sealed (`seal::Sealer`) by the
+/// caller: the store never sees a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallTokens {
+    pub id: String,
+    pub kind: InstallKind,
+    pub company_id: Option<String>,
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub scopes: String,
+    pub issued_at: Option<SystemTime>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A stored installation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installation {
+    pub tokens: InstallTokens,
+    pub state: InstallState,
+    pub problem: Option<String>,
+    /// Grows with every change of its tokens or state.
+    pub version: i64,
+    /// Who holds the refresh lease, while it is live.
+    pub refreshing: Option<String>,
+    pub updated_at: SystemTime,
+}
+
+/// GoHighLevel Marketplace app installations and their (sealed) OAuth tokens.
+#[async_trait]
+pub trait Installations: Send + Sync + std::fmt::Debug {
+    /// Writes an installation's tokens: it becomes active, its version grows, the refresh
+    /// lease is let go. With `holder`, only while that owner holds the refresh lease (a
+    /// refresher whose lease lapsed must not overwrite a newer pair); returns whether written.
+    async fn save_installation(
+        &self,
+        tokens: &InstallTokens,
+        holder: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    async fn installation(&self, id: &str) -> Result<Option<Installation>, StoreError>;
+
+    /// Every installation, by id.
+    async fn installations(&self) -> Result<Vec<Installation>, StoreError>;
+
+    /// Takes the refresh lease of installation `id` for `owner`, if it is still at `version`
+    /// and nobody else holds a live lease. Single-flight across tasks and replicas: a
+    /// refresh token works once.
+    async fn begin_refresh(
+        &self,
+        id: &str,
+        owner: &str,
+        version: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Lets go of the refresh lease without changing the tokens (the refresh failed and may
+    /// be tried again).
+    async fn end_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// Sets the installation's state (and why); `Uninstalled` also deletes its tokens. Its
+    /// version grows. Returns whether it exists.
+    async fn set_install_state(
+        &self,
+        id: &str,
+        state: InstallState,
+        problem: Option<&str>,
+    ) -> Result<bool, StoreError>;
+}
+
 /// The whole contract a backend keeps. Split by concern so a feature touches one part; the
 /// service holds an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: Queue + History + ContactState + 'static {
+pub trait Store: Queue + History + ContactState + Installations + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -558,6 +690,52 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
 
 pub(crate) fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// An `installations` row as both backends read it.
+#[derive(FromRow)]
+pub(crate) struct InstallationRow {
+    id: String,
+    kind: String,
+    company_id: Option<String>,
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    scopes: String,
+    issued_at: Option<i64>,
+    expires_at: Option<i64>,
+    state: String,
+    problem: Option<String>,
+    version: i64,
+    refresh_owner: Option<String>,
+    refresh_until: Option<i64>,
+    updated_at: i64,
+}
+
+/// The columns of [`InstallationRow`], for `SELECT`.
+pub(crate) const INSTALLATION_COLUMNS: &str = "id, kind, company_id, access_token, refresh_token, scopes, issued_at, expires_at, state, problem, version, refresh_owner, refresh_until, updated_at";
+
+impl InstallationRow {
+    pub(crate) fn into_installation(self, now: i64) -> Result<Installation, StoreError> {
+        Ok(Installation {
+            tokens: InstallTokens {
+                id: self.id,
+                kind: self.kind.parse()?,
+                company_id: self.company_id,
+                access_token: self.access_token,
+                refresh_token: self.refresh_token,
+                scopes: self.scopes,
+                issued_at: self.issued_at.map(from_millis),
+                expires_at: self.expires_at.map(from_millis),
+            },
+            state: self.state.parse()?,
+            problem: self.problem,
+            version: self.version,
+            refreshing: self
+                .refresh_owner
+                .filter(|_| self.refresh_until.is_some_and(|u| u > now)),
+            updated_at: from_millis(self.updated_at),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 
 use super::{
     Claimed, ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted,
-    NewEvent, NewState, Queue, QueueStats, Store, StoreError,
+    InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Queue,
+    QueueStats, Store, StoreError,
 };
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::PreviousState;
@@ -100,6 +101,15 @@ wrapped!(ContactState {
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+});
+
+wrapped!(Installations {
+    fn save_installation(&self, tokens: &InstallTokens, holder: Option<&str>) -> Result<bool, StoreError>;
+    fn installation(&self, id: &str) -> Result<Option<Installation>, StoreError>;
+    fn installations(&self) -> Result<Vec<Installation>, StoreError>;
+    fn begin_refresh(&self, id: &str, owner: &str, version: i64, lease: Duration) -> Result<bool, StoreError>;
+    fn end_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError>;
+    fn set_install_state(&self, id: &str, state: InstallState, problem: Option<&str>) -> Result<bool, StoreError>;
 });
 
 wrapped!(Store {

@@ -10,7 +10,7 @@ use crate::common::repo;
 /// The top-level modules, lowest first; a module may import only those before it. The same
 /// list as ARCHITECTURE.md's.
 const LAYERS: &[&[&str]] = &[
-    &["model", "telemetry", "metrics"],
+    &["model", "telemetry", "metrics", "seal"],
     &["rules"],
     &["ghl"],
     &["store"],

@@ -103,6 +103,18 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
     .await
     .unwrap();
 
+    let installed = autofollow::store::InstallTokens {
+        id: "L1".into(),
+        kind: autofollow::store::InstallKind::Location,
+        company_id: Some("Co1".into()),
+        access_token: Some("v1.k.sealed-access".into()),
+        refresh_token: Some("v1.k.sealed-refresh".into()),
+        scopes: "contacts.write".into(),
+        issued_at: Some(now),
+        expires_at: Some(now + Duration::from_secs(86_400)),
+    };
+    assert!(s.save_installation(&installed, None).await.unwrap());
+
     ids.push(insert(s, event("L1", "failed", "wh-failed", now)).await);
     let c = claim_one(s).await;
     let failed = decision("failed", Some("GoHighLevel answered 400"), false);
@@ -174,6 +186,7 @@ async fn everything(store: &dyn Store) -> Value {
             .await
             .unwrap(),
         "token_failures": format!("{:?}", store.token_failures().await.unwrap()),
+        "installations": format!("{:?}", store.installations().await.unwrap()),
         "parked": format!("{:?}", store.parked_locations().await.unwrap()),
         "queue": format!("{:?}", store.queue_stats().await.unwrap()),
     })
@@ -208,6 +221,7 @@ async fn everything_in_the_sqlite_store_arrives_in_postgresql_unchanged() {
         "  opportunity_state          1",
         "  known_followers            1",
         "  token_failures             1",
+        "  installations              1",
         "  location_holds             1",
         "5 events waiting;",
     ] {

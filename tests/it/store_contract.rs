@@ -9,7 +9,10 @@ use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use autofollow::model::plan::Plan;
 use autofollow::model::record::{Decision, EventStatus, Outcome};
-use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
+use autofollow::store::{
+    Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, NewEvent, NewState,
+    Store,
+};
 
 const LEASE: Duration = Duration::from_secs(60);
 const WINDOW: Duration = Duration::from_secs(3600);
@@ -626,6 +629,161 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
     assert_eq!(s.erase_contact(&c).await.unwrap().events, 0);
 }
 
+fn tokens(id: &str, access: &str, refresh: Option<&str>) -> InstallTokens {
+    InstallTokens {
+        id: id.into(),
+        kind: InstallKind::Location,
+        company_id: Some("Co1".into()),
+        access_token: Some(access.into()),
+        refresh_token: refresh.map(str::to_owned),
+        scopes: "contacts.write".into(),
+        issued_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000)),
+        expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(87_400)),
+    }
+}
+
+async fn installations_are_saved_read_and_replaced(s: Arc<dyn Store>) {
+    assert_eq!(s.installation("L1").await.unwrap(), None);
+    assert!(
+        s.save_installation(&tokens("L1", "a1", Some("r1")), None)
+            .await
+            .unwrap()
+    );
+    let first = s.installation("L1").await.unwrap().unwrap();
+    assert_eq!(first.tokens, tokens("L1", "a1", Some("r1")));
+    assert_eq!(
+        (first.state, first.version, first.refreshing),
+        (InstallState::Active, 1, None)
+    );
+    // A re-install replaces the tokens and reactivates.
+    assert!(
+        s.set_install_state("L1", InstallState::Reauthorize, Some("refused"))
+            .await
+            .unwrap()
+    );
+    let parked = s.installation("L1").await.unwrap().unwrap();
+    assert_eq!(
+        (parked.state, parked.problem.as_deref(), parked.version),
+        (InstallState::Reauthorize, Some("refused"), 2)
+    );
+    assert!(
+        s.save_installation(&tokens("L1", "a2", Some("r2")), None)
+            .await
+            .unwrap()
+    );
+    let again = s.installation("L1").await.unwrap().unwrap();
+    assert_eq!(
+        (again.state, again.problem, again.version),
+        (InstallState::Active, None, 3)
+    );
+    assert_eq!(again.tokens.access_token.as_deref(), Some("a2"));
+    // Uninstalling deletes the tokens and keeps the row.
+    assert!(
+        s.save_installation(&tokens("L2", "b1", None), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_install_state("L1", InstallState::Uninstalled, None)
+            .await
+            .unwrap()
+    );
+    let gone = s.installation("L1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            gone.state,
+            gone.tokens.access_token,
+            gone.tokens.refresh_token
+        ),
+        (InstallState::Uninstalled, None, None)
+    );
+    let all: Vec<String> = s
+        .installations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.tokens.id)
+        .collect();
+    assert_eq!(all, ["L1", "L2"]);
+    assert!(
+        !s.set_install_state("nope", InstallState::Active, None)
+            .await
+            .unwrap()
+    );
+}
+
+async fn one_refresher_at_a_time_and_only_its_own_answer_is_saved(s: Arc<dyn Store>) {
+    s.save_installation(&tokens("L1", "a1", Some("r1")), None)
+        .await
+        .unwrap();
+    // Many try at once: exactly one takes the lease.
+    let mut tries = Vec::new();
+    for i in 0..8 {
+        let s = Arc::clone(&s);
+        tries.push(tokio::spawn(async move {
+            s.begin_refresh("L1", &format!("w{i}"), 1, LEASE)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut taken = 0;
+    for t in tries {
+        taken += usize::from(t.await.unwrap());
+    }
+    assert_eq!(taken, 1);
+    let holder = s
+        .installation("L1")
+        .await
+        .unwrap()
+        .unwrap()
+        .refreshing
+        .unwrap();
+    // Someone else's answer is not saved; the holder's is, and lets the lease go.
+    let other = if holder == "w0" { "w1" } else { "w0" };
+    assert!(
+        !s.save_installation(&tokens("L1", "x", Some("x")), Some(other))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.save_installation(&tokens("L1", "a2", Some("r2")), Some(&holder))
+            .await
+            .unwrap()
+    );
+    let saved = s.installation("L1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            saved.version,
+            saved.refreshing,
+            saved.tokens.refresh_token.as_deref()
+        ),
+        (2, None, Some("r2"))
+    );
+    // A refresher that read an older version cannot take the lease.
+    assert!(!s.begin_refresh("L1", "w9", 1, LEASE).await.unwrap());
+    // A lease let go, or lapsed, can be taken again.
+    assert!(s.begin_refresh("L1", "w9", 2, LEASE).await.unwrap());
+    s.end_refresh("L1", "w9").await.unwrap();
+    assert!(
+        s.begin_refresh("L1", "w8", 2, Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(
+        !s.save_installation(&tokens("L1", "late", None), Some("w8"))
+            .await
+            .unwrap(),
+        "its lease lapsed"
+    );
+    assert!(s.begin_refresh("L1", "w7", 2, LEASE).await.unwrap());
+    // No refresh of an installation that is not active.
+    s.set_install_state("L1", InstallState::Reauthorize, None)
+        .await
+        .unwrap();
+    assert!(!s.begin_refresh("L1", "w6", 4, LEASE).await.unwrap());
+}
+
 /// One `#[tokio::test]` per contract check and backend.
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
@@ -673,4 +831,6 @@ contract!(
     a_refused_token_parks_the_location_until_resumed,
     pruning_deletes_old_finished_events_only,
     erasing_a_contact_deletes_its_events_decisions_and_state,
+    installations_are_saved_read_and_replaced,
+    one_refresher_at_a_time_and_only_its_own_answer_is_saved,
 );

@@ -5,6 +5,7 @@
 //! resumes its events.
 
 mod history;
+mod installations;
 mod queue;
 mod state;
 

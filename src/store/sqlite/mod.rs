@@ -1,6 +1,7 @@
 //! The embedded SQLite store (WAL mode): the default, for a single instance.
 
 mod history;
+mod installations;
 mod queue;
 mod state;
 
