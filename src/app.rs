@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use tokio::sync::{Notify, watch};
 
+use crate::access::{Access, OAuth};
 use crate::config::Config;
 use crate::ghl::GhlClient;
 use crate::ghl::budget::{Budget, LocalBudget};
+use crate::ghl::oauth::OAuthClient;
 use crate::metrics::Metrics;
 use crate::rules::LiveRules;
 use crate::store::pg_budget::PgBudget;
@@ -19,7 +21,7 @@ use crate::store::wrap::Wrapped;
 use crate::store::{Store, StoreError};
 use crate::web::guard::Rejections;
 use crate::web::intake::{REJECTION_SUMMARY_EVERY, summarize_rejections};
-use crate::web::state::AppState;
+use crate::web::state::{AppState, Install};
 use crate::worker::Worker;
 
 /// Deletes finished events older than `retention`, and delivery ids older than
@@ -159,18 +161,20 @@ pub async fn start_with_store(
     ));
     let watcher = watch_rules(config, &rules);
     let wake = Arc::new(Notify::new());
+    let access = access(config, &store)?;
     let worker = Arc::new(Worker::new(
         Arc::clone(&store),
         Arc::clone(&rules),
         ghl_client(config, &metrics).await?,
-        config.ghl.tokens.clone(),
+        access.clone(),
         config.worker,
         Arc::clone(&wake),
         Arc::clone(&metrics),
     ));
     let owner = worker.owner().to_owned();
     let worker_task = tokio::spawn(Arc::clone(&worker).run(shutdown_rx.clone()));
-    let state = app_state(config, &store, &rules, wake, metrics);
+    let mut state = app_state(config, &store, &rules, wake, metrics);
+    state.install = install(config, &access);
     let summarizer = spawn_housekeeping(config, &state, &shutdown_rx);
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
     let admin_server = admin_listener.map(|(listener, _)| {
@@ -228,7 +232,42 @@ fn app_state(
         metrics,
         body_budget: Arc::default(),
         rejections: Arc::new(Rejections::default()),
+        install: None,
     }
+}
+
+/// The ways to a location's token: PITs, and in app mode the installations.
+fn access(config: &Config, store: &Arc<dyn Store>) -> Result<Access, StartError> {
+    let ghl = &config.ghl;
+    let oauth = match &ghl.oauth {
+        None => None,
+        Some(o) => {
+            let client = OAuthClient::new(&ghl.base_url, ghl.timeout, o.app.clone())?;
+            let owner = format!("{}-{}", std::process::id(), rand::random::<u32>());
+            let oauth = OAuth::new(
+                client,
+                Arc::clone(store),
+                o.sealer.clone(),
+                &owner,
+                ghl.timeout,
+            );
+            Some(Arc::new(oauth))
+        }
+    };
+    Ok(Access::new(ghl.tokens.clone(), oauth))
+}
+
+/// What `/oauth/install` and `/oauth/callback` need, in app mode.
+fn install(config: &Config, access: &Access) -> Option<Arc<Install>> {
+    let (settings, oauth) = (config.ghl.oauth.as_ref()?, access.oauth()?);
+    Some(Arc::new(Install {
+        oauth: Arc::clone(oauth),
+        authorize_url: settings.authorize_url.clone(),
+        redirect_uri: settings.redirect_uri(),
+        scopes: settings.scopes.clone(),
+        state_key: settings.app.client_secret.clone(),
+        secure_cookie: settings.public_url.starts_with("https://"),
+    }))
 }
 
 /// The GoHighLevel client, with the location budget: in PostgreSQL when replicas share the

@@ -16,13 +16,22 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::ghl::Tokens;
 use crate::ghl::budget::RateLimit;
+use crate::ghl::oauth::AppCredentials;
 use crate::model::ids::LocationId;
 use crate::rules::RuleSet;
+use crate::seal::Sealer;
 pub use crate::telemetry::LogFormat;
 use crate::web::auth::{self, Verifier};
 use crate::worker::{RetryPolicy, WorkerOptions};
 
 pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
+/// What autofollow calls: followers (contacts.write), pipeline names, users by email and the
+/// location's company (lookups), and for company installs, location tokens.
+pub const DEFAULT_SCOPES: &str = "contacts.readonly contacts.write opportunities.readonly users.readonly locations.readonly oauth.readonly oauth.write";
+/// GoHighLevel's authorization page; white-label agencies use
+/// `https://marketplace.leadconnectorhq.com/v2/oauth/chooselocation`.
+pub const DEFAULT_AUTHORIZE_URL: &str =
+    "https://marketplace.gohighlevel.com/v2/oauth/chooselocation";
 
 /// Reads a secret flag or variable straight into a [`SecretString`], so that no plain copy
 /// of it is kept (and `Debug` of the arguments shows `[REDACTED]`).
@@ -63,6 +72,29 @@ pub struct ServeArgs {
     /// YAML file mapping location id to token.
     #[arg(long, env = "GHL_LOCATION_TOKENS_FILE")]
     pub ghl_location_tokens_file: Option<PathBuf>,
+    /// App mode: the Marketplace app's client id (with GHL_CLIENT_SECRET, AUTOFOLLOW_PUBLIC_URL
+    /// and AUTOFOLLOW_ENCRYPTION_KEY).
+    #[arg(long, env = "GHL_CLIENT_ID")]
+    pub ghl_client_id: Option<String>,
+    #[arg(long, env = "GHL_CLIENT_SECRET", hide_env_values = true, value_parser = secret_arg)]
+    pub ghl_client_secret: Option<SecretString>,
+    /// The URL GoHighLevel and browsers reach this service at (the redirect URI is
+    /// `{AUTOFOLLOW_PUBLIC_URL}/oauth/callback`).
+    #[arg(long, env = "AUTOFOLLOW_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The scopes asked for at install, space-separated.
+    #[arg(long, env = "GHL_SCOPES", default_value = DEFAULT_SCOPES)]
+    pub ghl_scopes: String,
+    /// The app's id: INSTALL/UNINSTALL events of other apps are ignored.
+    #[arg(long, env = "GHL_APP_ID")]
+    pub ghl_app_id: Option<String>,
+    /// 32 random bytes in base64 (`openssl rand -base64 32`) sealing OAuth tokens at rest;
+    /// several, comma-separated, during a rotation (the first seals).
+    #[arg(long, env = "AUTOFOLLOW_ENCRYPTION_KEY", hide_env_values = true, value_parser = secret_arg)]
+    pub encryption_key: Option<SecretString>,
+    /// The authorization page (chooselocation) installs are sent to.
+    #[arg(long, env = "GHL_AUTHORIZE_URL", default_value = DEFAULT_AUTHORIZE_URL)]
+    pub ghl_authorize_url: String,
     /// Shared secret for webhook authentication; several, comma-separated, during a rotation.
     #[arg(long, env = "AUTOFOLLOW_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret_arg)]
     pub webhook_secret: Option<SecretString>,
@@ -156,9 +188,30 @@ pub struct StoreSettings {
 pub struct GhlSettings {
     pub base_url: String,
     pub tokens: Tokens,
+    /// `None`: no app mode (PITs only).
+    pub oauth: Option<OAuthSettings>,
     pub timeout: Duration,
     pub rate_limit: RateLimit,
     pub daily_limit: u32,
+}
+
+/// App mode: a GoHighLevel Marketplace app with OAuth.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub app: AppCredentials,
+    /// Where this service is reached from outside, without a trailing `/`.
+    pub public_url: String,
+    pub scopes: String,
+    pub app_id: Option<String>,
+    pub sealer: Sealer,
+    pub authorize_url: String,
+}
+
+impl OAuthSettings {
+    /// `{AUTOFOLLOW_PUBLIC_URL}/oauth/callback`, the redirect URI to enter on the app page.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.public_url)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,9 +272,10 @@ impl Config {
         let web = web(&args, &mut p);
         let store = store(&args, &mut p);
         let ghl = ghl(&args, &mut p);
-        let dry_run = ghl
-            .as_ref()
-            .map(|g| args.dry_run.unwrap_or(g.tokens.is_empty()));
+        let dry_run = ghl.as_ref().map(|g| {
+            args.dry_run
+                .unwrap_or(g.tokens.is_empty() && g.oauth.is_none())
+        });
         let worker = worker(&args, &mut p);
         let rules = p.check("AUTOFOLLOW_RULES", RuleSet::load(&args.rules));
         let log_format = p.check(
@@ -400,13 +454,80 @@ fn ghl(args: &ServeArgs, p: &mut Problems) -> Option<GhlSettings> {
             false => Err("at least 2"),
         },
     );
+    let oauth = oauth(args, p);
     Some(GhlSettings {
         base_url: base_url?,
         tokens: Tokens::new(default_token, by_location?),
+        oauth: oauth?,
         timeout: timeout?,
         rate_limit: rate_limit?,
         daily_limit: daily_limit?,
     })
+}
+
+/// App mode's settings: none of them set is no app mode; `GHL_CLIENT_ID` set needs the rest.
+fn oauth(args: &ServeArgs, p: &mut Problems) -> Option<Option<OAuthSettings>> {
+    let Some(client_id) = args
+        .ghl_client_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    else {
+        for (set, name) in [
+            (args.ghl_client_secret.is_some(), "GHL_CLIENT_SECRET"),
+            (args.encryption_key.is_some(), "AUTOFOLLOW_ENCRYPTION_KEY"),
+        ] {
+            if set {
+                p.0.push(format!(
+                    "{name}: set without GHL_CLIENT_ID (app mode needs both)"
+                ));
+            }
+        }
+        return Some(None);
+    };
+    let secret = p.check(
+        "GHL_CLIENT_SECRET",
+        args.ghl_client_secret
+            .clone()
+            .ok_or("required in app mode (GHL_CLIENT_ID is set)"),
+    );
+    let public_url = p.check(
+        "AUTOFOLLOW_PUBLIC_URL",
+        match args
+            .public_url
+            .as_deref()
+            .map(|u| u.trim().trim_end_matches('/'))
+        {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(u.to_owned()),
+            Some(_) => Err("must be an http(s) URL, such as https://autofollow.example.com"),
+            None => Err("required in app mode: the URL GoHighLevel redirects installs to"),
+        },
+    );
+    let sealer = p.check(
+        "AUTOFOLLOW_ENCRYPTION_KEY",
+        match &args.encryption_key {
+            Some(key) => Sealer::parse(key),
+            None => Err(
+                "required in app mode: 32 random bytes in base64 (openssl rand -base64 32)"
+                    .to_owned(),
+            ),
+        },
+    );
+    Some(Some(OAuthSettings {
+        app: AppCredentials {
+            client_id: client_id.to_owned(),
+            client_secret: secret?,
+        },
+        public_url: public_url?,
+        scopes: args
+            .ghl_scopes
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        app_id: args.ghl_app_id.clone().filter(|a| !a.trim().is_empty()),
+        sealer: sealer?,
+        authorize_url: args.ghl_authorize_url.trim().to_owned(),
+    }))
 }
 
 /// `GHL_LOCATION_TOKENS_FILE`: a YAML mapping of location id to token. Errors never quote a
@@ -476,6 +597,13 @@ mod tests {
             admin_listen: "everywhere".into(),
             ghl_token: Some("tok-HIDDEN-1".into()),
             ghl_location_tokens_file: Some(dir),
+            ghl_client_id: Some("app-client".into()),
+            ghl_client_secret: None,
+            public_url: Some("ftp://nowhere".into()),
+            ghl_scopes: DEFAULT_SCOPES.into(),
+            ghl_app_id: None,
+            encryption_key: Some("HIDDEN-KEY-not-base64".into()),
+            ghl_authorize_url: DEFAULT_AUTHORIZE_URL.into(),
             webhook_secret: Some("whsec_!!HIDDEN!!".into()),
             webhook_max_age: "ages".into(),
             ghl_webhook_public_keys: Some(
@@ -521,6 +649,9 @@ mod tests {
             "GHL_TIMEOUT",
             "AUTOFOLLOW_RETRY_BASE",
             "AUTOFOLLOW_RETRY_CAP",
+            "GHL_CLIENT_SECRET",
+            "AUTOFOLLOW_PUBLIC_URL",
+            "AUTOFOLLOW_ENCRYPTION_KEY",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }

@@ -4,6 +4,7 @@
 //! are not followed (the API never redirects, so one is an error).
 
 pub mod budget;
+pub mod oauth;
 pub mod pipelines;
 
 use std::collections::HashMap;

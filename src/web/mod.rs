@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod guard;
 pub mod intake;
+pub mod oauth;
 pub mod server;
 pub mod state;
 
@@ -34,6 +35,8 @@ use state::AppState;
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(intake::routes(state.clone()))
+        .route("/oauth/install", get(oauth::install))
+        .route("/oauth/callback", get(oauth::callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready));
     layered(routes, state)

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::auth::Verifier;
 use super::guard::{BodyBudget, Rejections};
+use crate::access::OAuth;
 use crate::metrics::Metrics;
 use crate::rules::LiveRules;
 use crate::store::Store;
@@ -35,4 +36,19 @@ pub struct AppState {
     pub body_budget: Arc<BodyBudget>,
     /// Rejected webhooks since the last summary.
     pub rejections: Arc<Rejections>,
+    /// App mode's install flow; `None` without app mode.
+    pub install: Option<Arc<Install>>,
+}
+
+/// What the install flow needs (app mode only).
+#[derive(Debug)]
+pub struct Install {
+    pub oauth: Arc<OAuth>,
+    pub authorize_url: String,
+    pub redirect_uri: String,
+    pub scopes: String,
+    /// Signs `state` (the client secret).
+    pub state_key: SecretString,
+    /// The public URL is HTTPS: the state cookie is `Secure`.
+    pub secure_cookie: bool,
 }

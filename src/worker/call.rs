@@ -4,10 +4,9 @@
 
 use std::time::SystemTime;
 
-use secrecy::SecretString;
-
 use super::decide::Decided;
-use super::{Ending, Worker, fingerprint};
+use super::{Ending, Worker};
+use crate::access::Token;
 use crate::ghl::CallError;
 use crate::model::ids::{ContactId, UserId};
 use crate::model::plan::{Plan, PlanEntry};
@@ -24,7 +23,7 @@ impl Worker {
     pub(super) async fn call(
         &self,
         decided: &Decided,
-        token: Option<&SecretString>,
+        token: Option<&Token>,
         trust_known: bool,
         head: i64,
     ) -> Result<Called, StoreError> {
@@ -42,7 +41,7 @@ impl Worker {
         }
         let Some(token) = token else {
             let reason = format!(
-                "no GoHighLevel token for location {location} (set GHL_TOKEN or add the location to GHL_LOCATION_TOKENS_FILE)"
+                "no GoHighLevel token for location {location} (install the app into it, or add it to GHL_LOCATION_TOKENS_FILE)"
             );
             return Ok((calls, Ending::attempt(Outcome::Failed, reason)));
         };
@@ -105,17 +104,31 @@ impl Worker {
     async fn call_one(
         &self,
         decided: &Decided,
-        token: &SecretString,
+        token: &Token,
         add: bool,
         users: Vec<UserId>,
         head: i64,
         calls: &mut Vec<CallRecord>,
     ) -> Result<Option<Ending>, StoreError> {
         let (location, contact) = (&decided.location, &decided.contact);
-        let answer = self
+        let mut used = token.clone();
+        let mut answer = self
             .ghl
-            .followers(token, location, add, contact, &users)
+            .followers(&used.secret, location, add, contact, &users)
             .await;
+        // Refused: once more with a newer token, if there is one (an installation's is
+        // refreshed once).
+        if let Err(CallError::Permanent {
+            status: Some(401), ..
+        }) = &answer
+            && let Some(newer) = self.access.refused(location, token).await
+        {
+            answer = self
+                .ghl
+                .followers(&newer.secret, location, add, contact, &users)
+                .await;
+            used = newer;
+        }
         let (status, reason) = match answer {
             Ok(list) => {
                 // Recorded only while this worker still holds the group (see
@@ -144,7 +157,7 @@ impl Worker {
         let ending = match status {
             Some(401 | 403) => {
                 self.store
-                    .mark_token_failing(location, &fingerprint(token), &reason)
+                    .mark_token_failing(location, &used.fingerprint, &reason)
                     .await?;
                 self.parked.lock().await.insert(location.clone());
                 let reason =

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use secrecy::SecretString;
-
-use super::{Ending, Worker, fingerprint};
+use super::{Ending, Worker};
+use crate::access::Token;
 use crate::ghl::CallError;
 use crate::model::event::Event;
 use crate::model::ids::{ContactId, LocationId, OpportunityId};
@@ -37,7 +36,7 @@ impl Worker {
         &self,
         group: &[Claimed],
         events: &[(usize, Box<Event>)],
-        token: Option<&SecretString>,
+        token: Option<&Token>,
     ) -> Result<Result<Decided, Ending>, StoreError> {
         let Some((_, first)) = events.first() else {
             return Ok(Err(Ending::done()));
@@ -74,7 +73,12 @@ impl Worker {
             };
             let resolver = match self
                 .lookups
-                .resolve(&self.ghl, event, before.stage.as_deref(), token)
+                .resolve(
+                    &self.ghl,
+                    event,
+                    before.stage.as_deref(),
+                    token.map(|t| &t.secret),
+                )
                 .await
             {
                 Ok(r) => r,
@@ -100,13 +104,13 @@ impl Worker {
     async fn refused(
         &self,
         location: &LocationId,
-        token: Option<&SecretString>,
+        token: Option<&Token>,
     ) -> Result<Option<Ending>, StoreError> {
         let (false, Some(token)) = (self.options.dry_run, token) else {
             return Ok(None);
         };
         match self.store.token_failing(location).await? {
-            Some(refused) if refused == fingerprint(token) => {
+            Some(refused) if refused == token.fingerprint => {
                 self.parked.lock().await.insert(location.clone());
                 Ok(Some(Ending::attempt(
                     Outcome::Parked,

@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use rand::Rng;
-use secrecy::SecretString;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use retry::RetryPolicy;
 
-use crate::ghl::{GhlClient, Tokens};
+use crate::access::{Access, NoToken, Token};
+use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
 use crate::model::ids::LocationId;
 use crate::model::record::{Decision, Outcome};
@@ -121,7 +121,7 @@ pub struct Worker {
     store: Arc<dyn Store>,
     rules: Arc<LiveRules>,
     ghl: GhlClient,
-    tokens: Tokens,
+    access: Access,
     options: WorkerOptions,
     owner: String,
     wake: Arc<Notify>,
@@ -138,7 +138,7 @@ impl Worker {
         store: Arc<dyn Store>,
         rules: Arc<LiveRules>,
         ghl: GhlClient,
-        tokens: Tokens,
+        access: Access,
         options: WorkerOptions,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
@@ -148,7 +148,7 @@ impl Worker {
             store,
             rules,
             ghl,
-            tokens,
+            access,
             options,
             owner,
             wake,
@@ -241,7 +241,7 @@ impl Worker {
     /// Resumes the parked events of every location whose token changed since it was refused.
     async fn resume_changed_tokens(&self) -> Result<(), StoreError> {
         for (location, refused) in self.store.token_failures().await? {
-            let current = self.tokens.for_location(&location).map(fingerprint);
+            let current = self.access.current(&location).await;
             if current.as_deref() != Some(refused.as_str()) {
                 let resumed = self.store.resume_location(&location).await?;
                 tracing::info!(%location, resumed, "the location's token changed; its parked events resume");
@@ -297,8 +297,14 @@ impl Worker {
         let Some(location) = bodies.events.first().map(|(_, e)| e.location_id.clone()) else {
             return Ok((results, Ending::done()));
         };
-        let token = self.tokens.for_location(&location);
-        let (records, ending) = match self.decide(group, &bodies.events, token).await? {
+        let (token, decided) = match self.token(&location).await? {
+            Ok(token) => {
+                let decided = self.decide(group, &bodies.events, token.as_ref()).await?;
+                (token, decided)
+            }
+            Err(ending) => (None, Err(ending)),
+        };
+        let (records, ending) = match decided {
             Err(ending) => {
                 let empty = |i: usize| {
                     Decision::empty(group[i].attempt, Outcome::Done, self.options.dry_run)
@@ -314,7 +320,9 @@ impl Worker {
                 // lost its lease) before it could record their answers: the follower list on
                 // record may be stale, so it is not trusted for this group.
                 let first_try = group.iter().all(|c| c.attempt <= 1);
-                let (calls, ending) = self.call(&decided, token, first_try, group[0].id).await?;
+                let (calls, ending) = self
+                    .call(&decided, token.as_ref(), first_try, group[0].id)
+                    .await?;
                 let records = decided.records.into_iter().map(|(i, mut d, s)| {
                     d.calls.clone_from(&calls);
                     (i, d, s)
@@ -366,6 +374,35 @@ impl Worker {
 
     /// Runs `work` on the claimed `group`, extending its leases every third of the lease, so
     /// slow GoHighLevel calls never outlive them. When another worker has taken the events
+    /// The location's token (`None`: none, a dry run decides and records without one), or
+    /// how the group ends without deciding: parked while the app must be installed again,
+    /// a retry while no token can be had now.
+    async fn token(
+        &self,
+        location: &LocationId,
+    ) -> Result<Result<Option<Token>, Ending>, StoreError> {
+        if self.options.dry_run {
+            return Ok(Ok(None));
+        }
+        match self.access.token(location).await {
+            Ok(token) => Ok(Ok(Some(token))),
+            Err(NoToken::Missing) => Ok(Ok(None)),
+            Err(NoToken::Unavailable(reason)) => Ok(Err(Ending::retry(reason, None))),
+            Err(NoToken::Reauthorize {
+                fingerprint,
+                reason,
+            }) => {
+                self.store
+                    .mark_token_failing(location, &fingerprint, &reason)
+                    .await?;
+                self.parked.lock().await.insert(location.clone());
+                let reason =
+                    format!("{reason}; the location's events wait for a new install or a replay");
+                Ok(Err(Ending::attempt(Outcome::Parked, reason)))
+            }
+        }
+    }
+
     /// after all (this one stalled past its lease), the work stops: None.
     async fn holding_leases<T>(
         &self,
@@ -393,12 +430,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Identifies a token in the store without storing it: a SHA-256 prefix.
-fn fingerprint(token: &SecretString) -> String {
-    use secrecy::ExposeSecret;
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(token.expose_secret().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

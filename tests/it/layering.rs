@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["rules"],
     &["ghl"],
     &["store"],
+    &["access"],
     &["worker"],
     &["web"],
     &["config"],

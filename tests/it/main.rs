@@ -18,6 +18,7 @@ mod http_limits;
 mod layering;
 mod limits;
 mod migrate;
+mod oauth;
 mod operations;
 mod ops;
 mod readme;

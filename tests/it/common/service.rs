@@ -142,6 +142,18 @@ pub struct Options {
     pub location_tokens: Vec<(String, String)>,
     pub shutdown_grace: String,
     pub webhook_max_age: String,
+    /// App mode, against the stand-in at the GoHighLevel address.
+    pub app: Option<AppMode>,
+}
+
+/// The app's credentials in app-mode tests.
+#[derive(Clone)]
+pub struct AppMode {
+    /// The OAuth stand-in's address, used as GHL_API_BASE_URL.
+    pub ghl_base: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub encryption_key: String,
 }
 
 impl Default for Options {
@@ -159,6 +171,7 @@ impl Default for Options {
             location_tokens: Vec::new(),
             shutdown_grace: "8s".into(),
             webhook_max_age: "3h".into(),
+            app: None,
         }
     }
 }
@@ -197,8 +210,24 @@ pub async fn spawn_with(options: Options) -> TestApp {
             "sqlite://{}",
             dir.path().join("data/autofollow.db").display()
         ),
-        ghl_api_base_url: ghl.uri(),
+        ghl_api_base_url: options
+            .app
+            .as_ref()
+            .map_or_else(|| ghl.uri(), |a| a.ghl_base.clone()),
         ghl_token: options.token.then(|| TOKEN.into()),
+        ghl_client_id: options.app.as_ref().map(|a| a.client_id.clone()),
+        ghl_client_secret: options.app.as_ref().map(|a| a.client_secret.clone().into()),
+        public_url: options
+            .app
+            .as_ref()
+            .map(|_| "https://autofollow.test".to_owned()),
+        ghl_scopes: autofollow::config::DEFAULT_SCOPES.into(),
+        ghl_app_id: None,
+        encryption_key: options
+            .app
+            .as_ref()
+            .map(|a| a.encryption_key.clone().into()),
+        ghl_authorize_url: autofollow::config::DEFAULT_AUTHORIZE_URL.into(),
         ghl_location_tokens_file: (!options.location_tokens.is_empty()).then(|| {
             let path = dir.path().join("tokens.yaml");
             let yaml: String = options

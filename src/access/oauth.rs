@@ -1,0 +1,363 @@
+//! The Marketplace app's installations: tokens sealed in the store, refreshed before they
+//! expire and once when GoHighLevel refuses one, **single-flight** across tasks (a lock per
+//! installation) and across replicas (the store's refresh lease), because a refresh token
+//! works once: the new pair is committed before anyone uses it.
+//!
+//! What a crash can lose: GoHighLevel has rotated the refresh token once it answers a
+//! refresh; if the process dies between that answer and the commit (one statement, right
+//! after the answer), the new pair is lost and the old refresh token no longer works. The
+//! next refresh is refused and the installation is marked for re-authorization. The protocol
+//! allows no smaller window; a refresh is made only when the access token is about to expire
+//! (or refused), so this window opens about once a day per installation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+
+use super::{NoToken, Token};
+use crate::ghl::oauth::{OAuthClient, OAuthError, TokenAnswer};
+use crate::model::ids::LocationId;
+use crate::seal::Sealer;
+use crate::store::{InstallKind, InstallState, InstallTokens, Installation, Store};
+
+/// A refresh is attempted this long before the access token expires (at most a quarter of
+/// the token's life).
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+
+/// The OAuth side of [`super::Access`].
+#[derive(Debug)]
+pub struct OAuth {
+    client: OAuthClient,
+    store: Arc<dyn Store>,
+    sealer: Sealer,
+    /// This process's name on refresh leases.
+    owner: String,
+    /// How long a refresh lease lasts: longer than a refresh call may take.
+    lease: Duration,
+    /// One refresh at a time per installation within this process.
+    local: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl OAuth {
+    pub fn new(
+        client: OAuthClient,
+        store: Arc<dyn Store>,
+        sealer: Sealer,
+        owner: &str,
+        call_timeout: Duration,
+    ) -> OAuth {
+        OAuth {
+            client,
+            store,
+            sealer,
+            owner: owner.to_owned(),
+            lease: call_timeout * 2 + Duration::from_secs(5),
+            local: Mutex::default(),
+        }
+    }
+
+    pub fn client(&self) -> &OAuthClient {
+        &self.client
+    }
+
+    /// Stores what a code exchange (an install) answered: a location's tokens, or a
+    /// company's and a row for each location it approved. Returns the installation's id.
+    pub async fn install(&self, answer: &TokenAnswer) -> Result<String, String> {
+        let company = answer.user_type.as_deref() == Some("Company");
+        let id = match company {
+            true => answer.company_id.clone(),
+            false => answer.location_id.clone(),
+        }
+        .filter(|id| crate::model::ids::is_valid_id(id))
+        .ok_or("GoHighLevel's token answer names no valid location or company id")?;
+        let kind = if company {
+            InstallKind::Company
+        } else {
+            InstallKind::Location
+        };
+        let tokens = self.sealed(&id, kind, answer.company_id.clone(), answer);
+        self.store
+            .save_installation(&tokens, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut locations = vec![id.clone()];
+        if company {
+            locations.clone_from(&answer.approved_locations);
+            for location in &answer.approved_locations {
+                self.add_company_location(&id, location).await?;
+            }
+        }
+        // Work parked while the app needed installing again goes on.
+        for location in locations.iter().filter_map(|l| LocationId::parse(l).ok()) {
+            let resumed = self
+                .store
+                .resume_location(&location)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resumed > 0 {
+                tracing::info!(%location, resumed, "installed again; the location's parked events resume");
+            }
+        }
+        Ok(id)
+    }
+
+    /// Records a location of a company install; its token is got from the company's when
+    /// first needed.
+    pub async fn add_company_location(&self, company: &str, location: &str) -> Result<(), String> {
+        if !crate::model::ids::is_valid_id(location) {
+            return Err(format!("{location:?} is not a location id"));
+        }
+        let row = InstallTokens {
+            id: location.to_owned(),
+            kind: InstallKind::Location,
+            company_id: Some(company.to_owned()),
+            access_token: None,
+            refresh_token: None,
+            scopes: String::new(),
+            issued_at: None,
+            expires_at: None,
+        };
+        self.store
+            .save_installation(&row, None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The installation's access token for `id`, renewed first when it is about to expire;
+    /// `None` when there is no installation (or it was uninstalled).
+    pub async fn token(&self, id: &str) -> Result<Option<Token>, NoToken> {
+        let Some(found) = self.read(id).await? else {
+            return Ok(None);
+        };
+        match found.state {
+            InstallState::Uninstalled => Ok(None),
+            InstallState::Reauthorize => Err(reauthorize(&found)),
+            InstallState::Active => match self.usable(&found) {
+                Some(token) => Ok(Some(token)),
+                None => self.renew(id, found.version).await.map(Some),
+            },
+        }
+    }
+
+    /// GoHighLevel refused `token`: renewed once, unless it was renewed already.
+    pub async fn refused(&self, id: &str, token: &Token) -> Option<Token> {
+        let found = self.read(id).await.ok()??;
+        if fingerprint(&found) != token.fingerprint {
+            return self.usable(&found);
+        }
+        self.renew(id, found.version).await.ok()
+    }
+
+    /// The installation's fingerprint, when there is one.
+    pub async fn fingerprint(&self, id: &str) -> Option<String> {
+        let found = self.read(id).await.ok()??;
+        (found.state != InstallState::Uninstalled).then(|| fingerprint(&found))
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<Installation>, NoToken> {
+        self.store
+            .installation(id)
+            .await
+            .map_err(|e| NoToken::Unavailable(format!("cannot read the installation: {e}")))
+    }
+
+    /// The stored access token, when it is there and not about to expire.
+    fn usable(&self, found: &Installation) -> Option<Token> {
+        let t = &found.tokens;
+        let (Some(sealed), Some(expires)) = (&t.access_token, t.expires_at) else {
+            return None;
+        };
+        let life = expires
+            .duration_since(t.issued_at.unwrap_or(expires))
+            .unwrap_or_default();
+        let ahead = REFRESH_AHEAD.min(life / 4);
+        if SystemTime::now() + ahead >= expires {
+            return None;
+        }
+        let secret = self.sealer.open(&label(&t.id, "access"), sealed).ok()?;
+        Some(Token {
+            secret,
+            fingerprint: fingerprint(found),
+        })
+    }
+
+    /// Renews the installation's access token, or waits for whoever renews it (in this
+    /// process or another) and uses theirs.
+    async fn renew(&self, id: &str, seen: i64) -> Result<Token, NoToken> {
+        let local = self.local_lock(id);
+        let _one = local.lock().await;
+        let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
+        loop {
+            let found = self.read(id).await?.ok_or(NoToken::Missing)?;
+            if found.state != InstallState::Active {
+                return Err(reauthorize(&found));
+            }
+            if found.version != seen
+                && let Some(token) = self.usable(&found)
+            {
+                return Ok(token);
+            }
+            let taken = self
+                .store
+                .begin_refresh(id, &self.owner, found.version, self.lease)
+                .await
+                .map_err(|e| NoToken::Unavailable(e.to_string()))?;
+            if taken {
+                return self.refresh(found).await;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(NoToken::Unavailable(format!(
+                    "installation {id}: another refresh did not finish in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn local_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(id.to_owned()).or_default())
+    }
+
+    /// Holding the refresh lease: asks GoHighLevel, commits the answer, then returns it.
+    async fn refresh(&self, found: Installation) -> Result<Token, NoToken> {
+        let t = &found.tokens;
+        let asked = match (&t.refresh_token, &t.company_id, t.kind) {
+            (Some(sealed), _, _) => match self.sealer.open(&label(&t.id, "refresh"), sealed) {
+                Ok(refresh) => self.client.refresh(&refresh).await,
+                Err(e) => Err(OAuthError::Refused(format!(
+                    "the refresh token does not open: {e}"
+                ))),
+            },
+            (None, Some(company), InstallKind::Location) => {
+                self.location_token(company, &t.id).await
+            }
+            _ => Err(OAuthError::Refused("no refresh token is stored".to_owned())),
+        };
+        match asked {
+            Ok(answer) => {
+                let mut next = self.sealed(&t.id, t.kind, t.company_id.clone(), &answer);
+                if next.refresh_token.is_none() {
+                    next.refresh_token.clone_from(&t.refresh_token);
+                }
+                self.commit(&found, &next).await
+            }
+            Err(OAuthError::Unavailable(reason)) => {
+                let _ = self.store.end_refresh(&t.id, &self.owner).await;
+                Err(NoToken::Unavailable(reason))
+            }
+            Err(OAuthError::Refused(reason)) => Err(self.refused_refresh(&found, &reason).await),
+        }
+    }
+
+    /// A location's token from its company's (which is renewed first when needed).
+    async fn location_token(
+        &self,
+        company: &str,
+        location: &str,
+    ) -> Result<TokenAnswer, OAuthError> {
+        let company_token = match Box::pin(self.token(company)).await {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                return Err(OAuthError::Refused(format!(
+                    "company {company} is not installed"
+                )));
+            }
+            Err(NoToken::Unavailable(reason)) => return Err(OAuthError::Unavailable(reason)),
+            Err(NoToken::Missing) => {
+                return Err(OAuthError::Refused(format!(
+                    "company {company} is not installed"
+                )));
+            }
+            Err(NoToken::Reauthorize { reason, .. }) => {
+                return Err(OAuthError::Refused(format!("company {company}: {reason}")));
+            }
+        };
+        self.client
+            .location_token(&company_token.secret, company, location)
+            .await
+    }
+
+    /// Commits the new pair under the lease; the token returned is the one committed.
+    async fn commit(&self, found: &Installation, next: &InstallTokens) -> Result<Token, NoToken> {
+        let saved = self
+            .store
+            .save_installation(next, Some(&self.owner))
+            .await
+            .map_err(|e| NoToken::Unavailable(format!("cannot store the refreshed tokens: {e}")))?;
+        if !saved {
+            tracing::warn!(installation = %found.tokens.id, "refresh lease lapsed before the new tokens were stored; using whatever is stored now");
+        }
+        let now = self.read(&found.tokens.id).await?.ok_or(NoToken::Missing)?;
+        self.usable(&now)
+            .ok_or_else(|| NoToken::Unavailable("the stored token is not usable".to_owned()))
+    }
+
+    /// GoHighLevel refused the refresh: unless someone stored a newer pair meanwhile, the
+    /// installation needs re-authorization.
+    async fn refused_refresh(&self, found: &Installation, reason: &str) -> NoToken {
+        let id = &found.tokens.id;
+        if let Ok(Some(now)) = self.read(id).await
+            && now.version != found.version
+            && self.usable(&now).is_some()
+        {
+            return NoToken::Unavailable(
+                "another process stored newer tokens; try again".to_owned(),
+            );
+        }
+        let problem = format!("GoHighLevel refused the refresh: {reason}; install the app again");
+        tracing::error!(installation = %id, reason, "GoHighLevel refused the refresh; the installation needs re-authorization");
+        let _ = self
+            .store
+            .set_install_state(id, InstallState::Reauthorize, Some(&problem))
+            .await;
+        match self.read(id).await {
+            Ok(Some(now)) => reauthorize(&now),
+            _ => NoToken::Unavailable(problem),
+        }
+    }
+
+    /// The answer's tokens, sealed for installation `id`.
+    fn sealed(
+        &self,
+        id: &str,
+        kind: InstallKind,
+        company_id: Option<String>,
+        answer: &TokenAnswer,
+    ) -> InstallTokens {
+        let now = SystemTime::now();
+        let seal = |what: &str, secret: &SecretString| self.sealer.seal(&label(id, what), secret);
+        InstallTokens {
+            id: id.to_owned(),
+            kind,
+            company_id,
+            access_token: Some(seal("access", &answer.access_token)),
+            refresh_token: answer.refresh_token.as_ref().map(|r| seal("refresh", r)),
+            scopes: answer.scope.clone().unwrap_or_default(),
+            issued_at: Some(now),
+            expires_at: Some(now + Duration::from_secs(answer.expires_in.unwrap_or(86_399))),
+        }
+    }
+}
+
+/// What a sealed value of installation `id` is bound to.
+fn label(id: &str, what: &str) -> String {
+    format!("installation:{id}:{what}")
+}
+
+fn fingerprint(found: &Installation) -> String {
+    format!("oauth-{}-v{}", found.tokens.id, found.version)
+}
+
+fn reauthorize(found: &Installation) -> NoToken {
+    NoToken::Reauthorize {
+        fingerprint: fingerprint(found),
+        reason: found
+            .problem
+            .clone()
+            .unwrap_or_else(|| "the app must be installed again".to_owned()),
+    }
+}

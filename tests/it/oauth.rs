@@ -1,0 +1,242 @@
+//! App mode against the OAuth stand-in (`common::ghl_oauth`): install through the real
+//! endpoints, tokens sealed at rest, refresh before expiry, one refresh for many callers and
+//! for two replicas, a refused refresh parks the location until the app is installed again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autofollow::access::OAuth;
+use autofollow::ghl::oauth::{AppCredentials, OAuthClient};
+use autofollow::model::record::EventStatus;
+use autofollow::seal::Sealer;
+use autofollow::store::{InstallState, Store};
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET, Grant, StandIn};
+use crate::common::service::{AppMode, Options, spawn_with};
+
+const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
+
+fn key() -> String {
+    base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+}
+
+fn app_mode(base: &str) -> AppMode {
+    AppMode {
+        ghl_base: base.to_owned(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        encryption_key: key(),
+    }
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_location_installs_through_the_callback_and_its_sealed_token_is_used() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    let base = ghl.serve().await;
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        token: false,
+        app: Some(app_mode(&base)),
+        ..Options::default()
+    })
+    .await;
+    let http = no_redirects();
+    // /oauth/install: to the authorization page, with a state bound to a cookie.
+    let r = http
+        .get(format!("{}/oauth/install", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let to = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.host_str(), Some("marketplace.gohighlevel.com"));
+    let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["redirect_uri"], "https://autofollow.test/oauth/callback");
+    assert!(q["scope"].contains("contacts.write"));
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Secure")
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    // A state that is not this service's, or from another browser, is refused.
+    let code = ghl.code(Grant::Location(LOCATION.into()));
+    for (state, cookie) in [("forged.state", cookie.as_str()), (q["state"].as_str(), "")] {
+        let r = http
+            .get(format!("{}/oauth/callback", app.base))
+            .query(&[("code", code.as_str()), ("state", state)])
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(app.store().installations().await.unwrap(), vec![]);
+    // The right one installs.
+    let r = http
+        .get(format!("{}/oauth/callback", app.base))
+        .query(&[("code", code.as_str()), ("state", q["state"].as_str())])
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let installed = app.store().installation(LOCATION).await.unwrap().unwrap();
+    assert_eq!(installed.state, InstallState::Active);
+    // Sealed at rest: no token the stand-in issued is in the database files.
+    let issued: Vec<String> =
+        ghl.with(|s| s.access.keys().chain(s.refresh.keys()).cloned().collect());
+    let db = app.database_url.trim_start_matches("sqlite://").to_owned();
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes.extend(std::fs::read(format!("{db}-wal")).unwrap_or_default());
+    let text = String::from_utf8_lossy(&bytes);
+    for token in &issued {
+        assert!(
+            !text.contains(token.as_str()),
+            "a token is stored in plaintext"
+        );
+    }
+    // A webhook for the location is processed with the installation's token.
+    app.contact("ContactCreate", "c1", json!({})).await;
+    app.drain().await;
+    let calls = ghl.with(|s| s.calls.clone());
+    assert_eq!(
+        calls,
+        vec![(LOCATION.to_owned(), "c1".to_owned(), "POST".to_owned(), 201)]
+    );
+    app.shutdown().await;
+}
+
+/// Two "replicas" (two `OAuth` with their own names) on one store, each with many callers,
+/// all asking for an expired token at once: one refresh, one new token for all.
+async fn many_callers_and_two_replicas_make_one_refresh(store: Arc<dyn Store>) {
+    let ghl = StandIn::new(Duration::from_secs(2));
+    let base = ghl.serve().await;
+    let sealer = Sealer::parse(&SecretString::from(key())).unwrap();
+    let replica = |name: &str| {
+        let app = AppCredentials {
+            client_id: CLIENT_ID.into(),
+            client_secret: SecretString::from(CLIENT_SECRET.to_owned()),
+        };
+        let client = OAuthClient::new(&base, Duration::from_secs(5), app).unwrap();
+        Arc::new(OAuth::new(
+            client,
+            Arc::clone(&store),
+            sealer.clone(),
+            name,
+            Duration::from_secs(5),
+        ))
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let code = ghl.code(Grant::Location(LOCATION.into()));
+    let answer = a
+        .client()
+        .exchange(&code, "https://x/oauth/callback")
+        .await
+        .unwrap();
+    assert_eq!(a.install(&answer).await.unwrap(), LOCATION);
+    let first = a.token(LOCATION).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let mut callers = Vec::new();
+    for i in 0..16 {
+        let oauth = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        callers.push(tokio::spawn(async move { oauth.token(LOCATION).await }));
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for c in callers {
+        let token = c.await.unwrap().unwrap().unwrap();
+        tokens.insert(token.secret.expose_secret().to_owned());
+    }
+    assert_eq!(ghl.with(|s| s.refreshes), 1, "one refresh");
+    assert_eq!(tokens.len(), 1, "everyone got the new token");
+    assert!(!tokens.contains(first.secret.expose_secret()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_callers_and_two_replicas_make_one_refresh_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    many_callers_and_two_replicas_make_one_refresh(autofollow::store::open(&url).await.unwrap())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_callers_and_two_replicas_make_one_refresh_postgres() {
+    let Some(url) = crate::common::postgres_schema().await else {
+        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    many_callers_and_two_replicas_make_one_refresh(autofollow::store::open(&url).await.unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
+    let ghl = StandIn::new(Duration::from_secs(1));
+    let base = ghl.serve().await;
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        token: false,
+        app: Some(app_mode(&base)),
+        ..Options::default()
+    })
+    .await;
+    let http = no_redirects();
+    let install = |code: String| {
+        let url = format!("{}/oauth/callback", app.base);
+        let http = http.clone();
+        // Started from the Marketplace: no state.
+        async move {
+            http.get(url)
+                .query(&[("code", code)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        install(ghl.code(Grant::Location(LOCATION.into()))).await,
+        200
+    );
+    // The refresh token is revoked (used elsewhere); the access token expires.
+    ghl.with(|s| s.refresh.clear());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let id = app.contact("ContactCreate", "c1", json!({})).await;
+    // (Parked events count as waiting: the queue is not drained here.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.event(id).await.status != EventStatus::Parked {
+        assert!(std::time::Instant::now() < deadline, "not parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let found = app.store().installation(LOCATION).await.unwrap().unwrap();
+    assert_eq!(found.state, InstallState::Reauthorize);
+    assert!(found.problem.unwrap().contains("install the app again"));
+    assert!(
+        ghl.with(|s| s.calls.is_empty()),
+        "nothing called without a token"
+    );
+    // Installing again resumes the parked work.
+    assert_eq!(
+        install(ghl.code(Grant::Location(LOCATION.into()))).await,
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.event(id).await.status != EventStatus::Done {
+        assert!(std::time::Instant::now() < deadline, "not resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ghl.with(|s| s.calls.len()), 1);
+    app.shutdown().await;
+}
