@@ -10,7 +10,7 @@ use axum::Router;
 use tokio::sync::{Notify, watch};
 
 use crate::access::{Access, OAuth};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_AUTHORIZE_URL, WHITELABEL_AUTHORIZE_URL};
 use crate::ghl::GhlClient;
 use crate::ghl::budget::{Budget, LocalBudget};
 use crate::ghl::oauth::OAuthClient;
@@ -21,7 +21,7 @@ use crate::store::wrap::Wrapped;
 use crate::store::{Store, StoreError};
 use crate::web::guard::Rejections;
 use crate::web::intake::{REJECTION_SUMMARY_EVERY, summarize_rejections};
-use crate::web::state::{AppState, Install};
+use crate::web::state::{AppState, EXCHANGES, Install};
 use crate::worker::Worker;
 
 /// Deletes finished events older than `retention`, and delivery ids older than
@@ -260,13 +260,19 @@ fn access(config: &Config, store: &Arc<dyn Store>) -> Result<Access, StartError>
 /// What `/oauth/install` and `/oauth/callback` need, in app mode.
 fn install(config: &Config, access: &Access) -> Option<Arc<Install>> {
     let (settings, oauth) = (config.ghl.oauth.as_ref()?, access.oauth()?);
+    let whitelabel = match settings.authorize_url.as_str() == DEFAULT_AUTHORIZE_URL {
+        true => WHITELABEL_AUTHORIZE_URL.parse().ok()?,
+        false => settings.authorize_url.clone(),
+    };
     Some(Arc::new(Install {
         oauth: Arc::clone(oauth),
         authorize_url: settings.authorize_url.clone(),
+        whitelabel_authorize_url: whitelabel,
         redirect_uri: settings.redirect_uri(),
         scopes: settings.scopes.clone(),
         state_key: settings.app.client_secret.clone(),
         secure_cookie: settings.public_url.starts_with("https://"),
+        exchanges: tokio::sync::Semaphore::new(EXCHANGES),
     }))
 }
 

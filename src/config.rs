@@ -28,10 +28,12 @@ pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
 /// What autofollow calls: followers (contacts.write), pipeline names, users by email and the
 /// location's company (lookups), and for company installs, location tokens.
 pub const DEFAULT_SCOPES: &str = "contacts.readonly contacts.write opportunities.readonly users.readonly locations.readonly oauth.readonly oauth.write";
-/// GoHighLevel's authorization page; white-label agencies use
-/// `https://marketplace.leadconnectorhq.com/v2/oauth/chooselocation`.
+/// GoHighLevel's authorization page.
 pub const DEFAULT_AUTHORIZE_URL: &str =
     "https://marketplace.gohighlevel.com/v2/oauth/chooselocation";
+/// The same page on the white-label host (`/oauth/install?whitelabel=true`).
+pub const WHITELABEL_AUTHORIZE_URL: &str =
+    "https://marketplace.leadconnectorhq.com/v2/oauth/chooselocation";
 
 /// Reads a secret flag or variable straight into a [`SecretString`], so that no plain copy
 /// of it is kept (and `Debug` of the arguments shows `[REDACTED]`).
@@ -204,7 +206,7 @@ pub struct OAuthSettings {
     pub scopes: String,
     pub app_id: Option<String>,
     pub sealer: Sealer,
-    pub authorize_url: String,
+    pub authorize_url: reqwest::Url,
 }
 
 impl OAuthSettings {
@@ -513,6 +515,15 @@ fn oauth(args: &ServeArgs, p: &mut Problems) -> Option<Option<OAuthSettings>> {
             ),
         },
     );
+    let authorize_url = p.check(
+        "GHL_AUTHORIZE_URL",
+        reqwest::Url::parse(args.ghl_authorize_url.trim())
+            .map_err(|e| e.to_string())
+            .and_then(|u| match u.scheme() {
+                "https" | "http" => Ok(u),
+                _ => Err("must be an http(s) URL".to_owned()),
+            }),
+    );
     Some(Some(OAuthSettings {
         app: AppCredentials {
             client_id: client_id.to_owned(),
@@ -526,7 +537,7 @@ fn oauth(args: &ServeArgs, p: &mut Problems) -> Option<Option<OAuthSettings>> {
             .join(" "),
         app_id: args.ghl_app_id.clone().filter(|a| !a.trim().is_empty()),
         sealer: sealer?,
-        authorize_url: args.ghl_authorize_url.trim().to_owned(),
+        authorize_url: authorize_url?,
     }))
 }
 
@@ -603,7 +614,7 @@ mod tests {
             ghl_scopes: DEFAULT_SCOPES.into(),
             ghl_app_id: None,
             encryption_key: Some("HIDDEN-KEY-not-base64".into()),
-            ghl_authorize_url: DEFAULT_AUTHORIZE_URL.into(),
+            ghl_authorize_url: "ftp://nowhere".into(),
             webhook_secret: Some("whsec_!!HIDDEN!!".into()),
             webhook_max_age: "ages".into(),
             ghl_webhook_public_keys: Some(
@@ -652,6 +663,7 @@ mod tests {
             "GHL_CLIENT_SECRET",
             "AUTOFOLLOW_PUBLIC_URL",
             "AUTOFOLLOW_ENCRYPTION_KEY",
+            "GHL_AUTHORIZE_URL",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }

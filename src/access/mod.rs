@@ -78,14 +78,12 @@ impl Access {
     /// The location's token: its installation's (refreshed when it is about to expire), else
     /// its PIT.
     pub async fn token(&self, location: &LocationId) -> Result<Token, NoToken> {
-        if let Some(oauth) = &self.oauth
-            && let Some(token) = oauth.token(location.as_str()).await?
-        {
-            return Ok(token);
-        }
-        self.pits
-            .for_location(location)
-            .map(Token::pit)
+        let installed = match &self.oauth {
+            Some(oauth) => oauth.token(location.as_str()).await?,
+            None => None,
+        };
+        installed
+            .or_else(|| self.pits.for_location(location).map(Token::pit))
             .ok_or(NoToken::Missing)
     }
 
@@ -100,12 +98,11 @@ impl Access {
     /// The fingerprint of the location's credential now, to tell whether a refused one was
     /// replaced.
     pub async fn current(&self, location: &LocationId) -> Option<String> {
-        if let Some(oauth) = &self.oauth
-            && let Some(f) = oauth.fingerprint(location.as_str()).await
-        {
-            return Some(f);
-        }
-        self.pits.for_location(location).map(fingerprint)
+        let installed = match &self.oauth {
+            Some(oauth) => oauth.fingerprint(location.as_str()).await,
+            None => None,
+        };
+        installed.or_else(|| self.pits.for_location(location).map(fingerprint))
     }
 }
 

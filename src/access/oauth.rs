@@ -195,9 +195,9 @@ impl OAuth {
             if found.state != InstallState::Active {
                 return Err(reauthorize(&found));
             }
-            if found.version != seen
-                && let Some(token) = self.usable(&found)
-            {
+            // Renewed by someone else meanwhile.
+            let renewed = (found.version != seen).then(|| self.usable(&found));
+            if let Some(token) = renewed.flatten() {
                 return Ok(token);
             }
             let taken = self
@@ -249,7 +249,7 @@ impl OAuth {
                 let _ = self.store.end_refresh(&t.id, &self.owner).await;
                 Err(NoToken::Unavailable(reason))
             }
-            Err(OAuthError::Refused(reason)) => Err(self.refused_refresh(&found, &reason).await),
+            Err(OAuthError::Refused(reason)) => self.refused_refresh(&found, &reason).await,
         }
     }
 
@@ -296,28 +296,25 @@ impl OAuth {
             .ok_or_else(|| NoToken::Unavailable("the stored token is not usable".to_owned()))
     }
 
-    /// GoHighLevel refused the refresh: unless someone stored a newer pair meanwhile, the
-    /// installation needs re-authorization.
-    async fn refused_refresh(&self, found: &Installation, reason: &str) -> NoToken {
+    /// GoHighLevel refused the refresh: unless someone stored a newer pair meanwhile (then
+    /// that one is used), the installation needs re-authorization.
+    async fn refused_refresh(&self, found: &Installation, reason: &str) -> Result<Token, NoToken> {
         let id = &found.tokens.id;
-        if let Ok(Some(now)) = self.read(id).await
-            && now.version != found.version
-            && self.usable(&now).is_some()
-        {
-            return NoToken::Unavailable(
-                "another process stored newer tokens; try again".to_owned(),
-            );
+        let newer = self
+            .read(id)
+            .await?
+            .filter(|now| now.version != found.version);
+        if let Some(token) = newer.and_then(|now| self.usable(&now)) {
+            return Ok(token);
         }
         let problem = format!("GoHighLevel refused the refresh: {reason}; install the app again");
         tracing::error!(installation = %id, reason, "GoHighLevel refused the refresh; the installation needs re-authorization");
-        let _ = self
-            .store
+        self.store
             .set_install_state(id, InstallState::Reauthorize, Some(&problem))
-            .await;
-        match self.read(id).await {
-            Ok(Some(now)) => reauthorize(&now),
-            _ => NoToken::Unavailable(problem),
-        }
+            .await
+            .map_err(|e| NoToken::Unavailable(e.to_string()))?;
+        let now = self.read(id).await?.ok_or(NoToken::Missing)?;
+        Err(reauthorize(&now))
     }
 
     /// The answer's tokens, sealed for installation `id`.

@@ -96,12 +96,7 @@ impl GhlClient {
         budget: Arc<dyn Budget>,
         metrics: Arc<Metrics>,
     ) -> Result<GhlClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("autofollow/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = http_client(timeout)?;
         Ok(GhlClient {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -276,6 +271,17 @@ impl GhlClient {
         self.budget.observe(location, &observed(&response)).await;
         classify(response).await
     }
+}
+
+/// The HTTP client every call to GoHighLevel goes through: `timeout` per call, no redirect
+/// followed (the API never sends one).
+fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("autofollow/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
 }
 
 /// What an answer's status and `X-RateLimit-*` / `Retry-After` headers say of the budget.

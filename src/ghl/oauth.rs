@@ -86,13 +86,8 @@ impl OAuthClient {
         timeout: Duration,
         app: AppCredentials,
     ) -> Result<OAuthClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("autofollow/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
         Ok(OAuthClient {
-            http,
+            http: super::http_client(timeout)?,
             base: base.trim_end_matches('/').to_owned(),
             app,
         })

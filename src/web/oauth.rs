@@ -11,8 +11,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
@@ -20,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use super::state::AppState;
+use super::state::{AppState, Install};
 use crate::ghl::oauth::OAuthError;
 
 const COOKIE: &str = "autofollow_oauth_state";
@@ -45,32 +46,21 @@ fn not_app_mode() -> Response {
     (StatusCode::NOT_FOUND, text).into_response()
 }
 
-/// `GET /oauth/install`: to GoHighLevel's authorization page.
+/// `GET /oauth/install`: to GoHighLevel's authorization page, with a fresh `state` and its
+/// nonce in a cookie.
 pub(super) async fn install(
     State(state): State<AppState>,
     Query(q): Query<InstallQuery>,
+    jar: CookieJar,
 ) -> Response {
     let Some(install) = state.install.as_deref() else {
         return not_app_mode();
     };
     let nonce: [u8; 16] = rand::random();
     let value = sign_state(&install.state_key, &nonce, SystemTime::now() + STATE_FOR);
-    let base = match q.whitelabel {
-        true => install.authorize_url.replace(
-            "marketplace.gohighlevel.com",
-            "marketplace.leadconnectorhq.com",
-        ),
+    let mut url = match q.whitelabel {
+        true => install.whitelabel_authorize_url.clone(),
         false => install.authorize_url.clone(),
-    };
-    let mut url = match reqwest::Url::parse(&base) {
-        Ok(u) => u,
-        Err(_) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "GHL_AUTHORIZE_URL is not a URL",
-            )
-                .into_response();
-        }
     };
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -79,88 +69,83 @@ pub(super) async fn install(
         .append_pair("scope", &install.scopes)
         .append_pair("state", &value)
         .append_pair("loginWindowOpenMode", "self");
-    let secure = if install.secure_cookie {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-        B64.encode(nonce),
-        STATE_FOR.as_secs()
-    );
-    let mut response = Redirect::to(url.as_str()).into_response();
-    if let Ok(v) = cookie.parse() {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    response
+    let cookie = Cookie::build((COOKIE, B64.encode(nonce)))
+        .path("/oauth")
+        .max_age(cookie::time::Duration::try_from(STATE_FOR).unwrap_or_default())
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(install.secure_cookie);
+    (jar.add(cookie), Redirect::to(url.as_str())).into_response()
 }
 
 /// `GET /oauth/callback`: checks `state`, exchanges the code, stores the installation.
 pub(super) async fn callback(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    jar: CookieJar,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
     let Some(install) = state.install.as_deref() else {
         return not_app_mode();
     };
     if let Some(error) = q.error {
-        return page(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "GoHighLevel did not authorize the app: {}",
-                error.chars().take(100).collect::<String>()
-            ),
-        );
+        let error: String = error.chars().take(100).collect();
+        let text = format!("GoHighLevel did not authorize the app: {error}");
+        return page(StatusCode::BAD_REQUEST, &text);
     }
-    if let Some(value) = &q.state
-        && let Err(why) = check_state(&install.state_key, value, &headers)
-    {
-        tracing::warn!(why, "OAuth callback refused: bad state");
-        return page(
-            StatusCode::BAD_REQUEST,
-            &format!("This install link is not valid ({why}). Start again from /oauth/install."),
-        );
+    if let Some(value) = &q.state {
+        let nonce = jar.get(COOKIE).map(Cookie::value);
+        if let Err(why) = check_state(&install.state_key, value, nonce) {
+            tracing::warn!(why, "OAuth callback refused: bad state");
+            let text =
+                format!("This install link is not valid ({why}). Start again from /oauth/install.");
+            return page(StatusCode::BAD_REQUEST, &text);
+        }
     }
     let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 512) else {
+        let text = "The callback carries no authorization code.";
+        return page(StatusCode::BAD_REQUEST, text);
+    };
+    // Anyone can call this; each call costs a call to GoHighLevel: a few at a time.
+    let Ok(_turn) = install.exchanges.try_acquire() else {
         return page(
-            StatusCode::BAD_REQUEST,
-            "The callback carries no authorization code.",
+            StatusCode::TOO_MANY_REQUESTS,
+            "Busy; try again in a moment.",
         );
     };
+    match exchange(install, &code).await {
+        Ok(id) => {
+            state.wake.notify_one();
+            page(StatusCode::OK, &format!("autofollow is connected to {id}."))
+        }
+        Err((status, text)) => page(status, &text),
+    }
+}
+
+/// Exchanges the code and stores the installation; its id, or what to tell the person.
+async fn exchange(install: &Install, code: &str) -> Result<String, (StatusCode, String)> {
     let answer = match install
         .oauth
         .client()
-        .exchange(&code, &install.redirect_uri)
+        .exchange(code, &install.redirect_uri)
         .await
     {
         Ok(a) => a,
         Err(OAuthError::Refused(reason)) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                &format!("GoHighLevel refused the code: {reason}"),
-            );
+            let text = format!("GoHighLevel refused the code: {reason}");
+            return Err((StatusCode::BAD_REQUEST, text));
         }
         Err(OAuthError::Unavailable(reason)) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("GoHighLevel did not answer: {reason}. Try again."),
-            );
+            let text = format!("GoHighLevel did not answer: {reason}. Try again.");
+            return Err((StatusCode::BAD_GATEWAY, text));
         }
     };
-    match install.oauth.install(&answer).await {
-        Ok(id) => {
-            let locations = answer.approved_locations.len();
-            tracing::info!(installation = %id, user_type = ?answer.user_type, locations, "installed");
-            state.wake.notify_one();
-            page(StatusCode::OK, &format!("autofollow is connected to {id}."))
-        }
-        Err(e) => page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("The installation could not be stored: {e}"),
-        ),
-    }
+    let id = install.oauth.install(&answer).await.map_err(|e| {
+        let text = format!("The installation could not be stored: {e}");
+        (StatusCode::INTERNAL_SERVER_ERROR, text)
+    })?;
+    let locations = answer.approved_locations.len();
+    tracing::info!(installation = %id, user_type = ?answer.user_type, locations, "installed");
+    Ok(id)
 }
 
 /// A small page for the person in the browser; `text` is escaped.
@@ -199,34 +184,24 @@ fn sign_state(key: &SecretString, nonce: &[u8; 16], until: SystemTime) -> String
     )
 }
 
-/// Valid when made by this service, not expired, and bound to this browser's cookie.
-fn check_state(key: &SecretString, value: &str, headers: &HeaderMap) -> Result<(), &'static str> {
+/// Valid when made by this service, not expired, and bound to this browser's cookie (its
+/// nonce, `cookie`).
+fn check_state(key: &SecretString, value: &str, cookie: Option<&str>) -> Result<(), &'static str> {
     let (data, tag) = value.split_once('.').ok_or("malformed")?;
     let data = B64.decode(data).map_err(|_| "malformed")?;
     let tag = B64.decode(tag).map_err(|_| "malformed")?;
-    if data.len() != 24 {
-        return Err("malformed");
-    }
+    let (nonce, until) = data.split_at_checked(16).ok_or("malformed")?;
+    let until: [u8; 8] = until.try_into().map_err(|_| "malformed")?;
     let mut m = mac(key);
     m.update(&data);
     m.verify_slice(&tag)
         .map_err(|_| "not made by this service")?;
-    let secs = u64::from_be_bytes(data[16..].try_into().map_err(|_| "malformed")?);
-    if UNIX_EPOCH + Duration::from_secs(secs) < SystemTime::now() {
+    if UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(until)) < SystemTime::now() {
         return Err("expired");
     }
-    let nonce = B64.encode(&data[..16]);
-    let cookie_matches = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .any(|(name, v)| name == COOKIE && v == nonce);
-    if cookie_matches {
-        Ok(())
-    } else {
-        Err("started in another browser")
+    match cookie == Some(B64.encode(nonce).as_str()) {
+        true => Ok(()),
+        false => Err("started in another browser"),
     }
 }
 
@@ -238,11 +213,8 @@ mod tests {
         SecretString::from("client-secret-0123456789".to_owned())
     }
 
-    fn cookie(nonce: &[u8; 16]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        let v = format!("other=1; {COOKIE}={}", B64.encode(nonce));
-        h.insert(header::COOKIE, v.parse().unwrap());
-        h
+    fn cookie(nonce: &[u8; 16]) -> Option<String> {
+        Some(B64.encode(nonce))
     }
 
     #[test]
@@ -250,24 +222,30 @@ mod tests {
         let nonce = [7u8; 16];
         let later = SystemTime::now() + STATE_FOR;
         let value = sign_state(&key(), &nonce, later);
-        assert_eq!(check_state(&key(), &value, &cookie(&nonce)), Ok(()));
         assert_eq!(
-            check_state(&key(), &value, &HeaderMap::new()),
+            check_state(&key(), &value, cookie(&nonce).as_deref()),
+            Ok(())
+        );
+        assert_eq!(
+            check_state(&key(), &value, None),
             Err("started in another browser")
         );
         assert_eq!(
-            check_state(&key(), &value, &cookie(&[8u8; 16])),
+            check_state(&key(), &value, cookie(&[8u8; 16]).as_deref()),
             Err("started in another browser")
         );
         let other = SecretString::from("another-secret-0123456789".to_owned());
         assert_eq!(
-            check_state(&other, &value, &cookie(&nonce)),
+            check_state(&other, &value, cookie(&nonce).as_deref()),
             Err("not made by this service")
         );
         let old = sign_state(&key(), &nonce, SystemTime::now() - Duration::from_secs(1));
-        assert_eq!(check_state(&key(), &old, &cookie(&nonce)), Err("expired"));
         assert_eq!(
-            check_state(&key(), "nonsense", &cookie(&nonce)),
+            check_state(&key(), &old, cookie(&nonce).as_deref()),
+            Err("expired")
+        );
+        assert_eq!(
+            check_state(&key(), "nonsense", cookie(&nonce).as_deref()),
             Err("malformed")
         );
     }

@@ -44,11 +44,19 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct Install {
     pub oauth: Arc<OAuth>,
-    pub authorize_url: String,
+    /// GoHighLevel's authorization page, and its white-label host's.
+    pub authorize_url: reqwest::Url,
+    pub whitelabel_authorize_url: reqwest::Url,
     pub redirect_uri: String,
     pub scopes: String,
     /// Signs `state` (the client secret).
     pub state_key: SecretString,
     /// The public URL is HTTPS: the state cookie is `Secure`.
     pub secure_cookie: bool,
+    /// Code exchanges in progress (each a call to GoHighLevel, for anyone who calls the
+    /// callback): a few at a time, the rest answered 429.
+    pub exchanges: tokio::sync::Semaphore,
 }
+
+/// Code exchanges at once.
+pub const EXCHANGES: usize = 4;

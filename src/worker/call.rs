@@ -118,11 +118,18 @@ impl Worker {
             .await;
         // Refused: once more with a newer token, if there is one (an installation's is
         // refreshed once).
-        if let Err(CallError::Permanent {
-            status: Some(401), ..
-        }) = &answer
-            && let Some(newer) = self.access.refused(location, token).await
-        {
+        let refused = matches!(
+            &answer,
+            Err(CallError::Permanent {
+                status: Some(401),
+                ..
+            })
+        );
+        let newer = match refused {
+            true => self.access.refused(location, token).await,
+            false => None,
+        };
+        if let Some(newer) = newer {
             answer = self
                 .ghl
                 .followers(&newer.secret, location, add, contact, &users)

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET, Grant, StandIn};
-use crate::common::service::{AppMode, Options, spawn_with};
+use crate::common::service::{AppMode, Options, TestApp, spawn_with};
 
 const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
 
@@ -32,6 +32,28 @@ fn app_mode(base: &str) -> AppMode {
     }
 }
 
+/// The service in app mode against `ghl`, with one rule adding alice to every contact.
+async fn app_with(ghl: &StandIn) -> TestApp {
+    spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        token: false,
+        app: Some(app_mode(&ghl.serve().await)),
+        ..Options::default()
+    })
+    .await
+}
+
+/// A callback as GoHighLevel's redirect after an install from the Marketplace (no `state`).
+async fn callback(app: &TestApp, code: &str) -> u16 {
+    let r = no_redirects()
+        .get(format!("{}/oauth/callback", app.base))
+        .query(&[("code", code)])
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -42,14 +64,7 @@ fn no_redirects() -> reqwest::Client {
 #[tokio::test]
 async fn a_location_installs_through_the_callback_and_its_sealed_token_is_used() {
     let ghl = StandIn::new(Duration::from_secs(3600));
-    let base = ghl.serve().await;
-    let app = spawn_with(Options {
-        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
-        token: false,
-        app: Some(app_mode(&base)),
-        ..Options::default()
-    })
-    .await;
+    let app = app_with(&ghl).await;
     let http = no_redirects();
     // /oauth/install: to the authorization page, with a state bound to a cookie.
     let r = http
@@ -66,6 +81,13 @@ async fn a_location_installs_through_the_callback_and_its_sealed_token_is_used()
     assert_eq!(q["redirect_uri"], "https://autofollow.test/oauth/callback");
     assert!(q["scope"].contains("contacts.write"));
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let white = http
+        .get(format!("{}/oauth/install?whitelabel=true", app.base))
+        .send()
+        .await
+        .unwrap();
+    let white = reqwest::Url::parse(white.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(white.host_str(), Some("marketplace.leadconnectorhq.com"));
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Secure")
     );
@@ -184,30 +206,9 @@ async fn many_callers_and_two_replicas_make_one_refresh_postgres() {
 #[tokio::test]
 async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
     let ghl = StandIn::new(Duration::from_secs(1));
-    let base = ghl.serve().await;
-    let app = spawn_with(Options {
-        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
-        token: false,
-        app: Some(app_mode(&base)),
-        ..Options::default()
-    })
-    .await;
-    let http = no_redirects();
-    let install = |code: String| {
-        let url = format!("{}/oauth/callback", app.base);
-        let http = http.clone();
-        // Started from the Marketplace: no state.
-        async move {
-            http.get(url)
-                .query(&[("code", code)])
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
+    let app = app_with(&ghl).await;
     assert_eq!(
-        install(ghl.code(Grant::Location(LOCATION.into()))).await,
+        callback(&app, &ghl.code(Grant::Location(LOCATION.into()))).await,
         200
     );
     // The refresh token is revoked (used elsewhere); the access token expires.
@@ -229,7 +230,7 @@ async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
     );
     // Installing again resumes the parked work.
     assert_eq!(
-        install(ghl.code(Grant::Location(LOCATION.into()))).await,
+        callback(&app, &ghl.code(Grant::Location(LOCATION.into()))).await,
         200
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -239,4 +240,72 @@ async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
     }
     assert_eq!(ghl.with(|s| s.calls.len()), 1);
     app.shutdown().await;
+}
+
+/// An agency installs the app into two of its locations at once: each location's token is
+/// got from the company token when its first webhook needs one, then kept.
+#[tokio::test]
+async fn a_company_install_gets_each_location_its_token_from_the_company_token() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    let app = app_with(&ghl).await;
+    let other = "otg8dTQqGLh3Q6iQI55w";
+    let grant = Grant::Company("Co9".into(), vec![LOCATION.into(), other.into()]);
+    assert_eq!(callback(&app, &ghl.code(grant)).await, 200);
+    let ids: Vec<String> = app
+        .store()
+        .installations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.tokens.id)
+        .collect();
+    assert_eq!(ids, ["Co9", other, LOCATION]);
+    app.contact("ContactCreate", "c1", json!({})).await;
+    app.contact("ContactCreate", "c2", json!({"locationId": other}))
+        .await;
+    app.drain().await;
+    let mut calls = ghl.with(|s| s.calls.clone());
+    calls.sort();
+    let call = |l: &str, c: &str| (l.to_owned(), c.to_owned(), "POST".to_owned(), 201);
+    assert_eq!(calls, vec![call(other, "c2"), call(LOCATION, "c1")]);
+    assert_eq!(
+        ghl.with(|s| s.location_tokens),
+        2,
+        "one location token each"
+    );
+    app.contact("ContactUpdate", "c3", json!({})).await;
+    app.drain().await;
+    assert_eq!(ghl.with(|s| s.location_tokens), 2, "kept while it is valid");
+    app.shutdown().await;
+}
+
+/// The callback is open to anyone and each call costs a call to GoHighLevel: while a few
+/// exchanges are in progress, further callbacks are answered 429 without one.
+#[tokio::test]
+async fn callbacks_beyond_a_few_at_once_are_answered_429_without_calling_gohighlevel() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    ghl.with(|s| s.token_delay = Duration::from_millis(1_500));
+    let app = Arc::new(app_with(&ghl).await);
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let app = Arc::clone(&app);
+        calls.push(tokio::spawn(async move {
+            callback(&app, &format!("forged-{i}")).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    let busy = statuses.iter().filter(|s| **s == 429).count();
+    let refused = statuses.iter().filter(|s| **s == 400).count();
+    let asked = ghl.with(|s| s.token_requests);
+    let most = autofollow::web::state::EXCHANGES;
+    assert_eq!(busy + refused, 12, "{statuses:?}");
+    assert_eq!(
+        asked, refused,
+        "only the callbacks let through reached GoHighLevel"
+    );
+    assert!(asked <= most && busy >= 12 - most, "{statuses:?}");
+    assert_eq!(app.store().installations().await.unwrap(), vec![]);
 }

@@ -20,7 +20,6 @@ pub const CLIENT_SECRET: &str = "app-client-secret-0123456789";
 
 /// A code the stand-in will exchange: for a location, or for a company with its locations.
 #[derive(Clone, Debug)]
-#[allow(dead_code, reason = "company installs: the next step of issue 16")]
 pub enum Grant {
     Location(String),
     Company(String, Vec<String>),
@@ -40,6 +39,9 @@ pub struct Inner {
     pub calls: Vec<(String, String, String, u16)>,
     pub lifetime: Duration,
     pub next: u64,
+    /// Requests to `/oauth/token`, and how long each is answered after.
+    pub token_requests: usize,
+    pub token_delay: Duration,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,11 @@ fn refused(message: &str) -> Response {
 }
 
 async fn token(State(st): State<StandIn>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let delay = st.with(|s| {
+        s.token_requests += 1;
+        s.token_delay
+    });
+    tokio::time::sleep(delay).await;
     let mut s = st.0.lock().unwrap();
     if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
         || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
