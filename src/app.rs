@@ -173,7 +173,7 @@ pub async fn start_with_store(
     ));
     let owner = worker.owner().to_owned();
     let worker_task = tokio::spawn(Arc::clone(&worker).run(shutdown_rx.clone()));
-    let mut state = app_state(config, &store, &rules, wake, metrics);
+    let mut state = app_state(config, &store, &rules, wake, metrics, &access);
     state.install = install(config, &access);
     let summarizer = spawn_housekeeping(config, &state, &shutdown_rx);
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
@@ -219,6 +219,7 @@ fn app_state(
     rules: &Arc<LiveRules>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    access: &Access,
 ) -> AppState {
     AppState {
         store: Arc::clone(store),
@@ -232,6 +233,7 @@ fn app_state(
         metrics,
         body_budget: Arc::default(),
         rejections: Arc::new(Rejections::default()),
+        access: access.clone(),
         install: None,
     }
 }
@@ -254,7 +256,11 @@ fn access(config: &Config, store: &Arc<dyn Store>) -> Result<Access, StartError>
             Some(Arc::new(oauth))
         }
     };
-    Ok(Access::new(ghl.tokens.clone(), oauth))
+    Ok(Access::new(
+        ghl.pits.clone(),
+        ghl.tokens_file.clone(),
+        oauth,
+    ))
 }
 
 /// What `/oauth/install` and `/oauth/callback` need, in app mode.
@@ -270,6 +276,7 @@ fn install(config: &Config, access: &Access) -> Option<Arc<Install>> {
         whitelabel_authorize_url: whitelabel,
         redirect_uri: settings.redirect_uri(),
         scopes: settings.scopes.clone(),
+        app_id: settings.app_id.clone(),
         state_key: settings.app.client_secret.clone(),
         secure_cookie: settings.public_url.starts_with("https://"),
         exchanges: tokio::sync::Semaphore::new(EXCHANGES),
@@ -326,11 +333,58 @@ fn spawn_housekeeping(
         config.web.verifier.dedup_window(),
         shutdown.clone(),
     ));
+    if config.ghl.tokens_file.is_some() {
+        tokio::spawn(reload_pits(
+            state.access.clone(),
+            Arc::clone(&state.store),
+            Arc::clone(&state.wake),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(summarize_rejections(
         Arc::clone(&state.rejections),
         REJECTION_SUMMARY_EVERY,
         shutdown.clone(),
     ))
+}
+
+/// How often the token file is read again.
+const PITS_EVERY: Duration = Duration::from_secs(2);
+
+/// Reads the token file again every [`PITS_EVERY`]: a rotated or added token is used at once,
+/// and its location's parked work resumes. A file that does not read is reported once and
+/// the tokens in use are kept.
+async fn reload_pits(
+    access: Access,
+    store: Arc<dyn Store>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reported: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PITS_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let changed = match access.reload_pits() {
+            Ok(changed) => changed,
+            Err(e) => {
+                if reported.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "cannot read the token file again; the tokens in use are kept");
+                    reported = Some(e);
+                }
+                continue;
+            }
+        };
+        reported = None;
+        for location in &changed {
+            let resumed = store.resume_location(location).await.unwrap_or(0);
+            tracing::info!(%location, resumed, "the location's token changed in the token file");
+        }
+        if !changed.is_empty() {
+            wake.notify_one();
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {

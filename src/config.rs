@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::ghl::Tokens;
+use crate::access::{Pits, pits};
 use crate::ghl::budget::RateLimit;
 use crate::ghl::oauth::AppCredentials;
 use crate::model::ids::LocationId;
@@ -68,10 +68,14 @@ pub struct ServeArgs {
     /// GoHighLevel API base URL.
     #[arg(long, env = "GHL_API_BASE_URL", default_value = DEFAULT_GHL_API)]
     pub ghl_api_base_url: String,
-    /// Private Integration Token for every location without a token of its own.
+    /// Private Integration Token of the sub-account GHL_LOCATION_ID (used for that location
+    /// only).
     #[arg(long, env = "GHL_TOKEN", hide_env_values = true, value_parser = secret_arg)]
     pub ghl_token: Option<SecretString>,
-    /// YAML file mapping location id to token.
+    /// The location (sub-account) GHL_TOKEN belongs to.
+    #[arg(long, env = "GHL_LOCATION_ID")]
+    pub ghl_location_id: Option<String>,
+    /// YAML file mapping location id to token; read again when it changes.
     #[arg(long, env = "GHL_LOCATION_TOKENS_FILE")]
     pub ghl_location_tokens_file: Option<PathBuf>,
     /// App mode: the Marketplace app's client id (with GHL_CLIENT_SECRET, AUTOFOLLOW_PUBLIC_URL
@@ -189,7 +193,10 @@ pub struct StoreSettings {
 #[derive(Debug, Clone)]
 pub struct GhlSettings {
     pub base_url: String,
-    pub tokens: Tokens,
+    /// Private Integration Tokens by location.
+    pub pits: Pits,
+    /// The PITs' file, read again when it changes.
+    pub tokens_file: Option<PathBuf>,
     /// `None`: no app mode (PITs only).
     pub oauth: Option<OAuthSettings>,
     pub timeout: Duration,
@@ -276,7 +283,7 @@ impl Config {
         let ghl = ghl(&args, &mut p);
         let dry_run = ghl.as_ref().map(|g| {
             args.dry_run
-                .unwrap_or(g.tokens.is_empty() && g.oauth.is_none())
+                .unwrap_or(g.pits.is_empty() && g.oauth.is_none())
         });
         let worker = worker(&args, &mut p);
         let rules = p.check("AUTOFOLLOW_RULES", RuleSet::load(&args.rules));
@@ -434,15 +441,10 @@ fn ghl(args: &ServeArgs, p: &mut Problems) -> Option<GhlSettings> {
             false => Err(format!("`{base}` is not an http(s) URL")),
         },
     );
-    let default_token = args
-        .ghl_token
-        .as_ref()
-        .map(|t| t.expose_secret().trim())
-        .filter(|t| !t.is_empty())
-        .map(SecretString::from);
+    let one = p.check("GHL_TOKEN", ghl_token(args));
     let by_location = match &args.ghl_location_tokens_file {
         None => Some(HashMap::new()),
-        Some(path) => p.check("GHL_LOCATION_TOKENS_FILE", location_tokens(path)),
+        Some(path) => p.check("GHL_LOCATION_TOKENS_FILE", pits::read_file(path)),
     };
     let timeout = p.duration("GHL_TIMEOUT", &args.ghl_timeout, Duration::from_nanos(1));
     let rate_limit = p.check(
@@ -459,7 +461,8 @@ fn ghl(args: &ServeArgs, p: &mut Problems) -> Option<GhlSettings> {
     let oauth = oauth(args, p);
     Some(GhlSettings {
         base_url: base_url?,
-        tokens: Tokens::new(default_token, by_location?),
+        pits: Pits::new(one?, by_location?),
+        tokens_file: args.ghl_location_tokens_file.clone(),
         oauth: oauth?,
         timeout: timeout?,
         rate_limit: rate_limit?,
@@ -543,27 +546,32 @@ fn oauth(args: &ServeArgs, p: &mut Problems) -> Option<Option<OAuthSettings>> {
 
 /// `GHL_LOCATION_TOKENS_FILE`: a YAML mapping of location id to token. Errors never quote a
 /// token.
-fn location_tokens(path: &Path) -> Result<HashMap<LocationId, SecretString>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let map = serde_yaml::from_str::<HashMap<String, String>>(&text).map_err(|e| {
-        // serde_yaml errors quote the offending value; keep only where it is.
-        let at = e
-            .location()
-            .map_or("not a mapping of strings".to_owned(), |l| {
-                format!("problem at line {}, column {}", l.line(), l.column())
-            });
-        format!("{} must map location ids to tokens: {at}", path.display())
-    })?;
-    let mut tokens = HashMap::new();
-    for (location, token) in map {
-        if token.trim().is_empty() {
-            return Err(format!("the token of location {location} is empty"));
+/// `GHL_TOKEN` and the location it belongs to: a PIT is one sub-account's.
+fn ghl_token(args: &ServeArgs) -> Result<Option<(LocationId, SecretString)>, String> {
+    let token = args
+        .ghl_token
+        .as_ref()
+        .map(|t| t.expose_secret().trim())
+        .filter(|t| !t.is_empty());
+    let location = args
+        .ghl_location_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    match (token, location) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(
+            "needs GHL_LOCATION_ID, the id of the sub-account (location) \
+             the token belongs to; a Private Integration Token works for that location only \
+             (several locations: GHL_LOCATION_TOKENS_FILE)"
+                .to_owned(),
+        ),
+        (Some(token), Some(location)) => {
+            let location =
+                LocationId::parse(location).map_err(|e| format!("GHL_LOCATION_ID: {e}"))?;
+            Ok(Some((location, SecretString::from(token.to_owned()))))
         }
-        let id = LocationId::parse(location.trim()).map_err(|e| e.to_string())?;
-        tokens.insert(id, SecretString::from(token.trim().to_owned()));
     }
-    Ok(tokens)
 }
 
 /// The worker's options (all but `dry_run`, which depends on the tokens).
@@ -607,6 +615,7 @@ mod tests {
             ghl_api_base_url: "ftp://x".into(),
             admin_listen: "everywhere".into(),
             ghl_token: Some("tok-HIDDEN-1".into()),
+            ghl_location_id: None,
             ghl_location_tokens_file: Some(dir),
             ghl_client_id: Some("app-client".into()),
             ghl_client_secret: None,
@@ -664,6 +673,7 @@ mod tests {
             "AUTOFOLLOW_PUBLIC_URL",
             "AUTOFOLLOW_ENCRYPTION_KEY",
             "GHL_AUTHORIZE_URL",
+            "GHL_TOKEN: needs GHL_LOCATION_ID",
         ] {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
@@ -697,6 +707,7 @@ mod tests {
         assert_eq!(config.map(|c| c.worker.dry_run), Some(true));
         let with_token = ServeArgs {
             ghl_token: Some("t".into()),
+            ghl_location_id: Some("L1".into()),
             ..args.clone()
         };
         assert_eq!(

@@ -44,6 +44,8 @@ pub struct Metrics {
     oldest_pending: prometheus::Gauge,
     failed_events: IntGauge,
     tokens_refused: IntGauge,
+    installations: IntGaugeVec,
+    scopes_missing: IntGauge,
     rules_info: IntGaugeVec,
     rules_count: IntGauge,
     rules_valid: IntGauge,
@@ -187,6 +189,22 @@ impl Metrics {
                 "autofollow_tokens_refused",
                 "Locations whose token GoHighLevel refused; their events are parked.",
             ),
+            installations: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "autofollow_installations",
+                        "App installations (locations and companies) by state: active, reauthorize, uninstalled.",
+                    ),
+                    &["state"],
+                )
+                .unwrap_or_else(|e| unreachable!("metric: {e}")),
+            ),
+            scopes_missing: gauge(
+                &r,
+                "autofollow_scopes_missing",
+                "Scopes found missing from locations' tokens (GoHighLevel answered 401 or 403 to a lookup), summed over locations.",
+            ),
             rules_info: register(
                 &r,
                 IntGaugeVec::new(
@@ -250,6 +268,14 @@ impl Metrics {
         if let Some(refused) = gauges.tokens_refused {
             self.tokens_refused.set(count(refused as u64));
         }
+        if let Some(installations) = &gauges.installations {
+            self.installations.reset();
+            for (state, n) in installations {
+                let n = count(*n as u64);
+                self.installations.with_label_values(&[state]).set(n);
+            }
+        }
+        self.scopes_missing.set(count(gauges.scopes_missing as u64));
         self.rules_info.reset();
         self.rules_info
             .with_label_values(&[gauges.rules_version.as_str()])
@@ -275,6 +301,10 @@ pub struct Gauges {
     pub queue: Option<QueueGauges>,
     /// `None` when the store did not answer (the gauge keeps its value).
     pub tokens_refused: Option<usize>,
+    /// Installations by state; `None` when the store did not answer.
+    pub installations: Option<Vec<(&'static str, usize)>>,
+    /// Missing scopes, summed over locations.
+    pub scopes_missing: usize,
     pub rules_version: String,
     pub rules: usize,
     /// False while the rule files on disk are invalid.

@@ -1,19 +1,23 @@
-//! How autofollow reaches a location: with a Private Integration Token (`GHL_TOKEN`,
-//! `GHL_LOCATION_TOKENS_FILE`), or through an OAuth installation of the Marketplace app
-//! (tokens sealed in the store, refreshed before they expire, single-flight; see
-//! [`oauth`]). The worker asks for a location's token here and nowhere else.
+//! How autofollow reaches a location: with a Private Integration Token (`GHL_TOKEN` for
+//! `GHL_LOCATION_ID`, `GHL_LOCATION_TOKENS_FILE`; see [`pits`]), or through an OAuth
+//! installation of the Marketplace app (tokens sealed in the store, refreshed before they
+//! expire, single-flight; see [`oauth`]). The worker asks for a location's token here and
+//! nowhere else, and intake asks here whether a location is served at all.
 
 pub mod oauth;
+pub mod pits;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Digest;
 
-use crate::ghl::Tokens;
 use crate::model::ids::LocationId;
 
 pub use oauth::OAuth;
+pub use pits::Pits;
 
 /// A token for one location, and what identifies it without showing it.
 #[derive(Clone)]
@@ -47,6 +51,8 @@ impl Token {
 pub enum NoToken {
     /// Neither a PIT nor an installation covers the location.
     Missing,
+    /// The app was uninstalled from the location (or its company).
+    Uninstalled,
     /// GoHighLevel refused the installation's refresh: the app must be installed again.
     /// Carries the installation's fingerprint, to park the location's work on.
     Reauthorize { fingerprint: String, reason: String },
@@ -54,55 +60,137 @@ pub enum NoToken {
     Unavailable(String),
 }
 
-/// Every way to a location's token.
+/// Every way to a location's token; cheap to clone (the clones share the PITs, so a token
+/// file read again reaches every holder).
 #[derive(Debug, Clone)]
 pub struct Access {
-    pits: Tokens,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pits: RwLock<Pits>,
+    file: Option<PathBuf>,
     oauth: Option<Arc<OAuth>>,
+    /// No credential of any kind configured: a dry run that serves every location.
+    open: bool,
+    scopes: Arc<Scopes>,
 }
 
 impl Access {
-    pub fn new(pits: Tokens, oauth: Option<Arc<OAuth>>) -> Access {
-        Access { pits, oauth }
+    /// `file` is where the PITs' file is read again from ([`Access::reload_pits`]).
+    pub fn new(pits: Pits, file: Option<PathBuf>, oauth: Option<Arc<OAuth>>) -> Access {
+        let open = pits.is_empty() && file.is_none() && oauth.is_none();
+        Access {
+            inner: Arc::new(Inner {
+                pits: RwLock::new(pits),
+                file,
+                oauth,
+                open,
+                scopes: Arc::default(),
+            }),
+        }
     }
 
     /// No token and no app configured: nothing can be called (a dry run).
     pub fn is_empty(&self) -> bool {
-        self.pits.is_empty() && self.oauth.is_none()
+        self.inner.open
     }
 
     pub fn oauth(&self) -> Option<&Arc<OAuth>> {
-        self.oauth.as_ref()
+        self.inner.oauth.as_ref()
+    }
+
+    /// Missing scopes found by calls, by location.
+    pub fn scopes(&self) -> &Arc<Scopes> {
+        &self.inner.scopes
+    }
+
+    fn pits(&self) -> std::sync::RwLockReadGuard<'_, Pits> {
+        self.inner
+            .pits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many locations have a PIT now.
+    pub fn pit_locations(&self) -> usize {
+        self.pits().len()
+    }
+
+    /// Whether autofollow acts for `location`: it has a PIT or an installation that was not
+    /// uninstalled (one that needs re-authorization still counts: its work waits), or no
+    /// credential is configured at all (a dry run records every location). `Err`: the store
+    /// could not say.
+    pub async fn serves(&self, location: &LocationId) -> Result<bool, String> {
+        if self.inner.open || self.pits().get(location).is_some() {
+            return Ok(true);
+        }
+        match &self.inner.oauth {
+            Some(oauth) => oauth.serves(location.as_str()).await,
+            None => Ok(false),
+        }
     }
 
     /// The location's token: its installation's (refreshed when it is about to expire), else
     /// its PIT.
     pub async fn token(&self, location: &LocationId) -> Result<Token, NoToken> {
-        let installed = match &self.oauth {
-            Some(oauth) => oauth.token(location.as_str()).await?,
-            None => None,
+        let installed = match &self.inner.oauth {
+            Some(oauth) => oauth.token(location.as_str()).await,
+            None => Err(NoToken::Missing),
         };
-        installed
-            .or_else(|| self.pits.for_location(location).map(Token::pit))
-            .ok_or(NoToken::Missing)
+        match installed {
+            Err(NoToken::Missing | NoToken::Uninstalled) => {
+                let pit = self.pits().get(location).map(Token::pit);
+                pit.ok_or(installed.err().unwrap_or(NoToken::Missing))
+            }
+            other => other,
+        }
     }
 
     /// GoHighLevel refused `token` (401): a newer token to try once, if there is one (an
-    /// installation is refreshed, single-flight, unless someone already did). `None`: the
-    /// token stays refused.
+    /// installation is refreshed, single-flight, unless someone already did; a PIT may have
+    /// been rotated in the token file). `None`: the token stays refused.
     pub async fn refused(&self, location: &LocationId, token: &Token) -> Option<Token> {
-        let oauth = self.oauth.as_ref()?;
-        oauth.refused(location.as_str(), token).await
+        if let Some(oauth) = &self.inner.oauth {
+            if let Some(newer) = oauth.refused(location.as_str(), token).await {
+                return Some(newer);
+            }
+        }
+        let pit = self.pits().get(location).map(Token::pit)?;
+        (pit.fingerprint != token.fingerprint).then_some(pit)
     }
 
     /// The fingerprint of the location's credential now, to tell whether a refused one was
     /// replaced.
     pub async fn current(&self, location: &LocationId) -> Option<String> {
-        let installed = match &self.oauth {
+        let installed = match &self.inner.oauth {
             Some(oauth) => oauth.fingerprint(location.as_str()).await,
             None => None,
         };
-        installed.or_else(|| self.pits.for_location(location).map(fingerprint))
+        installed.or_else(|| self.pits().get(location).map(fingerprint))
+    }
+
+    /// Reads the token file again; the locations whose token changed (to resume their parked
+    /// work). A file that does not read keeps the tokens in use (`Err` says why).
+    pub fn reload_pits(&self) -> Result<Vec<LocationId>, String> {
+        let Some(path) = &self.inner.file else {
+            return Ok(Vec::new());
+        };
+        let file = pits::read_file(path)?;
+        let mut current = self
+            .inner
+            .pits
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next = current.with_file(file);
+        let changed: Vec<LocationId> = next
+            .locations()
+            .filter(|l| current.get(l).map(fingerprint) != next.get(l).map(fingerprint))
+            .cloned()
+            .collect();
+        *current = next;
+        Ok(changed)
     }
 }
 
@@ -110,4 +198,47 @@ impl Access {
 pub fn fingerprint(token: &SecretString) -> String {
     let digest = sha2::Sha256::digest(token.expose_secret().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Scopes a location's token turned out to lack: GoHighLevel answered 401 or 403 to a
+/// lookup that needs them. Shown in `/readyz` and the admin API; cleared when such a call
+/// succeeds again.
+#[derive(Debug, Default)]
+pub struct Scopes {
+    missing: Mutex<BTreeMap<LocationId, BTreeMap<&'static str, String>>>,
+}
+
+impl Scopes {
+    /// `location`'s token lacks `scope`: `what` was refused.
+    pub fn lacks(&self, location: &LocationId, scope: &'static str, what: String) {
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = missing
+            .entry(location.clone())
+            .or_default()
+            .insert(scope, what.clone())
+            .is_none();
+        if first {
+            tracing::warn!(%location, scope, refused = %what, "the location's token lacks a scope; rules that need it will not match until it is granted");
+        }
+    }
+
+    /// A call needing `scope` succeeded for `location`.
+    pub fn has(&self, location: &LocationId, scope: &'static str) {
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(scopes) = missing.get_mut(location) {
+            scopes.remove(scope);
+            if scopes.is_empty() {
+                missing.remove(location);
+            }
+        }
+    }
+
+    /// Every location with a missing scope: (location, [(scope, what was refused)]).
+    pub fn missing(&self) -> Vec<(LocationId, Vec<(&'static str, String)>)> {
+        let missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        missing
+            .iter()
+            .map(|(l, s)| (l.clone(), s.iter().map(|(k, v)| (*k, v.clone())).collect()))
+            .collect()
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
 
@@ -26,6 +26,11 @@ use crate::store::{InstallKind, InstallState, InstallTokens, Installation, Store
 /// the token's life).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 
+/// An installed location is known to intake for this long before the store is asked again
+/// (an uninstall on another replica reaches this one within it; its events are then ended
+/// by the worker, never called).
+const KNOWN_FOR: Duration = Duration::from_secs(30);
+
 /// The OAuth side of [`super::Access`].
 #[derive(Debug)]
 pub struct OAuth {
@@ -38,6 +43,8 @@ pub struct OAuth {
     lease: Duration,
     /// One refresh at a time per installation within this process.
     local: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Locations found installed, and when: intake's answer without a store read.
+    known: Mutex<HashMap<String, Instant>>,
 }
 
 impl OAuth {
@@ -55,6 +62,7 @@ impl OAuth {
             owner: owner.to_owned(),
             lease: call_timeout * 2 + Duration::from_secs(5),
             local: Mutex::default(),
+            known: Mutex::default(),
         }
     }
 
@@ -89,18 +97,129 @@ impl OAuth {
                 self.add_company_location(&id, location).await?;
             }
         }
-        // Work parked while the app needed installing again goes on.
-        for location in locations.iter().filter_map(|l| LocationId::parse(l).ok()) {
-            let resumed = self
-                .store
-                .resume_location(&location)
-                .await
-                .map_err(|e| e.to_string())?;
-            if resumed > 0 {
-                tracing::info!(%location, resumed, "installed again; the location's parked events resume");
-            }
+        for location in &locations {
+            self.resume(location, "installed again").await?;
         }
         Ok(id)
+    }
+
+    /// Parked work of the location goes on (installed again: it is called; uninstalled: the
+    /// worker ends it).
+    async fn resume(&self, location: &str, why: &str) -> Result<(), String> {
+        let Ok(location) = LocationId::parse(location) else {
+            return Ok(());
+        };
+        let resumed = self
+            .store
+            .resume_location(&location)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resumed > 0 {
+            tracing::info!(%location, resumed, "{why}; the location's parked events resume");
+        }
+        Ok(())
+    }
+
+    /// Whether the location has an installation that was not uninstalled.
+    pub async fn serves(&self, location: &str) -> Result<bool, String> {
+        {
+            let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            if known
+                .get(location)
+                .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+            {
+                return Ok(true);
+            }
+        }
+        let found = self.store.installation(location).await;
+        let found = found.map_err(|e| format!("cannot read the installation: {e}"))?;
+        let serves = found.is_some_and(|f| f.state != InstallState::Uninstalled);
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        match serves {
+            true => known.insert(location.to_owned(), Instant::now()),
+            false => known.remove(location),
+        };
+        Ok(serves)
+    }
+
+    /// An `INSTALL` webhook. A location of an installed company is recorded, and its token
+    /// got from the company's now (in the background); a location installed on its own, or a
+    /// company, is stored by the callback. Returns what was done.
+    pub async fn app_installed(
+        self: &Arc<Self>,
+        company: Option<&str>,
+        location: Option<&str>,
+    ) -> Result<&'static str, String> {
+        let Some(location) = location else {
+            return Ok("company install (its tokens come through the callback)");
+        };
+        let own = self.store.installation(location).await;
+        let own = own.map_err(|e| e.to_string())?;
+        let has_own = own.as_ref().is_some_and(|o| {
+            o.state != InstallState::Uninstalled && o.tokens.refresh_token.is_some()
+        });
+        if has_own {
+            return Ok("location already installed");
+        }
+        let Some(company) = company else {
+            return Ok("location install (its tokens come through the callback)");
+        };
+        let installed_company = self.store.installation(company).await;
+        let active = installed_company
+            .map_err(|e| e.to_string())?
+            .is_some_and(|c| {
+                c.tokens.kind == InstallKind::Company && c.state == InstallState::Active
+            });
+        if !active {
+            return Ok("location of a company that is not installed here");
+        }
+        self.add_company_location(company, location).await?;
+        self.resume(location, "installed again").await?;
+        let (this, location) = (Arc::clone(self), location.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = this.token(&location).await {
+                tracing::warn!(%location, error = ?e, "cannot get the new location's token yet; it is asked for again when needed");
+            }
+        });
+        Ok("location of an installed company recorded")
+    }
+
+    /// An `UNINSTALL` webhook: the location's (or the company's and its locations') tokens are
+    /// deleted; queued work of those locations is ended by the worker, nothing is called.
+    pub async fn app_uninstalled(
+        &self,
+        company: Option<&str>,
+        location: Option<&str>,
+    ) -> Result<usize, String> {
+        let mut ended: Vec<String> = location.map(str::to_owned).into_iter().collect();
+        if let (None, Some(company)) = (location, company) {
+            ended.push(company.to_owned());
+            let all = self
+                .store
+                .installations()
+                .await
+                .map_err(|e| e.to_string())?;
+            let its_own = |i: &Installation| i.tokens.refresh_token.is_some();
+            ended.extend(
+                all.iter()
+                    .filter(|i| i.tokens.company_id.as_deref() == Some(company) && !its_own(i))
+                    .filter(|i| i.tokens.kind == InstallKind::Location)
+                    .map(|i| i.tokens.id.clone()),
+            );
+        }
+        let problem = Some("the app was uninstalled");
+        let mut count = 0;
+        for id in &ended {
+            let state = InstallState::Uninstalled;
+            let existed = self.store.set_install_state(id, state, problem).await;
+            count += usize::from(existed.map_err(|e| e.to_string())?);
+            self.known
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+            self.resume(id, "uninstalled").await?;
+        }
+        Ok(count)
     }
 
     /// Records a location of a company install; its token is got from the company's when
@@ -126,18 +245,15 @@ impl OAuth {
             .map_err(|e| e.to_string())
     }
 
-    /// The installation's access token for `id`, renewed first when it is about to expire;
-    /// `None` when there is no installation (or it was uninstalled).
-    pub async fn token(&self, id: &str) -> Result<Option<Token>, NoToken> {
-        let Some(found) = self.read(id).await? else {
-            return Ok(None);
-        };
+    /// The installation's access token for `id`, renewed first when it is about to expire.
+    pub async fn token(&self, id: &str) -> Result<Token, NoToken> {
+        let found = self.read(id).await?.ok_or(NoToken::Missing)?;
         match found.state {
-            InstallState::Uninstalled => Ok(None),
+            InstallState::Uninstalled => Err(NoToken::Uninstalled),
             InstallState::Reauthorize => Err(reauthorize(&found)),
             InstallState::Active => match self.usable(&found) {
-                Some(token) => Ok(Some(token)),
-                None => self.renew(id, found.version).await.map(Some),
+                Some(token) => Ok(token),
+                None => self.renew(id, found.version).await,
             },
         }
     }
@@ -260,14 +376,9 @@ impl OAuth {
         location: &str,
     ) -> Result<TokenAnswer, OAuthError> {
         let company_token = match Box::pin(self.token(company)).await {
-            Ok(Some(token)) => token,
-            Ok(None) => {
-                return Err(OAuthError::Refused(format!(
-                    "company {company} is not installed"
-                )));
-            }
+            Ok(token) => token,
             Err(NoToken::Unavailable(reason)) => return Err(OAuthError::Unavailable(reason)),
-            Err(NoToken::Missing) => {
+            Err(NoToken::Missing | NoToken::Uninstalled) => {
                 return Err(OAuthError::Refused(format!(
                     "company {company} is not installed"
                 )));

@@ -93,7 +93,8 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
     }
     let event = match event::parse_any(&body) {
         Ok(Parsed::Event(e)) => e,
-        Ok(Parsed::Unsupported { event_type, .. }) => {
+        Ok(other) => {
+            let event_type = other.other_type().unwrap_or_default();
             let plan = crate::model::plan::Plan::default().summary();
             writeln!(
                 out,

@@ -7,8 +7,6 @@ pub mod budget;
 pub mod oauth;
 pub mod pipelines;
 
-use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -24,43 +22,6 @@ use pipelines::Pipelines;
 
 /// The API version header GoHighLevel requires on every call.
 pub const API_VERSION: &str = "2021-07-28";
-
-/// GoHighLevel tokens by location.
-#[derive(Clone, Default)]
-pub struct Tokens {
-    default: Option<SecretString>,
-    by_location: HashMap<LocationId, SecretString>,
-}
-
-impl fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokens")
-            .field("default", &self.default.as_ref().map(|_| "[redacted]"))
-            .field("locations", &self.by_location.len())
-            .finish()
-    }
-}
-
-impl Tokens {
-    pub fn new(
-        default: Option<SecretString>,
-        by_location: HashMap<LocationId, SecretString>,
-    ) -> Tokens {
-        Tokens {
-            default,
-            by_location,
-        }
-    }
-
-    /// The location's own token, else the default one.
-    pub fn for_location(&self, location: &LocationId) -> Option<&SecretString> {
-        self.by_location.get(location).or(self.default.as_ref())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.default.is_none() && self.by_location.is_empty()
-    }
-}
 
 /// Why a call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

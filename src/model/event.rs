@@ -166,12 +166,37 @@ pub struct Event {
 pub enum Parsed {
     /// An event the rules can decide on.
     Event(Box<Event>),
-    /// A well-formed body of a type autofollow does not act on (`INSTALL`, `UserCreate`, …).
-    /// Rules never match it.
+    /// The app was installed into or uninstalled from a location or a company (`INSTALL`,
+    /// `UNINSTALL`). Acted on in app mode; rules never see it.
+    App(AppChange),
+    /// A well-formed body of a type autofollow does not act on (`UserCreate`, …). Rules never
+    /// match it.
     Unsupported {
         event_type: String,
         location_id: Option<LocationId>,
     },
+}
+
+impl Parsed {
+    /// The type of a body the rules never see (`INSTALL`, `UserCreate`, …); `None` for an
+    /// event.
+    pub fn other_type(&self) -> Option<&str> {
+        match self {
+            Parsed::Event(_) => None,
+            Parsed::App(change) if change.installed => Some("INSTALL"),
+            Parsed::App(_) => Some("UNINSTALL"),
+            Parsed::Unsupported { event_type, .. } => Some(event_type),
+        }
+    }
+}
+
+/// An `INSTALL` or `UNINSTALL` webhook: the documented fields, ids checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppChange {
+    pub installed: bool,
+    pub app_id: Option<String>,
+    pub company_id: Option<String>,
+    pub location_id: Option<LocationId>,
 }
 
 /// Why a webhook body could not be parsed.
@@ -264,6 +289,14 @@ pub fn parse_any(body: &[u8]) -> Result<Parsed, ParseError> {
 fn app_event(raw: Value) -> Result<Parsed, ParseError> {
     let obj = raw.as_object().ok_or(ParseError::NotObject)?;
     let type_name = text(obj, "type").ok_or(ParseError::MissingField("type"))?;
+    if type_name == "INSTALL" || type_name == "UNINSTALL" {
+        return Ok(Parsed::App(AppChange {
+            installed: type_name == "INSTALL",
+            app_id: text(obj, "appId"),
+            company_id: plain_id(obj, "companyId")?,
+            location_id: id(obj, "locationId", "locationId")?,
+        }));
+    }
     let event_type = match EventType::from_name(&type_name) {
         Some(t) if t != EventType::Workflow => t,
         _ => {
@@ -534,14 +567,22 @@ mod tests {
 
     #[test]
     fn other_types_are_unsupported_not_errors() {
-        let r = app(json!({"type": "INSTALL", "appId": "A", "locationId": "L"})).ok();
+        let r = app(json!({"type": "UserCreate", "id": "U", "locationId": "L"})).ok();
         assert_eq!(
             r,
             Some(Parsed::Unsupported {
-                event_type: "INSTALL".into(),
+                event_type: "UserCreate".into(),
                 location_id: LocationId::parse("L").ok()
             })
         );
+        let r = app(json!({"type": "UNINSTALL", "appId": "A", "companyId": "Co"})).ok();
+        let change = AppChange {
+            installed: false,
+            app_id: Some("A".into()),
+            company_id: Some("Co".into()),
+            location_id: None,
+        };
+        assert_eq!(r, Some(Parsed::App(change)));
         // "Workflow" is our name for workflow webhooks, not an app event type.
         let r = app(json!({"type": "Workflow", "locationId": "L", "id": "C"})).ok();
         assert!(matches!(r, Some(Parsed::Unsupported { .. })));

@@ -28,15 +28,17 @@ pub fn explain_report(
 ) -> Result<serde_json::Value, event::ParseError> {
     let plan = crate::model::plan::Plan::default();
     let report = match event::parse_any(body)? {
-        Parsed::Unsupported { event_type, .. } => serde_json::to_value(JsonExplanation {
-            rules_version: set.version(),
-            event: None,
-            unsupported: Some(&event_type),
-            previous,
-            rules: &[],
-            plan: &plan,
-            summary: plan.summary(),
-        }),
+        other @ (Parsed::Unsupported { .. } | Parsed::App(_)) => {
+            serde_json::to_value(JsonExplanation {
+                rules_version: set.version(),
+                event: None,
+                unsupported: other.other_type(),
+                previous,
+                rules: &[],
+                plan: &plan,
+                summary: plan.summary(),
+            })
+        }
         Parsed::Event(event) => {
             let explanation = set.explain(&event, previous, resolver);
             serde_json::to_value(JsonExplanation {

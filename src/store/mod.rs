@@ -366,7 +366,7 @@ pub enum InstallState {
 }
 
 impl InstallKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             InstallKind::Location => "location",
             InstallKind::Company => "company",
@@ -375,7 +375,7 @@ impl InstallKind {
 }
 
 impl InstallState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             InstallState::Active => "active",
             InstallState::Reauthorize => "reauthorize",

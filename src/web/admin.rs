@@ -1,5 +1,6 @@
 //! The operators' HTTP API, on the admin listener only when `AUTOFOLLOW_ADMIN_TOKEN` is set:
-//! list, replay and explain events, a contact's history and its erasure. Every request needs
+//! list, replay and explain events, a contact's history and its erasure, installations. Every
+//! request needs
 //! `Authorization: Bearer <token>`.
 
 use axum::Json;
@@ -21,7 +22,7 @@ use crate::model::plan::PreviousState;
 use crate::model::record::EventStatus;
 use crate::rules::NoResolver;
 use crate::rules::explain_report;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, Installation};
 
 /// The admin routes, behind the bearer-token check.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/contacts/{id}", delete(erase))
         .route("/admin/explain", post(explain))
         .route("/admin/reload", post(reload))
+        .route("/admin/installations", get(installations))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -261,4 +263,71 @@ async fn reload(State(state): State<AppState>) -> Response {
         }
         Err(e) => internal(e),
     }
+}
+
+/// `GET /admin/installations`: how each location is reached. App installations (never a
+/// token: kind, company, state and why, scopes granted and those asked for but not granted,
+/// expiry), the number of locations with a PIT, and the scopes calls found missing.
+async fn installations(State(state): State<AppState>) -> Response {
+    let all = match state.access.oauth() {
+        None => Vec::new(),
+        Some(_) => match state.store.installations().await {
+            Ok(all) => all,
+            Err(e) => return internal(e),
+        },
+    };
+    let asked = asked_scopes(&state);
+    let views: Vec<_> = all.iter().map(|i| installation_view(i, &asked)).collect();
+    Json(json!({
+        "app_mode": state.install.is_some(),
+        "pit_locations": state.access.pit_locations(),
+        "installations": views,
+        "missing_scopes": missing_scopes(&state),
+    }))
+    .into_response()
+}
+
+/// The scopes the app asks for at install.
+fn asked_scopes(state: &AppState) -> Vec<String> {
+    let scopes = state.install.as_ref().map_or("", |i| i.scopes.as_str());
+    scopes.split_whitespace().map(str::to_owned).collect()
+}
+
+/// One installation as operators see it: no token, sealed or not.
+pub(super) fn installation_view(i: &Installation, asked: &[String]) -> serde_json::Value {
+    let t = &i.tokens;
+    let granted: Vec<&str> = t.scopes.split_whitespace().collect();
+    // A company's locations get their scopes from the company's token.
+    let not_granted: Vec<&String> = match t.access_token.is_some() && !granted.is_empty() {
+        true => asked
+            .iter()
+            .filter(|s| !granted.contains(&s.as_str()))
+            .collect(),
+        false => Vec::new(),
+    };
+    let time = |t: Option<std::time::SystemTime>| {
+        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+    };
+    json!({
+        "id": t.id,
+        "kind": t.kind.as_str(),
+        "company_id": t.company_id,
+        "state": i.state.as_str(),
+        "problem": i.problem,
+        "scopes": t.scopes,
+        "scopes_not_granted": not_granted,
+        "token_expires_at": time(t.expires_at),
+        "updated_at": time(Some(i.updated_at)),
+    })
+}
+
+/// Scopes calls found missing, by location.
+pub(super) fn missing_scopes(state: &AppState) -> Vec<serde_json::Value> {
+    let missing = state.access.scopes().missing();
+    let views = missing.into_iter().flat_map(|(location, scopes)| {
+        scopes.into_iter().map(move |(scope, refused)| {
+            json!({ "location": location.as_str(), "scope": scope, "refused": refused })
+        })
+    });
+    views.collect()
 }

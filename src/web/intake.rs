@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use super::auth::{AuthError, Verified};
 use super::guard::{BodyBudget, Rejections};
 use super::state::AppState;
-use crate::model::event::{self, BodyKind, Event, ParseError, Parsed};
+use crate::model::event::{self, AppChange, BodyKind, Event, ParseError, Parsed};
+use crate::model::ids::LocationId;
 use crate::store::{Inserted, NewEvent};
 use crate::telemetry::untrusted;
 
@@ -304,15 +305,101 @@ async fn workflow_webhook(
     store_or_ignore(&state, webhook).await
 }
 
-/// Stores an event; answers `ignored` for a type autofollow does not act on.
+/// Stores an event of a location autofollow serves; acts on an app's install or uninstall;
+/// answers `ignored` for the rest.
 async fn store_or_ignore(state: &AppState, webhook: Webhook) -> Result<Response, ApiError> {
     match &webhook.parsed {
         Parsed::Unsupported { event_type, .. } => {
             tracing::info!(event_type = ?untrusted(event_type), answer = "ignored", "webhook");
-            let ignored = Json(json!({ "status": "ignored" }));
-            Ok(labelled(ignored, "other", "ignored"))
+            Ok(ignored(
+                "other",
+                "autofollow does not act on this event type",
+            ))
         }
-        Parsed::Event(e) => store(state, &webhook, e).await,
+        Parsed::App(change) => app_change(state, change).await,
+        Parsed::Event(e) => match state.access.serves(&e.location_id).await {
+            Ok(true) => store(state, &webhook, e).await,
+            Ok(false) => {
+                let location = e.location_id.as_str();
+                tracing::info!(
+                    event_type = e.event_type.name(),
+                    location,
+                    answer = "ignored",
+                    "webhook for a location without a token or installation"
+                );
+                Ok(ignored(
+                    e.event_type.name(),
+                    "no token or installation for this location",
+                ))
+            }
+            Err(error) => {
+                tracing::error!(%error, answer = "429", "cannot tell whether the location is installed");
+                Err(ApiError::StoreUnavailable)
+            }
+        },
+    }
+}
+
+/// `200 {"status": "ignored", "reason": …}`: nothing stored, nothing done.
+fn ignored(event_type: &'static str, reason: &'static str) -> Response {
+    let body = Json(json!({ "status": "ignored", "reason": reason }));
+    labelled(body, event_type, "ignored")
+}
+
+/// An `INSTALL` or `UNINSTALL` webhook, in app mode, of this app (when `GHL_APP_ID` is set):
+/// acted on and committed before the answer (429 when it cannot be, so GoHighLevel retries).
+async fn app_change(state: &AppState, change: &AppChange) -> Result<Response, ApiError> {
+    let type_name = if change.installed {
+        "INSTALL"
+    } else {
+        "UNINSTALL"
+    };
+    let Some(install) = &state.install else {
+        return Ok(ignored(type_name, "not in app mode"));
+    };
+    if install
+        .app_id
+        .as_ref()
+        .is_some_and(|id| change.app_id.as_ref() != Some(id))
+    {
+        tracing::info!(type_name, app_id = ?change.app_id.as_deref().map(untrusted), answer = "ignored", "another app's install webhook");
+        return Ok(ignored(type_name, "another app"));
+    }
+    let (company, location) = (
+        change.company_id.as_deref(),
+        change.location_id.as_ref().map(LocationId::as_str),
+    );
+    let done = match change.installed {
+        true => install.oauth.app_installed(company, location).await,
+        false => install
+            .oauth
+            .app_uninstalled(company, location)
+            .await
+            .map(|n| {
+                if n > 0 {
+                    "uninstalled"
+                } else {
+                    "nothing was installed"
+                }
+            }),
+    };
+    match done {
+        Ok(done) => {
+            tracing::info!(
+                type_name,
+                company,
+                location,
+                done,
+                answer = "accepted",
+                "app webhook"
+            );
+            let body = Json(json!({ "status": "accepted", "done": done }));
+            Ok(labelled(body, type_name, "accepted"))
+        }
+        Err(error) => {
+            tracing::error!(type_name, company, location, %error, answer = "429", "cannot record the app webhook");
+            Err(ApiError::StoreUnavailable)
+        }
     }
 }
 

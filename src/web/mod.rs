@@ -27,6 +27,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::store::InstallState;
 use crate::telemetry::untrusted;
 use intake::MAX_BODY;
 use state::AppState;
@@ -140,13 +141,61 @@ async fn gauges(state: &AppState) -> crate::metrics::Gauges {
         }
     };
     let rules = state.rules.status();
+    // Outside app mode every state counts 0 (the series exist for dashboards either way).
+    let all = match state.access.oauth() {
+        Some(_) => state.store.installations().await.ok(),
+        None => Some(Vec::new()),
+    };
+    let installations = all.map(|all| {
+        let states = [
+            InstallState::Active,
+            InstallState::Reauthorize,
+            InstallState::Uninstalled,
+        ];
+        let count = |s: InstallState| all.iter().filter(|i| i.state == s).count();
+        states.map(|s| (s.as_str(), count(s))).to_vec()
+    });
+    let scopes_missing = state.access.scopes().missing();
     crate::metrics::Gauges {
         queue,
         tokens_refused: state.store.token_failures().await.ok().map(|f| f.len()),
+        installations,
+        scopes_missing: scopes_missing.iter().map(|(_, s)| s.len()).sum(),
         rules_version: rules.version,
         rules: rules.rules,
         rules_valid: rules.last_error.is_none(),
     }
+}
+
+/// How locations are reached, for the admin `/readyz`: PITs, installations by state (those
+/// needing re-authorization by name, with why) and scopes found missing. The full list is
+/// `GET /admin/installations`.
+async fn access_details(state: &AppState) -> serde_json::Value {
+    let installations = match state.access.oauth() {
+        None => serde_json::Value::Null,
+        Some(_) => match state.store.installations().await {
+            Err(_) => json!("unreadable"),
+            Ok(all) => {
+                let count = |s: InstallState| all.iter().filter(|i| i.state == s).count();
+                let asked: Vec<String> = Vec::new();
+                let reauthorize: Vec<_> = all
+                    .iter()
+                    .filter(|i| i.state == InstallState::Reauthorize)
+                    .map(|i| admin::installation_view(i, &asked))
+                    .collect();
+                json!({
+                    "active": count(InstallState::Active),
+                    "uninstalled": count(InstallState::Uninstalled),
+                    "reauthorize": reauthorize,
+                })
+            }
+        },
+    };
+    json!({
+        "pit_locations": state.access.pit_locations(),
+        "installations": installations,
+        "missing_scopes": admin::missing_scopes(state),
+    })
 }
 
 /// The public `/readyz`: 200 `{"status":"ready"}` while the store answers, else 503
@@ -183,6 +232,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         },
         "accepting": state.accepting.load(Ordering::SeqCst),
         "tokens_refused": refused,
+        "access": access_details(&state).await,
     });
     let status = if store.is_ok() {
         StatusCode::OK

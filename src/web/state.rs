@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::auth::Verifier;
 use super::guard::{BodyBudget, Rejections};
-use crate::access::OAuth;
+use crate::access::{Access, OAuth};
 use crate::metrics::Metrics;
 use crate::rules::LiveRules;
 use crate::store::Store;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub body_budget: Arc<BodyBudget>,
     /// Rejected webhooks since the last summary.
     pub rejections: Arc<Rejections>,
+    /// Which locations are served, and their credentials' state.
+    pub access: Access,
     /// App mode's install flow; `None` without app mode.
     pub install: Option<Arc<Install>>,
 }
@@ -49,6 +51,8 @@ pub struct Install {
     pub whitelabel_authorize_url: reqwest::Url,
     pub redirect_uri: String,
     pub scopes: String,
+    /// `GHL_APP_ID`: install webhooks of other apps are ignored.
+    pub app_id: Option<String>,
     /// Signs `state` (the client secret).
     pub state_key: SecretString,
     /// The public URL is HTTPS: the state cookie is `Secure`.

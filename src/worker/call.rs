@@ -41,7 +41,7 @@ impl Worker {
         }
         let Some(token) = token else {
             let reason = format!(
-                "no GoHighLevel token for location {location} (install the app into it, or add it to GHL_LOCATION_TOKENS_FILE)"
+                "no GoHighLevel token for location {location} (install the app into it, set GHL_TOKEN and GHL_LOCATION_ID, or add it to GHL_LOCATION_TOKENS_FILE)"
             );
             return Ok((calls, Ending::attempt(Outcome::Failed, reason)));
         };

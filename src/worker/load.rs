@@ -99,9 +99,12 @@ pub(super) fn parse(group: &[Claimed]) -> Bodies {
     for (i, claimed) in group.iter().enumerate() {
         match event::parse(claimed.kind, claimed.body.as_bytes()) {
             Ok(Parsed::Event(e)) => parsed.events.push((i, e)),
-            Ok(Parsed::Unsupported { event_type, .. }) => parsed.unreadable.push((
+            Ok(other) => parsed.unreadable.push((
                 i,
-                format!("stored event type {event_type} is not supported"),
+                format!(
+                    "stored event type {} is not supported",
+                    other.other_type().unwrap_or_default()
+                ),
             )),
             Err(e) => parsed
                 .unreadable

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tokio::sync::Mutex;
 
+use crate::access::Scopes;
 use crate::ghl::pipelines::Pipelines;
 use crate::ghl::{CallError, GhlClient};
 use crate::model::event::{AssignedUser, Event};
@@ -23,6 +24,8 @@ type EmailKey = (LocationId, String);
 /// The caches, shared by every task of a worker.
 #[derive(Debug, Default)]
 pub struct Lookups {
+    /// Where a scope a lookup needs is found missing.
+    scopes: Arc<Scopes>,
     pipelines: Mutex<HashMap<LocationId, (Arc<Pipelines>, Instant)>>,
     companies: Mutex<HashMap<LocationId, String>>,
     /// (location, lowercased email) → the user id found (or not) and when it was looked up.
@@ -48,24 +51,63 @@ impl Resolver for Resolved {
     }
 }
 
-/// A permanent failure of a lookup: logged, and the rules go on without the answer. Retryable
-/// failures and waits for the budget are passed on, to retry or defer the event.
-fn tolerated<T>(
-    answer: Result<T, CallError>,
-    location: &LocationId,
-    what: &str,
-) -> Result<Option<T>, CallError> {
-    match answer {
-        Ok(v) => Ok(Some(v)),
-        Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => Err(e),
-        Err(CallError::Permanent { reason, .. }) => {
-            tracing::warn!(location = %location, error = %reason, "cannot {what}");
-            Ok(None)
-        }
-    }
+/// A lookup: what it reads, and the scope it needs.
+struct Lookup {
+    what: &'static str,
+    scope: &'static str,
 }
 
+const PIPELINES: Lookup = Lookup {
+    what: "read pipelines; rules naming pipelines or stages will not match",
+    scope: "opportunities.readonly",
+};
+const USERS: Lookup = Lookup {
+    what: "search users; assigned_user stays unresolved",
+    scope: "users.readonly",
+};
+const COMPANY: Lookup = Lookup {
+    what: "read the location's company; assigned_user stays unresolved",
+    scope: "locations.readonly",
+};
+
 impl Lookups {
+    pub fn new(scopes: Arc<Scopes>) -> Lookups {
+        Lookups {
+            scopes,
+            ..Lookups::default()
+        }
+    }
+
+    /// A permanent failure of a lookup: logged (a 401 or 403 recorded as the scope the token
+    /// lacks), and the rules go on without the answer. Retryable failures and waits for the
+    /// budget are passed on, to retry or defer the event.
+    fn tolerated<T>(
+        &self,
+        answer: Result<T, CallError>,
+        location: &LocationId,
+        lookup: &Lookup,
+    ) -> Result<Option<T>, CallError> {
+        match answer {
+            Ok(v) => {
+                self.scopes.has(location, lookup.scope);
+                Ok(Some(v))
+            }
+            Err(e @ (CallError::Retryable { .. } | CallError::Deferred { .. })) => Err(e),
+            Err(CallError::Permanent {
+                status: Some(status @ (401 | 403)),
+                ..
+            }) => {
+                let refused = format!("cannot {}: GoHighLevel answered {status}", lookup.what);
+                self.scopes.lacks(location, lookup.scope, refused);
+                Ok(None)
+            }
+            Err(CallError::Permanent { reason, .. }) => {
+                tracing::warn!(location = %location, error = %reason, "cannot {}", lookup.what);
+                Ok(None)
+            }
+        }
+    }
+
     /// Fetches what the rules may need for `event`: pipeline and stage names (when an id is
     /// not cached yet), and the id of a workflow event's assignee. Nothing without a token.
     pub async fn resolve(
@@ -129,8 +171,7 @@ impl Lookups {
         if !stale {
             return Ok(known);
         }
-        let what = "read pipelines; rules naming pipelines or stages will not match";
-        match tolerated(ghl.pipelines(token, location).await, location, what)? {
+        match self.tolerated(ghl.pipelines(token, location).await, location, &PIPELINES)? {
             Some(p) => {
                 let p = Arc::new(p);
                 cache.insert(location.clone(), (Arc::clone(&p), Instant::now()));
@@ -156,11 +197,10 @@ impl Lookups {
                 return Ok(id);
             }
         }
-        let what = "search users; assigned_user stays unresolved";
         let id = match self.company(ghl, location, token).await? {
             Some(company) => {
                 let found = ghl.user_by_email(token, &company, location, email).await;
-                tolerated(found, location, what)?.flatten()
+                self.tolerated(found, location, &USERS)?.flatten()
             }
             None => None,
         };
@@ -179,8 +219,8 @@ impl Lookups {
         if let Some(c) = self.companies.lock().await.get(location) {
             return Ok(Some(c.clone()));
         }
-        let what = "read the location's company; assigned_user stays unresolved";
-        let company = tolerated(ghl.company_id(token, location).await, location, what)?;
+        let company = ghl.company_id(token, location).await;
+        let company = self.tolerated(company, location, &COMPANY)?;
         if let Some(c) = &company {
             let mut companies = self.companies.lock().await;
             companies.insert(location.clone(), c.clone());

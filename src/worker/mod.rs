@@ -144,6 +144,7 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> Worker {
         let owner = format!("{}-{}", std::process::id(), rand::rng().random::<u32>());
+        let lookups = Lookups::new(Arc::clone(access.scopes()));
         Worker {
             store,
             rules,
@@ -152,7 +153,7 @@ impl Worker {
             options,
             owner,
             wake,
-            lookups: Lookups::default(),
+            lookups,
             parked: Mutex::default(),
             in_hand: Arc::default(),
             metrics,
@@ -372,11 +373,10 @@ impl Worker {
         });
     }
 
-    /// Runs `work` on the claimed `group`, extending its leases every third of the lease, so
-    /// slow GoHighLevel calls never outlive them. When another worker has taken the events
-    /// The location's token (`None`: none, a dry run decides and records without one), or
-    /// how the group ends without deciding: parked while the app must be installed again,
-    /// a retry while no token can be had now.
+    /// The location's token (`None` in a dry run, which decides and records without one), or
+    /// how the group ends without deciding: skipped when the app was uninstalled from the
+    /// location, parked while the app must be installed
+    /// again, a retry while no token can be had now.
     async fn token(
         &self,
         location: &LocationId,
@@ -386,7 +386,12 @@ impl Worker {
         }
         match self.access.token(location).await {
             Ok(token) => Ok(Ok(Some(token))),
+            // Decided, and failed if a call is needed: replayable once a token is added.
             Err(NoToken::Missing) => Ok(Ok(None)),
+            Err(NoToken::Uninstalled) => Ok(Err(Ending::attempt(
+                Outcome::Skipped,
+                "the app was uninstalled from the location; nothing is called".to_owned(),
+            ))),
             Err(NoToken::Unavailable(reason)) => Ok(Err(Ending::retry(reason, None))),
             Err(NoToken::Reauthorize {
                 fingerprint,
@@ -403,6 +408,8 @@ impl Worker {
         }
     }
 
+    /// Runs `work` on the claimed `group`, extending its leases every third of the lease, so
+    /// slow GoHighLevel calls never outlive them. When another worker has taken the events
     /// after all (this one stalled past its lease), the work stops: None.
     async fn holding_leases<T>(
         &self,

@@ -30,6 +30,7 @@ fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
         ),
         ("GHL_API_BASE_URL", ghl.to_owned()),
         ("GHL_TOKEN", token.to_owned()),
+        ("GHL_LOCATION_ID", "L1".to_owned()),
     ])
 }
 

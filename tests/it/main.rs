@@ -21,6 +21,7 @@ mod migrate;
 mod oauth;
 mod operations;
 mod ops;
+mod pits;
 mod readme;
 mod reload;
 mod replicas;

@@ -393,6 +393,7 @@ async fn a_service_on_postgresql_carries_on_after_the_migration() {
             ("AUTOFOLLOW_DATABASE_URL", db.to_owned()),
             ("GHL_API_BASE_URL", ghl.uri()),
             ("GHL_TOKEN", TOKEN.to_owned()),
+            ("GHL_LOCATION_ID", "L1".to_owned()),
             ("AUTOFOLLOW_SETTLE_DELAY", "0s".to_owned()),
         ]
     };

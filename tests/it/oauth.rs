@@ -17,7 +17,10 @@ use serde_json::json;
 use crate::common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET, Grant, StandIn};
 use crate::common::service::{AppMode, Options, TestApp, spawn_with};
 
-const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
+use crate::common::service::LOCATION;
+
+/// The app's id, as the official INSTALL examples carry it.
+const APP_ID: &str = "ve9EPM428h8vShlRW1KT";
 
 fn key() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
@@ -29,6 +32,7 @@ fn app_mode(base: &str) -> AppMode {
         client_id: CLIENT_ID.into(),
         client_secret: CLIENT_SECRET.into(),
         encryption_key: key(),
+        app_id: Some(APP_ID.into()),
     }
 }
 
@@ -168,7 +172,7 @@ async fn many_callers_and_two_replicas_make_one_refresh(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(a.install(&answer).await.unwrap(), LOCATION);
-    let first = a.token(LOCATION).await.unwrap().unwrap();
+    let first = a.token(LOCATION).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let mut callers = Vec::new();
     for i in 0..16 {
@@ -177,7 +181,7 @@ async fn many_callers_and_two_replicas_make_one_refresh(store: Arc<dyn Store>) {
     }
     let mut tokens = std::collections::HashSet::new();
     for c in callers {
-        let token = c.await.unwrap().unwrap().unwrap();
+        let token = c.await.unwrap().unwrap();
         tokens.insert(token.secret.expose_secret().to_owned());
     }
     assert_eq!(ghl.with(|s| s.refreshes), 1, "one refresh");
@@ -308,4 +312,246 @@ async fn callbacks_beyond_a_few_at_once_are_answered_429_without_calling_gohighl
     );
     assert!(asked <= most && busy >= 12 - most, "{statuses:?}");
     assert_eq!(app.store().installations().await.unwrap(), vec![]);
+}
+
+/// An `INSTALL` or `UNINSTALL` webhook of this app (signed as GoHighLevel signs).
+fn app_change(kind: &str, company: Option<&str>, location: Option<&str>) -> serde_json::Value {
+    let mut body = json!({"type": kind, "appId": APP_ID});
+    if let Some(c) = company {
+        body["companyId"] = json!(c);
+    }
+    if let Some(l) = location {
+        body["locationId"] = json!(l);
+    }
+    body
+}
+
+async fn post_status(app: &TestApp, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = app.post_app(body).await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Only installed locations are served: an event for another location is answered `ignored`
+/// and not stored, even signed, until the app is installed there.
+#[tokio::test]
+async fn events_of_locations_the_app_is_not_installed_in_are_ignored_and_not_stored() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    let app = app_with(&ghl).await;
+    let body = json!({"type": "ContactCreate", "locationId": LOCATION, "id": "c1"});
+    let (status, answer) = post_status(&app, &body).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("ignored")),
+        "{answer}"
+    );
+    assert!(
+        app.store().event(1).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    let code = ghl.code(Grant::Location(LOCATION.into()));
+    assert_eq!(callback(&app, &code).await, 200);
+    let (status, answer) = post_status(&app, &body).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("accepted")),
+        "{answer}"
+    );
+    app.shutdown().await;
+}
+
+/// An UNINSTALL deletes the location's tokens, ends its queued events without calling (they
+/// stay in the history), and later events are ignored. Another app's webhook changes nothing.
+#[tokio::test]
+async fn an_uninstall_stops_the_locations_work_and_keeps_its_history() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    // Events wait 2 s after arriving: the second one is still queued at the uninstall.
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        token: false,
+        app: Some(app_mode(&ghl.serve().await)),
+        settle_delay: "2s".into(),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        callback(&app, &ghl.code(Grant::Location(LOCATION.into()))).await,
+        200
+    );
+    let done = app.contact("ContactCreate", "c1", json!({})).await;
+    wait_for(&app, done, EventStatus::Done).await;
+    let queued = app.contact("ContactUpdate", "c2", json!({})).await;
+    let mut other_app = app_change("UNINSTALL", None, Some(LOCATION));
+    other_app["appId"] = json!("SomeOtherApp");
+    let (status, answer) = post_status(&app, &other_app).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("ignored")),
+        "{answer}"
+    );
+    let installed = app.store().installation(LOCATION).await.unwrap().unwrap();
+    assert_eq!(installed.state, InstallState::Active);
+
+    let (status, answer) = post_status(&app, &app_change("UNINSTALL", None, Some(LOCATION))).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("accepted")),
+        "{answer}"
+    );
+    let gone = app.store().installation(LOCATION).await.unwrap().unwrap();
+    assert_eq!(gone.state, InstallState::Uninstalled);
+    assert!(gone.tokens.access_token.is_none() && gone.tokens.refresh_token.is_none());
+    let ended = wait_for(&app, queued, EventStatus::Skipped).await;
+    assert!(ended.last_error.unwrap_or_default().contains("uninstalled"));
+    assert_eq!(
+        ghl.with(|s| s.calls.len()),
+        1,
+        "only the first event was called"
+    );
+    assert_eq!(
+        app.event(done).await.status,
+        EventStatus::Done,
+        "history kept"
+    );
+    let (_, answer) = post_status(
+        &app,
+        &json!({"type": "ContactCreate", "locationId": LOCATION, "id": "c3"}),
+    )
+    .await;
+    assert_eq!(answer["status"], "ignored");
+    app.shutdown().await;
+}
+
+/// An agency installed the app: an INSTALL webhook for a further location of that company
+/// records it (its token comes from the company's), and an agency UNINSTALL ends the company
+/// and every location that used its token.
+#[tokio::test]
+async fn install_webhooks_add_a_companys_locations_and_an_agency_uninstall_ends_them() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    let app = app_with(&ghl).await;
+    let later = "otg8dTQqGLh3Q6iQI55w";
+    let grant = Grant::Company("Co9".into(), vec![LOCATION.into()]);
+    assert_eq!(callback(&app, &ghl.code(grant)).await, 200);
+    let body = json!({"type": "ContactCreate", "locationId": later, "id": "c1"});
+    assert_eq!(post_status(&app, &body).await.1["status"], "ignored");
+    // Of a company not installed here: nothing is recorded.
+    let stranger = app_change("INSTALL", Some("CoX"), Some("LocX"));
+    assert_eq!(post_status(&app, &stranger).await.0, 200);
+    assert!(app.store().installation("LocX").await.unwrap().is_none());
+
+    let install = app_change("INSTALL", Some("Co9"), Some(later));
+    let (status, answer) = post_status(&app, &install).await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (200, &json!("accepted")),
+        "{answer}"
+    );
+    let id = accepted_id(&app, &body).await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    let call = (later.to_owned(), "c1".to_owned(), "POST".to_owned(), 201);
+    assert_eq!(ghl.with(|s| s.calls.clone()), vec![call]);
+
+    let (status, _) = post_status(&app, &app_change("UNINSTALL", Some("Co9"), None)).await;
+    assert_eq!(status, 200);
+    for id in ["Co9", LOCATION, later] {
+        let found = app.store().installation(id).await.unwrap().unwrap();
+        assert_eq!(found.state, InstallState::Uninstalled, "{id}");
+    }
+    app.shutdown().await;
+}
+
+async fn accepted_id(app: &TestApp, body: &serde_json::Value) -> i64 {
+    crate::common::service::accepted(app.post_app(body).await).await
+}
+
+/// A refused refresh shows in the admin `/readyz`, the admin API and the metrics, naming the
+/// installation and why, and never a token.
+#[tokio::test]
+async fn an_installation_needing_reauthorization_is_visible_to_operators() {
+    let ghl = StandIn::new(Duration::from_secs(1));
+    let mut options = Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        token: false,
+        app: Some(app_mode(&ghl.serve().await)),
+        admin_token: Some("admin-token-0123456789".into()),
+        ..Options::default()
+    };
+    options.settle_delay = "0".into();
+    let app = spawn_with(options).await;
+    assert_eq!(
+        callback(&app, &ghl.code(Grant::Location(LOCATION.into()))).await,
+        200
+    );
+    ghl.with(|s| s.refresh.clear());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let id = app.contact("ContactCreate", "c1", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.event(id).await.status != EventStatus::Parked {
+        assert!(std::time::Instant::now() < deadline, "not parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = app.ready().await;
+    let access = &ready["access"];
+    assert_eq!(access["installations"]["active"], 0, "{ready}");
+    let reauthorize = &access["installations"]["reauthorize"][0];
+    assert_eq!(reauthorize["id"], LOCATION, "{ready}");
+    assert!(
+        reauthorize["problem"]
+            .as_str()
+            .unwrap()
+            .contains("install the app again")
+    );
+    let listed: serde_json::Value = app
+        .http
+        .get(format!("{}/admin/installations", app.admin))
+        .bearer_auth("admin-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["installations"][0]["state"], "reauthorize",
+        "{listed}"
+    );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("autofollow_installations{state=\"reauthorize\"} 1"),
+        "{metrics}"
+    );
+    let issued: Vec<String> =
+        ghl.with(|s| s.access.keys().chain(s.refresh.keys()).cloned().collect());
+    for text in [ready.to_string(), listed.to_string(), metrics] {
+        assert!(
+            !issued.iter().any(|t| text.contains(t.as_str())),
+            "a token is shown"
+        );
+    }
+    app.shutdown().await;
+}
+
+/// Waits (at most 20 s) until event `id` has `status`; the event then.
+async fn wait_for(app: &TestApp, id: i64, status: EventStatus) -> autofollow::store::EventRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = app.event(id).await;
+        if event.status == status {
+            return event;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "event {id} is {:?}",
+            event.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

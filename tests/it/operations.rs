@@ -119,7 +119,7 @@ async fn metrics_are_valid_prometheus_text_and_hold_every_series_after_a_run() {
     )
     .await;
     let ignored = app
-        .post_app(&json!({"type": "INSTALL", "appId": "A", "locationId": LOCATION}))
+        .post_app(&json!({"type": "UserCreate", "id": "U1", "locationId": LOCATION}))
         .await;
     assert_eq!(ignored.status(), 200);
     let unsigned = app

@@ -344,6 +344,7 @@ async fn a_call_slower_than_the_lease_is_not_repeated_by_another_replica() {
         ("AUTOFOLLOW_DATABASE_URL", url.clone()),
         ("GHL_API_BASE_URL", ghl.uri()),
         ("GHL_TOKEN", common::service::TOKEN.to_owned()),
+        ("GHL_LOCATION_ID", "L1".to_owned()),
         ("AUTOFOLLOW_SETTLE_DELAY", "0s".into()),
         ("AUTOFOLLOW_LEASE", "1s".into()),
     ];

@@ -263,8 +263,13 @@ async fn a_stage_rule_by_name_resolves_stage_ids_through_the_pipelines_api() {
 #[tokio::test]
 async fn a_workflow_webhook_resolves_the_assignee_email_through_the_users_api() {
     let rules = "rules:\n  - name: enterprise\n    events: [Workflow]\n    when: {workflow: Hot leads, fields: {customData.team: enterprise}}\n    add: [bob, assigned_user]\n";
-    let app = spawn_app(rules).await;
     let location = "t9Ww7bY1xJJ6ThFHZVPC";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        location_tokens: vec![(location.into(), TOKEN.into())],
+        ..Options::default()
+    })
+    .await;
     Mock::given(method("GET"))
         .and(path(format!("/locations/{location}")))
         .respond_with(ResponseTemplate::new(200).set_body_json(
@@ -438,13 +443,13 @@ async fn malformed_bodies_are_400_and_oversized_ones_413() {
 #[tokio::test]
 async fn unsupported_event_types_are_ignored_and_not_stored() {
     let app = spawn_app(SOURCE_RULE).await;
-    let body: Value = serde_json::from_slice(&fixture("app-webhooks/AppInstall-1.json")).unwrap();
-    let r = app.post_app(&body).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!({"status": "ignored"})
-    );
+    // An install outside app mode is ignored too.
+    for name in ["UserCreate-1", "AppInstall-1"] {
+        let body = fixture(&format!("app-webhooks/{name}.json"));
+        let r = app.post_app(&serde_json::from_slice(&body).unwrap()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+    }
     assert!(app.store().event(1).await.unwrap().is_none());
     app.shutdown().await;
 }
@@ -713,7 +718,12 @@ async fn a_slow_call_for_one_contact_does_not_hold_up_other_contacts() {
 
 #[tokio::test]
 async fn a_refused_token_parks_its_locations_events_without_burning_retries_until_a_replay() {
-    let app = spawn_app(SOURCE_RULE).await;
+    let app = spawn_with(Options {
+        rules: SOURCE_RULE.into(),
+        location_tokens: vec![("OtherLocation0000001".into(), "pit-other".into())],
+        ..Options::default()
+    })
+    .await;
     Mock::given(method("POST"))
         .and(path("/contacts/c1/followers"))
         .respond_with(

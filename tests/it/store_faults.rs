@@ -52,6 +52,7 @@ async fn start(
         ("AUTOFOLLOW_DATABASE_URL", database_url.to_owned()),
         ("GHL_API_BASE_URL", ghl.uri()),
         ("GHL_TOKEN", common::service::TOKEN.to_owned()),
+        ("GHL_LOCATION_ID", "L1".to_owned()),
         ("AUTOFOLLOW_SETTLE_DELAY", "0".into()),
     ];
     env.extend(extra.iter().cloned());

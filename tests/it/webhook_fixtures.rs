@@ -2,6 +2,7 @@
 
 use crate::common;
 use autofollow::model::event::{self, AssignedUser, EventType, Parsed};
+use autofollow::model::ids::LocationId;
 use common::{fixture, repo};
 
 /// A workflow body's event.
@@ -93,16 +94,26 @@ fn every_documented_opportunity_example_parses_with_the_contact_id_from_contact_
 }
 
 #[test]
-fn install_uninstall_and_user_examples_are_unsupported_not_errors() {
-    for name in [
-        "AppInstall-1",
-        "AppInstall-2",
-        "AppInstall-3",
-        "AppUninstall-1",
-        "AppUninstall-2",
-        "UserCreate-1",
-        "UserCreate-2",
-    ] {
+fn install_and_uninstall_examples_are_app_changes_and_user_examples_unsupported() {
+    let change = |name: &str| match parse_fixture(name) {
+        Parsed::App(c) => c,
+        other => panic!("{name}: {other:?}"),
+    };
+    let location = LocationId::parse("otg8dTQqGLh3Q6iQI55w").ok();
+    for name in ["AppInstall-1", "AppInstall-2"] {
+        let c = change(name);
+        assert!(c.installed, "{name}");
+        assert_eq!(c.location_id, location, "{name}");
+        assert_eq!(c.company_id.as_deref(), Some("otg8dTQqGLh3Q6iQI55w"));
+        assert_eq!(c.app_id.as_deref(), Some("ve9EPM428h8vShlRW1KT"));
+    }
+    let agency = change("AppInstall-3");
+    assert!(agency.installed && agency.location_id.is_none() && agency.company_id.is_some());
+    let c = change("AppUninstall-1");
+    assert!(!c.installed && c.location_id == location);
+    let c = change("AppUninstall-2");
+    assert!(!c.installed && c.location_id.is_none() && c.company_id.is_some());
+    for name in ["UserCreate-1", "UserCreate-2"] {
         assert!(
             matches!(parse_fixture(name), Parsed::Unsupported { .. }),
             "{name} should be unsupported"

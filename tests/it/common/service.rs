@@ -21,6 +21,10 @@ use sha2::Sha256;
 use wiremock::MockServer;
 
 pub const TOKEN: &str = "pit-test-token-0001";
+/// The location GHL_TOKEN belongs to (the official examples' location).
+pub const LOCATION: &str = "ve9EPM428h8vShlRW1KT";
+/// Locations tests post to that also have the test PIT when `Options::token` is set.
+pub const OTHER_LOCATIONS: [&str; 3] = ["L", "L1", "L2"];
 pub const SECRET: &str = "test-webhook-secret";
 
 /// The key tests sign app webhooks with; its public half is configured as
@@ -154,6 +158,8 @@ pub struct AppMode {
     pub client_id: String,
     pub client_secret: String,
     pub encryption_key: String,
+    /// GHL_APP_ID.
+    pub app_id: Option<String>,
 }
 
 impl Default for Options {
@@ -215,6 +221,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .as_ref()
             .map_or_else(|| ghl.uri(), |a| a.ghl_base.clone()),
         ghl_token: options.token.then(|| TOKEN.into()),
+        ghl_location_id: options.token.then(|| LOCATION.into()),
         ghl_client_id: options.app.as_ref().map(|a| a.client_id.clone()),
         ghl_client_secret: options.app.as_ref().map(|a| a.client_secret.clone().into()),
         public_url: options
@@ -222,22 +229,30 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .as_ref()
             .map(|_| "https://autofollow.test".to_owned()),
         ghl_scopes: autofollow::config::DEFAULT_SCOPES.into(),
-        ghl_app_id: None,
+        ghl_app_id: options.app.as_ref().and_then(|a| a.app_id.clone()),
         encryption_key: options
             .app
             .as_ref()
             .map(|a| a.encryption_key.clone().into()),
         ghl_authorize_url: autofollow::config::DEFAULT_AUTHORIZE_URL.into(),
-        ghl_location_tokens_file: (!options.location_tokens.is_empty()).then(|| {
-            let path = dir.path().join("tokens.yaml");
-            let yaml: String = options
-                .location_tokens
-                .iter()
-                .map(|(l, t)| format!("{l}: {t}\n"))
-                .collect();
-            std::fs::write(&path, yaml).expect("tokens file");
-            path
-        }),
+        ghl_location_tokens_file: {
+            // With `token`, the short location ids many tests use have the test PIT too (a
+            // PIT serves only its own location).
+            let mut tokens = options.location_tokens.clone();
+            if options.token {
+                for l in OTHER_LOCATIONS {
+                    if !tokens.iter().any(|(id, _)| id == l) {
+                        tokens.push((l.to_owned(), TOKEN.to_owned()));
+                    }
+                }
+            }
+            (!tokens.is_empty()).then(|| {
+                let path = dir.path().join("tokens.yaml");
+                let yaml: String = tokens.iter().map(|(l, t)| format!("{l}: {t}\n")).collect();
+                std::fs::write(&path, yaml).expect("tokens file");
+                path
+            })
+        },
         webhook_secret: Some(options.secret.into()),
         ghl_webhook_public_keys: Some(public_key_pem()),
         dry_run: options.dry_run,
