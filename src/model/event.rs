@@ -312,12 +312,7 @@ fn app_event(raw: Value) -> Result<Parsed, ParseError> {
         (contact, id(obj, "id", "id")?, obj.get("tags").map(tag_list))
     } else {
         let contact = required(obj, "id", "id")?;
-        // Contact events carry the full tag list; GoHighLevel leaves out empty fields.
-        (
-            contact,
-            None,
-            Some(obj.get("tags").map(tag_list).unwrap_or_default()),
-        )
+        (contact, None, contact_tags(event_type, obj))
     };
     let event = Event {
         event_type,
@@ -372,7 +367,7 @@ fn workflow_event(raw: Value) -> Result<Event, ParseError> {
         contact_id,
         opportunity_id,
         source: text(obj, "contact_source").or_else(|| text(obj, "source")),
-        tags: Some(obj.get("tags").map(tag_list).unwrap_or_default()),
+        tags: sent_tags(obj),
         assigned_user,
         pipeline_id,
         pipeline_name: text(obj, "pipeline_name"),
@@ -385,6 +380,22 @@ fn workflow_event(raw: Value) -> Result<Event, ParseError> {
         timestamp: None,
         raw,
     })
+}
+
+/// The tags a body sent: `None` (unknown) when it has no `tags` field or it is `null`, so a
+/// body that does not describe the tags never makes every known tag count as removed.
+fn sent_tags(obj: &Map<String, Value>) -> Option<Vec<String>> {
+    obj.get("tags").filter(|t| !t.is_null()).map(tag_list)
+}
+
+/// A contact event's tags. A `ContactTagUpdate` is about the tag list, and GoHighLevel leaves
+/// empty fields out, so one without `tags` says the contact has none left; any other contact
+/// event without `tags` leaves them unknown.
+fn contact_tags(event_type: EventType, obj: &Map<String, Value>) -> Option<Vec<String>> {
+    match (sent_tags(obj), event_type) {
+        (None, EventType::ContactTagUpdate) => Some(Vec::new()),
+        (tags, _) => tags,
+    }
 }
 
 /// A non-empty string value (trimmed). Numbers count too, since some senders write ids and
@@ -453,9 +464,20 @@ mod tests {
     }
 
     #[test]
-    fn contact_event_without_tags_has_no_tags_rather_than_unknown_tags() {
-        let e = app_event(json!({"type": "ContactUpdate", "locationId": "L", "id": "C"}));
-        assert_eq!(e.tags, Some(vec![]));
+    fn a_contact_event_without_tags_leaves_them_unknown_except_a_tag_update() {
+        for tags in [json!(null), json!("absent")] {
+            let mut body = json!({"type": "ContactUpdate", "locationId": "L", "id": "C"});
+            if tags.is_null() {
+                body["tags"] = tags;
+            }
+            assert_eq!(app_event(body.clone()).tags, None, "{body}");
+            body["type"] = json!("ContactTagUpdate");
+            assert_eq!(app_event(body.clone()).tags, Some(vec![]), "{body}");
+        }
+        let wf = workflow(&json!({"contact_id": "C", "location": {"id": "L"}}));
+        assert_eq!(wf.and_then(|e| e.tags), None);
+        let wf = workflow(&json!({"contact_id": "C", "location": {"id": "L"}, "tags": ""}));
+        assert_eq!(wf.and_then(|e| e.tags), Some(vec![]));
     }
 
     #[test]

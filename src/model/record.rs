@@ -15,7 +15,8 @@ pub enum EventStatus {
     Parked,
     Done,
     Failed,
-    /// Nothing to do after all: the contact no longer exists in GoHighLevel.
+    /// Nothing to do after all: the contact no longer exists in GoHighLevel (or was deleted),
+    /// or the app was uninstalled from its location.
     Skipped,
 }
 
@@ -72,7 +73,8 @@ impl std::str::FromStr for EventStatus {
 pub enum Outcome {
     Done,
     Failed,
-    /// The contact no longer exists in GoHighLevel.
+    /// Nothing is called: the contact no longer exists in GoHighLevel (or was deleted), or
+    /// the app was uninstalled from its location.
     Skipped,
     /// Failed for now; tried again later.
     Retry,

@@ -329,6 +329,16 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
         holder: Option<(&str, i64)>,
     ) -> Result<bool, StoreError>;
 
+    /// Forgets what is remembered of a record deleted in GoHighLevel: with `opportunity`,
+    /// that opportunity's stage; without, the contact's tags, its known followers and the
+    /// stages of its opportunities (those its stored events name). History stays.
+    async fn forget(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<(), StoreError>;
+
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
     async fn mark_token_failing(
         &self,

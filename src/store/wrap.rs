@@ -98,6 +98,7 @@ wrapped!(ContactState {
     fn previous_state(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<PreviousState, StoreError>;
     fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
     fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
+    fn forget(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<(), StoreError>;
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Ending, Worker};
 use crate::access::Token;
 use crate::ghl::CallError;
-use crate::model::event::Event;
+use crate::model::event::{Event, EventType};
 use crate::model::ids::{ContactId, LocationId, OpportunityId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
@@ -66,6 +66,17 @@ impl Worker {
             _ => events.iter().map(|(j, _)| group[*j].id).collect(),
         };
         for (i, event) in events {
+            if event.event_type == EventType::OpportunityDelete {
+                self.opportunity_deleted(&decided, event, &mut previous)
+                    .await?;
+                let decision = Decision {
+                    batch: batch.clone(),
+                    rules_version: rules.version().to_owned(),
+                    ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
+                };
+                decided.records.push((*i, decision, NewState::default()));
+                continue;
+            }
             let stage = self.previous_stage(&decided, event, &mut previous).await?;
             let before = PreviousState {
                 tags: previous.tags.clone(),
@@ -125,6 +136,22 @@ impl Worker {
             }
             None => Ok(None),
         }
+    }
+
+    /// An `OpportunityDelete`: the rules do not see it and nothing is called for it; the
+    /// opportunity's stage is forgotten.
+    async fn opportunity_deleted(
+        &self,
+        decided: &Decided,
+        event: &Event,
+        previous: &mut Previous,
+    ) -> Result<(), StoreError> {
+        if let Some(o) = &event.opportunity_id {
+            let (location, contact) = (&decided.location, &decided.contact);
+            self.store.forget(location, contact, Some(o)).await?;
+            previous.stages.insert(o.clone(), None);
+        }
+        Ok(())
     }
 
     /// The stage the event's opportunity had before it: as an earlier event of the group left

@@ -31,6 +31,7 @@ pub use retry::RetryPolicy;
 use crate::access::{Access, NoToken, Token};
 use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
+use crate::model::event::{Event, EventType};
 use crate::model::ids::LocationId;
 use crate::model::record::{Decision, Outcome};
 use crate::rules::LiveRules;
@@ -298,7 +299,11 @@ impl Worker {
         let Some(location) = bodies.events.first().map(|(_, e)| e.location_id.clone()) else {
             return Ok((results, Ending::done()));
         };
-        let (token, decided) = match self.token(&location).await? {
+        let access = match self.deleted(&bodies.events).await? {
+            Some(ending) => Err(ending),
+            None => self.token(&location).await?,
+        };
+        let (token, decided) = match access {
             Ok(token) => {
                 let decided = self.decide(group, &bodies.events, token.as_ref()).await?;
                 (token, decided)
@@ -371,6 +376,22 @@ impl Worker {
             tokio::time::sleep(wait).await;
             wake.notify_one();
         });
+    }
+
+    /// A group with a `ContactDelete` ends skipped: GoHighLevel is never called for a deleted
+    /// contact, and what was remembered of it is forgotten (its history stays).
+    async fn deleted(&self, events: &[(usize, Box<Event>)]) -> Result<Option<Ending>, StoreError> {
+        let Some((_, e)) = events
+            .iter()
+            .find(|(_, e)| e.event_type == EventType::ContactDelete)
+        else {
+            return Ok(None);
+        };
+        self.store
+            .forget(&e.location_id, &e.contact_id, None)
+            .await?;
+        let reason = "the contact was deleted in GoHighLevel; nothing is called".to_owned();
+        Ok(Some(Ending::attempt(Outcome::Skipped, reason)))
     }
 
     /// The location's token (`None` in a dry run, which decides and records without one), or

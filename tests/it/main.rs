@@ -14,6 +14,7 @@ mod crash;
 mod docs_commands;
 mod evaluation;
 mod example_rules;
+mod fidelity;
 mod http_limits;
 mod layering;
 mod limits;

@@ -784,6 +784,48 @@ async fn one_refresher_at_a_time_and_only_its_own_answer_is_saved(s: Arc<dyn Sto
     assert!(!s.begin_refresh("L1", "w6", 4, LEASE).await.unwrap());
 }
 
+/// A deleted opportunity's stage is forgotten; a deleted contact's tags, known followers and
+/// its opportunities' stages too, and nothing of another contact.
+async fn forgetting_a_deleted_record_clears_its_state_only(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (l, o1, o2) = (
+        LocationId::parse("L1").unwrap(),
+        OpportunityId::parse("o1").unwrap(),
+        OpportunityId::parse("o2").unwrap(),
+    );
+    for (contact, o) in [("c1", &o1), ("c1", &o2), ("c2", &o1)] {
+        let mut e = new_event("L1", contact, None);
+        e.opportunity_id = (contact == "c1").then(|| o.clone());
+        s.insert_event(e, WINDOW).await.unwrap();
+        let claimed = s.claim("a", 1, LEASE).await.unwrap();
+        let state = NewState {
+            location_id: Some(l.clone()),
+            contact_id: Some(ContactId::parse(contact).unwrap()),
+            tags: Some(vec!["vip".to_owned()]),
+            stage: (contact == "c1").then(|| (o.clone(), "won".to_owned())),
+        };
+        let d = decision("done", None);
+        assert!(s.finish_all(&[(&claimed[0], &d, &state)]).await.unwrap());
+    }
+    let (c1, c2) = (
+        ContactId::parse("c1").unwrap(),
+        ContactId::parse("c2").unwrap(),
+    );
+    let users = [UserId::parse("u1").unwrap()];
+    s.set_known_followers(&l, &c1, &users, None).await.unwrap();
+    s.forget(&l, &c1, Some(&o2)).await.unwrap();
+    let stage1 = s.previous_state(&l, &c1, Some(&o1)).await.unwrap().stage;
+    let stage2 = s.previous_state(&l, &c1, Some(&o2)).await.unwrap().stage;
+    assert_eq!((stage1.as_deref(), stage2), (Some("won"), None));
+    s.forget(&l, &c1, None).await.unwrap();
+    let gone = s.previous_state(&l, &c1, Some(&o1)).await.unwrap();
+    assert_eq!((gone.tags, gone.stage), (None, None));
+    let epoch = SystemTime::UNIX_EPOCH;
+    assert_eq!(s.known_followers(&l, &c1, epoch).await.unwrap(), None);
+    let kept = s.previous_state(&l, &c2, None).await.unwrap();
+    assert_eq!(kept.tags, Some(vec!["vip".to_owned()]));
+}
+
 /// One `#[tokio::test]` per contract check and backend.
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
@@ -833,4 +875,5 @@ contract!(
     erasing_a_contact_deletes_its_events_decisions_and_state,
     installations_are_saved_read_and_replaced,
     one_refresher_at_a_time_and_only_its_own_answer_is_saved,
+    forgetting_a_deleted_record_clears_its_state_only,
 );

@@ -76,6 +76,45 @@ impl ContactState for PgStore {
         Ok(written.rows_affected() > 0)
     }
 
+    async fn forget(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<(), StoreError> {
+        if let Some(o) = opportunity {
+            sqlx::query(
+                "DELETE FROM opportunity_state WHERE location_id = $1 AND opportunity_id = $2",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .execute(&self.pool)
+            .await?;
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM opportunity_state WHERE location_id = $1 AND opportunity_id IN
+                 (SELECT opportunity_id FROM events WHERE location_id = $1
+                  AND contact_id = $2 AND opportunity_id IS NOT NULL)",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .execute(&mut *tx)
+        .await?;
+        for table in ["contact_state", "known_followers"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE location_id = $1 AND contact_id = $2"
+            ))
+            .bind(location.as_str())
+            .bind(contact.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,

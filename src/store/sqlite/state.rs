@@ -90,6 +90,40 @@ impl ContactState for SqliteStore {
             .await
     }
 
+    async fn forget(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        opportunity: Option<&OpportunityId>,
+    ) -> Result<(), StoreError> {
+        let (location, contact) = (location.as_str().to_owned(), contact.as_str().to_owned());
+        let opportunity = opportunity.map(|o| o.as_str().to_owned());
+        self.writer
+            .write(move |conn| {
+                if let Some(o) = &opportunity {
+                    conn.execute(
+                        "DELETE FROM opportunity_state WHERE location_id = ?1 AND opportunity_id = ?2",
+                        (&location, o),
+                    )?;
+                    return Ok(());
+                }
+                conn.execute(
+                    "DELETE FROM opportunity_state WHERE location_id = ?1 AND opportunity_id IN
+                         (SELECT opportunity_id FROM events WHERE location_id = ?1
+                          AND contact_id = ?2 AND opportunity_id IS NOT NULL)",
+                    (&location, &contact),
+                )?;
+                for table in ["contact_state", "known_followers"] {
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE location_id = ?1 AND contact_id = ?2"),
+                        (&location, &contact),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,
