@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let e = event();
     let previous = PreviousState {
         tags: Some(vec!["webinar".into()]),
-        stage: None,
+        ..PreviousState::default()
     };
     let mut group = c.benchmark_group("evaluate");
     for n in [10, 1_000, 10_000] {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ghl::pipelines::Pipelines;
 use crate::model::event::{self, Event, Parsed};
-use crate::model::plan::PreviousState;
+use crate::model::plan::{PreviousState, parse_assigned};
 use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, explain_report};
 
 /// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
@@ -50,6 +50,10 @@ pub struct ExplainArgs {
     /// The opportunity's stage (id or name) at its previous event (for stage_entered / stage_left).
     #[arg(long, value_name = "STAGE")]
     pub previous_stage: Option<String>,
+    /// Who the record was assigned to at its previous event: a user id, or `none` (for
+    /// assigned_changed / previous_assigned_user).
+    #[arg(long, value_name = "USER")]
+    pub previous_assigned: Option<String>,
     /// A saved `GET /opportunities/pipelines` response, to resolve pipeline and stage names.
     #[arg(long, value_name = "FILE")]
     pub pipelines: Option<PathBuf>,
@@ -69,6 +73,14 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
             return Ok(1);
         }
     };
+    let assigned = match args.previous_assigned.as_deref().map(parse_assigned) {
+        None => None,
+        Some(Ok(assigned)) => Some(assigned),
+        Some(Err(e)) => {
+            writeln!(err, "--previous-assigned: {e}")?;
+            return Ok(2);
+        }
+    };
     let previous = PreviousState {
         tags: args.previous_tags.as_ref().map(|tags| {
             tags.iter()
@@ -77,6 +89,7 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
                 .collect()
         }),
         stage: args.previous_stage.clone(),
+        assigned,
     };
     if args.json {
         return match explain_report(&set, &body, &previous, resolver.as_ref()) {

@@ -161,6 +161,21 @@ pub struct Event {
     pub raw: Value,
 }
 
+impl Event {
+    /// Who the event says its record is assigned to (the opportunity for an opportunity
+    /// event, else the contact): `None` when it does not say, `Some(None)` when it says
+    /// nobody (an `OpportunityAssignedToUpdate` without `assignedTo`). A workflow body's
+    /// email is looked up with `by_email`; one not found leaves it unsaid.
+    pub fn assignment(&self, by_email: impl Fn(&str) -> Option<UserId>) -> Option<Option<UserId>> {
+        match &self.assigned_user {
+            Some(AssignedUser::Id(id)) => Some(Some(id.clone())),
+            Some(AssignedUser::Email(email)) => by_email(email).map(Some),
+            None if self.event_type == EventType::OpportunityAssignedToUpdate => Some(None),
+            None => None,
+        }
+    }
+}
+
 /// What a webhook body parsed into.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Parsed {

@@ -13,6 +13,22 @@ pub struct PreviousState {
     pub tags: Option<Vec<String>>,
     /// Stage (id or name) at the opportunity's previous event; `None` when unknown.
     pub stage: Option<String>,
+    /// Who the record was assigned to as its earlier events said (the opportunity for an
+    /// opportunity event, else the contact): `None` when no event said; `Some(None)`:
+    /// unassigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Option<UserId>>,
+}
+
+/// A previous assignee as an operator writes it (`explain --previous-assigned`, the admin
+/// explain's `previous_assigned`): a user id, or `none` for unassigned.
+pub fn parse_assigned(text: &str) -> Result<Option<UserId>, String> {
+    match text.trim() {
+        "none" => Ok(None),
+        id => UserId::parse(id)
+            .map(Some)
+            .map_err(|e| format!("previous assignee: {e}; a user id, or `none`")),
+    }
 }
 
 /// The followers one event should add and remove.

@@ -58,6 +58,10 @@ pub(crate) struct View<'a> {
     pub workflow: Vec<String>,
     pub status: Option<String>,
     pub assigned_user: Option<UserId>,
+    /// Who the event says its record is assigned to (see [`Event::assignment`]).
+    pub assignment: Option<Option<UserId>>,
+    /// Who it was assigned to before, as autofollow last saw.
+    pub previous_assigned: Option<Option<UserId>>,
 }
 
 impl<'a> View<'a> {
@@ -89,11 +93,8 @@ impl<'a> View<'a> {
             let mut seen = HashSet::new();
             t.retain(|s| seen.insert(s.clone()));
         }
-        let assigned_user = match &event.assigned_user {
-            Some(AssignedUser::Id(id)) => Some(id.clone()),
-            Some(AssignedUser::Email(email)) => resolver.user_id_by_email(loc, email),
-            None => None,
-        };
+        let assignment = event.assignment(|email| resolver.user_id_by_email(loc, email));
+        let assigned_user = assignment.clone().flatten();
         View {
             event,
             event_type: normalize(event.event_type.name()),
@@ -116,6 +117,8 @@ impl<'a> View<'a> {
             workflow: keys([event.workflow_id.as_deref(), event.workflow_name.as_deref()]),
             status: event.status.as_deref().map(normalize),
             assigned_user,
+            assignment,
+            previous_assigned: previous.assigned.clone(),
         }
     }
 
@@ -235,6 +238,7 @@ impl Evaluator<'_, '_> {
                 };
                 self.keyed(out, key, "workflow", &v.workflow, label.as_deref(), set)
             }
+            Condition::AssignedChanged(wanted) => self.assigned_changed(out, key, *wanted),
             Condition::Field(path, set) => self.field(out, path, set),
             Condition::Any(blocks) => self.any(out, key, blocks),
             Condition::Not(block) => {
@@ -366,6 +370,33 @@ impl Evaluator<'_, '_> {
                 None => "the event has no opportunity status".to_owned(),
                 Some(s) if holds => format!("status {s:?} is in {names:?}"),
                 Some(s) => format!("status {s:?} is not in {names:?}"),
+            }
+        })
+    }
+
+    /// Whether the event names an assignee (or nobody) other than the one last seen; with no
+    /// earlier assignee known, naming one counts as a change.
+    fn assigned_changed(&self, out: &mut Vec<Check>, key: &str, wanted: bool) -> bool {
+        let v = self.view;
+        let changed = v
+            .assignment
+            .as_ref()
+            .is_some_and(|now| v.previous_assigned.as_ref() != Some(now));
+        self.record(out, key, changed == wanted, || {
+            let name =
+                |u: &Option<UserId>| u.as_ref().map_or("nobody".to_owned(), UserId::to_string);
+            match (&v.assignment, &v.previous_assigned, &v.event.assigned_user) {
+                (None, _, Some(AssignedUser::Email(e))) => {
+                    format!("no user id is known for the assignee {e:?}: no change known")
+                }
+                (None, ..) => "the event does not say who it is assigned to".to_owned(),
+                (Some(now), None, _) => {
+                    format!("assigned to {} (no earlier assignee known)", name(now))
+                }
+                (Some(now), Some(before), _) if now != before => {
+                    format!("assigned from {} to {}", name(before), name(now))
+                }
+                (Some(now), ..) => format!("still assigned to {}", name(now)),
             }
         })
     }
@@ -619,9 +650,20 @@ fn apply(rule: &Rule, view: &View, plan: &mut PlanBuilder, actions: Option<&mut 
                     continue;
                 }
             },
+            UserRef::PreviousAssignedUser => match view.previous_assigned.clone().flatten() {
+                Some(id) => id,
+                None => {
+                    if explain {
+                        log.push(
+                            "previous_assigned_user skipped: no earlier assignee known".to_owned(),
+                        );
+                    }
+                    continue;
+                }
+            },
         };
         let label = match user {
-            UserRef::AssignedUser => format!("{id} (assigned_user)"),
+            UserRef::AssignedUser | UserRef::PreviousAssignedUser => format!("{id} ({user})"),
             other => other.to_string(),
         };
         if add {

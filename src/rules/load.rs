@@ -50,11 +50,13 @@ pub const CONDITION_KEYS: &[&str] = &[
     "stage_left",
     "status",
     "workflow",
+    "assigned_changed",
     "fields",
     "any",
     "not",
 ];
 const ASSIGNED_USER: &str = "assigned_user";
+const PREVIOUS_ASSIGNED_USER: &str = "previous_assigned_user";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -363,8 +365,12 @@ fn parse_users(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<(String, UserId, Spa
         None => {}
         Some(Node::Mapping(map)) => {
             for (name, value) in map.iter() {
-                if name.as_str() == ASSIGNED_USER {
-                    cx.error(name.span(), "`assigned_user` is reserved for the event's assigned user and cannot be an alias");
+                if [ASSIGNED_USER, PREVIOUS_ASSIGNED_USER].contains(&name.as_str()) {
+                    let message = format!(
+                        "`{}` is reserved for an assignee and cannot be an alias",
+                        name.as_str()
+                    );
+                    cx.error(name.span(), message);
                     continue;
                 }
                 match value {
@@ -690,6 +696,7 @@ fn block(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
             "stage_entered" => set(cx).map(Condition::StageEntered),
             "stage_left" => set(cx).map(Condition::StageLeft),
             "workflow" => set(cx).map(Condition::Workflow),
+            "assigned_changed" => boolean(cx, value, k).map(Condition::AssignedChanged),
             "status" => strings(cx, value, k).and_then(|values| {
                 let mut out = Vec::new();
                 let mut ok = true;
@@ -812,7 +819,8 @@ fn link_rule(
     let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
     added_ids.sort();
     added_ids.dedup();
-    let added = added_ids.len() + usize::from(add.contains(&UserRef::AssignedUser));
+    let by_role = [UserRef::AssignedUser, UserRef::PreviousAssignedUser];
+    let added = added_ids.len() + by_role.iter().filter(|r| add.contains(r)).count();
     if added > MAX_FOLLOWERS {
         let at = raw.add.first().map_or(raw.span, |(_, s)| *s);
         cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
@@ -848,7 +856,8 @@ fn link_rule(
     })
 }
 
-/// `add`/`remove` entries as users: `assigned_user`, an alias, or a user id.
+/// `add`/`remove` entries as users: `assigned_user`, `previous_assigned_user`, an alias, or a
+/// user id.
 fn resolve(
     cx: &mut Cx,
     entries: &[(String, Span)],
@@ -858,6 +867,8 @@ fn resolve(
     for (entry, span) in entries {
         out.push(if entry == ASSIGNED_USER {
             UserRef::AssignedUser
+        } else if entry == PREVIOUS_ASSIGNED_USER {
+            UserRef::PreviousAssignedUser
         } else if let Some((id, _)) = aliases.get(entry) {
             UserRef::Alias {
                 name: entry.clone(),
@@ -883,7 +894,7 @@ fn resolve(
 fn id_of(u: &UserRef) -> Option<UserId> {
     match u {
         UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
-        UserRef::AssignedUser => None,
+        UserRef::AssignedUser | UserRef::PreviousAssignedUser => None,
     }
 }
 

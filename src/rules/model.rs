@@ -50,6 +50,8 @@ pub enum UserRef {
     Id(UserId),
     /// The user the event is assigned to, if any.
     AssignedUser,
+    /// Who the record was assigned to before this event, as autofollow last saw, if known.
+    PreviousAssignedUser,
 }
 
 impl fmt::Display for UserRef {
@@ -58,6 +60,7 @@ impl fmt::Display for UserRef {
             UserRef::Alias { name, .. } => f.write_str(name),
             UserRef::Id(id) => f.write_str(id.as_str()),
             UserRef::AssignedUser => f.write_str("assigned_user"),
+            UserRef::PreviousAssignedUser => f.write_str("previous_assigned_user"),
         }
     }
 }
@@ -108,6 +111,8 @@ pub enum Condition {
     StageLeft(PatternSet),
     Status(Vec<OpportunityStatus>),
     Workflow(PatternSet),
+    /// Whether the event names an assignee other than the one autofollow last saw.
+    AssignedChanged(bool),
     Field(FieldPath, PatternSet),
     Any(Vec<Block>),
     Not(Box<Block>),
@@ -128,6 +133,7 @@ impl Condition {
             Condition::StageLeft(_) => "stage_left",
             Condition::Status(_) => "status",
             Condition::Workflow(_) => "workflow",
+            Condition::AssignedChanged(_) => "assigned_changed",
             Condition::Field(..) => "fields",
             Condition::Any(_) => "any",
             Condition::Not(_) => "not",

@@ -107,6 +107,17 @@ const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "assignees",
+        columns: &[
+            ("location_id", Ty::Text),
+            ("kind", Ty::Text),
+            ("record_id", Ty::Text),
+            ("user_id", Ty::Text),
+            ("updated_at", Ty::Int),
+        ],
+        identity: false,
+    },
+    Table {
         name: "known_followers",
         columns: &[
             ("location_id", Ty::Text),

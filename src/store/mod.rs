@@ -21,7 +21,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use crate::model::event::BodyKind;
-use crate::model::ids::{ContactId, LocationId, OpportunityId};
+use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::PreviousState;
 use crate::model::record::{Decision, EventStatus, Outcome};
 
@@ -137,6 +137,29 @@ pub struct NewState {
     pub tags: Option<Vec<String>>,
     /// Set when the event carried the opportunity's stage (id, or name for workflow bodies).
     pub stage: Option<(OpportunityId, String)>,
+    /// Set when the event said who the record is assigned to: the opportunity's assignee
+    /// (with its id) or the contact's; `None` inside: unassigned.
+    pub assigned: Option<(Option<OpportunityId>, Option<UserId>)>,
+}
+
+/// An `assignees` row: kind (`contact` or `opportunity`), record id, user id (`None`:
+/// unassigned).
+pub type AssigneeRow = (&'static str, String, Option<String>);
+
+impl NewState {
+    /// The `assignees` row it writes.
+    pub fn assignee_row(&self) -> Option<AssigneeRow> {
+        let (opportunity, user) = self.assigned.as_ref()?;
+        let user = user.as_ref().map(|u| u.as_str().to_owned());
+        match opportunity {
+            Some(o) => Some(("opportunity", o.as_str().to_owned(), user)),
+            None => Some((
+                "contact",
+                self.contact_id.as_ref()?.as_str().to_owned(),
+                user,
+            )),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::auth::same_secret;
 use super::state::AppState;
 use crate::model::ids::ContactId;
-use crate::model::plan::PreviousState;
+use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
 use crate::rules::NoResolver;
 use crate::rules::explain_report;
@@ -221,6 +221,8 @@ struct ExplainQuery {
     /// Comma-separated tags of the contact's previous event.
     previous_tags: Option<String>,
     previous_stage: Option<String>,
+    /// A user id, or `none`.
+    previous_assigned: Option<String>,
 }
 
 async fn explain(
@@ -237,6 +239,11 @@ async fn explain(
                 .collect()
         }),
         stage: q.previous_stage.filter(|s| !s.is_empty()),
+        assigned: match q.previous_assigned.as_deref().map(parse_assigned) {
+            None => None,
+            Some(Ok(assigned)) => Some(assigned),
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        },
     };
     match explain_report(&state.rules.current(), &body, &previous, &NoResolver) {
         Ok(report) => Json(report).into_response(),

@@ -7,9 +7,10 @@ use super::{Ending, Worker};
 use crate::access::Token;
 use crate::ghl::CallError;
 use crate::model::event::{Event, EventType};
-use crate::model::ids::{ContactId, LocationId, OpportunityId};
+use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
+use crate::rules::Resolver;
 use crate::store::{Claimed, NewState, StoreError};
 
 /// What the rules decided for a group.
@@ -25,7 +26,10 @@ pub(super) struct Decided {
 /// The state the events leave, as the group is decided in order.
 struct Previous {
     tags: Option<Vec<String>>,
-    stages: HashMap<OpportunityId, Option<String>>,
+    /// The contact's assignee, as known.
+    assigned: Option<Option<UserId>>,
+    /// Per opportunity: its stage and assignee, as known.
+    opportunities: HashMap<OpportunityId, (Option<String>, Option<Option<UserId>>)>,
 }
 
 impl Worker {
@@ -46,14 +50,11 @@ impl Worker {
             return Ok(Err(ending));
         }
         let rules = self.rules.current();
-        let tags = self
-            .store
-            .previous_state(&location, &contact, None)
-            .await?
-            .tags;
+        let stored = self.store.previous_state(&location, &contact, None).await?;
         let mut previous = Previous {
-            tags,
-            stages: HashMap::new(),
+            tags: stored.tags,
+            assigned: stored.assigned,
+            opportunities: HashMap::new(),
         };
         let mut decided = Decided {
             location,
@@ -77,11 +78,7 @@ impl Worker {
                 decided.records.push((*i, decision, NewState::default()));
                 continue;
             }
-            let stage = self.previous_stage(&decided, event, &mut previous).await?;
-            let before = PreviousState {
-                tags: previous.tags.clone(),
-                stage,
-            };
+            let before = self.before(&decided, event, &mut previous).await?;
             let resolver = match self
                 .lookups
                 .resolve(
@@ -104,7 +101,9 @@ impl Worker {
                 rules_version: rules.version().to_owned(),
                 ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
             };
-            let state = leave(&decided, event, &mut previous);
+            let location = &event.location_id;
+            let assigned = event.assignment(|email| resolver.user_id_by_email(location, email));
+            let state = leave(&decided, event, assigned, &mut previous);
             decided.records.push((*i, decision, state));
         }
         Ok(Ok(decided))
@@ -149,39 +148,64 @@ impl Worker {
         if let Some(o) = &event.opportunity_id {
             let (location, contact) = (&decided.location, &decided.contact);
             self.store.forget(location, contact, Some(o)).await?;
-            previous.stages.insert(o.clone(), None);
+            previous.opportunities.insert(o.clone(), (None, None));
         }
         Ok(())
     }
 
-    /// The stage the event's opportunity had before it: as an earlier event of the group left
-    /// it, else as stored.
-    async fn previous_stage(
+    /// What the event's record was before it (the contact's tags; the opportunity's stage;
+    /// the assignee of the opportunity, or of the contact): as an earlier event of the group
+    /// left it, else as stored.
+    async fn before(
         &self,
         decided: &Decided,
         event: &Event,
         previous: &mut Previous,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<PreviousState, StoreError> {
         let Some(o) = &event.opportunity_id else {
-            return Ok(None);
+            return Ok(PreviousState {
+                tags: previous.tags.clone(),
+                stage: None,
+                assigned: previous.assigned.clone(),
+            });
         };
-        if !previous.stages.contains_key(o) {
+        if !previous.opportunities.contains_key(o) {
             let stored = self
                 .store
                 .previous_state(&decided.location, &decided.contact, Some(o))
-                .await?
-                .stage;
-            previous.stages.insert(o.clone(), stored);
+                .await?;
+            previous
+                .opportunities
+                .insert(o.clone(), (stored.stage, stored.assigned));
         }
-        Ok(previous.stages.get(o).cloned().flatten())
+        let (stage, assigned) = previous.opportunities.get(o).cloned().unwrap_or_default();
+        Ok(PreviousState {
+            tags: previous.tags.clone(),
+            stage,
+            assigned,
+        })
     }
 }
 
-/// The state `event` leaves (for the next event of the group, and to store).
-fn leave(decided: &Decided, event: &Event, previous: &mut Previous) -> NewState {
+/// The state `event` leaves (for the next event of the group, and to store); `assigned`: who
+/// it says its record is assigned to.
+fn leave(
+    decided: &Decided,
+    event: &Event,
+    assigned: Option<Option<UserId>>,
+    previous: &mut Previous,
+) -> NewState {
     let stage = event.stage_id.clone().or_else(|| event.stage_name.clone());
-    if let (Some(o), Some(s)) = (&event.opportunity_id, &stage) {
-        previous.stages.insert(o.clone(), Some(s.clone()));
+    if let Some(o) = &event.opportunity_id {
+        let known = previous.opportunities.entry(o.clone()).or_default();
+        if stage.is_some() {
+            known.0.clone_from(&stage);
+        }
+        if assigned.is_some() {
+            known.1.clone_from(&assigned);
+        }
+    } else if assigned.is_some() {
+        previous.assigned.clone_from(&assigned);
     }
     if event.tags.is_some() {
         previous.tags.clone_from(&event.tags);
@@ -191,6 +215,7 @@ fn leave(decided: &Decided, event: &Event, previous: &mut Previous) -> NewState 
         contact_id: Some(decided.contact.clone()),
         tags: event.tags.clone(),
         stage: event.opportunity_id.clone().zip(stage),
+        assigned: assigned.map(|user| (event.opportunity_id.clone(), user)),
     }
 }
 

@@ -114,7 +114,7 @@ fn deals_move_through_the_pipeline() {
     );
     let shielded = PreviousState {
         tags: Some(vec!["do-not-follow".into()]),
-        stage: None,
+        ..PreviousState::default()
     };
     assert_eq!(
         plan_with(&set, &won, &shielded, &pipelines),

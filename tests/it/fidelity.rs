@@ -4,7 +4,8 @@ use autofollow::model::ids::{ContactId, LocationId, OpportunityId};
 use autofollow::model::record::EventStatus;
 use serde_json::json;
 
-use crate::common::service::{LOCATION, accepted, spawn_app};
+use crate::common::service::{LOCATION, Options, TestApp, accepted, spawn_app, spawn_with};
+use crate::common::{ALICE, BOB};
 
 /// A contact event without `tags` says nothing about the tags: a rule on a removed tag does
 /// not fire, and the tags known before still count.
@@ -45,7 +46,13 @@ async fn a_contact_body_without_tags_leaves_the_known_tags_as_they_were() {
 /// decided on, and its stage is forgotten.
 #[tokio::test]
 async fn deleted_records_are_never_called_and_are_forgotten() {
-    let app = spawn_app("rules:\n  - name: all\n    add: [alice]\n").await;
+    // A settle delay: the create and the delete are decided together.
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        settle_delay: "1s".into(),
+        ..Options::default()
+    })
+    .await;
     let (location, contact) = (
         LocationId::parse(LOCATION).unwrap(),
         ContactId::parse("c1").unwrap(),
@@ -54,7 +61,7 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
         .contact("ContactCreate", "c1", json!({"tags": ["vip"]}))
         .await;
     let deleted = app.contact("ContactDelete", "c1", json!({})).await;
-    app.drain().await;
+    wait_for(&app, deleted, EventStatus::Skipped).await;
     for id in [created, deleted] {
         let e = app.event(id).await;
         assert_eq!(e.status, EventStatus::Skipped, "{id}");
@@ -75,8 +82,8 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
     let o = OpportunityId::parse("o1").unwrap();
     let stage = json!({"type": "OpportunityStageUpdate", "locationId": LOCATION, "id": "o1",
         "contactId": "c2", "pipelineStageId": "s1", "status": "open"});
-    accepted(app.post_app(&stage).await).await;
-    app.drain().await;
+    let staged = accepted(app.post_app(&stage).await).await;
+    wait_for(&app, staged, EventStatus::Done).await;
     let calls = app.ghl.received_requests().await.unwrap().len();
     let c2 = ContactId::parse("c2").unwrap();
     let before = app
@@ -88,8 +95,7 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
     let gone =
         json!({"type": "OpportunityDelete", "locationId": LOCATION, "id": "o1", "contactId": "c2"});
     let id = accepted(app.post_app(&gone).await).await;
-    app.drain().await;
-    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    wait_for(&app, id, EventStatus::Done).await;
     assert!(
         app.decisions(id).await[0].matched.is_empty(),
         "not decided on"
@@ -108,4 +114,66 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
     let history = app.store().history(&contact).await.unwrap();
     assert_eq!(history.len(), 2, "history stays");
     app.shutdown().await;
+}
+
+/// "The new owner follows, the old owner stops" is one rule: autofollow remembers each
+/// opportunity's (and contact's) assignee, so `assigned_changed` sees an owner change and
+/// `previous_assigned_user` names the owner before it.
+#[tokio::test]
+async fn an_owner_change_moves_the_follow_from_the_old_owner_to_the_new() {
+    let rules = "rules:\n  - name: owner-follows\n    when: {assigned_changed: true}\n    add: [assigned_user]\n    remove: [previous_assigned_user]\n";
+    let app = spawn_app(rules).await;
+    app.ghl_accepts_the_rest().await;
+    let opportunity = |event_type: &str, assignee: Option<&str>| {
+        let mut body = json!({"type": event_type, "locationId": LOCATION, "id": "o1",
+            "contactId": "c1", "status": "open"});
+        if let Some(a) = assignee {
+            body["assignedTo"] = json!(a);
+        }
+        body
+    };
+    for (event_type, assignee) in [
+        ("OpportunityCreate", Some(ALICE)),
+        ("OpportunityUpdate", Some(ALICE)),
+        ("OpportunityAssignedToUpdate", Some(BOB)),
+        ("OpportunityAssignedToUpdate", None),
+    ] {
+        accepted(app.post_app(&opportunity(event_type, assignee)).await).await;
+        app.drain().await;
+    }
+    let calls: Vec<(String, serde_json::Value)> = app
+        .ghl
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (r.method.to_string(), body["followers"].clone())
+        })
+        .collect();
+    let call = |m: &str, u: &str| (m.to_owned(), json!([u]));
+    assert_eq!(
+        calls,
+        vec![
+            call("POST", ALICE),
+            call("POST", BOB),
+            call("DELETE", ALICE),
+            call("DELETE", BOB),
+        ],
+        "unchanged owner: no call; unassigned: the last owner stops"
+    );
+    app.shutdown().await;
+}
+
+/// Waits (at most 20 s) until event `id` has `status`.
+async fn wait_for(app: &TestApp, id: i64, status: EventStatus) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.event(id).await.status != status {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "event {id} never became {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -88,6 +88,10 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
         contact_id: Some(ContactId::parse("done").unwrap()),
         tags: Some(vec!["vip".into(), "lead".into()]),
         stage: Some((OpportunityId::parse("o-done").unwrap(), "stage-won".into())),
+        assigned: Some((
+            Some(OpportunityId::parse("o-done").unwrap()),
+            Some(UserId::parse(common::BOB).unwrap()),
+        )),
     };
     assert!(
         s.finish(&c, &decision("done", None, true), &state)

@@ -187,7 +187,7 @@ fn every_rule_key_has_a_reference_section() {
     let keys = autofollow::rules::RULE_KEYS
         .iter()
         .chain(autofollow::rules::CONDITION_KEYS)
-        .chain(&["assigned_user"]);
+        .chain(&["assigned_user", "previous_assigned_user"]);
     for key in keys {
         let quoted = format!("`{key}`");
         assert!(

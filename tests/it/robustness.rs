@@ -269,6 +269,7 @@ proptest! {
         let previous = PreviousState {
             tags: prev_tags.map(|t| t.into_iter().map(str::to_owned).collect()),
             stage: prev_stage.map(str::to_owned),
+            assigned: None,
         };
         let fast = set.evaluate(&e, &previous, &autofollow::rules::NoResolver);
         let slow = set.explain(&e, &previous, &autofollow::rules::NoResolver);

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
-use autofollow::model::plan::Plan;
+use autofollow::model::plan::{Plan, PreviousState};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::store::{
     Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, NewEvent, NewState,
@@ -508,6 +508,7 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
         contact_id: Some(ContactId::parse("c1").unwrap()),
         tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
         stage: Some((OpportunityId::parse("o1").unwrap(), stage.to_owned())),
+        assigned: None,
     };
     let (d, s1, s2) = (
         decision("done", None),
@@ -600,6 +601,7 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
         contact_id: Some(c.clone()),
         tags: Some(vec!["vip".into()]),
         stage: Some((o.clone(), "won".into())),
+        assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
     };
     assert!(
         s.finish(&first, &decision("done", None), &state)
@@ -609,14 +611,14 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
     let users = [UserId::parse("u1").unwrap()];
     s.set_known_followers(&l, &c, &users, None).await.unwrap();
     let erased = s.erase_contact(&c).await.unwrap();
-    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 3));
+    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 4));
     assert!(s.history(&c).await.unwrap().is_empty());
     assert!(
         s.event(waiting).await.unwrap().is_none(),
         "waiting work too"
     );
     let previous = s.previous_state(&l, &c, Some(&o)).await.unwrap();
-    assert_eq!((previous.tags, previous.stage), (None, None));
+    assert_eq!(previous, PreviousState::default());
     let long_ago = SystemTime::now() - Duration::from_secs(3600);
     assert_eq!(s.known_followers(&l, &c, long_ago).await.unwrap(), None);
     // Other contacts are untouched; a re-delivery of an erased webhook is still a duplicate.
@@ -803,6 +805,7 @@ async fn forgetting_a_deleted_record_clears_its_state_only(store: Arc<dyn Store>
             contact_id: Some(ContactId::parse(contact).unwrap()),
             tags: Some(vec!["vip".to_owned()]),
             stage: (contact == "c1").then(|| (o.clone(), "won".to_owned())),
+            assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
         };
         let d = decision("done", None);
         assert!(s.finish_all(&[(&claimed[0], &d, &state)]).await.unwrap());

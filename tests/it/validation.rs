@@ -38,7 +38,7 @@ fn unknown_keys_are_reported_with_the_closest_valid_key() {
             "r.yaml:6:5: error: rule `a` has neither `add` nor `remove`, so it would do nothing",
             "r.yaml:7:5: error: unknown key `ad` in a rule; did you mean `add`?",
             "r.yaml:9:7: error: unknown key `has_tags` in `when` (conditions); did you mean `has_tag`?",
-            "r.yaml:10:7: error: unknown key `colour` in `when` (conditions); expected one of: source, has_tag, lacks_tag, tag_added, tag_removed, pipeline, stage, stage_entered, stage_left, status, workflow, fields, any, not",
+            "r.yaml:10:7: error: unknown key `colour` in `when` (conditions); expected one of: source, has_tag, lacks_tag, tag_added, tag_removed, pipeline, stage, stage_entered, stage_left, status, workflow, assigned_changed, fields, any, not",
         ]
     );
 }
@@ -218,7 +218,7 @@ fn aliases_are_checked_across_files() {
     assert_eq!(
         d,
         [
-            "a.yaml:3:3: error: `assigned_user` is reserved for the event's assigned user and cannot be an alias",
+            "a.yaml:3:3: error: `assigned_user` is reserved for an assignee and cannot be an alias",
             "b.yaml:2:3: error: alias `alice` is already defined as `9hTnVvSr1Q2ZyE5kHfXm` at a.yaml:2:3",
             "b.yaml:3:8: warning: user id `bob` of alias `bob` does not look like a GoHighLevel id (20 letters and digits)",
             "b.yaml:4:10: error: alias `carol` must map to a user id (a string), found a list",

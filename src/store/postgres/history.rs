@@ -86,6 +86,13 @@ impl History for PgStore {
                   WHERE contact_id = $1 AND opportunity_id IS NOT NULL)",
         )
         .await?;
+        states += run(
+            "DELETE FROM assignees WHERE (kind = 'contact' AND record_id = $1)
+                 OR (kind = 'opportunity' AND (location_id, record_id) IN
+                     (SELECT location_id, opportunity_id FROM events
+                      WHERE contact_id = $1 AND opportunity_id IS NOT NULL))",
+        )
+        .await?;
         let events = run("DELETE FROM events WHERE contact_id = $1").await?;
         states += run("DELETE FROM contact_state WHERE contact_id = $1").await?;
         states += run("DELETE FROM known_followers WHERE contact_id = $1").await?;

@@ -155,6 +155,21 @@ impl Queue for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            if let (Some(location), Some((kind, record, user))) =
+                (&state.location_id, state.assignee_row())
+            {
+                sqlx::query(
+                    "INSERT INTO assignees (location_id, kind, record_id, user_id, updated_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
+                )
+                .bind(location.as_str())
+                .bind(kind)
+                .bind(record)
+                .bind(user)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(true)

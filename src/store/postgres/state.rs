@@ -30,7 +30,23 @@ impl ContactState for PgStore {
             .await?,
             None => None,
         };
-        Ok(PreviousState { tags, stage })
+        let (kind, record) = match opportunity {
+            Some(o) => ("opportunity", o.as_str()),
+            None => ("contact", contact.as_str()),
+        };
+        let assigned: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT user_id FROM assignees WHERE location_id = $1 AND kind = $2 AND record_id = $3",
+        )
+        .bind(location.as_str())
+        .bind(kind)
+        .bind(record)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(PreviousState {
+            tags,
+            stage,
+            assigned: assigned.map(|u| u.and_then(|u| UserId::parse(&u).ok())),
+        })
     }
 
     async fn known_followers(
@@ -90,6 +106,13 @@ impl ContactState for PgStore {
             .bind(o.as_str())
             .execute(&self.pool)
             .await?;
+            sqlx::query(
+                "DELETE FROM assignees WHERE location_id = $1 AND kind = 'opportunity' AND record_id = $2",
+            )
+            .bind(location.as_str())
+            .bind(o.as_str())
+            .execute(&self.pool)
+            .await?;
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
@@ -97,6 +120,17 @@ impl ContactState for PgStore {
             "DELETE FROM opportunity_state WHERE location_id = $1 AND opportunity_id IN
                  (SELECT opportunity_id FROM events WHERE location_id = $1
                   AND contact_id = $2 AND opportunity_id IS NOT NULL)",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM assignees WHERE location_id = $1 AND (
+                 (kind = 'contact' AND record_id = $2)
+                 OR (kind = 'opportunity' AND record_id IN
+                     (SELECT opportunity_id FROM events WHERE location_id = $1
+                      AND contact_id = $2 AND opportunity_id IS NOT NULL)))",
         )
         .bind(location.as_str())
         .bind(contact.as_str())

@@ -81,6 +81,13 @@ impl History for SqliteStore {
                           WHERE contact_id = ?1 AND opportunity_id IS NOT NULL)",
                     [&contact],
                 )?;
+                states += conn.execute(
+                    "DELETE FROM assignees WHERE (kind = 'contact' AND record_id = ?1)
+                         OR (kind = 'opportunity' AND (location_id, record_id) IN
+                             (SELECT location_id, opportunity_id FROM events
+                              WHERE contact_id = ?1 AND opportunity_id IS NOT NULL))",
+                    [&contact],
+                )?;
                 let events = conn.execute("DELETE FROM events WHERE contact_id = ?1", [&contact])?;
                 states += conn.execute("DELETE FROM contact_state WHERE contact_id = ?1", [&contact])?;
                 states +=

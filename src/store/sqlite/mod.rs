@@ -164,6 +164,8 @@ struct Finish {
     decision: DecisionRow,
     tags: Option<(String, String, String)>,
     stage: Option<(String, String, String)>,
+    /// (location, row).
+    assignee: Option<(String, AssigneeRow)>,
 }
 
 fn now_ms() -> i64 {

@@ -129,6 +129,7 @@ impl Queue for SqliteStore {
                         }
                         _ => None,
                     },
+                    assignee: location.zip(state.assignee_row()),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -167,6 +168,13 @@ impl Queue for SqliteStore {
                              ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
                         )?
                         .execute((location, opportunity, stage, now))?;
+                    }
+                    if let Some((location, (kind, record, user))) = &f.assignee {
+                        conn.prepare_cached(
+                            "INSERT INTO assignees (location_id, kind, record_id, user_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
+                        )?
+                        .execute((location, kind, record, user, now))?;
                     }
                 }
                 Ok(true)

@@ -33,7 +33,23 @@ impl ContactState for SqliteStore {
             .await?,
             None => None,
         };
-        Ok(PreviousState { tags, stage })
+        let (kind, record) = match opportunity {
+            Some(o) => ("opportunity", o.as_str()),
+            None => ("contact", contact.as_str()),
+        };
+        let assigned: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT user_id FROM assignees WHERE location_id = ? AND kind = ? AND record_id = ?",
+        )
+        .bind(location.as_str())
+        .bind(kind)
+        .bind(record)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(PreviousState {
+            tags,
+            stage,
+            assigned: assigned.map(|u| u.and_then(|u| UserId::parse(&u).ok())),
+        })
     }
 
     async fn known_followers(
@@ -105,12 +121,26 @@ impl ContactState for SqliteStore {
                         "DELETE FROM opportunity_state WHERE location_id = ?1 AND opportunity_id = ?2",
                         (&location, o),
                     )?;
+                    conn.execute(
+                        "DELETE FROM assignees WHERE location_id = ?1 AND kind = 'opportunity' AND record_id = ?2",
+                        (&location, o),
+                    )?;
                     return Ok(());
                 }
                 conn.execute(
                     "DELETE FROM opportunity_state WHERE location_id = ?1 AND opportunity_id IN
                          (SELECT opportunity_id FROM events WHERE location_id = ?1
                           AND contact_id = ?2 AND opportunity_id IS NOT NULL)",
+                    (&location, &contact),
+                )?;
+                conn.execute(
+                    "DELETE FROM assignees WHERE location_id = ?1 AND kind = 'opportunity' AND record_id IN
+                         (SELECT opportunity_id FROM events WHERE location_id = ?1
+                          AND contact_id = ?2 AND opportunity_id IS NOT NULL)",
+                    (&location, &contact),
+                )?;
+                conn.execute(
+                    "DELETE FROM assignees WHERE location_id = ?1 AND kind = 'contact' AND record_id = ?2",
                     (&location, &contact),
                 )?;
                 for table in ["contact_state", "known_followers"] {

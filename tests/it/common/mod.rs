@@ -92,14 +92,14 @@ pub fn plan(set: &RuleSet, e: &Event) -> String {
 pub fn previous_tags(tags: &[&str]) -> PreviousState {
     PreviousState {
         tags: Some(tags.iter().map(|t| t.to_string()).collect()),
-        stage: None,
+        ..PreviousState::default()
     }
 }
 
 pub fn previous_stage(stage: &str) -> PreviousState {
     PreviousState {
-        tags: None,
         stage: Some(stage.to_owned()),
+        ..PreviousState::default()
     }
 }
 
