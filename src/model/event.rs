@@ -61,12 +61,40 @@ pub enum EventType {
     OpportunityStatusUpdate,
     OpportunityAssignedToUpdate,
     OpportunityMonetaryValueUpdate,
+    AppointmentCreate,
+    AppointmentUpdate,
+    AppointmentDelete,
+    TaskCreate,
+    TaskComplete,
+    TaskDelete,
+    NoteCreate,
+    NoteUpdate,
+    NoteDelete,
+    InboundMessage,
+    OutboundMessage,
+    Workflow,
+}
+
+/// What an event is about, which decides where its contact id is and what it says about the
+/// contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// `Contact*`: the contact is `id`; it carries the contact's tags and owner.
+    Contact,
+    /// `Opportunity*`: the opportunity is `id`, the contact `contactId`.
+    Opportunity,
+    /// `Appointment*`: everything under `appointment` (`contactId`, `assignedUserId`).
+    Appointment,
+    /// `Task*`, `Note*`, `*Message`: the contact is `contactId`; a task's assignee is
+    /// `assignedTo`.
+    Activity,
+    /// A workflow's Webhook action.
     Workflow,
 }
 
 impl EventType {
     /// Every supported event type, in documentation order.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 24] = [
         EventType::ContactCreate,
         EventType::ContactUpdate,
         EventType::ContactDelete,
@@ -79,6 +107,17 @@ impl EventType {
         EventType::OpportunityStatusUpdate,
         EventType::OpportunityAssignedToUpdate,
         EventType::OpportunityMonetaryValueUpdate,
+        EventType::AppointmentCreate,
+        EventType::AppointmentUpdate,
+        EventType::AppointmentDelete,
+        EventType::TaskCreate,
+        EventType::TaskComplete,
+        EventType::TaskDelete,
+        EventType::NoteCreate,
+        EventType::NoteUpdate,
+        EventType::NoteDelete,
+        EventType::InboundMessage,
+        EventType::OutboundMessage,
         EventType::Workflow,
     ];
 
@@ -97,6 +136,17 @@ impl EventType {
             EventType::OpportunityStatusUpdate => "OpportunityStatusUpdate",
             EventType::OpportunityAssignedToUpdate => "OpportunityAssignedToUpdate",
             EventType::OpportunityMonetaryValueUpdate => "OpportunityMonetaryValueUpdate",
+            EventType::AppointmentCreate => "AppointmentCreate",
+            EventType::AppointmentUpdate => "AppointmentUpdate",
+            EventType::AppointmentDelete => "AppointmentDelete",
+            EventType::TaskCreate => "TaskCreate",
+            EventType::TaskComplete => "TaskComplete",
+            EventType::TaskDelete => "TaskDelete",
+            EventType::NoteCreate => "NoteCreate",
+            EventType::NoteUpdate => "NoteUpdate",
+            EventType::NoteDelete => "NoteDelete",
+            EventType::InboundMessage => "InboundMessage",
+            EventType::OutboundMessage => "OutboundMessage",
             EventType::Workflow => "Workflow",
         }
     }
@@ -106,12 +156,28 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// What the event is about.
+    pub fn subject(self) -> Subject {
+        let name = self.name();
+        if self == EventType::Workflow {
+            Subject::Workflow
+        } else if name.starts_with("Contact") {
+            Subject::Contact
+        } else if name.starts_with("Opportunity") {
+            Subject::Opportunity
+        } else if name.starts_with("Appointment") {
+            Subject::Appointment
+        } else {
+            Subject::Activity
+        }
+    }
+
     pub fn is_opportunity(self) -> bool {
-        self.name().starts_with("Opportunity")
+        self.subject() == Subject::Opportunity
     }
 
     pub fn is_contact(self) -> bool {
-        self.name().starts_with("Contact")
+        self.subject() == Subject::Contact
     }
 }
 
@@ -166,7 +232,16 @@ impl Event {
     /// event, else the contact): `None` when it does not say, `Some(None)` when it says
     /// nobody (an `OpportunityAssignedToUpdate` without `assignedTo`). A workflow body's
     /// email is looked up with `by_email`; one not found leaves it unsaid.
+    /// Only contact, opportunity and workflow events describe an owner; a task's or an
+    /// appointment's assignee is not the contact's.
     pub fn assignment(&self, by_email: impl Fn(&str) -> Option<UserId>) -> Option<Option<UserId>> {
+        let owner = matches!(
+            self.event_type.subject(),
+            Subject::Contact | Subject::Opportunity | Subject::Workflow
+        );
+        if !owner {
+            return None;
+        }
         match &self.assigned_user {
             Some(AssignedUser::Id(id)) => Some(Some(id.clone())),
             Some(AssignedUser::Email(email)) => by_email(email).map(Some),
@@ -322,21 +397,45 @@ fn app_event(raw: Value) -> Result<Parsed, ParseError> {
         }
     };
     let location_id = required(obj, "locationId", "locationId")?;
-    let (contact_id, opportunity_id, tags) = if event_type.is_opportunity() {
-        let contact = required(obj, "contactId", "contactId")?;
-        (contact, id(obj, "id", "id")?, obj.get("tags").map(tag_list))
-    } else {
-        let contact = required(obj, "id", "id")?;
-        (contact, None, contact_tags(event_type, obj))
+    let (contact_id, opportunity_id, tags, assigned) = match event_type.subject() {
+        Subject::Opportunity => {
+            let contact = required(obj, "contactId", "contactId")?;
+            let tags = sent_tags(obj);
+            (
+                contact,
+                id(obj, "id", "id")?,
+                tags,
+                id(obj, "assignedTo", "assignedTo")?,
+            )
+        }
+        Subject::Appointment => {
+            let a = obj.get("appointment").and_then(Value::as_object);
+            let a = a.ok_or(ParseError::MissingField("appointment.contactId"))?;
+            let contact = required(a, "contactId", "appointment.contactId")?;
+            let assigned = id(a, "assignedUserId", "appointment.assignedUserId")?;
+            (contact, None, None, assigned)
+        }
+        Subject::Activity => {
+            let contact = required(obj, "contactId", "contactId")?;
+            (contact, None, None, id(obj, "assignedTo", "assignedTo")?)
+        }
+        Subject::Contact | Subject::Workflow => {
+            let contact = required(obj, "id", "id")?;
+            let tags = contact_tags(event_type, obj);
+            (contact, None, tags, id(obj, "assignedTo", "assignedTo")?)
+        }
     };
     let event = Event {
         event_type,
         location_id,
         contact_id,
         opportunity_id,
-        source: text(obj, "source"),
+        source: match event_type.subject() {
+            Subject::Contact | Subject::Opportunity => text(obj, "source"),
+            _ => None,
+        },
         tags,
-        assigned_user: id(obj, "assignedTo", "assignedTo")?.map(AssignedUser::Id),
+        assigned_user: assigned.map(AssignedUser::Id),
         pipeline_id: plain_id(obj, "pipelineId")?,
         pipeline_name: None,
         stage_id: plain_id(obj, "pipelineStageId")?,

@@ -93,8 +93,12 @@ impl<'a> View<'a> {
             let mut seen = HashSet::new();
             t.retain(|s| seen.insert(s.clone()));
         }
+        let assigned_user = match &event.assigned_user {
+            Some(AssignedUser::Id(id)) => Some(id.clone()),
+            Some(AssignedUser::Email(email)) => resolver.user_id_by_email(loc, email),
+            None => None,
+        };
         let assignment = event.assignment(|email| resolver.user_id_by_email(loc, email));
-        let assigned_user = assignment.clone().flatten();
         View {
             event,
             event_type: normalize(event.event_type.name()),

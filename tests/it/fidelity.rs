@@ -5,7 +5,7 @@ use autofollow::model::record::EventStatus;
 use serde_json::json;
 
 use crate::common::service::{LOCATION, Options, TestApp, accepted, spawn_app, spawn_with};
-use crate::common::{ALICE, BOB};
+use crate::common::{ALICE, BOB, CAROL, fixture};
 
 /// A contact event without `tags` says nothing about the tags: a rule on a removed tag does
 /// not fire, and the tags known before still count.
@@ -176,4 +176,51 @@ async fn wait_for(app: &TestApp, id: i64, status: EventStatus) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Tasks and appointments: their assignee follows the contact, and their own fields are
+/// conditions (the official examples, as GoHighLevel sends them).
+#[tokio::test]
+async fn a_tasks_assignee_and_an_appointments_calendar_user_follow_the_contact() {
+    let rules = "rules:\n  - name: task-owner\n    events: [TaskCreate]\n    add: [assigned_user]\n  - name: demo-calendar\n    events: [AppointmentCreate]\n    when: {fields: {appointment.calendarId: BqTwX8QFwXzpegMve9EQ}}\n    add: [assigned_user, carol]\n";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        location_tokens: vec![("0007BWpSzSwfiuSl0tR2".into(), "pit-appointments".into())],
+        ..Options::default()
+    })
+    .await;
+    app.ghl_accepts_the_rest().await;
+    for name in ["TaskCreate", "AppointmentCreate", "NoteCreate"] {
+        let body: serde_json::Value =
+            serde_json::from_slice(&fixture(&format!("app-webhooks/{name}.json"))).unwrap();
+        let id = accepted(app.post_app(&body).await).await;
+        app.drain().await;
+        assert_eq!(app.event(id).await.status, EventStatus::Done, "{name}");
+    }
+    let mut calls: Vec<(String, serde_json::Value)> = app
+        .ghl
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            (r.url.path().to_owned(), body["followers"].clone())
+        })
+        .collect();
+    calls.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        calls,
+        vec![
+            (
+                "/contacts/9NkT25Vor1v4aQatFsv2/followers".to_owned(),
+                json!(["YlWd2wuCAZQzh2cH1fVZ", CAROL])
+            ),
+            (
+                "/contacts/CWBf1PR9LvvBkcYqiXlc/followers".to_owned(),
+                json!(["63e4qiWDsFJjOYAC8phG"])
+            ),
+        ]
+    );
+    app.shutdown().await;
 }

@@ -2,7 +2,7 @@
 
 use crate::common;
 use autofollow::model::event::{self, AssignedUser, EventType, Parsed};
-use autofollow::model::ids::LocationId;
+use autofollow::model::ids::{LocationId, UserId};
 use common::{fixture, repo};
 
 /// A workflow body's event.
@@ -93,6 +93,82 @@ fn every_documented_opportunity_example_parses_with_the_contact_id_from_contact_
     }
 }
 
+/// Appointments, tasks, notes and messages: each with its contact, and the assignee an
+/// appointment (`appointment.assignedUserId`) or a task (`assignedTo`) names. They say
+/// nothing about the contact's tags, source or owner. (The official examples of
+/// `AppointmentUpdate` and `AppointmentDelete` are copies of `AppointmentCreate`'s, type
+/// included.)
+#[test]
+fn every_documented_activity_example_parses_with_its_contact_and_assignee() {
+    let user = |id: &str| Some(AssignedUser::Id(UserId::parse(id).unwrap()));
+    for (name, t, contact, assignee) in [
+        (
+            "AppointmentCreate",
+            "AppointmentCreate",
+            "9NkT25Vor1v4aQatFsv2",
+            user("YlWd2wuCAZQzh2cH1fVZ"),
+        ),
+        (
+            "AppointmentUpdate",
+            "AppointmentCreate",
+            "9NkT25Vor1v4aQatFsv2",
+            user("YlWd2wuCAZQzh2cH1fVZ"),
+        ),
+        (
+            "AppointmentDelete",
+            "AppointmentCreate",
+            "9NkT25Vor1v4aQatFsv2",
+            user("YlWd2wuCAZQzh2cH1fVZ"),
+        ),
+        (
+            "TaskCreate",
+            "TaskCreate",
+            "CWBf1PR9LvvBkcYqiXlc",
+            user("63e4qiWDsFJjOYAC8phG"),
+        ),
+        (
+            "TaskComplete",
+            "TaskComplete",
+            "WFwVrSSjZ2CNHbZThQX2",
+            user("bNl8QNGXhIQJLv8eeASQ"),
+        ),
+        (
+            "TaskDelete",
+            "TaskDelete",
+            "CWBf1PR9LvvBkcYqiXlc",
+            user("63e4qiWDsFJjOYAC8phG"),
+        ),
+        ("NoteCreate", "NoteCreate", "CWBf1PR9LvvBkcYqiXlc", None),
+        ("NoteUpdate", "NoteUpdate", "CWBf1PR9LvvBkcYqiXlc", None),
+        ("NoteDelete", "NoteDelete", "CWBf1PR9LvvBkcYqiXlc", None),
+        (
+            "InboundMessage",
+            "InboundMessage",
+            "cI08i1Bls3iTB9bKgFJh",
+            None,
+        ),
+        (
+            "OutboundMessage",
+            "OutboundMessage",
+            "cI08i1Bls3iTB9bKgFJh",
+            None,
+        ),
+    ] {
+        let Parsed::Event(e) = parse_fixture(name) else {
+            panic!("{name} is unsupported")
+        };
+        assert_eq!(e.event_type.name(), t, "{name}");
+        assert_eq!(e.contact_id.as_str(), contact, "{name}");
+        assert_eq!(e.assigned_user, assignee, "{name}");
+        assert_eq!((e.tags.as_ref(), e.source.as_ref()), (None, None), "{name}");
+        assert_eq!(
+            e.assignment(|_| None),
+            None,
+            "{name}: not the contact's owner"
+        );
+    }
+}
+
 #[test]
 fn install_and_uninstall_examples_are_app_changes_and_user_examples_unsupported() {
     let change = |name: &str| match parse_fixture(name) {
@@ -169,7 +245,7 @@ fn fixtures_match_the_official_examples_when_the_docs_are_present() {
         assert_eq!(doc, ours, "{name} differs from the official example");
         compared += 1;
     }
-    assert_eq!(compared, 19);
+    assert_eq!(compared, 30);
 }
 
 #[test]
