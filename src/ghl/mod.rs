@@ -23,12 +23,47 @@ use pipelines::Pipelines;
 /// The API version header GoHighLevel requires on every call.
 pub const API_VERSION: &str = "2021-07-28";
 
+/// What GoHighLevel answered a followers call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followers {
+    pub status: u16,
+    /// The contact's whole follower list, when sent.
+    pub followers: Option<Vec<UserId>>,
+    /// `followersAdded` or `followersRemoved`: who the call changed, when sent.
+    pub changed: Option<Vec<UserId>>,
+}
+
+/// Users asked for per page of a users search, and the most pages read for one email.
+const USER_PAGE: u64 = 100;
+const USER_PAGES: u64 = 20;
+
+/// The id of a users-search result, when it is a user (not deleted) with this email.
+fn user_with_email(user: &Value, email: &str) -> Option<UserId> {
+    if user.get("deleted").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    let theirs = user.get("email").and_then(Value::as_str)?;
+    if !theirs.trim().eq_ignore_ascii_case(email.trim()) {
+        return None;
+    }
+    UserId::parse(user.get("id").and_then(Value::as_str)?).ok()
+}
+
+/// A list of user ids under `key`, when the body has one.
+fn user_list(body: &Value, key: &str) -> Option<Vec<UserId>> {
+    let list = body.get(key)?.as_array()?;
+    let ids = list.iter().filter_map(Value::as_str);
+    Some(ids.filter_map(|u| UserId::parse(u).ok()).collect())
+}
+
 /// Why a call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// Worth trying again later: 429, 408, 5xx, timeouts, connection errors.
     #[error("{reason}")]
     Retryable {
+        /// GoHighLevel's status, when it answered (429, 408, 5xx).
+        status: Option<u16>,
         reason: String,
         /// `Retry-After` when GoHighLevel sent one.
         retry_after: Option<Duration>,
@@ -66,8 +101,7 @@ impl GhlClient {
         })
     }
 
-    /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove). Returns the contact's
-    /// full follower list when GoHighLevel sent it.
+    /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove): GoHighLevel's answer.
     pub async fn followers(
         &self,
         token: &SecretString,
@@ -75,25 +109,28 @@ impl GhlClient {
         add: bool,
         contact: &ContactId,
         users: &[UserId],
-    ) -> Result<Option<Vec<UserId>>, CallError> {
+    ) -> Result<Followers, CallError> {
         let method = if add { Method::POST } else { Method::DELETE };
         let path = followers_path(contact);
-        self.send(
-            token,
-            location,
-            method,
-            ("followers", &path),
-            &[],
-            Some(json!({ "followers": users })),
-        )
-        .await
-        .map(|body| {
-            body.get("followers").and_then(Value::as_array).map(|list| {
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .filter_map(|u| UserId::parse(u).ok())
-                    .collect()
-            })
+        let (status, body) = self
+            .send(
+                token,
+                location,
+                method,
+                ("followers", &path),
+                &[],
+                Some(json!({ "followers": users })),
+            )
+            .await?;
+        let changed = if add {
+            "followersAdded"
+        } else {
+            "followersRemoved"
+        };
+        Ok(Followers {
+            status,
+            followers: user_list(&body, "followers"),
+            changed: user_list(&body, changed),
         })
     }
 
@@ -103,7 +140,7 @@ impl GhlClient {
         token: &SecretString,
         location: &LocationId,
     ) -> Result<Pipelines, CallError> {
-        let body = self
+        let (_, body) = self
             .send(
                 token,
                 location,
@@ -126,7 +163,7 @@ impl GhlClient {
         location: &LocationId,
     ) -> Result<String, CallError> {
         let path = format!("/locations/{location}");
-        let body = self
+        let (_, body) = self
             .send(
                 token,
                 location,
@@ -145,7 +182,8 @@ impl GhlClient {
             })
     }
 
-    /// The id of the location's user with this email (`GET /users/search`), if any.
+    /// The id of the location's user with this email (`GET /users/search`, page by page
+    /// until found or the results end, at most [`USER_PAGES`] pages), if any.
     pub async fn user_by_email(
         &self,
         token: &SecretString,
@@ -153,36 +191,32 @@ impl GhlClient {
         location: &LocationId,
         email: &str,
     ) -> Result<Option<UserId>, CallError> {
-        let query = [
-            ("companyId", company_id),
-            ("locationId", location.as_str()),
-            ("query", email),
-        ];
-        let body = self
-            .send(
-                token,
-                location,
-                Method::GET,
-                ("users_search", "/users/search"),
-                &query,
-                None,
-            )
-            .await?;
-        let users = body
-            .get("users")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok(users
-            .iter()
-            .filter(|u| u.get("deleted").and_then(Value::as_bool) != Some(true))
-            .find(|u| {
-                u.get("email")
-                    .and_then(Value::as_str)
-                    .is_some_and(|e| e.trim().eq_ignore_ascii_case(email.trim()))
-            })
-            .and_then(|u| u.get("id").and_then(Value::as_str))
-            .and_then(|id| UserId::parse(id).ok()))
+        let limit = USER_PAGE.to_string();
+        for page in 0..USER_PAGES {
+            let skip = (page * USER_PAGE).to_string();
+            let query = [
+                ("companyId", company_id),
+                ("locationId", location.as_str()),
+                ("query", email),
+                ("skip", skip.as_str()),
+                ("limit", limit.as_str()),
+            ];
+            let endpoint = ("users_search", "/users/search");
+            let (_, body) = self
+                .send(token, location, Method::GET, endpoint, &query, None)
+                .await?;
+            let users = body.get("users").and_then(Value::as_array);
+            let users = users.map(Vec::as_slice).unwrap_or_default();
+            if let Some(found) = users.iter().find_map(|u| user_with_email(u, email)) {
+                return Ok(Some(found));
+            }
+            let count = body.get("count").and_then(Value::as_u64);
+            let seen = (page + 1) * USER_PAGE;
+            if users.len() < USER_PAGE as usize || count.is_some_and(|c| c <= seen) {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// One call: a request from the location's budget, the answer's rate-limit headers
@@ -195,7 +229,7 @@ impl GhlClient {
         (endpoint, path): (&str, &str),
         query: &[(&str, &str)],
         body: Option<Value>,
-    ) -> Result<Value, CallError> {
+    ) -> Result<(u16, Value), CallError> {
         if let Err(wait) = self.budget.acquire(location).await {
             self.metrics
                 .rate_limit_waits
@@ -222,6 +256,7 @@ impl GhlClient {
         self.metrics
             .ghl_call(&method_name, endpoint, status, started.elapsed());
         let response = answer.map_err(|e| CallError::Retryable {
+            status: None,
             reason: if e.is_timeout() {
                 "GoHighLevel did not answer in time".to_owned()
             } else {
@@ -265,7 +300,7 @@ fn observed(response: &reqwest::Response) -> Observed {
 
 /// The answer's body, or the failure it says: retryable (429, 408, 5xx, with `Retry-After`)
 /// or permanent (other 4xx, and a redirect, which the API never sends).
-async fn classify(response: reqwest::Response) -> Result<Value, CallError> {
+async fn classify(response: reqwest::Response) -> Result<(u16, Value), CallError> {
     let status = response.status();
     let retry_after = observed(&response).retry_after;
     let text = response.text().await.unwrap_or_default();
@@ -279,7 +314,10 @@ async fn classify(response: reqwest::Response) -> Result<Value, CallError> {
         });
     }
     if status.is_success() {
-        return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+        return Ok((
+            status.as_u16(),
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        ));
     }
     let reason = format!(
         "GoHighLevel answered {}: {}",
@@ -291,6 +329,7 @@ async fn classify(response: reqwest::Response) -> Result<Value, CallError> {
         || status.is_server_error()
     {
         Err(CallError::Retryable {
+            status: Some(status.as_u16()),
             reason,
             retry_after,
         })

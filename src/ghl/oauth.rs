@@ -161,7 +161,7 @@ async fn answer(
     })?;
     let status = response.status();
     match classify(response).await {
-        Ok(body) => serde_json::from_value(body).map_err(|e| {
+        Ok((_, body)) => serde_json::from_value(body).map_err(|e| {
             OAuthError::Unavailable(format!("GoHighLevel's token answer is unreadable: {e}"))
         }),
         Err(CallError::Permanent { reason, .. }) if status != StatusCode::NOT_FOUND => {

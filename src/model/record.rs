@@ -171,4 +171,8 @@ pub struct CallRecord {
     pub status: Option<u16>,
     /// `ok`, `dry-run`, or the error.
     pub outcome: String,
+    /// Who GoHighLevel says the call added (`followersAdded`) or removed
+    /// (`followersRemoved`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<UserId>>,
 }

@@ -11,6 +11,7 @@ use crate::ghl::CallError;
 use crate::model::ids::{ContactId, UserId};
 use crate::model::plan::{Plan, PlanEntry};
 use crate::model::record::{CallRecord, Outcome};
+use crate::rules::MAX_FOLLOWERS;
 use crate::store::StoreError;
 
 /// The calls made (for the decision records) and how they ended.
@@ -34,10 +35,12 @@ impl Worker {
             return Ok((calls, Ending::done()));
         }
         if self.options.dry_run {
+            let left_out = within_limit(&mut batches, None);
             for (add, users) in batches {
                 calls.push(call_record(add, contact, users, None, "dry-run"));
             }
-            return Ok((calls, Ending::done()));
+            let ending = left_out.map_or_else(Ending::done, |n| Ending::attempt(Outcome::Done, n));
+            return Ok((calls, ending));
         }
         let Some(token) = token else {
             let reason = format!(
@@ -45,8 +48,16 @@ impl Worker {
             );
             return Ok((calls, Ending::attempt(Outcome::Failed, reason)));
         };
-        if trust_known {
-            self.skip_known(decided, &mut batches).await?;
+        let known = match trust_known {
+            true => self.known(decided).await?,
+            false => None,
+        };
+        if let Some(known) = &known {
+            skip_known(known, &mut batches);
+        }
+        let left_out = within_limit(&mut batches, known.as_deref());
+        if let Some(note) = &left_out {
+            tracing::warn!(%location, %contact, "{note}");
         }
         for (add, users) in batches {
             // Still this worker's group? Renewing the lease right before the call is also the
@@ -72,32 +83,20 @@ impl Worker {
             let resumed = self.store.resume_location(location).await?;
             tracing::info!(%location, resumed, "the location's token works again; its parked events resume");
         }
-        Ok((calls, Ending::done()))
+        let ending = left_out.map_or_else(Ending::done, |n| Ending::attempt(Outcome::Done, n));
+        Ok((calls, ending))
     }
 
-    /// While the follower list GoHighLevel last returned is fresh, skips users who already
-    /// follow (adds) or already do not (removes). People change followers by hand, so only for
-    /// a short while.
-    async fn skip_known(
-        &self,
-        decided: &Decided,
-        batches: &mut Vec<(bool, Vec<UserId>)>,
-    ) -> Result<(), StoreError> {
+    /// The follower list GoHighLevel last returned, while it is fresh (people change
+    /// followers by hand, so only for a short while).
+    async fn known(&self, decided: &Decided) -> Result<Option<Vec<UserId>>, StoreError> {
         if self.options.followers_fresh.is_zero() {
-            return Ok(());
+            return Ok(None);
         }
         let since = SystemTime::now() - self.options.followers_fresh;
-        let known = self
-            .store
+        self.store
             .known_followers(&decided.location, &decided.contact, since)
-            .await?;
-        if let Some(known) = known {
-            for (add, users) in batches.iter_mut() {
-                users.retain(|u| known.contains(u) != *add);
-            }
-            batches.retain(|(_, users)| !users.is_empty());
-        }
-        Ok(())
+            .await
     }
 
     /// One followers call, recorded in `calls`; the ending when it ends the group's calls.
@@ -137,25 +136,27 @@ impl Worker {
             used = newer;
         }
         let (status, reason) = match answer {
-            Ok(list) => {
+            Ok(answer) => {
                 // Recorded only while this worker still holds the group (see
                 // Store::set_known_followers).
-                if let Some(list) = list {
+                if let Some(list) = &answer.followers {
                     let holder = Some((self.owner.as_str(), head));
                     self.store
-                        .set_known_followers(location, contact, &list, holder)
+                        .set_known_followers(location, contact, list, holder)
                         .await?;
                 }
-                let status = if add { 201 } else { 200 };
-                calls.push(call_record(add, contact, users, Some(status), "ok"));
+                let mut record = call_record(add, contact, users, Some(answer.status), "ok");
+                record.changed = answer.changed;
+                calls.push(record);
                 return Ok(None);
             }
             Err(CallError::Deferred { wait }) => return Ok(Some(Ending::Deferred(wait))),
             Err(CallError::Retryable {
+                status,
                 reason,
                 retry_after,
             }) => {
-                calls.push(call_record(add, contact, users, None, &reason));
+                calls.push(call_record(add, contact, users, status, &reason));
                 return Ok(Some(Ending::retry(reason, retry_after)));
             }
             Err(CallError::Permanent { status, reason }) => (status, reason),
@@ -177,6 +178,40 @@ impl Worker {
         };
         Ok(Some(ending))
     }
+}
+
+/// Leaves out users who already follow (adds) or already do not (removes), by `known`.
+fn skip_known(known: &[UserId], batches: &mut Vec<(bool, Vec<UserId>)>) {
+    for (add, users) in batches.iter_mut() {
+        users.retain(|u| known.contains(u) != *add);
+    }
+    batches.retain(|(_, users)| !users.is_empty());
+}
+
+/// GoHighLevel allows at most [`MAX_FOLLOWERS`] followers per contact: adds beyond that
+/// (counting the followers known to stay, when the list is fresh) are left out rather than
+/// sent to be refused. What was left out, and why, for the decision record.
+fn within_limit(
+    batches: &mut Vec<(bool, Vec<UserId>)>,
+    known: Option<&[UserId]>,
+) -> Option<String> {
+    let removed: Vec<&UserId> = batches.iter().filter(|b| !b.0).flat_map(|b| &b.1).collect();
+    let staying = known.map_or(0, |k| k.iter().filter(|u| !removed.contains(u)).count());
+    let room = MAX_FOLLOWERS.saturating_sub(staying);
+    let adds = &mut batches.iter_mut().find(|b| b.0)?.1;
+    if adds.len() <= room {
+        return None;
+    }
+    let left: Vec<String> = adds
+        .split_off(room)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    batches.retain(|(_, users)| !users.is_empty());
+    Some(format!(
+        "not added: {} (GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact; {staying} already follow)",
+        left.join(", ")
+    ))
 }
 
 /// At most one add call and one remove call, adds first.
@@ -201,5 +236,34 @@ fn call_record(
         users,
         status,
         outcome: outcome.to_owned(),
+        changed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(prefix: &str, n: usize) -> Vec<UserId> {
+        (0..n)
+            .filter_map(|i| UserId::parse(&format!("{prefix}{i}")).ok())
+            .collect()
+    }
+
+    #[test]
+    fn adds_fit_the_room_the_followers_staying_leave() {
+        let known = users("k", 8);
+        // Two of the known stay removed: room for 4 of 5 adds.
+        let mut batches = vec![(true, users("a", 5)), (false, known[..2].to_vec())];
+        let note = within_limit(&mut batches, Some(&known));
+        assert_eq!(batches[0].1, users("a", 4));
+        assert!(note.is_some_and(|n| n.starts_with("not added: a4 ") && n.contains("6 already")));
+        // Without a known list, only the plan itself counts; nothing to trim here.
+        let mut batches = vec![(true, users("a", 10))];
+        assert_eq!(within_limit(&mut batches, None), None);
+        // No room at all: the add call goes.
+        let mut batches = vec![(true, users("a", 1))];
+        assert!(within_limit(&mut batches, Some(&users("k", 10))).is_some());
+        assert!(batches.is_empty());
     }
 }

@@ -224,3 +224,92 @@ async fn a_tasks_assignee_and_an_appointments_calendar_user_follow_the_contact()
     );
     app.shutdown().await;
 }
+
+/// The users search is read page by page until the email is found.
+#[tokio::test]
+async fn a_users_search_reads_every_page_until_it_finds_the_email() {
+    use wiremock::matchers::{method, path, query_param};
+    use wiremock::{Mock, ResponseTemplate};
+    let rules = "rules:\n  - name: owner\n    events: [Workflow]\n    add: [assigned_user]\n";
+    let location = "t9Ww7bY1xJJ6ThFHZVPC";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        location_tokens: vec![(location.into(), "pit-wf".into())],
+        ..Options::default()
+    })
+    .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/locations/{location}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"location": {"id": location, "companyId": "Comp0000000000000001"}}),
+        ))
+        .mount(&app.ghl)
+        .await;
+    let others: Vec<serde_json::Value> = (0..100)
+        .map(|i| json!({"id": format!("Other{i:015}"), "email": format!("other{i}@example.com")}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/users/search"))
+        .and(query_param("skip", "0"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"users": others, "count": 101})),
+        )
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/users/search"))
+        .and(query_param("skip", "100"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"users": [
+            {"id": "RitaRepUserId0000001", "email": "rita@example.com"}], "count": 101})))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    app.ghl_accepts_the_rest().await;
+    let body: serde_json::Value =
+        serde_json::from_slice(&fixture("workflow-webhooks/opportunity-stage.json")).unwrap();
+    let id = accepted(app.post_workflow(&body).await).await;
+    app.drain().await;
+    let decision = app.decisions(id).await.pop().unwrap();
+    assert_eq!(decision.plan.add[0].user.as_str(), "RitaRepUserId0000001");
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
+/// More than 10 followers are never asked for: the adds beyond GoHighLevel's limit are left
+/// out and the decision says which; the record keeps GoHighLevel's status and its
+/// `followersAdded`.
+#[tokio::test]
+async fn adds_beyond_ten_followers_are_left_out_and_said_so() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let ids: Vec<String> = (0..11).map(|i| format!("FollowerUser{i:08}")).collect();
+    let rules = format!(
+        "rules:\n  - name: first\n    add: [{}]\n  - name: second\n    add: [{}]\n",
+        ids[..6].join(", "),
+        ids[6..].join(", ")
+    );
+    let app = spawn_app(&rules).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"followers": ids[..10], "followersAdded": ids[..10]})),
+        )
+        .mount(&app.ghl)
+        .await;
+    let id = app.contact("ContactCreate", "c1", json!({})).await;
+    app.drain().await;
+    let event = app.event(id).await;
+    assert_eq!(event.status, EventStatus::Done);
+    let note = event.last_error.unwrap_or_default();
+    assert!(note.contains("not added: FollowerUser00000010"), "{note}");
+    let decision = app.decisions(id).await.pop().unwrap();
+    let call = &decision.calls[0];
+    assert_eq!((call.users.len(), call.status), (10, Some(200)));
+    let added: Vec<&str> = call.changed.iter().flatten().map(|u| u.as_str()).collect();
+    assert_eq!(
+        added,
+        ids[..10].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    app.shutdown().await;
+}
