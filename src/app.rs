@@ -251,6 +251,7 @@ fn access(config: &Config, store: &Arc<dyn Store>) -> Result<Access, StartError>
                 Arc::clone(store),
                 o.sealer.clone(),
                 &owner,
+                o.installed_app_id(),
                 ghl.timeout,
             );
             Some(Arc::new(oauth))

@@ -211,6 +211,7 @@ pub struct OAuthSettings {
     /// Where this service is reached from outside, without a trailing `/`.
     pub public_url: String,
     pub scopes: String,
+    /// `GHL_APP_ID`: install webhooks naming another app are ignored.
     pub app_id: Option<String>,
     pub sealer: Sealer,
     pub authorize_url: reqwest::Url,
@@ -220,6 +221,17 @@ impl OAuthSettings {
     /// `{AUTOFOLLOW_PUBLIC_URL}/oauth/callback`, the redirect URI to enter on the app page.
     pub fn redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.public_url)
+    }
+
+    /// The app's id for `GET /oauth/installedLocations`: `GHL_APP_ID`, else the part of the
+    /// client id before its first `-` (GoHighLevel's client ids are `{appId}-{suffix}`).
+    pub fn installed_app_id(&self) -> String {
+        self.app_id.clone().unwrap_or_else(|| {
+            let id = &self.app.client_id;
+            id.split_once('-')
+                .map_or(id.as_str(), |(app, _)| app)
+                .to_owned()
+        })
     }
 }
 
@@ -678,6 +690,31 @@ mod tests {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
         assert!(!err.contains("HIDDEN"), "{err}");
+    }
+
+    #[test]
+    fn the_app_id_is_ghl_app_id_else_the_client_ids_prefix() {
+        let settings = |app_id: Option<&str>| OAuthSettings {
+            app: AppCredentials {
+                client_id: "66a0419a0dffa47fb5f8b22f-lzx5tcac".into(),
+                client_secret: "s".into(),
+            },
+            public_url: "https://x".into(),
+            scopes: String::new(),
+            app_id: app_id.map(str::to_owned),
+            sealer: Sealer::parse(&SecretString::from(
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ))
+            .unwrap_or_else(|e| panic!("{e}")),
+            authorize_url: DEFAULT_AUTHORIZE_URL
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        };
+        assert_eq!(
+            settings(None).installed_app_id(),
+            "66a0419a0dffa47fb5f8b22f"
+        );
+        assert_eq!(settings(Some("explicit")).installed_app_id(), "explicit");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct OAuth {
     sealer: Sealer,
     /// This process's name on refresh leases.
     owner: String,
+    /// The app's id, to list a company's installed locations.
+    app_id: String,
     /// How long a refresh lease lasts: longer than a refresh call may take.
     lease: Duration,
     /// One refresh at a time per installation within this process.
@@ -53,6 +55,7 @@ impl OAuth {
         store: Arc<dyn Store>,
         sealer: Sealer,
         owner: &str,
+        app_id: String,
         call_timeout: Duration,
     ) -> OAuth {
         OAuth {
@@ -60,6 +63,7 @@ impl OAuth {
             store,
             sealer,
             owner: owner.to_owned(),
+            app_id,
             lease: call_timeout * 2 + Duration::from_secs(5),
             local: Mutex::default(),
             known: Mutex::default(),
@@ -92,8 +96,8 @@ impl OAuth {
             .map_err(|e| e.to_string())?;
         let mut locations = vec![id.clone()];
         if company {
-            locations.clone_from(&answer.approved_locations);
-            for location in &answer.approved_locations {
+            locations = self.company_locations(&id, answer).await;
+            for location in &locations {
                 self.add_company_location(&id, location).await?;
             }
         }
@@ -101,6 +105,27 @@ impl OAuth {
             self.resume(location, "installed again").await?;
         }
         Ok(id)
+    }
+
+    /// The locations a company install covers: those it approved, and those
+    /// `GET /oauth/installedLocations` lists (a bulk install into every location may approve
+    /// none by name). When the list cannot be read, the approved ones (INSTALL webhooks add
+    /// the others as they arrive).
+    async fn company_locations(&self, company: &str, answer: &TokenAnswer) -> Vec<String> {
+        let mut locations = answer.approved_locations.clone();
+        let listed = self
+            .client
+            .installed_locations(&answer.access_token, company, &self.app_id)
+            .await;
+        match listed {
+            Ok(listed) => locations.extend(listed),
+            Err(e) => {
+                tracing::warn!(company, error = %e, "cannot list the company's installed locations; its INSTALL webhooks add them")
+            }
+        }
+        locations.sort();
+        locations.dedup();
+        locations
     }
 
     /// Parked work of the location goes on (installed again: it is called; uninstalled: the
@@ -227,6 +252,14 @@ impl OAuth {
     pub async fn add_company_location(&self, company: &str, location: &str) -> Result<(), String> {
         if !crate::model::ids::is_valid_id(location) {
             return Err(format!("{location:?} is not a location id"));
+        }
+        // A location installed on its own keeps its own tokens.
+        let own = self.store.installation(location).await;
+        let own = own.map_err(|e| e.to_string())?;
+        if own.is_some_and(|o| {
+            o.state != InstallState::Uninstalled && o.tokens.refresh_token.is_some()
+        }) {
+            return Ok(());
         }
         let row = InstallTokens {
             id: location.to_owned(),

@@ -137,6 +137,46 @@ impl OAuthClient {
         answer(request.send().await).await
     }
 
+    /// `GET /oauth/installedLocations`: the locations of `company_id` the app `app_id` is
+    /// installed in, every page (100 a page, at most [`INSTALLED_PAGES`]).
+    pub async fn installed_locations(
+        &self,
+        company_token: &SecretString,
+        company_id: &str,
+        app_id: &str,
+    ) -> Result<Vec<String>, OAuthError> {
+        let mut found = Vec::new();
+        for page in 0..INSTALLED_PAGES {
+            let skip = (page * 100).to_string();
+            let query = [
+                ("companyId", company_id),
+                ("appId", app_id),
+                ("isInstalled", "true"),
+                ("skip", skip.as_str()),
+                ("limit", "100"),
+            ];
+            let request = self
+                .http
+                .get(format!("{}/oauth/installedLocations", self.base))
+                .bearer_auth(company_token.expose_secret())
+                .header("Version", API_VERSION)
+                .header("Accept", "application/json")
+                .query(&query);
+            let body = match classify(sent(request.send().await)?).await {
+                Ok((_, body)) => body,
+                Err(e) => return Err(OAuthError::Unavailable(e.to_string())),
+            };
+            let locations = body.get("locations").and_then(serde_json::Value::as_array);
+            let locations = locations.map(Vec::as_slice).unwrap_or_default();
+            let ids = locations.iter().filter_map(|l| l.get("_id")?.as_str());
+            found.extend(ids.map(str::to_owned));
+            if locations.len() < 100 {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     async fn token(&self, grant: &[(&str, &str)]) -> Result<TokenAnswer, OAuthError> {
         let mut form = vec![
             ("client_id", self.app.client_id.as_str()),
@@ -152,13 +192,23 @@ impl OAuthClient {
     }
 }
 
+/// Pages of installed locations read at most (10,000 locations).
+const INSTALLED_PAGES: usize = 100;
+
+/// The response, or GoHighLevel could not be reached.
+fn sent(
+    response: Result<reqwest::Response, reqwest::Error>,
+) -> Result<reqwest::Response, OAuthError> {
+    response.map_err(|e| {
+        OAuthError::Unavailable(format!("cannot reach GoHighLevel: {}", without_url(&e)))
+    })
+}
+
 /// A token answer, or why not. The body of an error never carries a token.
 async fn answer(
-    sent: Result<reqwest::Response, reqwest::Error>,
+    response: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<TokenAnswer, OAuthError> {
-    let response = sent.map_err(|e| {
-        OAuthError::Unavailable(format!("cannot reach GoHighLevel: {}", without_url(&e)))
-    })?;
+    let response = sent(response)?;
     let status = response.status();
     match classify(response).await {
         Ok((_, body)) => serde_json::from_value(body).map_err(|e| {

@@ -14,13 +14,10 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use crate::common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET, Grant, StandIn};
+use crate::common::ghl_oauth::{APP_ID, CLIENT_ID, CLIENT_SECRET, Grant, StandIn};
 use crate::common::service::{AppMode, Options, TestApp, spawn_with};
 
 use crate::common::service::LOCATION;
-
-/// The app's id, as the official INSTALL examples carry it.
-const APP_ID: &str = "ve9EPM428h8vShlRW1KT";
 
 fn key() -> String {
     base64::engine::general_purpose::STANDARD.encode([42u8; 32])
@@ -161,6 +158,7 @@ async fn many_callers_and_two_replicas_make_one_refresh(store: Arc<dyn Store>) {
             Arc::clone(&store),
             sealer.clone(),
             name,
+            APP_ID.to_owned(),
             Duration::from_secs(5),
         ))
     };
@@ -554,4 +552,34 @@ async fn wait_for(app: &TestApp, id: i64, status: EventStatus) -> autofollow::st
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A bulk install into a company's locations may name none of them: the locations come from
+/// `GET /oauth/installedLocations`, and each is served.
+#[tokio::test]
+async fn a_bulk_company_install_records_every_installed_location() {
+    let ghl = StandIn::new(Duration::from_secs(3600));
+    let other = "otg8dTQqGLh3Q6iQI55w";
+    ghl.with(|s| {
+        s.installed
+            .insert("Co9".into(), vec![LOCATION.into(), other.into()])
+    });
+    let app = app_with(&ghl).await;
+    let grant = Grant::Company("Co9".into(), vec![]);
+    assert_eq!(callback(&app, &ghl.code(grant)).await, 200);
+    let mut ids: Vec<String> = app
+        .store()
+        .installations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.tokens.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["Co9", other, LOCATION]);
+    let body = json!({"type": "ContactCreate", "locationId": other, "id": "c1"});
+    let id = accepted_id(&app, &body).await;
+    app.drain().await;
+    assert_eq!(app.event(id).await.status, EventStatus::Done);
+    app.shutdown().await;
 }

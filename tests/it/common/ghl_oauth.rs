@@ -8,15 +8,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::Query;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "app-client-id";
 pub const CLIENT_SECRET: &str = "app-client-secret-0123456789";
+/// The app's id (as the official INSTALL examples carry it): the installed-locations list
+/// answers for it only.
+pub const APP_ID: &str = "ve9EPM428h8vShlRW1KT";
 
 /// A code the stand-in will exchange: for a location, or for a company with its locations.
 #[derive(Clone, Debug)]
@@ -42,6 +46,9 @@ pub struct Inner {
     /// Requests to `/oauth/token`, and how long each is answered after.
     pub token_requests: usize,
     pub token_delay: Duration,
+    /// Locations `GET /oauth/installedLocations` lists per company (the app id it expects is
+    /// [`APP_ID`]).
+    pub installed: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -60,6 +67,7 @@ impl StandIn {
         let app = Router::new()
             .route("/oauth/token", post(token))
             .route("/oauth/locationToken", post(location_token))
+            .route("/oauth/installedLocations", get(installed_locations))
             .route(
                 "/contacts/{contact}/followers",
                 post(followers).delete(followers),
@@ -187,6 +195,35 @@ async fn location_token(
     }
     s.location_tokens += 1;
     Json(issue(&mut s, &Grant::Location(location), false)).into_response()
+}
+
+async fn installed_locations(
+    State(st): State<StandIn>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let s = st.0.lock().unwrap();
+    let company = query.get("companyId").cloned().unwrap_or_default();
+    if live(&s, &bearer(&headers)) != Some(format!("company:{company}")) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Invalid JWT"})),
+        )
+            .into_response();
+    }
+    if query.get("appId").map(String::as_str) != Some(APP_ID) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"message": "appId"})),
+        )
+            .into_response();
+    }
+    let listed = s.installed.get(&company).cloned().unwrap_or_default();
+    let locations: Vec<Value> = listed
+        .iter()
+        .map(|l| json!({"_id": l, "name": l, "isInstalled": true}))
+        .collect();
+    Json(json!({"locations": locations, "count": locations.len()})).into_response()
 }
 
 async fn followers(
