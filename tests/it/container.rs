@@ -79,11 +79,11 @@ fn public_paths(file: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_caddyfiles_pass_only_webhooks_and_health_and_are_valid() {
+fn the_caddyfiles_pass_only_the_public_routes_and_are_valid() {
     for file in ["deploy/Caddyfile", "deploy/Caddyfile.tls"] {
         assert_eq!(
             public_paths(file),
-            ["/webhooks/*", "/healthz", "/readyz"],
+            ["/webhooks/*", "/oauth/*", "/healthz", "/readyz"],
             "{file}"
         );
         if Command::new("caddy").arg("version").output().is_err() {

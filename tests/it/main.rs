@@ -9,6 +9,7 @@ mod admin;
 mod bad_requests;
 mod chaos;
 mod cli;
+mod connecting;
 mod container;
 mod crash;
 mod docs_commands;

@@ -49,6 +49,11 @@ pub struct Inner {
     /// Locations `GET /oauth/installedLocations` lists per company (the app id it expects is
     /// [`APP_ID`]).
     pub installed: HashMap<String, Vec<String>>,
+    /// The app's credentials and id the stand-in accepts ([`CLIENT_ID`], [`CLIENT_SECRET`],
+    /// [`APP_ID`] unless changed).
+    pub client_id: String,
+    pub client_secret: String,
+    pub app_id: String,
 }
 
 #[derive(Clone)]
@@ -58,6 +63,9 @@ impl StandIn {
     pub fn new(lifetime: Duration) -> StandIn {
         StandIn(Arc::new(Mutex::new(Inner {
             lifetime,
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+            app_id: APP_ID.to_owned(),
             ..Inner::default()
         })))
     }
@@ -137,8 +145,8 @@ async fn token(State(st): State<StandIn>, Form(form): Form<HashMap<String, Strin
     });
     tokio::time::sleep(delay).await;
     let mut s = st.0.lock().unwrap();
-    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
-        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    if form.get("client_id") != Some(&s.client_id)
+        || form.get("client_secret") != Some(&s.client_secret)
     {
         return refused("bad client credentials");
     }
@@ -211,7 +219,7 @@ async fn installed_locations(
         )
             .into_response();
     }
-    if query.get("appId").map(String::as_str) != Some(APP_ID) {
+    if query.get("appId") != Some(&s.app_id) {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({"message": "appId"})),
