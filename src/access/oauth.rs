@@ -6,9 +6,14 @@
 //! What a crash can lose: GoHighLevel has rotated the refresh token once it answers a
 //! refresh; if the process dies between that answer and the commit (one statement, right
 //! after the answer), the new pair is lost and the old refresh token no longer works. The
-//! next refresh is refused and the installation is marked for re-authorization. The protocol
-//! allows no smaller window; a refresh is made only when the access token is about to expire
-//! (or refused), so this window opens about once a day per installation.
+//! next refresh is refused and the installation is marked for re-authorization (its work is
+//! parked, not lost, and resumes when the app is installed again). The protocol allows no
+//! smaller window; a refresh is made only when the access token is about to expire (or
+//! refused), so this window opens about once a day per installation. A crash before
+//! GoHighLevel answered loses nothing: the refresh token still works, and the next run (at
+//! once on SQLite, which clears a dead run's leases at start; on PostgreSQL once the dead
+//! replica's refresh lease of 2 × `GHL_TIMEOUT` + 5 s lapses) refreshes. Both are tested by
+//! `crash.rs` `sigkill_during_a_refresh_loses_no_work`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -265,8 +265,9 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Releases every lease `owner` holds (shutdown).
     async fn release(&self, owner: &str) -> Result<u64, StoreError>;
 
-    /// Releases every lease: on start-up of a single-instance store, no other process can
-    /// hold one, so a crashed process's events resume at once instead of after lease expiry.
+    /// Releases every lease (events', and installations' refresh leases): on start-up of a
+    /// single-instance store, no other process can hold one, so a crashed process's events
+    /// resume at once instead of after lease expiry. Returns how many events it released.
     async fn release_all(&self) -> Result<u64, StoreError>;
 
     /// Puts finished (or waiting) events back in the queue, due now, with a fresh attempt

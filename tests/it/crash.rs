@@ -285,3 +285,146 @@ async fn sighup_reloads_the_rules_without_a_restart() {
     }
     sigterm(service).await;
 }
+
+/// App mode, the real binary on SQLite, against the OAuth stand-in (tokens live 2 s).
+fn start_app(dir: &Path, ghl: &str) -> Service {
+    use base64::Engine as _;
+    use common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET};
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    spawn(&[
+        (
+            "AUTOFOLLOW_RULES",
+            dir.join("rules.yaml").display().to_string(),
+        ),
+        (
+            "AUTOFOLLOW_DATABASE_URL",
+            format!("sqlite://{}", dir.join("db/autofollow.db").display()),
+        ),
+        ("GHL_API_BASE_URL", ghl.to_owned()),
+        ("GHL_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("GHL_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+        (
+            "AUTOFOLLOW_PUBLIC_URL",
+            "https://autofollow.test".to_owned(),
+        ),
+        ("AUTOFOLLOW_ENCRYPTION_KEY", key),
+        ("AUTOFOLLOW_SETTLE_DELAY", "0".to_owned()),
+        ("GHL_TIMEOUT", "10s".to_owned()),
+    ])
+}
+
+/// Installs `LOCATION` through the callback, lets its token expire, and sends a webhook
+/// whose processing starts a refresh; returns once GoHighLevel received that refresh.
+async fn install_and_start_a_refresh(service: &Service, ghl: &common::ghl_oauth::StandIn) {
+    use common::ghl_oauth::Grant;
+    let code = ghl.code(Grant::Location(common::service::LOCATION.into()));
+    let r = reqwest::Client::new()
+        .get(format!("{}/oauth/callback", service.base))
+        .query(&[("code", code)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let asked = ghl.with(|s| s.token_requests);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let body =
+        json!({"type": "ContactCreate", "locationId": common::service::LOCATION, "id": "c1"});
+    assert_eq!(service.post_app(&body).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ghl.with(|s| s.token_requests) == asked {
+        assert!(Instant::now() < deadline, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Waits until the stand-in recorded `n` followers calls.
+async fn followers_calls(
+    ghl: &common::ghl_oauth::StandIn,
+    n: usize,
+) -> Vec<(String, String, String, u16)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let calls = ghl.with(|s| s.calls.clone());
+        if calls.len() >= n {
+            return calls;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} followers calls, not {n}",
+            calls.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILL while a refresh is on its way: before GoHighLevel answered (its refresh token
+/// still works), the next run refreshes and the work is done; after GoHighLevel used the
+/// refresh token but before the new pair was stored (the one window the protocol cannot
+/// close), the installation needs authorizing again and the work waits, parked, until it is:
+/// nothing is lost either way.
+#[tokio::test]
+async fn sigkill_during_a_refresh_loses_no_work() {
+    use common::ghl_oauth::{Grant, StandIn};
+    let dir = rules_dir("alice");
+    let ghl = StandIn::new(Duration::from_secs(2));
+    let base = ghl.serve().await;
+
+    // Killed before GoHighLevel used the refresh token.
+    ghl.with(|s| s.token_delay = Duration::from_secs(3));
+    let mut first = start_app(dir.path(), &base);
+    install_and_start_a_refresh(&first, &ghl).await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    ghl.with(|s| s.token_delay = Duration::ZERO);
+    assert_eq!(
+        ghl.with(|s| s.refreshes),
+        0,
+        "the refresh token was not used"
+    );
+    let second = start_app(dir.path(), &base);
+    followers_calls(&ghl, 1).await;
+    assert_eq!(ghl.with(|s| s.refreshes), 1);
+    drop(second);
+
+    // Killed after GoHighLevel used it, before the answer arrived.
+    ghl.with(|s| s.refresh_answer_delay = Duration::from_secs(3));
+    let mut third = start_app(dir.path(), &base);
+    install_and_start_a_refresh(&third, &ghl).await;
+    third.child.kill().unwrap();
+    third.child.wait().unwrap();
+    ghl.with(|s| s.refresh_answer_delay = Duration::ZERO);
+    let fourth = start_app(dir.path(), &base);
+    let admin = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready: Value = admin
+            .get(format!("{}/readyz", fourth.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let waiting = &ready["access"]["installations"]["reauthorize"];
+        if waiting.as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not marked for re-authorization: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ghl.with(|s| s.calls.len()), 1, "no call without a token");
+    // Installing again resumes the parked work.
+    let code = ghl.code(Grant::Location(common::service::LOCATION.into()));
+    let r = reqwest::Client::new()
+        .get(format!("{}/oauth/callback", fourth.base))
+        .query(&[("code", code)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    followers_calls(&ghl, 2).await;
+}

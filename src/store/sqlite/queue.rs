@@ -279,6 +279,11 @@ impl Queue for SqliteStore {
                     "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
                     (),
                 )?;
+                // A refresh a crashed run left half done: whoever asks next refreshes.
+                conn.execute(
+                    "UPDATE installations SET refresh_owner = NULL, refresh_until = NULL WHERE refresh_owner IS NOT NULL",
+                    (),
+                )?;
                 Ok(updated as u64)
             })
             .await

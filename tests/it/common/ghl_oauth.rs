@@ -46,6 +46,8 @@ pub struct Inner {
     /// Requests to `/oauth/token`, and how long each is answered after.
     pub token_requests: usize,
     pub token_delay: Duration,
+    /// How long a refresh is answered after the refresh token was used (and replaced).
+    pub refresh_answer_delay: Duration,
     /// Locations `GET /oauth/installedLocations` lists per company (the app id it expects is
     /// [`APP_ID`]).
     pub installed: HashMap<String, Vec<String>>,
@@ -144,29 +146,40 @@ async fn token(State(st): State<StandIn>, Form(form): Form<HashMap<String, Strin
         s.token_delay
     });
     tokio::time::sleep(delay).await;
-    let mut s = st.0.lock().unwrap();
+    // (The lock is not held across the wait below.)
+    let (response, after) = answer_token(&mut st.0.lock().unwrap(), &form);
+    tokio::time::sleep(after).await;
+    response
+}
+
+/// The token endpoint's answer, and how long to wait before sending it.
+fn answer_token(s: &mut Inner, form: &HashMap<String, String>) -> (Response, Duration) {
     if form.get("client_id") != Some(&s.client_id)
         || form.get("client_secret") != Some(&s.client_secret)
     {
-        return refused("bad client credentials");
+        return (refused("bad client credentials"), Duration::ZERO);
     }
     match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let Some(grant) = form.get("code").and_then(|c| s.codes.remove(c)) else {
-                return refused("invalid code");
+                return (refused("invalid code"), Duration::ZERO);
             };
-            Json(issue(&mut s, &grant, true)).into_response()
+            (Json(issue(s, &grant, true)).into_response(), Duration::ZERO)
         }
         Some("refresh_token") => {
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
             let Some(grant) = s.refresh.remove(&rt) else {
-                return refused("Invalid refresh token");
+                return (refused("Invalid refresh token"), Duration::ZERO);
             };
             s.used_refresh.insert(rt);
             s.refreshes += 1;
-            Json(issue(&mut s, &grant, true)).into_response()
+            let answer = issue(s, &grant, true);
+            (Json(answer).into_response(), s.refresh_answer_delay)
         }
-        _ => (StatusCode::UNPROCESSABLE_ENTITY, "grant_type").into_response(),
+        _ => (
+            (StatusCode::UNPROCESSABLE_ENTITY, "grant_type").into_response(),
+            Duration::ZERO,
+        ),
     }
 }
 
