@@ -35,6 +35,7 @@ fuzz_target!(|body: &[u8]| {
         let previous = PreviousState {
             tags: Some(vec!["vip".into()]),
             stage: Some("Proposal".into()),
+            assigned: Some(None),
         };
         let _ = rules().evaluate(&e, &previous, &NoResolver);
         let _ = rules().evaluate(&e, &PreviousState::default(), &NoResolver);
