@@ -4,9 +4,9 @@
 use std::io::{self, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::model::ids::ContactId;
+use crate::model::ids::{ContactId, LocationId, UserId};
 use crate::model::record::Decision;
-use crate::store::{EventFilter, EventSummary, Store, StoreError};
+use crate::store::{EventFilter, EventSummary, Owned, Store, StoreError};
 
 fn time(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -158,6 +158,45 @@ pub async fn why(
                 )?;
             }
         }
+    }
+    let mut locations: Vec<&str> = history
+        .iter()
+        .map(|(e, _)| e.event.location_id.as_str())
+        .collect();
+    locations.sort_unstable();
+    locations.dedup();
+    for location in locations
+        .into_iter()
+        .filter_map(|l| LocationId::parse(l).ok())
+    {
+        let owned = store.owned(&location, contact, false).await?;
+        write_owned(out, &location, &owned)?;
+    }
+    Ok(())
+}
+
+/// Who follows the contact because of autofollow, and which rules keep each of them.
+fn write_owned(out: &mut dyn Write, location: &LocationId, owned: &[Owned]) -> io::Result<()> {
+    if owned.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "followers autofollow keeps in location {location}:")?;
+    let mut users: Vec<&UserId> = owned.iter().map(|o| &o.user).collect();
+    users.dedup();
+    for user in users {
+        let why: Vec<String> = owned
+            .iter()
+            .filter(|o| &o.user == user)
+            .map(|o| {
+                format!(
+                    "rule {} ({}, since event {})",
+                    o.rule,
+                    o.follow.as_str(),
+                    o.event_id
+                )
+            })
+            .collect();
+        writeln!(out, "    {user}: {}", why.join("; "))?;
     }
     Ok(())
 }

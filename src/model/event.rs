@@ -92,6 +92,17 @@ pub enum Subject {
     Workflow,
 }
 
+impl Subject {
+    /// Whether its events say who owns the record (the contact's or the opportunity's
+    /// assignee), as opposed to a task's or an appointment's.
+    pub fn has_owner(self) -> bool {
+        matches!(
+            self,
+            Subject::Contact | Subject::Opportunity | Subject::Workflow
+        )
+    }
+}
+
 impl EventType {
     /// Every supported event type, in documentation order.
     pub const ALL: [EventType; 24] = [
@@ -235,11 +246,7 @@ impl Event {
     /// Only contact, opportunity and workflow events describe an owner; a task's or an
     /// appointment's assignee is not the contact's.
     pub fn assignment(&self, by_email: impl Fn(&str) -> Option<UserId>) -> Option<Option<UserId>> {
-        let owner = matches!(
-            self.event_type.subject(),
-            Subject::Contact | Subject::Opportunity | Subject::Workflow
-        );
-        if !owner {
+        if !self.event_type.subject().has_owner() {
             return None;
         }
         match &self.assigned_user {

@@ -31,6 +31,35 @@ pub fn parse_assigned(text: &str) -> Result<Option<UserId>, String> {
     }
 }
 
+/// How long the users a rule adds follow the contact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Follow {
+    /// Added when the rule matches, and kept (today's behaviour).
+    #[default]
+    OnMatch,
+    /// Kept while the rule holds for the contact (or the opportunity that made it hold);
+    /// removed by autofollow when a later event shows it no longer does, unless another rule
+    /// keeps the user.
+    WhileMatching,
+}
+
+impl Follow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Follow::OnMatch => "on_match",
+            Follow::WhileMatching => "while_matching",
+        }
+    }
+
+    pub fn parse(s: &str) -> Follow {
+        match s {
+            "while_matching" => Follow::WhileMatching,
+            _ => Follow::OnMatch,
+        }
+    }
+}
+
 /// The followers one event should add and remove.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -45,6 +74,10 @@ pub struct PlanEntry {
     /// How the rules named the user: an alias, `assigned_user`, or the id itself.
     pub label: String,
     pub rule: String,
+    /// A removal that applies only to a follower autofollow added (the rule did not name the
+    /// user itself, or it is a while-matching rule that stopped holding).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub only_if_added: bool,
 }
 
 impl Plan {

@@ -93,12 +93,18 @@ impl<'a> View<'a> {
             let mut seen = HashSet::new();
             t.retain(|s| seen.insert(s.clone()));
         }
+        let assignment = event.assignment(|email| resolver.user_id_by_email(loc, email));
+        // An event that does not say (a contact or opportunity event without `assignedTo`)
+        // is about the record assigned as last seen.
+        let unsaid = event.assigned_user.is_none() && assignment.is_none();
         let assigned_user = match &event.assigned_user {
             Some(AssignedUser::Id(id)) => Some(id.clone()),
             Some(AssignedUser::Email(email)) => resolver.user_id_by_email(loc, email),
+            None if unsaid && event.event_type.subject().has_owner() => {
+                previous.assigned.clone().flatten()
+            }
             None => None,
         };
-        let assignment = event.assignment(|email| resolver.user_id_by_email(loc, email));
         View {
             event,
             event_type: normalize(event.event_type.name()),
@@ -624,88 +630,104 @@ pub(crate) fn rule_matches(rule: &Rule, eval: &Evaluator, out: &mut Vec<Check>) 
     eval.block(&rule.when, out) && holds
 }
 
+/// The user `user` stands for in this event, or why nobody (for the explanation).
+fn resolve_user(user: &UserRef, view: &View) -> Result<UserId, String> {
+    match user {
+        UserRef::Alias { id, .. } | UserRef::Id(id) => Ok(id.clone()),
+        UserRef::AssignedUser => match (&view.assigned_user, &view.event.assigned_user) {
+            (Some(id), _) => Ok(id.clone()),
+            (None, Some(AssignedUser::Email(email))) => Err(format!(
+                "assigned_user skipped: no user id known for {email:?}"
+            )),
+            (None, _) => Err("assigned_user skipped: the event has no assigned user".to_owned()),
+        },
+        UserRef::PreviousAssignedUser => {
+            view.previous_assigned.clone().flatten().ok_or_else(|| {
+                "previous_assigned_user skipped: no earlier assignee known".to_owned()
+            })
+        }
+    }
+}
+
 /// Applies a matched rule to the plan. `add` entries go first, so a user both added (say, as
-/// `assigned_user`) and removed by the same rule stays added.
-fn apply(rule: &Rule, view: &View, plan: &mut PlanBuilder, actions: Option<&mut Vec<String>>) {
+/// `assigned_user`) and removed by the same rule stays added. A remove that does not name
+/// the user itself (`assigned_user`, `previous_assigned_user`) removes only a follower
+/// autofollow added.
+fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<String>>) {
     let explain = actions.is_some();
     let mut log = Vec::new();
     let mut adds: Vec<(UserId, String)> = Vec::new();
-    let mut removes: Vec<(UserId, String)> = Vec::new();
+    let mut removes: Vec<(UserId, String, bool)> = Vec::new();
     let entries = rule.add.iter().map(|u| (true, u));
     for (add, user) in entries.chain(rule.remove.iter().map(|u| (false, u))) {
-        let id = match user {
-            UserRef::Alias { id, .. } | UserRef::Id(id) => id.clone(),
-            UserRef::AssignedUser => match (&view.assigned_user, &view.event.assigned_user) {
-                (Some(id), _) => id.clone(),
-                (None, Some(AssignedUser::Email(email))) => {
-                    if explain {
-                        log.push(format!(
-                            "assigned_user skipped: no user id known for {email:?}"
-                        ));
-                    }
-                    continue;
+        let id = match resolve_user(user, view) {
+            Ok(id) => id,
+            Err(why) => {
+                if explain {
+                    log.push(why);
                 }
-                (None, _) => {
-                    if explain {
-                        log.push(
-                            "assigned_user skipped: the event has no assigned user".to_owned(),
-                        );
-                    }
-                    continue;
-                }
-            },
-            UserRef::PreviousAssignedUser => match view.previous_assigned.clone().flatten() {
-                Some(id) => id,
-                None => {
-                    if explain {
-                        log.push(
-                            "previous_assigned_user skipped: no earlier assignee known".to_owned(),
-                        );
-                    }
-                    continue;
-                }
-            },
+                continue;
+            }
         };
-        let label = match user {
-            UserRef::AssignedUser | UserRef::PreviousAssignedUser => format!("{id} ({user})"),
-            other => other.to_string(),
+        let dynamic = matches!(user, UserRef::AssignedUser | UserRef::PreviousAssignedUser);
+        let label = match dynamic {
+            true => format!("{id} ({user})"),
+            false => user.to_string(),
         };
         if add {
             adds.push((id, label));
         } else if !adds.iter().any(|(a, _)| *a == id) {
-            removes.push((id, label));
+            removes.push((id, label, dynamic));
         }
     }
-    let decisions = adds.into_iter().map(|a| (true, a));
-    for (add, (user, label)) in decisions.chain(removes.into_iter().map(|r| (false, r))) {
+    let decisions = adds.into_iter().map(|(u, l)| (true, u, l, false));
+    let removals = removes.into_iter().map(|(u, l, d)| (false, u, l, d));
+    for (add, user, label, only_if_added) in decisions.chain(removals) {
         if explain {
-            log.push(format!("{} {label}", if add { "add" } else { "remove" }));
+            let verb = if add { "add" } else { "remove" };
+            let owned = if only_if_added {
+                " (if autofollow added it)"
+            } else {
+                ""
+            };
+            log.push(format!("{verb} {label}{owned}"));
         }
-        let entry = PlanEntry {
-            user,
-            label,
-            rule: rule.name.clone(),
-        };
-        plan.decide(add, entry);
+        if add {
+            out.adds.push((rule.name.clone(), user.clone()));
+        }
+        let rule_name = rule.name.clone();
+        out.plan.decide(
+            add,
+            PlanEntry {
+                user,
+                label,
+                rule: rule_name,
+                only_if_added,
+            },
+        );
     }
     if let Some(actions) = actions {
         actions.append(&mut log);
     }
 }
 
-/// Evaluates `rules` (indices into `all`, ascending) and returns the plan, the names of the
-/// matched rules and, when explaining, a trace of every rule in `all`.
-pub(crate) fn run(
-    all: &[Rule],
-    candidates: Option<&[u32]>,
-    view: &View,
-    explain: bool,
-) -> (Plan, Vec<String>, Vec<RuleTrace>) {
+/// What a run of the rules gives.
+#[derive(Default)]
+pub(crate) struct Run {
+    pub plan: PlanBuilder,
+    pub matched: Vec<String>,
+    pub traces: Vec<RuleTrace>,
+    /// (rule, user) for every user a matched rule adds, before the plans combine.
+    pub adds: Vec<(String, UserId)>,
+    /// The position of the rule whose `stop` ended the run: later rules were not evaluated.
+    pub stopped_at: Option<usize>,
+}
+
+/// Evaluates `rules` (indices into `all`, ascending): the plan, the matched rules, who each
+/// adds and, when explaining, a trace of every rule in `all`.
+pub(crate) fn run(all: &[Rule], candidates: Option<&[u32]>, view: &View, explain: bool) -> Run {
     let eval = Evaluator { view, explain };
-    let mut plan = PlanBuilder::default();
-    let mut matched = Vec::new();
-    let mut traces = Vec::new();
-    let mut stopped_by: Option<&str> = None;
+    let mut out = Run::default();
     let indices: Box<dyn Iterator<Item = usize>> = match candidates {
         Some(c) => Box::new(c.iter().map(|&i| i as usize)),
         None => Box::new(0..all.len()),
@@ -719,8 +741,9 @@ pub(crate) fn run(
             checks: Vec::new(),
             actions: Vec::new(),
         });
-        let outcome = if let Some(by) = stopped_by {
+        let outcome = if let Some(by) = out.stopped_at.and_then(|s| all.get(s)) {
             if let Some(t) = trace.as_mut() {
+                let by = &by.name;
                 t.actions.push(format!(
                     "not evaluated: rule {by:?} matched with stop: true"
                 ));
@@ -735,15 +758,10 @@ pub(crate) fn run(
                 t.checks = checks;
             }
             if ok {
-                apply(
-                    rule,
-                    view,
-                    &mut plan,
-                    trace.as_mut().map(|t| &mut t.actions),
-                );
-                matched.push(rule.name.clone());
+                apply(rule, view, &mut out, trace.as_mut().map(|t| &mut t.actions));
+                out.matched.push(rule.name.clone());
                 if rule.stop {
-                    stopped_by = Some(&rule.name);
+                    out.stopped_at = Some(i);
                 }
                 RuleOutcome::Matched
             } else {
@@ -752,12 +770,12 @@ pub(crate) fn run(
         };
         if let Some(mut t) = trace {
             t.outcome = outcome;
-            traces.push(t);
-        } else if stopped_by.is_some() && !explain {
+            out.traces.push(t);
+        } else if out.stopped_at.is_some() && !explain {
             break;
         }
     }
-    (plan.finish(), matched, traces)
+    out
 }
 
 pub(crate) fn status_from_name(name: &str) -> Option<OpportunityStatus> {

@@ -15,7 +15,7 @@ use marked_yaml::{LoadError as YamlError, LoaderOptions, Node, Span};
 use serde::Serialize;
 
 use super::eval::status_from_name;
-use super::model::{Block, Condition, FieldPath, Origin, Rule, UserRef};
+use super::model::{Block, Condition, FieldPath, Follow, Origin, Rule, UserRef};
 use super::pattern::PatternSet;
 use crate::model::event::EventType;
 use crate::model::ids::{UserId, looks_like_ghl_id};
@@ -35,6 +35,7 @@ pub const RULE_KEYS: &[&str] = &[
     "when",
     "add",
     "remove",
+    "follow",
     "stop",
 ];
 /// Keys of a condition block (`when`, entries of `any`, `not`).
@@ -302,6 +303,7 @@ struct RawRule {
     when: Block,
     add: Vec<(String, Span)>,
     remove: Vec<(String, Span)>,
+    follow: Follow,
     stop: bool,
     origin: Origin,
 }
@@ -547,6 +549,37 @@ fn boolean(cx: &mut Cx, node: &Node, key: &str) -> Option<bool> {
     }
 }
 
+/// `follow: on_match | while_matching`. A while-matching rule must hold for a while: its
+/// conditions describe the contact's state, not a change (`tag_added`, `stage_entered`, …,
+/// `workflow`), which holds only at the moment it happens.
+fn rule_follow(cx: &mut Cx, map: &MarkedMappingNode, when: &Block) -> Follow {
+    let Some(node) = map.get_node("follow") else {
+        return Follow::OnMatch;
+    };
+    let follow = match node {
+        Node::Scalar(s) if s.as_str() == "on_match" => Follow::OnMatch,
+        Node::Scalar(s) if s.as_str() == "while_matching" => Follow::WhileMatching,
+        other => {
+            let found = match other {
+                Node::Scalar(s) => format!("`{}`", s.as_str()),
+                other => kind(other).to_owned(),
+            };
+            let message = format!("`follow` must be `on_match` or `while_matching`, found {found}");
+            cx.error(other.span(), message);
+            return Follow::OnMatch;
+        }
+    };
+    if follow == Follow::WhileMatching {
+        if let Some(key) = when.moments().first() {
+            let message = format!(
+                "`follow: while_matching` needs conditions that hold for a while; `{key}` holds only when the change happens"
+            );
+            cx.error(node.span(), message);
+        }
+    }
+    follow
+}
+
 fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
     cx.unknown_keys(map, RULE_KEYS, "a rule");
     // A block mapping's own mark lies after its first key; the first key is where the rule
@@ -584,6 +617,7 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
         .get_node("remove")
         .and_then(|n| strings(cx, n, "remove"));
     check_effect(cx, map, name.as_deref(), stop, &span);
+    let follow = rule_follow(cx, map, &when);
     RawRule {
         name,
         span,
@@ -594,6 +628,7 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
         when,
         add: add.unwrap_or_default(),
         remove: remove.unwrap_or_default(),
+        follow,
         stop,
         origin: cx.origin(&span),
     }
@@ -851,6 +886,7 @@ fn link_rule(
         when: raw.when,
         add: dedup(add),
         remove: dedup(remove),
+        follow: raw.follow,
         stop: raw.stop,
         origin: raw.origin,
     })

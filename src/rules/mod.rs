@@ -21,7 +21,7 @@ pub use live::{LiveRules, ReloadStatus};
 pub use load::{
     CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
 };
-pub use model::{OpportunityStatus, Origin, Rule, UserRef};
+pub use model::{Follow, OpportunityStatus, Origin, Rule, UserRef};
 pub use report::explain_report;
 
 use crate::model::event::Event;
@@ -47,6 +47,19 @@ pub struct Evaluation {
     pub plan: Plan,
     /// Names of the rules that matched, in evaluation order.
     pub matched: Vec<String>,
+    /// (rule, user) for every user a matched rule adds, before the plans combine: which
+    /// rules keep a user following.
+    pub adds: Vec<(String, UserId)>,
+    /// The position of the rule whose `stop` ended evaluation: later rules were not
+    /// evaluated, so whether they hold is not known.
+    pub stopped_at: Option<usize>,
+}
+
+impl Evaluation {
+    /// Whether `rule` adds `user` in this evaluation.
+    pub fn adds(&self, rule: &str, user: &UserId) -> bool {
+        self.adds.iter().any(|(r, u)| r == rule && u == user)
+    }
 }
 
 impl RuleSet {
@@ -105,6 +118,11 @@ impl RuleSet {
         &self.files
     }
 
+    /// The rule named `name`, with its position in evaluation order.
+    pub fn rule(&self, name: &str) -> Option<(usize, &Rule)> {
+        self.rules.iter().enumerate().find(|(_, r)| r.name == name)
+    }
+
     /// User aliases from every file's `users` section.
     pub fn aliases(&self) -> &BTreeMap<String, UserId> {
         &self.aliases
@@ -125,8 +143,13 @@ impl RuleSet {
     ) -> Evaluation {
         let view = View::new(event, previous, resolver);
         let candidates = self.index.candidates(&view);
-        let (plan, matched, _) = eval::run(&self.rules, Some(&candidates), &view, false);
-        Evaluation { plan, matched }
+        let run = eval::run(&self.rules, Some(&candidates), &view, false);
+        Evaluation {
+            plan: run.plan.finish(),
+            matched: run.matched,
+            adds: run.adds,
+            stopped_at: run.stopped_at,
+        }
     }
 
     /// Evaluates every rule and records why each matched or not. Same plan as
@@ -138,7 +161,10 @@ impl RuleSet {
         resolver: &dyn Resolver,
     ) -> Explanation {
         let view = View::new(event, previous, resolver);
-        let (plan, _, rules) = eval::run(&self.rules, None, &view, true);
-        Explanation { rules, plan }
+        let run = eval::run(&self.rules, None, &view, true);
+        Explanation {
+            rules: run.traces,
+            plan: run.plan.finish(),
+        }
     }
 }

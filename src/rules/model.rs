@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::pattern::PatternSet;
 use crate::model::event::EventType;
 use crate::model::ids::UserId;
+pub use crate::model::plan::Follow;
 
 /// Where something was written: file, 1-based line and column.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,6 +38,8 @@ pub struct Rule {
     pub when: Block,
     pub add: Vec<UserRef>,
     pub remove: Vec<UserRef>,
+    /// How long the users it adds follow.
+    pub follow: Follow,
     pub stop: bool,
     pub origin: Origin,
 }
@@ -68,6 +71,27 @@ impl fmt::Display for UserRef {
 /// Conditions that must all hold (a `when` mapping, or one entry of `any`).
 #[derive(Clone, Debug, Default)]
 pub struct Block(pub Vec<Condition>);
+
+impl Block {
+    /// The keys of its conditions (at any depth) that hold only at the moment of a change.
+    pub fn moments(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for c in &self.0 {
+            match c {
+                Condition::TagAdded(_)
+                | Condition::TagRemoved(_)
+                | Condition::StageEntered(_)
+                | Condition::StageLeft(_)
+                | Condition::AssignedChanged(_)
+                | Condition::Workflow(_) => out.push(c.key()),
+                Condition::Any(blocks) => blocks.iter().for_each(|b| out.extend(b.moments())),
+                Condition::Not(block) => out.extend(block.moments()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
 
 /// Opportunity status, as GoHighLevel names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -118,6 +118,23 @@ const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "owned_followers",
+        columns: &[
+            ("location_id", Ty::Text),
+            ("contact_id", Ty::Text),
+            ("user_id", Ty::Text),
+            ("rule", Ty::Text),
+            ("follow", Ty::Text),
+            ("subject", Ty::Text),
+            ("rules_version", Ty::Text),
+            ("event_id", Ty::Int),
+            ("added_at", Ty::Int),
+            ("removed_at", Ty::Int),
+            ("removed_event_id", Ty::Int),
+        ],
+        identity: false,
+    },
+    Table {
         name: "known_followers",
         columns: &[
             ("location_id", Ty::Text),

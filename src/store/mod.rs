@@ -22,6 +22,7 @@ use sqlx::FromRow;
 
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
+use crate::model::plan::Follow;
 use crate::model::plan::PreviousState;
 use crate::model::record::{Decision, EventStatus, Outcome};
 
@@ -140,6 +141,83 @@ pub struct NewState {
     /// Set when the event said who the record is assigned to: the opportunity's assignee
     /// (with its id) or the contact's; `None` inside: unassigned.
     pub assigned: Option<(Option<OpportunityId>, Option<UserId>)>,
+    /// Changes to the ownership ledger the event's decision made.
+    pub ledger: Vec<LedgerChange>,
+}
+
+/// A change to the ownership ledger (which followers autofollow added to a contact).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerChange {
+    /// `rule` added `user` (or keeps it: autofollow already owned it).
+    Added {
+        user: UserId,
+        rule: String,
+        follow: Follow,
+        /// For a while-matching rule, the opportunity whose events re-check it (`None`: the
+        /// contact's events).
+        subject: Option<OpportunityId>,
+        rules_version: String,
+    },
+    /// `rule` no longer keeps `user`; `None`: nothing does (autofollow removed the user).
+    Ended { user: UserId, rule: Option<String> },
+}
+
+/// A row of the ownership ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owned {
+    pub user: UserId,
+    pub rule: String,
+    pub follow: Follow,
+    pub subject: Option<OpportunityId>,
+    pub rules_version: String,
+    /// The event whose decision added it.
+    pub event_id: i64,
+    /// Unix milliseconds.
+    pub added_at: i64,
+    /// Unix milliseconds; `None` while autofollow keeps the user following for this rule.
+    pub removed_at: Option<i64>,
+}
+
+impl LedgerChange {
+    /// The change as the store writes it: (kind, user, rule, follow, subject, version).
+    pub fn row(&self) -> LedgerRow {
+        match self {
+            LedgerChange::Added {
+                user,
+                rule,
+                follow,
+                subject,
+                rules_version,
+            } => LedgerRow {
+                added: true,
+                user: user.as_str().to_owned(),
+                rule: Some(rule.clone()),
+                follow: follow.as_str(),
+                subject: subject.as_ref().map(|o| o.as_str().to_owned()),
+                rules_version: rules_version.clone(),
+            },
+            LedgerChange::Ended { user, rule } => LedgerRow {
+                added: false,
+                user: user.as_str().to_owned(),
+                rule: rule.clone(),
+                follow: "",
+                subject: None,
+                rules_version: String::new(),
+            },
+        }
+    }
+}
+
+/// A [`LedgerChange`] in the store's terms.
+#[derive(Clone, Debug)]
+pub struct LedgerRow {
+    pub added: bool,
+    pub user: String,
+    /// `None` (an end): every rule of the user.
+    pub rule: Option<String>,
+    pub follow: &'static str,
+    pub subject: Option<String>,
+    pub rules_version: String,
 }
 
 /// An `assignees` row: kind (`contact` or `opportunity`), record id, user id (`None`:
@@ -362,6 +440,15 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
         contact: &ContactId,
         opportunity: Option<&OpportunityId>,
     ) -> Result<(), StoreError>;
+
+    /// The ownership ledger of a contact: the rows autofollow keeps (`removed` false), or every
+    /// row including ended ones.
+    async fn owned(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        removed: bool,
+    ) -> Result<Vec<Owned>, StoreError>;
 
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
     async fn mark_token_failing(
@@ -724,6 +811,40 @@ pub(crate) fn millis(t: SystemTime) -> i64 {
 
 pub(crate) fn from_millis(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// An `owned_followers` row as both backends read it.
+#[derive(FromRow)]
+pub(crate) struct OwnedRow {
+    user_id: String,
+    rule: String,
+    follow: String,
+    subject: Option<String>,
+    rules_version: String,
+    event_id: i64,
+    added_at: i64,
+    removed_at: Option<i64>,
+}
+
+/// The columns of [`OwnedRow`], for `SELECT`.
+pub(crate) const OWNED_COLUMNS: &str =
+    "user_id, rule, follow, subject, rules_version, event_id, added_at, removed_at";
+
+impl OwnedRow {
+    pub(crate) fn into_owned(self) -> Result<Owned, StoreError> {
+        let user = UserId::parse(&self.user_id)
+            .map_err(|_| StoreError::Corrupt("owned_followers: user_id".into()))?;
+        Ok(Owned {
+            user,
+            rule: self.rule,
+            follow: Follow::parse(&self.follow),
+            subject: self.subject.and_then(|o| OpportunityId::parse(&o).ok()),
+            rules_version: self.rules_version,
+            event_id: self.event_id,
+            added_at: self.added_at,
+            removed_at: self.removed_at,
+        })
+    }
 }
 
 /// An `installations` row as both backends read it.

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     Claimed, ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted,
-    InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Queue,
+    InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Owned, Queue,
     QueueStats, Store, StoreError,
 };
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -99,6 +99,7 @@ wrapped!(ContactState {
     fn known_followers(&self, location: &LocationId, contact: &ContactId, since: SystemTime) -> Result<Option<Vec<UserId>>, StoreError>;
     fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
     fn forget(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<(), StoreError>;
+    fn owned(&self, location: &LocationId, contact: &ContactId, removed: bool) -> Result<Vec<Owned>, StoreError>;
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::auth::same_secret;
 use super::state::AppState;
-use crate::model::ids::ContactId;
+use crate::model::ids::{ContactId, LocationId};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
 use crate::rules::NoResolver;
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/events/{id}/replay", post(replay_one))
         .route("/admin/replay", post(replay_many))
         .route("/admin/contacts/{id}/history", get(history))
+        .route("/admin/contacts/{id}/followers", get(owned))
         .route("/admin/contacts/{id}", delete(erase))
         .route("/admin/explain", post(explain))
         .route("/admin/reload", post(reload))
@@ -198,6 +199,33 @@ async fn history(State(state): State<AppState>, Path(contact): Path<String>) -> 
         }
         Err(e) => internal(e),
     }
+}
+
+/// `GET /admin/contacts/{id}/followers?location=…`: the contact's ownership ledger in that
+/// location (every row, ended ones with `removed_at`): who follows because of autofollow,
+/// and which rules keep each.
+async fn owned(
+    State(state): State<AppState>,
+    Path(contact): Path<String>,
+    Query(q): Query<OwnedQuery>,
+) -> Response {
+    let (contact, location) = match (contact_id(&contact), LocationId::parse(&q.location)) {
+        (Ok(c), Ok(l)) => (c, l),
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, format!("location: {e}")),
+    };
+    match state.store.owned(&location, &contact, true).await {
+        Ok(rows) => Json(
+            json!({ "location": location.as_str(), "contact": contact.as_str(), "owned": rows }),
+        )
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct OwnedQuery {
+    location: String,
 }
 
 /// Erases what is stored about the contact: `{"erased": {"events": N, "decisions": N,

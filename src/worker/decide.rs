@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::ownership::Ownership;
 use super::{Ending, Worker};
 use crate::access::Token;
 use crate::ghl::CallError;
@@ -21,6 +22,8 @@ pub(super) struct Decided {
     pub records: Vec<(usize, Decision, NewState)>,
     /// The plans combined: a later decision about a user wins. The calls carry it.
     pub net: Plan,
+    /// The contact's ownership ledger, as the events left it.
+    pub ownership: Ownership,
 }
 
 /// The state the events leave, as the group is decided in order.
@@ -56,11 +59,13 @@ impl Worker {
             assigned: stored.assigned,
             opportunities: HashMap::new(),
         };
+        let owned = self.store.owned(&location, &contact, false).await?;
         let mut decided = Decided {
             location,
             contact,
             records: Vec::with_capacity(events.len()),
             net: Plan::default(),
+            ownership: Ownership::new(owned),
         };
         let batch: Vec<i64> = match events.len() {
             1 => Vec::new(),
@@ -93,17 +98,19 @@ impl Worker {
                 Err(e) => return Ok(Err(Ending::from_lookup(e))),
             };
             let evaluation = rules.evaluate(event, &before, &resolver);
-            decided.net.merge(&evaluation.plan);
+            let (plan, ledger) = decided.ownership.decide(&rules, event, &evaluation);
+            decided.net.merge(&plan);
             let decision = Decision {
                 matched: evaluation.matched,
-                plan: evaluation.plan,
+                plan,
                 batch: batch.clone(),
                 rules_version: rules.version().to_owned(),
                 ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
             };
             let location = &event.location_id;
             let assigned = event.assignment(|email| resolver.user_id_by_email(location, email));
-            let state = leave(&decided, event, assigned, &mut previous);
+            let mut state = leave(&decided, event, assigned, &mut previous);
+            state.ledger = ledger;
             decided.records.push((*i, decision, state));
         }
         Ok(Ok(decided))
@@ -216,6 +223,7 @@ fn leave(
         tags: event.tags.clone(),
         stage: event.opportunity_id.clone().zip(stage),
         assigned: assigned.map(|user| (event.opportunity_id.clone(), user)),
+        ledger: Vec::new(),
     }
 }
 

@@ -27,7 +27,8 @@ pub struct Lookups {
     /// Where a scope a lookup needs is found missing.
     scopes: Arc<Scopes>,
     pipelines: Mutex<HashMap<LocationId, (Arc<Pipelines>, Instant)>>,
-    companies: Mutex<HashMap<LocationId, String>>,
+    /// A location's company id (`None`: the lookup was refused) and when it was looked up.
+    companies: Mutex<HashMap<LocationId, (Option<String>, Instant)>>,
     /// (location, lowercased email) → the user id found (or not) and when it was looked up.
     users: Mutex<HashMap<EmailKey, (Option<UserId>, Instant)>>,
 }
@@ -177,7 +178,13 @@ impl Lookups {
                 cache.insert(location.clone(), (Arc::clone(&p), Instant::now()));
                 Ok(Some(p))
             }
-            None => Ok(known),
+            None => {
+                // Refused: not asked again for a minute (each retry asking again would spend
+                // the location's budget before the followers call it waits for).
+                let kept = known.unwrap_or_default();
+                cache.insert(location.clone(), (Arc::clone(&kept), Instant::now()));
+                Ok(Some(kept))
+            }
         }
     }
 
@@ -216,15 +223,16 @@ impl Lookups {
         location: &LocationId,
         token: &SecretString,
     ) -> Result<Option<String>, CallError> {
-        if let Some(c) = self.companies.lock().await.get(location) {
-            return Ok(Some(c.clone()));
+        let cached = self.companies.lock().await.get(location).cloned();
+        if let Some((company, at)) = cached {
+            if company.is_some() || at.elapsed() < LOOKUP_REFRESH {
+                return Ok(company);
+            }
         }
         let company = ghl.company_id(token, location).await;
         let company = self.tolerated(company, location, &COMPANY)?;
-        if let Some(c) = &company {
-            let mut companies = self.companies.lock().await;
-            companies.insert(location.clone(), c.clone());
-        }
+        let mut companies = self.companies.lock().await;
+        companies.insert(location.clone(), (company.clone(), Instant::now()));
         Ok(company)
     }
 }

@@ -15,6 +15,7 @@ mod call;
 mod decide;
 mod load;
 mod lookups;
+mod ownership;
 mod record;
 mod retry;
 
@@ -32,8 +33,8 @@ use crate::access::{Access, NoToken, Token};
 use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
 use crate::model::event::{Event, EventType};
-use crate::model::ids::LocationId;
-use crate::model::record::{Decision, Outcome};
+use crate::model::ids::{LocationId, UserId};
+use crate::model::record::{CallRecord, Decision, Outcome};
 use crate::rules::LiveRules;
 use crate::store::{Claimed, NewState, Store, StoreError};
 use lookups::Lookups;
@@ -72,6 +73,15 @@ impl Default for WorkerOptions {
 
 /// The most events of one contact decided together.
 const MAX_BATCH: u32 = 100;
+
+/// Who the group's add calls added: GoHighLevel's `followersAdded`, else everyone sent.
+fn added_by(calls: &[CallRecord]) -> HashSet<UserId> {
+    let adds = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.outcome == "ok");
+    adds.flat_map(|c| c.changed.as_ref().unwrap_or(&c.users).iter().cloned())
+        .collect()
+}
 
 /// How the work on a group ended, before each event's decision records it.
 #[derive(Clone, Debug)]
@@ -329,8 +339,16 @@ impl Worker {
                 let (calls, ending) = self
                     .call(&decided, token.as_ref(), first_try, group[0].id)
                     .await?;
-                let records = decided.records.into_iter().map(|(i, mut d, s)| {
+                let added = added_by(&calls);
+                let dry_run = self.options.dry_run;
+                let ownership = &decided.ownership;
+                let records = decided.records.into_iter().map(|(i, mut d, mut s)| {
                     d.calls.clone_from(&calls);
+                    // A dry run changes nothing, so it owns nothing.
+                    match dry_run {
+                        true => s.ledger.clear(),
+                        false => ownership.keep_added(&mut s.ledger, &added),
+                    }
                     (i, d, s)
                 });
                 (records.collect::<Vec<_>>(), ending)

@@ -286,3 +286,37 @@ async fn replicas_sharing_postgresql_keep_the_limit_for_their_sum() {
         grants.len()
     );
 }
+
+/// A lookup GoHighLevel refuses is not asked again on every retry: with a budget of one call
+/// a second, asking for the pipelines each time would spend the budget the followers call
+/// waits for, for ever (it did, before the refusal was remembered).
+#[tokio::test]
+async fn a_refused_lookup_does_not_starve_the_followers_call_of_its_budget() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let app = spawn_with(Options {
+        rules: "rules:\n  - name: all\n    add: [alice]\n".into(),
+        rate_limit: "2/2s".into(),
+        ..Options::default()
+    })
+    .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({"message": "scope"})))
+        .mount(&app.ghl)
+        .await;
+    app.ghl_accepts_the_rest().await;
+    let stage = |o: &str| {
+        json!({"type": "OpportunityStageUpdate", "locationId": common::service::LOCATION,
+        "id": o, "contactId": format!("c-{o}"), "pipelineStageId": "s1"})
+    };
+    let first = accepted(app.post_app(&stage("o1")).await).await;
+    let second = accepted(app.post_app(&stage("o2")).await).await;
+    app.drain().await;
+    for id in [first, second] {
+        assert_eq!(app.event(id).await.status, EventStatus::Done);
+    }
+    let gets = app.ghl.received_requests().await.unwrap();
+    let gets = gets.iter().filter(|r| r.method.as_str() == "GET").count();
+    assert_eq!(gets, 1, "the refused lookup is remembered");
+    app.shutdown().await;
+}

@@ -23,6 +23,7 @@ mod migrate;
 mod oauth;
 mod operations;
 mod ops;
+mod ownership;
 mod pits;
 mod readme;
 mod reload;

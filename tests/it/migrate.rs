@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
-use autofollow::model::plan::Plan;
+use autofollow::model::plan::{Follow, Plan};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
-use autofollow::store::{Claimed, EventFilter, Inserted, NewEvent, NewState, Store};
+use autofollow::store::{Claimed, EventFilter, Inserted, LedgerChange, NewEvent, NewState, Store};
 use common::process::spawn;
 use common::service::TOKEN;
 use serde_json::{Value, json};
@@ -92,6 +92,13 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
             Some(OpportunityId::parse("o-done").unwrap()),
             Some(UserId::parse(common::BOB).unwrap()),
         )),
+        ledger: vec![LedgerChange::Added {
+            user: UserId::parse(common::ALICE).unwrap(),
+            rule: "vip".into(),
+            follow: Follow::WhileMatching,
+            subject: Some(OpportunityId::parse("o-done").unwrap()),
+            rules_version: "v1".into(),
+        }],
     };
     assert!(
         s.finish(&c, &decision("done", None, true), &state)
@@ -185,6 +192,10 @@ async fn everything(store: &dyn Store) -> Value {
         "events": store.list_events(&all).await.unwrap(),
         "histories": histories,
         "previous": format!("{done:?}"),
+        "owned": store
+            .owned(&LocationId::parse("L1").unwrap(), &ContactId::parse("done").unwrap(), true)
+            .await
+            .unwrap(),
         "known": store
             .known_followers(&LocationId::parse("L1").unwrap(), &ContactId::parse("done").unwrap(), SystemTime::UNIX_EPOCH)
             .await

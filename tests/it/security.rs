@@ -790,7 +790,8 @@ async fn an_operator_erases_a_contact_over_http_and_from_the_command_line() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "erased contact cli-erased: 1 event, 1 decision, 1 state row"
+        "erased contact cli-erased: 1 event, 1 decision, 2 state rows",
+        "its tags, and alice in the ownership ledger"
     );
     let shared = &app;
     let history = |c: &str| {

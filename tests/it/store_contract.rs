@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
-use autofollow::model::plan::{Plan, PreviousState};
+use autofollow::model::plan::{Follow, Plan, PreviousState};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::store::{
-    Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, NewEvent, NewState,
-    Store,
+    Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, LedgerChange,
+    NewEvent, NewState, Store,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -509,6 +509,7 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
         tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
         stage: Some((OpportunityId::parse("o1").unwrap(), stage.to_owned())),
         assigned: None,
+        ledger: Vec::new(),
     };
     let (d, s1, s2) = (
         decision("done", None),
@@ -602,6 +603,7 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
         tags: Some(vec!["vip".into()]),
         stage: Some((o.clone(), "won".into())),
         assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
+        ledger: vec![added("u1", "r1")],
     };
     assert!(
         s.finish(&first, &decision("done", None), &state)
@@ -611,7 +613,7 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
     let users = [UserId::parse("u1").unwrap()];
     s.set_known_followers(&l, &c, &users, None).await.unwrap();
     let erased = s.erase_contact(&c).await.unwrap();
-    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 4));
+    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 5));
     assert!(s.history(&c).await.unwrap().is_empty());
     assert!(
         s.event(waiting).await.unwrap().is_none(),
@@ -806,6 +808,7 @@ async fn forgetting_a_deleted_record_clears_its_state_only(store: Arc<dyn Store>
             tags: Some(vec!["vip".to_owned()]),
             stage: (contact == "c1").then(|| (o.clone(), "won".to_owned())),
             assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
+            ledger: vec![added("u1", "r1")],
         };
         let d = decision("done", None);
         assert!(s.finish_all(&[(&claimed[0], &d, &state)]).await.unwrap());
@@ -827,6 +830,91 @@ async fn forgetting_a_deleted_record_clears_its_state_only(store: Arc<dyn Store>
     assert_eq!(s.known_followers(&l, &c1, epoch).await.unwrap(), None);
     let kept = s.previous_state(&l, &c2, None).await.unwrap();
     assert_eq!(kept.tags, Some(vec!["vip".to_owned()]));
+    assert!(
+        s.owned(&l, &c1, true).await.unwrap().is_empty(),
+        "the ledger too"
+    );
+    assert_eq!(s.owned(&l, &c2, false).await.unwrap().len(), 1);
+}
+
+fn added(user: &str, rule: &str) -> LedgerChange {
+    LedgerChange::Added {
+        user: UserId::parse(user).unwrap(),
+        rule: rule.to_owned(),
+        follow: Follow::WhileMatching,
+        subject: None,
+        rules_version: "v1".to_owned(),
+    }
+}
+
+/// Finishes one new event of contact c1 with these ledger changes; its id.
+async fn finish_with_ledger(s: &dyn Store, ledger: Vec<LedgerChange>) -> i64 {
+    insert(s, "c1").await;
+    let claimed = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let state = NewState {
+        location_id: Some(LocationId::parse("L1").unwrap()),
+        contact_id: Some(ContactId::parse("c1").unwrap()),
+        ledger,
+        ..NewState::default()
+    };
+    assert!(
+        s.finish(&claimed, &decision("done", None), &state)
+            .await
+            .unwrap()
+    );
+    claimed.id
+}
+
+/// The ledger: a row per user and rule, kept with its first event while live; a rule's row
+/// or all of a user's rows end; an ended row stays listed, and a new add starts it again.
+async fn the_ownership_ledger_records_adds_and_ends(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (l, c) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
+    let first = finish_with_ledger(
+        s,
+        vec![added("u1", "a"), added("u1", "b"), added("u2", "a")],
+    )
+    .await;
+    finish_with_ledger(s, vec![added("u1", "a")]).await;
+    let live = s.owned(&l, &c, false).await.unwrap();
+    assert_eq!(live.len(), 3);
+    assert!(
+        live.iter().all(|o| o.event_id == first),
+        "kept with its first event"
+    );
+    let u1 = UserId::parse("u1").unwrap();
+    let end = |user: &str, rule: Option<&str>| LedgerChange::Ended {
+        user: UserId::parse(user).unwrap(),
+        rule: rule.map(str::to_owned),
+    };
+    finish_with_ledger(s, vec![end("u1", Some("a"))]).await;
+    let live = s.owned(&l, &c, false).await.unwrap();
+    let rules: Vec<(&str, &str)> = live
+        .iter()
+        .map(|o| (o.user.as_str(), o.rule.as_str()))
+        .collect();
+    assert_eq!(rules, [("u1", "b"), ("u2", "a")]);
+    let third = finish_with_ledger(s, vec![end("u1", None)]).await;
+    let live = s.owned(&l, &c, false).await.unwrap();
+    assert!(live.iter().all(|o| o.user != u1));
+    let all = s.owned(&l, &c, true).await.unwrap();
+    assert_eq!(all.len(), 3, "ended rows stay listed");
+    assert!(
+        all.iter()
+            .filter(|o| o.user == u1)
+            .all(|o| o.removed_at.is_some())
+    );
+    let again = finish_with_ledger(s, vec![added("u1", "b")]).await;
+    let live = s.owned(&l, &c, false).await.unwrap();
+    let b = live.iter().find(|o| o.user == u1).unwrap();
+    assert_eq!(
+        (b.rule.as_str(), b.event_id, b.follow),
+        ("b", again, Follow::WhileMatching)
+    );
+    assert!(again > third);
 }
 
 /// One `#[tokio::test]` per contract check and backend.
@@ -879,4 +967,5 @@ contract!(
     installations_are_saved_read_and_replaced,
     one_refresher_at_a_time_and_only_its_own_answer_is_saved,
     forgetting_a_deleted_record_clears_its_state_only,
+    the_ownership_ledger_records_adds_and_ends,
 );

@@ -298,3 +298,18 @@ fn a_directory_loads_yaml_and_yml_files_in_name_order_skipping_others() {
     assert_eq!(names, ["first", "second"]);
     assert_eq!(set.files().len(), 2);
 }
+
+#[test]
+fn follow_is_on_match_or_while_matching_on_conditions_that_hold_for_a_while() {
+    let d = one(&format!(
+        "{ALIASES}rules:\n  - name: a\n    add: [alice]\n    follow: sometimes\n  - name: b\n    when: {{tag_added: vip}}\n    add: [alice]\n    follow: while_matching\n  - name: c\n    when: {{any: [{{has_tag: x}}, {{not: {{stage_entered: Won}}}}]}}\n    add: [alice]\n    follow: while_matching\n  - name: d\n    when: {{has_tag: vip, stage: Won}}\n    add: [alice]\n    follow: while_matching\n"
+    ));
+    assert_eq!(
+        d,
+        [
+            "r.yaml:6:13: error: `follow` must be `on_match` or `while_matching`, found `sometimes`",
+            "r.yaml:10:13: error: `follow: while_matching` needs conditions that hold for a while; `tag_added` holds only when the change happens",
+            "r.yaml:14:13: error: `follow: while_matching` needs conditions that hold for a while; `stage_entered` holds only when the change happens",
+        ]
+    );
+}

@@ -96,6 +96,7 @@ impl History for PgStore {
         let events = run("DELETE FROM events WHERE contact_id = $1").await?;
         states += run("DELETE FROM contact_state WHERE contact_id = $1").await?;
         states += run("DELETE FROM known_followers WHERE contact_id = $1").await?;
+        states += run("DELETE FROM owned_followers WHERE contact_id = $1").await?;
         tx.commit().await?;
         Ok(Erased {
             events,

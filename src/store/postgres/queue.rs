@@ -170,6 +170,11 @@ impl Queue for PgStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            if let (Some(location), Some(contact)) = (&state.location_id, &state.contact_id) {
+                for change in &state.ledger {
+                    write_ledger(&mut tx, location, contact, &change.row(), event.id, now).await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(true)
@@ -368,4 +373,45 @@ impl Queue for PgStore {
             failed: u64::try_from(failed).unwrap_or(0),
         })
     }
+}
+
+/// Writes one ledger change (inside the finishing transaction).
+async fn write_ledger(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    location: &LocationId,
+    contact: &ContactId,
+    r: &LedgerRow,
+    event: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    let query = if r.added {
+        sqlx::query(
+            "INSERT INTO owned_followers (location_id, contact_id, user_id, rule, follow, subject, rules_version, event_id, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (location_id, contact_id, user_id, rule) DO UPDATE SET
+                 follow = excluded.follow, subject = excluded.subject, rules_version = excluded.rules_version,
+                 event_id = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.event_id ELSE excluded.event_id END,
+                 added_at = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.added_at ELSE excluded.added_at END,
+                 removed_at = NULL, removed_event_id = NULL",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(&r.user)
+        .bind(&r.rule)
+        .bind(r.follow)
+        .bind(&r.subject)
+        .bind(&r.rules_version)
+    } else {
+        sqlx::query(
+            "UPDATE owned_followers SET removed_at = $6, removed_event_id = $5
+             WHERE location_id = $1 AND contact_id = $2 AND user_id = $3
+               AND ($4::text IS NULL OR rule = $4) AND removed_at IS NULL",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(&r.user)
+        .bind(&r.rule)
+    };
+    query.bind(event).bind(now).execute(&mut **tx).await?;
+    Ok(())
 }

@@ -136,7 +136,7 @@ impl ContactState for PgStore {
         .bind(contact.as_str())
         .execute(&mut *tx)
         .await?;
-        for table in ["contact_state", "known_followers"] {
+        for table in ["contact_state", "known_followers", "owned_followers"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE location_id = $1 AND contact_id = $2"
             ))
@@ -147,6 +147,26 @@ impl ContactState for PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn owned(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        removed: bool,
+    ) -> Result<Vec<Owned>, StoreError> {
+        let sql = format!(
+            "SELECT {OWNED_COLUMNS} FROM owned_followers
+             WHERE location_id = $1 AND contact_id = $2 AND ($3 OR removed_at IS NULL)
+             ORDER BY added_at, user_id, rule"
+        );
+        let rows = sqlx::query_as::<_, OwnedRow>(&sql)
+            .bind(location.as_str())
+            .bind(contact.as_str())
+            .bind(removed)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(OwnedRow::into_owned).collect()
     }
 
     async fn mark_token_failing(

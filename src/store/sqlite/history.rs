@@ -92,6 +92,8 @@ impl History for SqliteStore {
                 states += conn.execute("DELETE FROM contact_state WHERE contact_id = ?1", [&contact])?;
                 states +=
                     conn.execute("DELETE FROM known_followers WHERE contact_id = ?1", [&contact])?;
+                states +=
+                    conn.execute("DELETE FROM owned_followers WHERE contact_id = ?1", [&contact])?;
                 Ok(Erased {
                     events: events as u64,
                     decisions: decisions as u64,

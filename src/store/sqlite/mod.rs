@@ -166,6 +166,75 @@ struct Finish {
     stage: Option<(String, String, String)>,
     /// (location, row).
     assignee: Option<(String, AssigneeRow)>,
+    /// (location, contact, changes).
+    ledger: Option<(String, String, Vec<LedgerRow>)>,
+}
+
+impl Finish {
+    /// What finishing `event` writes, ready for the writer thread.
+    fn new(event: &Claimed, decision: &Decision, state: &NewState) -> Result<Finish, StoreError> {
+        let location = state.location_id.as_ref().map(|l| l.as_str().to_owned());
+        let contact = state.contact_id.as_ref().map(|c| c.as_str().to_owned());
+        let tags = match (&location, &contact, &state.tags) {
+            (Some(l), Some(c), Some(tags)) => Some((l.clone(), c.clone(), to_json(tags)?)),
+            _ => None,
+        };
+        let stage = match (&location, &state.stage) {
+            (Some(l), Some((o, stage))) => Some((l.clone(), o.as_str().to_owned(), stage.clone())),
+            _ => None,
+        };
+        let ledger = match (&location, &contact, state.ledger.is_empty()) {
+            (Some(l), Some(c), false) => {
+                let rows = state.ledger.iter().map(LedgerChange::row).collect();
+                Some((l.clone(), c.clone(), rows))
+            }
+            _ => None,
+        };
+        Ok(Finish {
+            id: event.id,
+            owner: event.lease_owner.clone(),
+            decision: DecisionRow::new(decision)?,
+            tags,
+            stage,
+            assignee: location.zip(state.assignee_row()),
+            ledger,
+        })
+    }
+}
+
+/// Writes an event's ledger changes (inside the finishing transaction).
+fn write_ledger(
+    conn: &Connection,
+    (location, contact, rows): &(String, String, Vec<LedgerRow>),
+    event: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    for r in rows {
+        if r.added {
+            conn.prepare_cached(
+                "INSERT INTO owned_followers (location_id, contact_id, user_id, rule, follow, subject, rules_version, event_id, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (location_id, contact_id, user_id, rule) DO UPDATE SET
+                     follow = excluded.follow, subject = excluded.subject, rules_version = excluded.rules_version,
+                     event_id = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.event_id ELSE excluded.event_id END,
+                     added_at = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.added_at ELSE excluded.added_at END,
+                     removed_at = NULL, removed_event_id = NULL",
+            )?
+            .execute(rusqlite::params![
+                location, contact, r.user, r.rule, r.follow, r.subject, r.rules_version, event, now
+            ])?;
+        } else {
+            conn.prepare_cached(
+                "UPDATE owned_followers SET removed_at = ?6, removed_event_id = ?5
+                 WHERE location_id = ?1 AND contact_id = ?2 AND user_id = ?3
+                   AND (?4 IS NULL OR rule = ?4) AND removed_at IS NULL",
+            )?
+            .execute(rusqlite::params![
+                location, contact, r.user, r.rule, event, now
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {

@@ -111,27 +111,7 @@ impl Queue for SqliteStore {
     ) -> Result<bool, StoreError> {
         let finishes = events
             .iter()
-            .map(|(event, decision, state)| {
-                let location = state.location_id.as_ref().map(|l| l.as_str().to_owned());
-                Ok(Finish {
-                    id: event.id,
-                    owner: event.lease_owner.clone(),
-                    decision: DecisionRow::new(decision)?,
-                    tags: match (&location, &state.contact_id, &state.tags) {
-                        (Some(l), Some(c), Some(tags)) => {
-                            Some((l.clone(), c.as_str().to_owned(), to_json(tags)?))
-                        }
-                        _ => None,
-                    },
-                    stage: match (&location, &state.stage) {
-                        (Some(l), Some((o, stage))) => {
-                            Some((l.clone(), o.as_str().to_owned(), stage.clone()))
-                        }
-                        _ => None,
-                    },
-                    assignee: location.zip(state.assignee_row()),
-                })
-            })
+            .map(|(event, decision, state)| Finish::new(event, decision, state))
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.writer
             .write(move |conn| {
@@ -175,6 +155,9 @@ impl Queue for SqliteStore {
                              ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
                         )?
                         .execute((location, kind, record, user, now))?;
+                    }
+                    if let Some(ledger) = &f.ledger {
+                        write_ledger(conn, ledger, f.id, now)?;
                     }
                 }
                 Ok(true)

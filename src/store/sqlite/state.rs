@@ -143,7 +143,7 @@ impl ContactState for SqliteStore {
                     "DELETE FROM assignees WHERE location_id = ?1 AND kind = 'contact' AND record_id = ?2",
                     (&location, &contact),
                 )?;
-                for table in ["contact_state", "known_followers"] {
+                for table in ["contact_state", "known_followers", "owned_followers"] {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE location_id = ?1 AND contact_id = ?2"),
                         (&location, &contact),
@@ -152,6 +152,26 @@ impl ContactState for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn owned(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        removed: bool,
+    ) -> Result<Vec<Owned>, StoreError> {
+        let sql = format!(
+            "SELECT {OWNED_COLUMNS} FROM owned_followers
+             WHERE location_id = ? AND contact_id = ? AND (? OR removed_at IS NULL)
+             ORDER BY added_at, user_id, rule"
+        );
+        let rows = sqlx::query_as::<_, OwnedRow>(&sql)
+            .bind(location.as_str())
+            .bind(contact.as_str())
+            .bind(removed)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(OwnedRow::into_owned).collect()
     }
 
     async fn mark_token_failing(

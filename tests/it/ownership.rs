@@ -1,0 +1,170 @@
+//! Followers as desired state: the ownership ledger, `follow: while_matching`, and the rule
+//! that autofollow never removes a follower it did not add unless a rule names the user.
+
+use autofollow::model::ids::{ContactId, LocationId};
+use autofollow::model::plan::Follow;
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::common::service::{LOCATION, TestApp, accepted, spawn_app};
+use crate::common::{ALICE, BOB};
+
+/// The followers calls GoHighLevel received, in order: (method, users).
+async fn calls(app: &TestApp) -> Vec<(String, Value)> {
+    let requests = app.ghl.received_requests().await.unwrap();
+    requests
+        .iter()
+        .filter(|r| r.url.path().ends_with("/followers"))
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            (r.method.to_string(), body["followers"].clone())
+        })
+        .collect()
+}
+
+fn call(method: &str, users: &[&str]) -> (String, Value) {
+    (method.to_owned(), json!(users))
+}
+
+async fn tags(app: &TestApp, contact: &str, tags: &[&str]) {
+    app.contact("ContactTagUpdate", contact, json!({ "tags": tags }))
+        .await;
+    app.drain().await;
+}
+
+/// The users autofollow keeps following `contact`, with their rules.
+async fn owned(app: &TestApp, contact: &str) -> Vec<(String, String, Follow)> {
+    let (l, c) = (
+        LocationId::parse(LOCATION).unwrap(),
+        ContactId::parse(contact).unwrap(),
+    );
+    let rows = app.store().owned(&l, &c, false).await.unwrap();
+    rows.into_iter()
+        .map(|o| (o.user.to_string(), o.rule, o.follow))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_while_matching_rule_removes_its_users_when_it_stops_holding() {
+    let rules = "rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n";
+    let app = spawn_app(rules).await;
+    app.ghl_accepts_the_rest().await;
+    tags(&app, "c1", &["vip"]).await;
+    let keeps = vec![(ALICE.to_owned(), "vip".to_owned(), Follow::WhileMatching)];
+    assert_eq!(owned(&app, "c1").await, keeps);
+    let why = std::process::Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .args(["why", "c1", "--database-url", &app.database_url])
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&why.stdout);
+    let kept = format!("{ALICE}: rule vip (while_matching, since event 1)");
+    assert!(why.contains(&kept), "{why}");
+    tags(&app, "c1", &["vip", "webinar"]).await;
+    tags(&app, "c1", &["webinar"]).await;
+    assert_eq!(
+        calls(&app).await,
+        vec![
+            call("POST", &[ALICE]),
+            call("POST", &[ALICE]),
+            call("DELETE", &[ALICE])
+        ],
+        "while it holds the add is repeated (idempotent); then the follow ends"
+    );
+    assert!(owned(&app, "c1").await.is_empty());
+    app.shutdown().await;
+}
+
+/// A follower someone added by hand (GoHighLevel's answer shows it was already following) is
+/// not autofollow's: no automatic removal takes it away.
+#[tokio::test]
+async fn a_follower_added_by_hand_is_never_removed_automatically() {
+    let rules = "rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [bob]\n    follow: while_matching\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"followers": [BOB], "followersAdded": []})),
+        )
+        .mount(&app.ghl)
+        .await;
+    app.ghl_accepts_the_rest().await;
+    tags(&app, "c1", &["vip"]).await;
+    assert!(
+        owned(&app, "c1").await.is_empty(),
+        "bob was already following"
+    );
+    tags(&app, "c1", &[]).await;
+    assert_eq!(calls(&app).await, vec![call("POST", &[BOB])], "no DELETE");
+    app.shutdown().await;
+}
+
+/// The owner follows while they own the opportunity: an owner change moves the follow, an
+/// event that does not name the owner changes nothing.
+#[tokio::test]
+async fn the_owner_follows_while_owning_and_an_owner_change_moves_the_follow() {
+    let rules = "rules:\n  - name: owner\n    events: [OpportunityCreate, OpportunityUpdate, OpportunityStageUpdate, OpportunityAssignedToUpdate]\n    add: [assigned_user]\n    follow: while_matching\n";
+    let app = spawn_app(rules).await;
+    app.ghl_accepts_the_rest().await;
+    let event = |event_type: &str, assignee: Option<&str>| {
+        let mut body = json!({"type": event_type, "locationId": LOCATION, "id": "o1",
+            "contactId": "c1", "pipelineStageId": "s1", "status": "open"});
+        if let Some(a) = assignee {
+            body["assignedTo"] = json!(a);
+        }
+        body
+    };
+    for (t, a) in [
+        ("OpportunityCreate", Some(ALICE)),
+        ("OpportunityStageUpdate", None),
+        ("OpportunityAssignedToUpdate", Some(BOB)),
+    ] {
+        accepted(app.post_app(&event(t, a)).await).await;
+        app.drain().await;
+    }
+    assert_eq!(
+        calls(&app).await,
+        vec![
+            call("POST", &[ALICE]),
+            call("POST", &[ALICE]),
+            call("POST", &[BOB]),
+            call("DELETE", &[ALICE]),
+        ]
+    );
+    let keeps = vec![(BOB.to_owned(), "owner".to_owned(), Follow::WhileMatching)];
+    assert_eq!(owned(&app, "c1").await, keeps);
+    app.shutdown().await;
+}
+
+/// A user another rule still keeps stays when a while-matching rule stops holding; a
+/// `remove: [assigned_user]` removes only a follower autofollow added.
+#[tokio::test]
+async fn another_rule_keeps_the_user_and_dynamic_removes_need_ownership() {
+    let rules = "rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n  - name: facebook\n    when: {source: fb}\n    add: [alice]\n  - name: lost\n    events: [ContactUpdate]\n    when: {has_tag: lost}\n    remove: [assigned_user]\n";
+    let app = spawn_app(rules).await;
+    app.ghl_accepts_the_rest().await;
+    app.contact(
+        "ContactCreate",
+        "c1",
+        json!({"tags": ["vip"], "source": "fb"}),
+    )
+    .await;
+    app.drain().await;
+    tags(&app, "c1", &[]).await;
+    let keeps = vec![(ALICE.to_owned(), "facebook".to_owned(), Follow::OnMatch)];
+    assert_eq!(
+        owned(&app, "c1").await,
+        keeps,
+        "the on_match rule keeps alice"
+    );
+    // Bob owns c2 but autofollow never added him: the removal leaves him.
+    app.contact(
+        "ContactUpdate",
+        "c2",
+        json!({"tags": ["lost"], "assignedTo": BOB}),
+    )
+    .await;
+    app.drain().await;
+    assert_eq!(calls(&app).await, vec![call("POST", &[ALICE])]);
+    app.shutdown().await;
+}
