@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// How long a contact's work waits after its latest webhook, so bursts combine (0 = off).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_DELAY", default_value = "1s")]
     pub settle_delay: String,
+    /// The longest a contact that keeps receiving webhooks waits: its work is decided at
+    /// least this often (at least AUTOFOLLOW_SETTLE_DELAY).
+    #[arg(long, env = "AUTOFOLLOW_SETTLE_MAX", default_value = "30s")]
+    pub settle_max: String,
     /// How long the follower list GoHighLevel returned is trusted to skip needless calls (0 = off).
     #[arg(long, env = "AUTOFOLLOW_FOLLOWERS_FRESHNESS", default_value = "60s")]
     pub followers_freshness: String,
@@ -590,6 +594,7 @@ fn ghl_token(args: &ServeArgs) -> Result<Option<(LocationId, SecretString)>, Str
 fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
     let zero = Duration::ZERO;
     let settle_delay = p.duration("AUTOFOLLOW_SETTLE_DELAY", &args.settle_delay, zero);
+    let settle_max = p.duration("AUTOFOLLOW_SETTLE_MAX", &args.settle_max, zero);
     let lease = p.duration("AUTOFOLLOW_LEASE", &args.lease, Duration::from_secs(1));
     let followers_fresh = p.duration(
         "AUTOFOLLOW_FOLLOWERS_FRESHNESS",
@@ -601,6 +606,7 @@ fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
     let defaults = WorkerOptions::default();
     Some(WorkerOptions {
         settle_delay: settle_delay?,
+        settle_max: settle_max?.max(settle_delay?),
         lease: lease?,
         followers_fresh: followers_fresh?,
         retry: RetryPolicy {
@@ -646,6 +652,7 @@ mod tests {
             admin_token: Some("admin-HIDDEN".into()),
             retention: "forever".into(),
             settle_delay: "soon".into(),
+            settle_max: "30s".into(),
             shutdown_grace: "patiently".into(),
             lease: "0s".into(),
             rate_limit: "lots".into(),
@@ -730,6 +737,7 @@ mod tests {
             log_format: "json".into(),
             retention: "30d".into(),
             settle_delay: "1s".into(),
+            settle_max: "30s".into(),
             shutdown_grace: "8s".into(),
             lease: "60s".into(),
             rate_limit: "100/10s".into(),

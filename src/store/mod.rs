@@ -290,6 +290,19 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
         owner: &str,
         limit: u32,
         lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_within(owner, limit, lease, None).await
+    }
+
+    /// [`Queue::claim`], where an event received `settle_max` ago or longer is not held back
+    /// by its contact's newer webhooks any more: a contact that keeps receiving webhooks is
+    /// still decided at least that often.
+    async fn claim_within(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        settle_max: Option<Duration>,
     ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Leases the contact's later unfinished events that are due, after `first` (which the
@@ -625,6 +638,14 @@ pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, Store
         std::sync::Arc::new(postgres::PgStore::open(url).await?)
     } else {
         std::sync::Arc::new(sqlite::SqliteStore::open_existing(url).await?)
+    })
+}
+
+/// Events received at or before this (Unix ms) are no longer held back by their contact's
+/// newer webhooks (`settle_max` before `now`); without a maximum, none is.
+pub(crate) fn settled_by(now: i64, settle_max: Option<Duration>) -> i64 {
+    settle_max.map_or(i64::MIN, |max| {
+        now.saturating_sub(i64::try_from(max.as_millis()).unwrap_or(i64::MAX))
     })
 }
 

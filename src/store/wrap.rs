@@ -68,7 +68,7 @@ macro_rules! wrapped {
 
 wrapped!(Queue {
     fn insert_event(&self, event: NewEvent, dedup_window: Duration) -> Result<Inserted, StoreError>;
-    fn claim(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
+    fn claim_within(&self, owner: &str, limit: u32, lease: Duration, settle_max: Option<Duration>) -> Result<Vec<Claimed>, StoreError>;
     fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
     fn finish(&self, event: &Claimed, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
     fn finish_all(&self, events: &[(&Claimed, &Decision, &NewState)]) -> Result<bool, StoreError>;

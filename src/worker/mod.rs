@@ -55,6 +55,8 @@ pub struct WorkerOptions {
     /// How long a contact's work waits after its latest webhook, so a burst is decided
     /// together (intake stores each event due this much later).
     pub settle_delay: Duration,
+    /// The longest a contact's event is held back by its newer webhooks.
+    pub settle_max: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -67,6 +69,7 @@ impl Default for WorkerOptions {
             dry_run: false,
             followers_fresh: Duration::from_secs(60),
             settle_delay: Duration::from_secs(1),
+            settle_max: Duration::from_secs(30),
         }
     }
 }
@@ -239,7 +242,12 @@ impl Worker {
     async fn claim(&self, limit: u32) -> Vec<Claimed> {
         match self
             .store
-            .claim(&self.owner, limit, self.options.lease)
+            .claim_within(
+                &self.owner,
+                limit,
+                self.options.lease,
+                Some(self.options.settle_max),
+            )
             .await
         {
             Ok(c) => c,

@@ -917,6 +917,29 @@ async fn the_ownership_ledger_records_adds_and_ends(store: Arc<dyn Store>) {
     assert!(again > third);
 }
 
+/// A contact that keeps receiving webhooks is held back by its newest one only up to the
+/// settle maximum: an older event received that long ago is claimed anyway.
+async fn the_settle_maximum_bounds_how_long_a_busy_contact_waits(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut old = new_event("L1", "busy", None);
+    old.available_at = SystemTime::now() - Duration::from_secs(60);
+    s.insert_event(old, WINDOW).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut settling = new_event("L1", "busy", None);
+    settling.available_at = SystemTime::now() + Duration::from_secs(60);
+    s.insert_event(settling, WINDOW).await.unwrap();
+    assert!(
+        s.claim("a", 10, LEASE).await.unwrap().is_empty(),
+        "held back"
+    );
+    let max = Some(Duration::from_secs(3600));
+    let claimed = s.claim_within("a", 10, LEASE, max).await.unwrap();
+    assert!(claimed.is_empty(), "received less than the maximum ago");
+    let max = Some(Duration::from_secs(1));
+    let claimed = s.claim_within("a", 10, LEASE, max).await.unwrap();
+    assert_eq!(claimed.len(), 1, "received longer ago than the maximum");
+}
+
 /// One `#[tokio::test]` per contract check and backend.
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
@@ -968,4 +991,5 @@ contract!(
     one_refresher_at_a_time_and_only_its_own_answer_is_saved,
     forgetting_a_deleted_record_clears_its_state_only,
     the_ownership_ledger_records_adds_and_ends,
+    the_settle_maximum_bounds_how_long_a_busy_contact_waits,
 );

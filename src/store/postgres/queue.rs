@@ -12,11 +12,12 @@ impl Queue for PgStore {
         self.intake.insert(e, dedup_window).await
     }
 
-    async fn claim(
+    async fn claim_within(
         &self,
         owner: &str,
         limit: u32,
         lease: Duration,
+        settle_max: Option<Duration>,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = millis(SystemTime::now());
         // Only a contact's oldest unfinished event qualifies, and it is locked while taken:
@@ -45,8 +46,9 @@ impl Queue for PgStore {
                            SELECT 1 FROM events p
                            WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
                              AND p.contact_id = e.contact_id AND p.id < e.id) THEN false
-                       -- Settle: the contact waits while any of its newer webhooks does.
-                       WHEN EXISTS (
+                       -- Settle: the contact waits while any of its newer webhooks does,
+                       -- unless it has waited the longest a contact may ($5).
+                       WHEN e.received_at > $5 AND EXISTS (
                            SELECT 1 FROM events n
                            WHERE n.status = 'pending' AND n.location_id = e.location_id
                              AND n.contact_id = e.contact_id AND n.id > e.id
@@ -64,6 +66,7 @@ impl Queue for PgStore {
         .bind(lease_until(now, lease))
         .bind(now)
         .bind(i64::from(limit))
+        .bind(settled_by(now, settle_max))
         .fetch_all(&self.pool)
         .await?;
         claimed_in_order(&rows, owner)

@@ -12,11 +12,12 @@ impl Queue for SqliteStore {
         self.writer.insert(event, dedup_window).await
     }
 
-    async fn claim(
+    async fn claim_within(
         &self,
         owner: &str,
         limit: u32,
         lease: Duration,
+        settle_max: Option<Duration>,
     ) -> Result<Vec<Claimed>, StoreError> {
         let owner = owner.to_owned();
         self.writer
@@ -37,20 +38,27 @@ impl Queue for SqliteStore {
                                SELECT 1 FROM events p
                                WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
                                  AND p.contact_id = e.contact_id AND p.id < e.id)
-                           -- Settle: the contact waits while any of its newer webhooks does.
-                           AND NOT EXISTS (
+                           -- Settle: the contact waits while any of its newer webhooks does,
+                           -- unless it has waited the longest a contact may (?5).
+                           AND (e.received_at <= ?5 OR NOT EXISTS (
                                SELECT 1 FROM events n
                                WHERE n.status = 'pending' AND n.location_id = e.location_id
                                  AND n.contact_id = e.contact_id AND n.id > e.id
                                  -- `+`: probe the contact's index, not every settling event.
-                                 AND +n.available_at > ?3)
+                                 AND +n.available_at > ?3))
                          ORDER BY e.available_at, e.id
                          LIMIT ?4)
                      RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
                 )?;
                 claimed_rows(
                     &mut stmt,
-                    (&owner, lease_until(now, lease), now, i64::from(limit)),
+                    (
+                        &owner,
+                        lease_until(now, lease),
+                        now,
+                        i64::from(limit),
+                        settled_by(now, settle_max),
+                    ),
                     &owner,
                 )
             })

@@ -260,6 +260,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         admin_token: options.admin_token.map(Into::into),
         retention: "30d".into(),
         settle_delay: options.settle_delay,
+        settle_max: "30s".into(),
         rate_limit: options.rate_limit,
         daily_limit: 200_000,
         followers_freshness: "60s".into(),
