@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{Block, Condition, FieldPath, OpportunityStatus, Rule, UserRef};
+use super::model::{Block, Condition, FieldPath, Follow, OpportunityStatus, Rule, UserRef};
 use super::pattern::{PatternSet, normalize};
 use crate::model::event::{AssignedUser, Event};
 use crate::model::ids::{LocationId, UserId};
@@ -685,12 +685,12 @@ fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<Strin
     for (add, user, label, only_if_added) in decisions.chain(removals) {
         if explain {
             let verb = if add { "add" } else { "remove" };
-            let owned = if only_if_added {
-                " (if autofollow added it)"
-            } else {
-                ""
+            let note = match (add, only_if_added, rule.follow) {
+                (false, true, _) => " (if autofollow added it)",
+                (true, _, Follow::WhileMatching) => " (follows while the rule holds)",
+                _ => "",
             };
-            log.push(format!("{verb} {label}{owned}"));
+            log.push(format!("{verb} {label}{note}"));
         }
         if add {
             out.adds.push((rule.name.clone(), user.clone()));

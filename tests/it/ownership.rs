@@ -168,3 +168,32 @@ async fn another_rule_keeps_the_user_and_dynamic_removes_need_ownership() {
     assert_eq!(calls(&app).await, vec![call("POST", &[ALICE])]);
     app.shutdown().await;
 }
+
+/// `explain` says which users follow only while their rule holds, and which removals apply
+/// only to followers autofollow added.
+#[test]
+fn explain_names_the_follow_mode_and_owned_only_removals() {
+    use autofollow::model::event::{Parsed, parse_any};
+    use autofollow::model::plan::PreviousState;
+    use autofollow::rules::{NoResolver, RuleSet};
+    let rules = "users:\n  alice: 9hTnVvSr1Q2ZyE5kHfXm\nrules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n  - name: lost\n    when: {has_tag: lost}\n    remove: [assigned_user]\n";
+    let set = RuleSet::from_sources(&[("r.yaml", rules)]).unwrap();
+    let body = json!({"type": "ContactUpdate", "locationId": "L1", "id": "c1",
+        "tags": ["vip", "lost"], "assignedTo": BOB});
+    let Ok(Parsed::Event(event)) = parse_any(body.to_string().as_bytes()) else {
+        panic!("parses")
+    };
+    let explained = set.explain(&event, &PreviousState::default(), &NoResolver);
+    let actions: Vec<&str> = explained
+        .rules
+        .iter()
+        .flat_map(|r| r.actions.iter().map(String::as_str))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "add alice (follows while the rule holds)",
+            &format!("remove {BOB} (assigned_user) (if autofollow added it)"),
+        ]
+    );
+}

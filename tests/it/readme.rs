@@ -25,12 +25,15 @@ fn readme() -> (Vec<String>, Vec<Block>) {
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        if let Some(lang) = lines[i].strip_prefix("```") {
+        // A fence may be indented (inside a list item): its body is, by as much.
+        let indent = lines[i].len() - lines[i].trim_start().len();
+        if let Some(lang) = lines[i].trim_start().strip_prefix("```") {
             let start = i;
             let mut body = Vec::new();
             i += 1;
-            while i < lines.len() && lines[i] != "```" {
-                body.push(lines[i].as_str());
+            while i < lines.len() && lines[i].trim() != "```" {
+                let line = &lines[i];
+                body.push(line.get(indent..).unwrap_or(line.trim_start()));
                 i += 1;
             }
             blocks.push(Block {
@@ -69,7 +72,7 @@ fn load_with_aliases(block: &Block) -> RuleSet {
 /// if that line starts with `→`.
 fn expected_plan(lines: &[String], from: usize) -> Option<String> {
     let line = lines[from..].iter().find(|l| !l.trim().is_empty())?;
-    let rest = line.strip_prefix("→ `")?;
+    let rest = line.trim_start().strip_prefix("→ `")?;
     Some(rest.split('`').next()?.to_owned())
 }
 
