@@ -77,13 +77,19 @@ impl Default for WorkerOptions {
 /// The most events of one contact decided together.
 const MAX_BATCH: u32 = 100;
 
-/// Who the group's add calls added: GoHighLevel's `followersAdded`, else everyone sent.
-fn added_by(calls: &[CallRecord]) -> HashSet<UserId> {
+/// Who the group's add calls added, for the ownership ledger: on a first attempt,
+/// GoHighLevel's `followersAdded` (else everyone sent); on a retry, everyone sent, since an
+/// earlier attempt of autofollow's may have added them already (its answer lost to a timeout
+/// or a crash), and then GoHighLevel reports them as following before.
+fn added_by(calls: &[CallRecord], first_try: bool) -> HashSet<UserId> {
     let adds = calls
         .iter()
         .filter(|c| c.method == "POST" && c.outcome == "ok");
-    adds.flat_map(|c| c.changed.as_ref().unwrap_or(&c.users).iter().cloned())
-        .collect()
+    adds.flat_map(|c| {
+        let reported = c.changed.as_ref().filter(|_| first_try);
+        reported.unwrap_or(&c.users).iter().cloned()
+    })
+    .collect()
 }
 
 /// How the work on a group ended, before each event's decision records it.
@@ -347,7 +353,7 @@ impl Worker {
                 let (calls, ending) = self
                     .call(&decided, token.as_ref(), first_try, group[0].id)
                     .await?;
-                let added = added_by(&calls);
+                let added = added_by(&calls, first_try);
                 let dry_run = self.options.dry_run;
                 let ownership = &decided.ownership;
                 let records = decided.records.into_iter().map(|(i, mut d, mut s)| {

@@ -3,7 +3,10 @@
 //! of calls with 500, 10 % with 429 and answers 5 % only after the client's timeout (having
 //! applied them, as a slow GoHighLevel does). Afterwards a reference model, written here
 //! independently of the rule engine, says which users must follow each contact; the stand-in's
-//! follower lists must equal it, and every acknowledged webhook must be processed, once.
+//! follower lists must equal it, and every acknowledged webhook must be processed, once. The
+//! `vip` rule follows while it holds (`follow: while_matching`), so its removals rest on the
+//! ownership ledger; every contact starts with a follower someone added by hand, which no
+//! automatic removal may take away.
 //!
 //! CI runs 2 kills on SQLite (and on PostgreSQL when `AUTOFOLLOW_TEST_DATABASE_URL` is set);
 //! `AUTOFOLLOW_LONG_TESTS=1` runs 5 kills over more webhooks.
@@ -36,16 +39,16 @@ const RULES: &str = "  - name: facebook-leads
     events: [ContactTagUpdate]
     when: {has_tag: vip}
     add: [bob]
-  - name: not-vip
-    events: [ContactTagUpdate]
-    when: {lacks_tag: vip}
-    remove: [bob]
+    follow: while_matching
   - name: won
     events: [OpportunityStageUpdate]
     when: {status: won}
     add: [carol]
     remove: [alice]
 ";
+
+/// A follower someone added by hand to every contact before the run.
+const HAND_ADDED: &str = "HandAddedFollower001";
 
 /// One webhook of the test, as the model sees it.
 #[derive(Clone, Debug)]
@@ -58,7 +61,7 @@ enum Step {
 /// The reference model: what the rules above imply for one contact, applied in event order.
 /// Deliberately simple and separate from the rule engine.
 fn model(steps: &[Step]) -> BTreeSet<String> {
-    let mut followers = BTreeSet::new();
+    let mut followers = BTreeSet::from([HAND_ADDED.to_owned()]);
     for step in steps {
         match step {
             Step::Created { facebook: true } => {
@@ -84,15 +87,17 @@ fn model(steps: &[Step]) -> BTreeSet<String> {
 fn the_model_applies_steps_in_order() {
     use Step::*;
     let alice_then_won = model(&[Created { facebook: true }, Deal { won: true }]);
-    assert_eq!(alice_then_won, BTreeSet::from([common::CAROL.to_owned()]));
+    let carol = [common::CAROL.to_owned(), HAND_ADDED.to_owned()];
+    assert_eq!(alice_then_won, BTreeSet::from(carol));
     let vip_then_not = model(&[
         Created { facebook: false },
         Tagged { vip: true },
         Tagged { vip: false },
     ]);
-    assert!(vip_then_not.is_empty());
+    assert_eq!(vip_then_not, BTreeSet::from([HAND_ADDED.to_owned()]));
     let open_deal = model(&[Created { facebook: true }, Deal { won: false }]);
-    assert_eq!(open_deal, BTreeSet::from([common::ALICE.to_owned()]));
+    let alice = [common::ALICE.to_owned(), HAND_ADDED.to_owned()];
+    assert_eq!(open_deal, BTreeSet::from(alice));
 }
 
 fn body(step: &Step, location: usize, contact: &str, webhook_id: &str) -> Value {
@@ -135,7 +140,7 @@ async fn followers(
         .ok()
         .and_then(|b| serde_json::from_value(b["followers"].clone()).ok())
         .unwrap_or_default();
-    let (fault, list) = {
+    let (fault, list, changed) = {
         let mut g = ghl.lock().unwrap();
         let roll: f64 = g.rng.random();
         let fault = match roll {
@@ -146,17 +151,21 @@ async fn followers(
         };
         *g.answered.entry(fault).or_default() += 1;
         if fault == "500" || fault == "429" {
-            (fault, Vec::new())
+            (fault, Vec::new(), Vec::new())
         } else {
+            // As GoHighLevel does: the whole list, and who this call changed.
             let set = g.followers.entry(contact).or_default();
+            let mut changed = Vec::new();
             for u in users {
-                if method == Method::POST {
-                    set.insert(u);
-                } else {
-                    set.remove(&u);
+                let did = match method == Method::POST {
+                    true => set.insert(u.clone()),
+                    false => set.remove(&u),
+                };
+                if did {
+                    changed.push(u);
                 }
             }
-            (fault, set.iter().cloned().collect::<Vec<_>>())
+            (fault, set.iter().cloned().collect::<Vec<_>>(), changed)
         }
     };
     match fault {
@@ -172,7 +181,13 @@ async fn followers(
             } else {
                 StatusCode::OK
             };
-            (status, axum::Json(json!({ "followers": list }))).into_response()
+            let key = if method == Method::POST {
+                "followersAdded"
+            } else {
+                "followersRemoved"
+            };
+            let body = json!({ "followers": list, key: changed });
+            (status, axum::Json(body)).into_response()
         }
     }
 }
@@ -254,8 +269,10 @@ async fn crash_under_load(database_url: String, extra_env: &[(&str, String)]) {
     let contacts = plan(&scale, seed);
     let total: usize = contacts.iter().map(Vec::len).sum();
 
+    let hand_added =
+        (0..contacts.len()).map(|k| (format!("c{k}"), BTreeSet::from([HAND_ADDED.to_owned()])));
     let ghl: Shared = Arc::new(Mutex::new(Ghl {
-        followers: BTreeMap::new(),
+        followers: hand_added.collect(),
         rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed),
         answered: BTreeMap::new(),
     }));
