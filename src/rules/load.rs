@@ -660,6 +660,9 @@ fn event_types(cx: &mut Cx, names: Vec<(String, Span)>) -> Vec<EventType> {
     for (name, span) in names {
         match event_type(&name) {
             Some(t) => {
+                if matches!(t, EventType::ContactDelete | EventType::OpportunityDelete) {
+                    cx.warn(&span, format!("`{name}` is never decided on: GoHighLevel is not called for a deleted record (its queued work ends, its state is forgotten)"));
+                }
                 if !events.contains(&t) {
                     events.push(t);
                 }

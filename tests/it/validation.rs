@@ -313,3 +313,16 @@ fn follow_is_on_match_or_while_matching_on_conditions_that_hold_for_a_while() {
         ]
     );
 }
+
+#[test]
+fn a_rule_on_delete_events_is_a_warning() {
+    let d = one(&format!(
+        "{ALIASES}rules:\n  - name: gone\n    events: [ContactDelete]\n    remove: [alice]\n"
+    ));
+    assert_eq!(
+        d,
+        [
+            "r.yaml:5:14: warning: `ContactDelete` is never decided on: GoHighLevel is not called for a deleted record (its queued work ends, its state is forgotten)"
+        ]
+    );
+}
