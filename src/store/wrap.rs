@@ -49,16 +49,28 @@ impl<H: Hook> Wrapped<H> {
 
 /// Implements a store trait for [`Wrapped`]: each listed method calls the hook around the
 /// inner store's method.
+/// An operation's name for the hook (the `operation` label of the store metrics): the method's,
+/// or the one given after `as`.
+macro_rules! operation {
+    ($name:ident) => {
+        stringify!($name)
+    };
+    ($name:ident $label:literal) => {
+        $label
+    };
+}
+
 macro_rules! wrapped {
-    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )* }) => {
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty $(as $label:literal)?; )* }) => {
         #[async_trait]
         impl<H: Hook> $trait for Wrapped<H> {
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
-                    self.hook.before(stringify!($name))?;
+                    let operation = operation!($name $($label)?);
+                    self.hook.before(operation)?;
                     let start = Instant::now();
                     let out = self.inner.$name($($arg),*).await;
-                    self.hook.after(stringify!($name), start.elapsed());
+                    self.hook.after(operation, start.elapsed());
                     out
                 }
             )*
@@ -68,7 +80,7 @@ macro_rules! wrapped {
 
 wrapped!(Queue {
     fn insert_event(&self, event: NewEvent, dedup_window: Duration) -> Result<Inserted, StoreError>;
-    fn claim_within(&self, owner: &str, limit: u32, lease: Duration, settle_max: Option<Duration>) -> Result<Vec<Claimed>, StoreError>;
+    fn claim_within(&self, owner: &str, limit: u32, lease: Duration, settle_max: Option<Duration>) -> Result<Vec<Claimed>, StoreError> as "claim";
     fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
     fn finish(&self, event: &Claimed, decision: &Decision, state: &NewState) -> Result<bool, StoreError>;
     fn finish_all(&self, events: &[(&Claimed, &Decision, &NewState)]) -> Result<bool, StoreError>;
