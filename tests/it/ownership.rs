@@ -197,3 +197,45 @@ fn explain_names_the_follow_mode_and_owned_only_removals() {
         ]
     );
 }
+
+/// The admin API lists the contact's ledger, ended rows included.
+#[tokio::test]
+async fn the_admin_api_lists_the_ledger_of_a_contact() {
+    use crate::common::service::{Options, spawn_with};
+    let rules = "rules:\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        admin_token: Some("admin-token-0123456789".into()),
+        ..Options::default()
+    })
+    .await;
+    app.ghl_accepts_the_rest().await;
+    tags(&app, "c1", &["vip"]).await;
+    tags(&app, "c1", &[]).await;
+    let get = |query: &str| {
+        app.http
+            .get(format!("{}/admin/contacts/c1/followers{query}", app.admin))
+            .bearer_auth("admin-token-0123456789")
+            .send()
+    };
+    let listed: Value = get(&format!("?location={LOCATION}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &listed["owned"][0];
+    assert_eq!(
+        (&row["user"], &row["rule"], &row["follow"], &row["event_id"]),
+        (
+            &json!(ALICE),
+            &json!("vip"),
+            &json!("while_matching"),
+            &json!(1)
+        ),
+        "{listed}"
+    );
+    assert!(row["removed_at"].is_i64(), "ended when vip went: {listed}");
+    assert_eq!(get("?location=..").await.unwrap().status(), 400);
+    app.shutdown().await;
+}
