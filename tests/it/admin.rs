@@ -64,7 +64,10 @@ async fn every_admin_route_needs_the_bearer_token_and_only_the_admin_listener_se
         (reqwest::Method::POST, "/admin/explain"),
         (reqwest::Method::POST, "/admin/reload"),
         (reqwest::Method::GET, "/admin/installations"),
-        (reqwest::Method::GET, "/admin/contacts/c1/followers?location=L1"),
+        (
+            reqwest::Method::GET,
+            "/admin/contacts/c1/followers?location=L1",
+        ),
     ] {
         let none = app
             .http
