@@ -40,6 +40,29 @@ impl InHand {
     }
 }
 
+/// How long a claim waits for one of this worker's own tasks to let an event go.
+const LET_GO_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl InHand {
+    /// Takes `id`, waiting a moment while another task of this worker still holds it. The
+    /// claim found the event free, so that task has recorded its outcome (a retry) and is about
+    /// to let go; giving up at once would leave the new lease to run out before anyone works
+    /// on the event (found as a 60 s stall in tests). A task that stalled holds on: then the
+    /// event is left to it (its lease carries the same name).
+    pub(super) async fn take_soon(&mut self, id: i64) -> bool {
+        let deadline = tokio::time::Instant::now() + LET_GO_WAIT;
+        loop {
+            if !self.take(&[id]).is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Drop for InHand {
     fn drop(&mut self) {
         let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,7 +84,7 @@ impl Worker {
     /// another of this worker's tasks); `None` when a task of this worker has `first`.
     pub(super) async fn load(&self, first: Claimed) -> Option<Group> {
         let mut hand = InHand::new(&self.in_hand);
-        if hand.take(&[first.id]).is_empty() {
+        if !hand.take_soon(first.id).await {
             return None;
         }
         let mut claimed = vec![first];
@@ -73,7 +96,7 @@ impl Worker {
         {
             Ok(rest) => {
                 for event in rest {
-                    if hand.take(&[event.id]).is_empty() {
+                    if !hand.take_soon(event.id).await {
                         break;
                     }
                     claimed.push(event);
@@ -137,5 +160,26 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_empty()
         );
+    }
+
+    /// A claim can find an event free while the task that just recorded its retry still has
+    /// it in hand: the claim waits for that task to let go instead of giving up (and leaving
+    /// its fresh lease to run out first); a task that keeps it keeps it.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_waits_a_moment_for_its_own_task_to_let_go() {
+        let set = Arc::default();
+        let mut recording = InHand::new(&set);
+        recording.take(&[7]);
+        let letting_go = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            drop(recording);
+        });
+        let mut claim = InHand::new(&set);
+        assert!(claim.take_soon(7).await, "taken once let go");
+        letting_go.await.ok();
+        let mut stalled = InHand::new(&set);
+        stalled.take(&[8]);
+        let mut other = InHand::new(&set);
+        assert!(!other.take_soon(8).await, "a task that holds on keeps it");
     }
 }
