@@ -92,11 +92,6 @@ impl Access {
         }
     }
 
-    /// No token and no app configured: nothing can be called (a dry run).
-    pub fn is_empty(&self) -> bool {
-        self.inner.open
-    }
-
     pub fn oauth(&self) -> Option<&Arc<OAuth>> {
         self.inner.oauth.as_ref()
     }
@@ -240,5 +235,39 @@ impl Scopes {
             .iter()
             .map(|(l, s)| (l.clone(), s.iter().map(|(k, v)| (*k, v.clone())).collect()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> LocationId {
+        LocationId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The token file read again: a changed or new token is reported (its parked work
+    /// resumes); a file that does not read keeps the tokens in use.
+    #[test]
+    fn the_token_file_is_read_again_and_a_bad_one_keeps_the_tokens() {
+        let dir = std::env::temp_dir().join(format!("af-pits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("tokens.yaml");
+        let write = |text: &str| std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        write("L1: old\n");
+        let first = pits::read_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        let access = Access::new(Pits::new(None, first), Some(file.clone()), None);
+        write("L1: new\nL2: two\n");
+        let mut changed = access.reload_pits().unwrap_or_else(|e| panic!("{e}"));
+        changed.sort();
+        assert_eq!(changed, [id("L1"), id("L2")]);
+        write("- not a mapping\n");
+        assert!(access.reload_pits().is_err());
+        let kept = access
+            .pits()
+            .get(&id("L1"))
+            .map(|t| t.expose_secret().to_owned());
+        assert_eq!(kept.as_deref(), Some("new"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -186,10 +186,6 @@ impl EventType {
     pub fn is_opportunity(self) -> bool {
         self.subject() == Subject::Opportunity
     }
-
-    pub fn is_contact(self) -> bool {
-        self.subject() == Subject::Contact
-    }
 }
 
 impl fmt::Display for EventType {

@@ -323,7 +323,7 @@ async fn installations(State(state): State<AppState>) -> Response {
 }
 
 /// The scopes the app asks for at install.
-fn asked_scopes(state: &AppState) -> Vec<String> {
+pub(super) fn asked_scopes(state: &AppState) -> Vec<String> {
     let scopes = state.install.as_ref().map_or("", |i| i.scopes.as_str());
     scopes.split_whitespace().map(str::to_owned).collect()
 }

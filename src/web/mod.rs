@@ -177,7 +177,7 @@ async fn access_details(state: &AppState) -> serde_json::Value {
             Err(_) => json!("unreadable"),
             Ok(all) => {
                 let count = |s: InstallState| all.iter().filter(|i| i.state == s).count();
-                let asked: Vec<String> = Vec::new();
+                let asked = admin::asked_scopes(state);
                 let reauthorize: Vec<_> = all
                     .iter()
                     .filter(|i| i.state == InstallState::Reauthorize)

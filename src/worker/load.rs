@@ -15,35 +15,44 @@ pub(super) struct Group {
     _hand: InHand,
 }
 
+/// The events a worker's tasks hold, and a signal each time some are let go.
+#[derive(Debug, Default)]
+pub(super) struct Hands {
+    held: Mutex<HashSet<i64>>,
+    let_go: tokio::sync::Notify,
+}
+
 /// Events taken into a worker's hand; let go when dropped. Leases carry the worker's name,
 /// so a claim can hand a worker back an event whose lease lapsed while one of its own tasks
 /// still works on it (stalled): it is not processed twice.
 pub(super) struct InHand {
-    set: Arc<Mutex<HashSet<i64>>>,
+    hands: Arc<Hands>,
     ids: Vec<i64>,
-}
-
-impl InHand {
-    pub(super) fn new(set: &Arc<Mutex<HashSet<i64>>>) -> InHand {
-        InHand {
-            set: Arc::clone(set),
-            ids: Vec::new(),
-        }
-    }
-
-    /// Takes the ids not in hand yet; returns which were taken.
-    pub(super) fn take(&mut self, ids: &[i64]) -> Vec<i64> {
-        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken: Vec<i64> = ids.iter().copied().filter(|id| set.insert(*id)).collect();
-        self.ids.extend(&taken);
-        taken
-    }
 }
 
 /// How long a claim waits for one of this worker's own tasks to let an event go.
 const LET_GO_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl InHand {
+    pub(super) fn new(hands: &Arc<Hands>) -> InHand {
+        InHand {
+            hands: Arc::clone(hands),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Takes the ids not in hand yet; returns which were taken.
+    pub(super) fn take(&mut self, ids: &[i64]) -> Vec<i64> {
+        let mut held = self
+            .hands
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let taken: Vec<i64> = ids.iter().copied().filter(|id| held.insert(*id)).collect();
+        self.ids.extend(&taken);
+        taken
+    }
+
     /// Takes `id`, waiting a moment while another task of this worker still holds it. The
     /// claim found the event free, so that task has recorded its outcome (a retry) and is about
     /// to let go; giving up at once would leave the new lease to run out before anyone works
@@ -51,24 +60,34 @@ impl InHand {
     /// event is left to it (its lease carries the same name).
     pub(super) async fn take_soon(&mut self, id: i64) -> bool {
         let deadline = tokio::time::Instant::now() + LET_GO_WAIT;
+        let hands = Arc::clone(&self.hands);
         loop {
+            // Listening before looking: a let-go in between is not missed.
+            let let_go = hands.let_go.notified();
+            tokio::pin!(let_go);
+            let_go.as_mut().enable();
             if !self.take(&[id]).is_empty() {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, let_go).await.is_err() {
                 return false;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
 
 impl Drop for InHand {
     fn drop(&mut self) {
-        let mut set = self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self
+            .hands
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for id in &self.ids {
-            set.remove(id);
+            held.remove(id);
         }
+        drop(held);
+        self.hands.let_go.notify_waiters();
     }
 }
 
@@ -143,7 +162,7 @@ mod tests {
 
     #[test]
     fn an_event_in_hand_is_not_taken_twice_until_let_go() {
-        let set = Arc::default();
+        let set: Arc<Hands> = Arc::default();
         let mut first = InHand::new(&set);
         assert_eq!(first.take(&[1, 2]), vec![1, 2]);
         let mut second = InHand::new(&set);
@@ -156,7 +175,8 @@ mod tests {
         );
         drop(second);
         assert!(
-            set.lock()
+            set.held
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_empty()
         );
@@ -167,7 +187,7 @@ mod tests {
     /// its fresh lease to run out first); a task that keeps it keeps it.
     #[tokio::test(start_paused = true)]
     async fn a_claim_waits_a_moment_for_its_own_task_to_let_go() {
-        let set = Arc::default();
+        let set: Arc<Hands> = Arc::default();
         let mut recording = InHand::new(&set);
         recording.take(&[7]);
         let letting_go = tokio::spawn(async move {

@@ -20,7 +20,7 @@ mod record;
 mod retry;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -149,7 +149,7 @@ pub struct Worker {
     /// Locations with parked events; a successful call for one of them resumes the rest.
     parked: Mutex<HashSet<LocationId>>,
     /// Events a task of this worker is processing (see [`load::InHand`]).
-    in_hand: Arc<StdMutex<HashSet<i64>>>,
+    in_hand: Arc<load::Hands>,
     metrics: Arc<Metrics>,
 }
 

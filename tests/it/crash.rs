@@ -19,19 +19,23 @@ fn start(dir: &Path, ghl: &str) -> Service {
 }
 
 fn start_with_token(dir: &Path, ghl: &str, token: &str) -> Service {
-    spawn(&[
+    let mut env = base_env(dir, ghl);
+    env.push(("GHL_TOKEN", token.to_owned()));
+    env.push(("GHL_LOCATION_ID", "L1".to_owned()));
+    spawn(&env)
+}
+
+/// The rules and the SQLite store in `dir`, GoHighLevel at `ghl`.
+fn base_env(dir: &Path, ghl: &str) -> Vec<(&'static str, String)> {
+    let db = format!("sqlite://{}", dir.join("db/autofollow.db").display());
+    vec![
         (
             "AUTOFOLLOW_RULES",
             dir.join("rules.yaml").display().to_string(),
         ),
-        (
-            "AUTOFOLLOW_DATABASE_URL",
-            format!("sqlite://{}", dir.join("db/autofollow.db").display()),
-        ),
+        ("AUTOFOLLOW_DATABASE_URL", db),
         ("GHL_API_BASE_URL", ghl.to_owned()),
-        ("GHL_TOKEN", token.to_owned()),
-        ("GHL_LOCATION_ID", "L1".to_owned()),
-    ])
+    ]
 }
 
 /// A temporary directory holding `rules.yaml`: one rule adding `user` to every contact.
@@ -291,16 +295,8 @@ fn start_app(dir: &Path, ghl: &str) -> Service {
     use base64::Engine as _;
     use common::ghl_oauth::{CLIENT_ID, CLIENT_SECRET};
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    spawn(&[
-        (
-            "AUTOFOLLOW_RULES",
-            dir.join("rules.yaml").display().to_string(),
-        ),
-        (
-            "AUTOFOLLOW_DATABASE_URL",
-            format!("sqlite://{}", dir.join("db/autofollow.db").display()),
-        ),
-        ("GHL_API_BASE_URL", ghl.to_owned()),
+    let mut env = base_env(dir, ghl);
+    env.extend([
         ("GHL_CLIENT_ID", CLIENT_ID.to_owned()),
         ("GHL_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
         (
@@ -310,7 +306,8 @@ fn start_app(dir: &Path, ghl: &str) -> Service {
         ("AUTOFOLLOW_ENCRYPTION_KEY", key),
         ("AUTOFOLLOW_SETTLE_DELAY", "0".to_owned()),
         ("GHL_TIMEOUT", "10s".to_owned()),
-    ])
+    ]);
+    spawn(&env)
 }
 
 /// Installs `LOCATION` through the callback, lets its token expire, and sends a webhook

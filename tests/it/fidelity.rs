@@ -4,7 +4,7 @@ use autofollow::model::ids::{ContactId, LocationId, OpportunityId};
 use autofollow::model::record::EventStatus;
 use serde_json::json;
 
-use crate::common::service::{LOCATION, Options, TestApp, accepted, spawn_app, spawn_with};
+use crate::common::service::{LOCATION, Options, accepted, spawn_app, spawn_with};
 use crate::common::{ALICE, BOB, CAROL, fixture};
 
 /// A contact event without `tags` says nothing about the tags: a rule on a removed tag does
@@ -61,7 +61,7 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
         .contact("ContactCreate", "c1", json!({"tags": ["vip"]}))
         .await;
     let deleted = app.contact("ContactDelete", "c1", json!({})).await;
-    wait_for(&app, deleted, EventStatus::Skipped).await;
+    app.wait_for(deleted, EventStatus::Skipped).await;
     for id in [created, deleted] {
         let e = app.event(id).await;
         assert_eq!(e.status, EventStatus::Skipped, "{id}");
@@ -83,7 +83,7 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
     let stage = json!({"type": "OpportunityStageUpdate", "locationId": LOCATION, "id": "o1",
         "contactId": "c2", "pipelineStageId": "s1", "status": "open"});
     let staged = accepted(app.post_app(&stage).await).await;
-    wait_for(&app, staged, EventStatus::Done).await;
+    app.wait_for(staged, EventStatus::Done).await;
     let calls = app.ghl.received_requests().await.unwrap().len();
     let c2 = ContactId::parse("c2").unwrap();
     let before = app
@@ -95,7 +95,7 @@ async fn deleted_records_are_never_called_and_are_forgotten() {
     let gone =
         json!({"type": "OpportunityDelete", "locationId": LOCATION, "id": "o1", "contactId": "c2"});
     let id = accepted(app.post_app(&gone).await).await;
-    wait_for(&app, id, EventStatus::Done).await;
+    app.wait_for(id, EventStatus::Done).await;
     assert!(
         app.decisions(id).await[0].matched.is_empty(),
         "not decided on"
@@ -142,15 +142,10 @@ async fn an_owner_change_moves_the_follow_from_the_old_owner_to_the_new() {
         app.drain().await;
     }
     let calls: Vec<(String, serde_json::Value)> = app
-        .ghl
-        .received_requests()
+        .followers_calls()
         .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            (r.method.to_string(), body["followers"].clone())
-        })
+        .into_iter()
+        .map(|(method, _, users)| (method, users))
         .collect();
     let call = |m: &str, u: &str| (m.to_owned(), json!([u]));
     assert_eq!(
@@ -164,18 +159,6 @@ async fn an_owner_change_moves_the_follow_from_the_old_owner_to_the_new() {
         "unchanged owner: no call; unassigned: the last owner stops"
     );
     app.shutdown().await;
-}
-
-/// Waits (at most 20 s) until event `id` has `status`.
-async fn wait_for(app: &TestApp, id: i64, status: EventStatus) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while app.event(id).await.status != status {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "event {id} never became {status:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Tasks and appointments: their assignee follows the contact, and their own fields are
@@ -198,15 +181,10 @@ async fn a_tasks_assignee_and_an_appointments_calendar_user_follow_the_contact()
         assert_eq!(app.event(id).await.status, EventStatus::Done, "{name}");
     }
     let mut calls: Vec<(String, serde_json::Value)> = app
-        .ghl
-        .received_requests()
+        .followers_calls()
         .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            (r.url.path().to_owned(), body["followers"].clone())
-        })
+        .into_iter()
+        .map(|(_, path, users)| (path, users))
         .collect();
     calls.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(

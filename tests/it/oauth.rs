@@ -218,11 +218,7 @@ async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let id = app.contact("ContactCreate", "c1", json!({})).await;
     // (Parked events count as waiting: the queue is not drained here.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.event(id).await.status != EventStatus::Parked {
-        assert!(std::time::Instant::now() < deadline, "not parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for(id, EventStatus::Parked).await;
     let found = app.store().installation(LOCATION).await.unwrap().unwrap();
     assert_eq!(found.state, InstallState::Reauthorize);
     assert!(found.problem.unwrap().contains("install the app again"));
@@ -235,11 +231,7 @@ async fn a_refused_refresh_parks_the_location_and_a_new_install_resumes_it() {
         callback(&app, &ghl.code(Grant::Location(LOCATION.into()))).await,
         200
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.event(id).await.status != EventStatus::Done {
-        assert!(std::time::Instant::now() < deadline, "not resumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for(id, EventStatus::Done).await;
     assert_eq!(ghl.with(|s| s.calls.len()), 1);
     app.shutdown().await;
 }
@@ -376,7 +368,7 @@ async fn an_uninstall_stops_the_locations_work_and_keeps_its_history() {
         200
     );
     let done = app.contact("ContactCreate", "c1", json!({})).await;
-    wait_for(&app, done, EventStatus::Done).await;
+    app.wait_for(done, EventStatus::Done).await;
     let queued = app.contact("ContactUpdate", "c2", json!({})).await;
     let mut other_app = app_change("UNINSTALL", None, Some(LOCATION));
     other_app["appId"] = json!("SomeOtherApp");
@@ -398,7 +390,7 @@ async fn an_uninstall_stops_the_locations_work_and_keeps_its_history() {
     let gone = app.store().installation(LOCATION).await.unwrap().unwrap();
     assert_eq!(gone.state, InstallState::Uninstalled);
     assert!(gone.tokens.access_token.is_none() && gone.tokens.refresh_token.is_none());
-    let ended = wait_for(&app, queued, EventStatus::Skipped).await;
+    let ended = app.wait_for(queued, EventStatus::Skipped).await;
     assert!(ended.last_error.unwrap_or_default().contains("uninstalled"));
     assert_eq!(
         ghl.with(|s| s.calls.len()),
@@ -483,11 +475,7 @@ async fn an_installation_needing_reauthorization_is_visible_to_operators() {
     ghl.with(|s| s.refresh.clear());
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let id = app.contact("ContactCreate", "c1", json!({})).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app.event(id).await.status != EventStatus::Parked {
-        assert!(std::time::Instant::now() < deadline, "not parked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for(id, EventStatus::Parked).await;
     let ready = app.ready().await;
     let access = &ready["access"];
     assert_eq!(access["installations"]["active"], 0, "{ready}");
@@ -535,23 +523,6 @@ async fn an_installation_needing_reauthorization_is_visible_to_operators() {
         );
     }
     app.shutdown().await;
-}
-
-/// Waits (at most 20 s) until event `id` has `status`; the event then.
-async fn wait_for(app: &TestApp, id: i64, status: EventStatus) -> autofollow::store::EventRecord {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let event = app.event(id).await;
-        if event.status == status {
-            return event;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "event {id} is {:?}",
-            event.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A bulk install into a company's locations may name none of them: the locations come from

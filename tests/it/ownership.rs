@@ -12,15 +12,8 @@ use crate::common::{ALICE, BOB};
 
 /// The followers calls GoHighLevel received, in order: (method, users).
 async fn calls(app: &TestApp) -> Vec<(String, Value)> {
-    let requests = app.ghl.received_requests().await.unwrap();
-    requests
-        .iter()
-        .filter(|r| r.url.path().ends_with("/followers"))
-        .map(|r| {
-            let body: Value = serde_json::from_slice(&r.body).unwrap();
-            (r.method.to_string(), body["followers"].clone())
-        })
-        .collect()
+    let calls = app.followers_calls().await.into_iter();
+    calls.map(|(method, _, users)| (method, users)).collect()
 }
 
 fn call(method: &str, users: &[&str]) -> (String, Value) {

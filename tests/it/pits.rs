@@ -2,7 +2,7 @@
 //! again when it changes (a rotated token resumes the location's parked work), and a token
 //! lacking a scope is named.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autofollow::model::record::EventStatus;
 use serde_json::{Value, json};
@@ -17,17 +17,6 @@ async fn answer(app: &TestApp, body: &Value) -> Value {
     let r = app.post_app(body).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
-}
-
-async fn wait_for(app: &TestApp, id: i64, status: EventStatus) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.event(id).await.status != status {
-        assert!(
-            Instant::now() < deadline,
-            "event {id} never became {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -72,15 +61,15 @@ async fn a_token_file_edit_takes_effect_without_a_restart() {
             .await,
     )
     .await;
-    wait_for(&app, parked, EventStatus::Parked).await;
+    app.wait_for(parked, EventStatus::Parked).await;
     let l9 = json!({"type": "ContactCreate", "locationId": "L9", "id": "c9"});
     assert_eq!(answer(&app, &l9).await["status"], "ignored");
 
     let file = app.rules_file.with_file_name("tokens.yaml");
     std::fs::write(&file, "L1: pit-new\nL9: pit-new\n").unwrap();
-    wait_for(&app, parked, EventStatus::Done).await;
+    app.wait_for(parked, EventStatus::Done).await;
     let id = accepted(app.post_app(&l9).await).await;
-    wait_for(&app, id, EventStatus::Done).await;
+    app.wait_for(id, EventStatus::Done).await;
 
     // A file that no longer reads keeps the tokens in use.
     std::fs::write(&file, "- not a mapping\n").unwrap();
@@ -90,7 +79,7 @@ async fn a_token_file_edit_takes_effect_without_a_restart() {
             .await,
     )
     .await;
-    wait_for(&app, id, EventStatus::Done).await;
+    app.wait_for(id, EventStatus::Done).await;
     app.shutdown().await;
 }
 

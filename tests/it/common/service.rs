@@ -7,7 +7,7 @@ use autofollow::app::{self, Running};
 use autofollow::config::{Config, ServeArgs};
 use std::sync::Arc;
 
-use autofollow::model::record::Decision;
+use autofollow::model::record::{Decision, EventStatus};
 use autofollow::store::sqlite::SqliteStore;
 use autofollow::store::{EventRecord, Store};
 use autofollow::worker::RetryPolicy;
@@ -389,6 +389,43 @@ impl TestApp {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+
+    /// Waits (at most 20 s) until event `id` has `status`, for events the service's own
+    /// worker processes (settling, retried, resumed); the event then.
+    pub async fn wait_for(&self, id: i64, status: EventStatus) -> EventRecord {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = self.event(id).await;
+            if event.status == status {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "event {id} is {:?}, not {status:?}",
+                event.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The followers calls the GoHighLevel stand-in received, in order: (method, path, the
+    /// `followers` sent).
+    pub async fn followers_calls(&self) -> Vec<(String, String, Value)> {
+        let requests = self.ghl.received_requests().await.unwrap_or_default();
+        let calls = requests
+            .iter()
+            .filter(|r| r.url.path().ends_with("/followers"));
+        calls
+            .map(|r| {
+                let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                (
+                    r.method.to_string(),
+                    r.url.path().to_owned(),
+                    body["followers"].clone(),
+                )
+            })
+            .collect()
     }
 
     pub async fn event(&self, id: i64) -> EventRecord {
