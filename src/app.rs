@@ -22,7 +22,7 @@ use crate::store::{Store, StoreError};
 use crate::web::guard::Rejections;
 use crate::web::intake::{REJECTION_SUMMARY_EVERY, summarize_rejections};
 use crate::web::state::{AppState, EXCHANGES, Install};
-use crate::worker::Worker;
+use crate::worker::{Job, OnReload, Worker};
 
 /// Deletes finished events older than `retention`, and delivery ids older than
 /// `dedup_window`, at start and then hourly.
@@ -173,9 +173,15 @@ pub async fn start_with_store(
     ));
     let owner = worker.owner().to_owned();
     let worker_task = tokio::spawn(Arc::clone(&worker).run(shutdown_rx.clone()));
-    let mut state = app_state(config, &store, &rules, wake, metrics, &access);
+    let mut state = app_state(config, &store, &rules, wake, metrics, &access, &worker);
     state.install = install(config, &access);
     let summarizer = spawn_housekeeping(config, &state, &shutdown_rx);
+    tokio::spawn(reapply_on_reload(
+        Arc::clone(&worker),
+        rules.subscribe(),
+        config.rules.on_reload,
+        shutdown_rx.clone(),
+    ));
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
     let admin_server = admin_listener.map(|(listener, _)| {
         serve_until(
@@ -212,6 +218,29 @@ pub async fn start_with_store(
     })
 }
 
+/// The worker an operator's command (`reapply`, `undo`) previews and queues with: the
+/// service's store, access, GoHighLevel client (for lookups) and rules, without listeners
+/// or a loop. The tasks it queues are carried out by the running service.
+pub async fn tool(config: &Config) -> Result<Arc<Worker>, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = crate::store::open_existing(&config.store.database_url).await?;
+    let rules = Arc::new(LiveRules::new(
+        config.rules.path.clone(),
+        Arc::clone(&config.rules.set),
+        Arc::clone(&metrics),
+    ));
+    let access = access(config, &store)?;
+    Ok(Arc::new(Worker::new(
+        Arc::clone(&store),
+        rules,
+        ghl_client(config, &metrics).await?,
+        access,
+        config.worker,
+        Arc::new(Notify::new()),
+        metrics,
+    )))
+}
+
 /// What the web handlers share.
 fn app_state(
     config: &Config,
@@ -220,6 +249,7 @@ fn app_state(
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     access: &Access,
+    worker: &Arc<Worker>,
 ) -> AppState {
     AppState {
         store: Arc::clone(store),
@@ -235,6 +265,7 @@ fn app_state(
         rejections: Arc::new(Rejections::default()),
         access: access.clone(),
         install: None,
+        worker: Arc::clone(worker),
     }
 }
 
@@ -347,6 +378,41 @@ fn spawn_housekeeping(
         REJECTION_SUMMARY_EVERY,
         shutdown.clone(),
     ))
+}
+
+/// After each reload that replaces the rules, works out what `reapply` would change
+/// (`preview`: logged, and shown in the admin `/readyz`) or queues it (`apply`).
+async fn reapply_on_reload(
+    worker: Arc<Worker>,
+    mut replaced: watch::Receiver<String>,
+    on_reload: OnReload,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if on_reload == OnReload::Off {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = replaced.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let dry_run = on_reload == OnReload::Preview;
+        match worker
+            .maintain(&Job::Reapply { location: None }, dry_run)
+            .await
+        {
+            Ok(report) => {
+                let summary = report.lines().join("\n");
+                tracing::info!(
+                    contacts = report.contacts,
+                    changed = report.changed,
+                    queued = report.queued,
+                    "the new rules against the contacts already decided:\n{summary}"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot work out what the new rules change"),
+        }
+    }
 }
 
 /// How often the token file is read again.

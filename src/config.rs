@@ -22,7 +22,7 @@ use crate::rules::RuleSet;
 use crate::seal::Sealer;
 pub use crate::telemetry::LogFormat;
 use crate::web::auth::{self, Verifier};
-use crate::worker::{RetryPolicy, WorkerOptions};
+use crate::worker::{OnReload, RetryPolicy, WorkerOptions};
 
 pub const DEFAULT_GHL_API: &str = "https://services.leadconnectorhq.com";
 /// What autofollow calls: followers (contacts.write), pipeline names, users by email and the
@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// e.g. some network filesystems; SIGHUP and POST /admin/reload still work).
     #[arg(long, env = "AUTOFOLLOW_WATCH_RULES", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_rules: bool,
+    /// After a reload that changes the rules: `preview` logs (and shows in /readyz) what
+    /// `autofollow reapply` would change, `apply` queues those changes, `off` does neither.
+    #[arg(long, env = "AUTOFOLLOW_REAPPLY_ON_RELOAD", default_value = "preview")]
+    pub reapply_on_reload: String,
     /// Bearer token of the admin API (/admin/…); without it the admin API is off.
     #[arg(long, env = "AUTOFOLLOW_ADMIN_TOKEN", hide_env_values = true, value_parser = secret_arg)]
     pub admin_token: Option<SecretString>,
@@ -246,6 +250,8 @@ pub struct RulesSettings {
     pub set: Arc<RuleSet>,
     /// Reload when the files change.
     pub watch: bool,
+    /// What a reload that changes the rules does to the contacts already decided.
+    pub on_reload: OnReload,
 }
 
 /// Every configuration problem found.
@@ -303,6 +309,10 @@ impl Config {
         });
         let worker = worker(&args, &mut p);
         let rules = p.check("AUTOFOLLOW_RULES", RuleSet::load(&args.rules));
+        let on_reload = p.check(
+            "AUTOFOLLOW_REAPPLY_ON_RELOAD",
+            OnReload::parse(&args.reapply_on_reload),
+        );
         let log_format = p.check(
             "AUTOFOLLOW_LOG_FORMAT",
             match args.log_format.trim() {
@@ -329,6 +339,7 @@ impl Config {
                     path: args.rules.clone(),
                     set: Arc::new(rules?),
                     watch: args.watch_rules,
+                    on_reload: on_reload?,
                 },
                 log_format: log_format?,
                 shutdown_grace: shutdown_grace?,
@@ -661,6 +672,7 @@ mod tests {
             retry_base: "quickly".into(),
             retry_cap: "never".into(),
             watch_rules: true,
+            reapply_on_reload: "sometimes".into(),
             daily_limit: 200_000,
         };
         let err = Config::from_args(args)
@@ -679,6 +691,7 @@ mod tests {
             "GHL_WEBHOOK_PUBLIC_KEYS",
             "AUTOFOLLOW_LOG_FORMAT",
             "AUTOFOLLOW_RULES",
+            "AUTOFOLLOW_REAPPLY_ON_RELOAD",
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
             "AUTOFOLLOW_SHUTDOWN_GRACE",
@@ -746,6 +759,7 @@ mod tests {
             ghl_timeout: "15s".into(),
             retry_base: "1s".into(),
             retry_cap: "5m".into(),
+            reapply_on_reload: "preview".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

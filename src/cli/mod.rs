@@ -2,6 +2,7 @@
 //! parses the arguments and runs [`run`] on one runtime. The commands' work is in [`rules`]
 //! (rule files) and [`queue`] (the stored queue and history); `serve` starts [`crate::app`].
 
+pub mod maintain;
 pub mod queue;
 pub mod rules;
 
@@ -53,6 +54,14 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Bring the followers of every known contact to what the rules want now, against what
+    /// autofollow added (its ownership ledger): prints per rule and user how many contacts
+    /// gain or lose them, and queues the changes for the running service.
+    Reapply(maintain::ReapplyArgs),
+    /// Queue the inverse of what autofollow did (by rule, event or time), from its ownership
+    /// ledger: removes the followers it added, adds back those it removed; never touches
+    /// followers added by hand.
+    Undo(maintain::UndoArgs),
     /// Exit 0 when the service at URL answers /healthz (for container health checks).
     Healthcheck {
         /// Default: http://127.0.0.1:PORT/readyz (store reachable, rules loaded), PORT from AUTOFOLLOW_LISTEN (else 8080).
@@ -145,6 +154,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Healthcheck { url } => return healthcheck(url).await,
         Command::Migrate { from, to } => return migrate(&from, &to).await,
         Command::Store(command) => return on_store(command).await,
+        Command::Reapply(args) => {
+            return finish(maintain::reapply(args, &mut io::stdout().lock()).await);
+        }
+        Command::Undo(args) => return finish(maintain::undo(args, &mut io::stdout().lock()).await),
     };
     match status {
         Ok(code) => ExitCode::from(code),
@@ -252,6 +265,11 @@ where
         Ok(store) => command(store).await,
         Err(e) => Err(e.into()),
     };
+    finish(result)
+}
+
+/// The exit status of an operator command (its error printed).
+fn finish(result: Result<(), queue::OpsError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(queue::OpsError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

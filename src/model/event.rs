@@ -26,6 +26,8 @@ use super::ids::{ContactId, InvalidId, LocationId, OpportunityId, UserId, is_val
 pub enum BodyKind {
     App,
     Workflow,
+    /// A task autofollow queued itself ([`super::task::TaskBody`]), not a webhook.
+    Task,
 }
 
 impl BodyKind {
@@ -33,14 +35,15 @@ impl BodyKind {
         match self {
             BodyKind::App => "app",
             BodyKind::Workflow => "workflow",
+            BodyKind::Task => "task",
         }
     }
 
     pub(crate) fn parse(s: &str) -> BodyKind {
-        if s == "workflow" {
-            BodyKind::Workflow
-        } else {
-            BodyKind::App
+        match s {
+            "workflow" => BodyKind::Workflow,
+            "task" => BodyKind::Task,
+            _ => BodyKind::App,
         }
     }
 }
@@ -365,6 +368,8 @@ pub fn parse(kind: BodyKind, body: &[u8]) -> Result<Parsed, ParseError> {
     match kind {
         BodyKind::App => parse_app(body),
         BodyKind::Workflow => parse_workflow(body),
+        // Not a webhook: read by [`TaskBody::parse`].
+        BodyKind::Task => Err(ParseError::NotObject),
     }
 }
 

@@ -6,3 +6,4 @@ pub mod event;
 pub mod ids;
 pub mod plan;
 pub mod record;
+pub mod task;

@@ -27,6 +27,8 @@ pub struct LiveRules {
     current: RwLock<Arc<RuleSet>>,
     status: RwLock<ReloadStatus>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The version of the set in force, sent on each reload that replaces it.
+    replaced: tokio::sync::watch::Sender<String>,
 }
 
 impl LiveRules {
@@ -42,11 +44,13 @@ impl LiveRules {
             loaded_at: SystemTime::now(),
             last_error: None,
         };
+        let (replaced, _) = tokio::sync::watch::channel(initial.version().to_owned());
         LiveRules {
             path,
             current: RwLock::new(initial),
             status: RwLock::new(status),
             metrics,
+            replaced,
         }
     }
 
@@ -56,6 +60,12 @@ impl LiveRules {
             Ok(c) => Arc::clone(&c),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// Told the new version each time a reload replaces the set (not for an unchanged or
+    /// rejected one).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<String> {
+        self.replaced.subscribe()
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -109,6 +119,7 @@ impl LiveRules {
                     rules = set.rules().len(),
                     "rules reloaded"
                 );
+                self.replaced.send_replace(set.version().to_owned());
                 Ok(true)
             }
             Err(e) => {

@@ -25,6 +25,7 @@ use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::Follow;
 use crate::model::plan::PreviousState;
 use crate::model::record::{Decision, EventStatus, Outcome};
+use crate::model::task::UndoScope;
 
 /// A webhook to store, already authenticated and parsed.
 #[derive(Clone, Debug)]
@@ -176,6 +177,8 @@ pub struct Owned {
     pub added_at: i64,
     /// Unix milliseconds; `None` while autofollow keeps the user following for this rule.
     pub removed_at: Option<i64>,
+    /// The event (or task) whose decision ended the row.
+    pub removed_event_id: Option<i64>,
 }
 
 impl LedgerChange {
@@ -462,6 +465,31 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
         contact: &ContactId,
         removed: bool,
     ) -> Result<Vec<Owned>, StoreError>;
+
+    /// The bodies of the contact's latest events stored before event `before` (newest first,
+    /// at most `limit`; tasks left out): the latest state `reapply` evaluates again.
+    async fn latest_events(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(BodyKind, String)>, StoreError>;
+
+    /// Every contact autofollow knows, in one location or all: those its events name and
+    /// those its ownership ledger has, in (location, contact) order.
+    async fn known_contacts(
+        &self,
+        location: Option<&LocationId>,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
+
+    /// The contacts whose ownership ledger has rows in `scope` (added or ended by the rule,
+    /// the event, or since the moment), in one location or all.
+    async fn ledger_contacts(
+        &self,
+        location: Option<&LocationId>,
+        scope: &UndoScope,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
 
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
     async fn mark_token_failing(
@@ -845,11 +873,11 @@ pub(crate) struct OwnedRow {
     event_id: i64,
     added_at: i64,
     removed_at: Option<i64>,
+    removed_event_id: Option<i64>,
 }
 
 /// The columns of [`OwnedRow`], for `SELECT`.
-pub(crate) const OWNED_COLUMNS: &str =
-    "user_id, rule, follow, subject, rules_version, event_id, added_at, removed_at";
+pub(crate) const OWNED_COLUMNS: &str = "user_id, rule, follow, subject, rules_version, event_id, added_at, removed_at, removed_event_id";
 
 impl OwnedRow {
     pub(crate) fn into_owned(self) -> Result<Owned, StoreError> {
@@ -864,8 +892,32 @@ impl OwnedRow {
             event_id: self.event_id,
             added_at: self.added_at,
             removed_at: self.removed_at,
+            removed_event_id: self.removed_event_id,
         })
     }
+}
+
+/// An [`UndoScope`] as the ledger query binds it: (rule, event id, since in unix ms).
+pub(crate) fn scope_binds(scope: &UndoScope) -> (Option<&str>, Option<i64>, Option<i64>) {
+    match scope {
+        UndoScope::Rule(rule) => (Some(rule.as_str()), None, None),
+        UndoScope::Event(id) => (None, Some(*id), None),
+        UndoScope::Since(ms) => (None, None, Some(*ms)),
+    }
+}
+
+/// (location, contact) rows read back as ids.
+pub(crate) fn contact_pairs(
+    rows: Vec<(String, String)>,
+) -> Result<Vec<(LocationId, ContactId)>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stored {what} id"));
+    rows.into_iter()
+        .map(|(l, c)| {
+            let location = LocationId::parse(&l).map_err(|_| corrupt("location"))?;
+            let contact = ContactId::parse(&c).map_err(|_| corrupt("contact"))?;
+            Ok((location, contact))
+        })
+        .collect()
 }
 
 /// An `installations` row as both backends read it.

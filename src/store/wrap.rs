@@ -12,9 +12,11 @@ use super::{
     InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Owned, Queue,
     QueueStats, Store, StoreError,
 };
+use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::PreviousState;
 use crate::model::record::Decision;
+use crate::model::task::UndoScope;
 
 /// Called around every operation of a [`Wrapped`] store.
 pub trait Hook: Send + Sync + std::fmt::Debug + 'static {
@@ -112,6 +114,9 @@ wrapped!(ContactState {
     fn set_known_followers(&self, location: &LocationId, contact: &ContactId, followers: &[UserId], holder: Option<(&str, i64)>) -> Result<bool, StoreError>;
     fn forget(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<(), StoreError>;
     fn owned(&self, location: &LocationId, contact: &ContactId, removed: bool) -> Result<Vec<Owned>, StoreError>;
+    fn latest_events(&self, location: &LocationId, contact: &ContactId, before: i64, limit: u32) -> Result<Vec<(BodyKind, String)>, StoreError>;
+    fn known_contacts(&self, location: Option<&LocationId>) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
+    fn ledger_contacts(&self, location: Option<&LocationId>, scope: &UndoScope) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;

@@ -20,9 +20,11 @@ use super::state::AppState;
 use crate::model::ids::{ContactId, LocationId};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
+use crate::model::task::UndoScope;
 use crate::rules::NoResolver;
 use crate::rules::explain_report;
 use crate::store::{EventFilter, Installation};
+use crate::worker::Job;
 
 /// The admin routes, behind the bearer-token check.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -36,6 +38,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/explain", post(explain))
         .route("/admin/reload", post(reload))
         .route("/admin/installations", get(installations))
+        .route("/admin/reapply", post(reapply))
+        .route("/admin/undo", post(undo))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -365,4 +369,63 @@ pub(super) fn missing_scopes(state: &AppState) -> Vec<serde_json::Value> {
         })
     });
     views.collect()
+}
+
+/// What `POST /admin/reapply` and `POST /admin/undo` take, as the CLI's flags.
+#[derive(Deserialize, Default)]
+struct JobQuery {
+    location: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    rule: Option<String>,
+    event: Option<i64>,
+    since: Option<String>,
+}
+
+impl JobQuery {
+    fn location(&self) -> Result<Option<LocationId>, String> {
+        let given = self.location.as_deref().filter(|l| !l.is_empty());
+        given
+            .map(|l| LocationId::parse(l).map_err(|e| format!("location: {e}")))
+            .transpose()
+    }
+
+    /// The undo's scope: exactly one of `rule`, `event`, `since`.
+    fn scope(&self) -> Result<UndoScope, String> {
+        let rule = self.rule.as_deref().filter(|r| !r.is_empty());
+        let since = self.since.as_deref().filter(|s| !s.is_empty());
+        match (rule, self.event, since) {
+            (Some(rule), None, None) => Ok(UndoScope::Rule(rule.to_owned())),
+            (None, Some(id), None) => Ok(UndoScope::Event(id)),
+            (None, None, Some(since)) => UndoScope::since(since),
+            _ => Err("name exactly one of rule=, event= or since=".to_owned()),
+        }
+    }
+}
+
+/// `POST /admin/reapply[?location=ID][&dry_run=true]`: what the rules in force want now
+/// against the ledger, for every known contact; queued unless a dry run. The report.
+async fn reapply(State(state): State<AppState>, Query(q): Query<JobQuery>) -> Response {
+    let job = match q.location() {
+        Ok(location) => Job::Reapply { location },
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    run_job(&state, &job, q.dry_run).await
+}
+
+/// `POST /admin/undo?rule=NAME|event=ID|since=TIME[&location=ID][&dry_run=true]`: the
+/// inverse of what autofollow did there, from the ledger; queued unless a dry run.
+async fn undo(State(state): State<AppState>, Query(q): Query<JobQuery>) -> Response {
+    let job = match (q.scope(), q.location()) {
+        (Ok(scope), Ok(location)) => Job::Undo { scope, location },
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    run_job(&state, &job, q.dry_run).await
+}
+
+async fn run_job(state: &AppState, job: &Job, dry_run: bool) -> Response {
+    match state.worker.maintain(job, dry_run).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => internal(e),
+    }
 }

@@ -209,7 +209,8 @@ impl Webhook {
             return Err(ApiError::ShuttingDown);
         }
         let checked = match kind {
-            BodyKind::App => state.verifier.app_headers(&parts.headers),
+            // A task is never received over HTTP: it is held to the app webhooks' check.
+            BodyKind::App | BodyKind::Task => state.verifier.app_headers(&parts.headers),
             BodyKind::Workflow => {
                 let query = Query::<WorkflowQuery>::try_from_uri(&parts.uri).ok();
                 let secret = query.as_ref().and_then(|q| q.secret.as_deref());

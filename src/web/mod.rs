@@ -229,6 +229,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "files": rules.files,
             "loaded_at": humantime::format_rfc3339_seconds(rules.loaded_at).to_string(),
             "last_error": rules.last_error,
+            "reapply": state.worker.last_reapply(),
         },
         "accepting": state.accepting.load(Ordering::SeqCst),
         "tokens_refused": refused,

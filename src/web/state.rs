@@ -13,6 +13,7 @@ use crate::access::{Access, OAuth};
 use crate::metrics::Metrics;
 use crate::rules::LiveRules;
 use crate::store::Store;
+use crate::worker::Worker;
 
 /// Shared by every request; cheap to clone.
 #[derive(Clone, Debug)]
@@ -40,6 +41,8 @@ pub struct AppState {
     pub access: Access,
     /// App mode's install flow; `None` without app mode.
     pub install: Option<Arc<Install>>,
+    /// The worker, for the admin API's reapply and undo.
+    pub worker: Arc<Worker>,
 }
 
 /// What the install flow needs (app mode only).

@@ -14,6 +14,10 @@ use crate::model::record::{CallRecord, Outcome};
 use crate::rules::MAX_FOLLOWERS;
 use crate::store::StoreError;
 
+/// The longest wait for the budget a group whose first call was made waits in place for its
+/// second.
+const WAIT_IN_PLACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The calls made (for the decision records) and how they ended.
 pub(super) type Called = (Vec<CallRecord>, Ending);
 
@@ -60,21 +64,8 @@ impl Worker {
             tracing::warn!(%location, %contact, "{note}");
         }
         for (add, users) in batches {
-            // Still this worker's group? Renewing the lease right before the call is also the
-            // check: a worker that stalled past its lease (another took the contact over)
-            // must not make a call that could land after the new holder's.
-            if self
-                .store
-                .extend(&self.owner, &[head], self.options.lease)
-                .await?
-                == 0
-            {
-                return Ok((calls, Ending::Lost));
-            }
-            if let Some(ending) = self
-                .call_one(decided, token, add, users, head, &mut calls)
-                .await?
-            {
+            let made = self.call_batch(decided, token, add, users, head, &mut calls);
+            if let Some(ending) = made.await? {
                 return Ok((calls, ending));
             }
         }
@@ -97,6 +88,80 @@ impl Worker {
         self.store
             .known_followers(&decided.location, &decided.contact, since)
             .await
+    }
+
+    /// Records the follower list after a call: as the answer gave it, else the list on
+    /// record with the call's change made to it (so it never says a removed user follows,
+    /// which would skip a later add, or an added one does not). Only while this worker still
+    /// holds the group (see `Store::set_known_followers`).
+    async fn remember(
+        &self,
+        decided: &Decided,
+        add: bool,
+        users: &[UserId],
+        listed: Option<&[UserId]>,
+        head: i64,
+    ) -> Result<(), StoreError> {
+        let list = match listed {
+            Some(list) => list.to_vec(),
+            None => {
+                let Some(mut list) = self.known(decided).await? else {
+                    return Ok(());
+                };
+                list.retain(|u| !users.contains(u));
+                if add {
+                    list.extend(users.iter().cloned());
+                }
+                list
+            }
+        };
+        let holder = Some((self.owner.as_str(), head));
+        let (location, contact) = (&decided.location, &decided.contact);
+        self.store
+            .set_known_followers(location, contact, &list, holder)
+            .await?;
+        Ok(())
+    }
+
+    /// One batch's call, made while this worker still holds the group; the ending when it
+    /// ends the group's calls.
+    async fn call_batch(
+        &self,
+        decided: &Decided,
+        token: &Token,
+        add: bool,
+        users: Vec<UserId>,
+        head: i64,
+        calls: &mut Vec<CallRecord>,
+    ) -> Result<Option<Ending>, StoreError> {
+        let mut waits = 0;
+        loop {
+            // Still this worker's group? Renewing the lease right before the call is also the
+            // check: a worker that stalled past its lease (another took the contact over)
+            // must not make a call that could land after the new holder's.
+            let lease = self.options.lease;
+            if self.store.extend(&self.owner, &[head], lease).await? == 0 {
+                return Ok(Some(Ending::Lost));
+            }
+            let users = users.clone();
+            match self
+                .call_one(decided, token, add, users, head, calls)
+                .await?
+            {
+                None => return Ok(None),
+                // The group's first call went through and the budget's next request is near:
+                // wait for it here. Ending the group would make its first call again on the
+                // next try, take that request, and leave the second call waiting again, for
+                // ever under a busy budget.
+                Some(Ending::Deferred(wait))
+                    if !calls.is_empty() && wait <= WAIT_IN_PLACE && waits < 10 =>
+                {
+                    waits += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                Some(ending) => return Ok(Some(ending)),
+            }
+        }
     }
 
     /// One followers call, recorded in `calls`; the ending when it ends the group's calls.
@@ -137,14 +202,8 @@ impl Worker {
         }
         let (status, reason) = match answer {
             Ok(answer) => {
-                // Recorded only while this worker still holds the group (see
-                // Store::set_known_followers).
-                if let Some(list) = &answer.followers {
-                    let holder = Some((self.owner.as_str(), head));
-                    self.store
-                        .set_known_followers(location, contact, list, holder)
-                        .await?;
-                }
+                let listed = answer.followers.as_deref();
+                self.remember(decided, add, &users, listed, head).await?;
                 let mut record = call_record(add, contact, users, Some(answer.status), "ok");
                 record.changed = answer.changed;
                 calls.push(record);

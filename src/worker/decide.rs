@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::load::Step;
 use super::ownership::Ownership;
 use super::{Ending, Worker};
 use crate::access::Token;
@@ -11,7 +12,7 @@ use crate::model::event::{Event, EventType};
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
-use crate::rules::Resolver;
+use crate::rules::{Resolver, RuleSet};
 use crate::store::{Claimed, NewState, StoreError};
 
 /// What the rules decided for a group.
@@ -26,33 +27,46 @@ pub(super) struct Decided {
     pub ownership: Ownership,
 }
 
+/// What deciding one step of the group works with.
+pub(super) struct Step1<'a> {
+    pub rules: &'a RuleSet,
+    pub token: Option<&'a Token>,
+    pub previous: &'a mut Previous,
+    /// The step's decision before anything is decided (attempt, batch, rule-set version).
+    pub empty: Decision,
+}
+
 /// The state the events leave, as the group is decided in order.
-struct Previous {
-    tags: Option<Vec<String>>,
+pub(super) struct Previous {
+    pub tags: Option<Vec<String>>,
     /// The contact's assignee, as known.
-    assigned: Option<Option<UserId>>,
+    pub assigned: Option<Option<UserId>>,
     /// Per opportunity: its stage and assignee, as known.
-    opportunities: HashMap<OpportunityId, (Option<String>, Option<Option<UserId>>)>,
+    pub opportunities: HashMap<OpportunityId, (Option<String>, Option<Option<UserId>>)>,
 }
 
 impl Worker {
-    /// Decides the group's `events` (index in `group`, event), or says why it cannot now: the
+    /// Decides the group's `steps` (index in `group`, step), or says why it cannot now: the
     /// location's token was refused (parked), or a lookup failed (retry, or wait for the
     /// budget).
     pub(super) async fn decide(
         &self,
         group: &[Claimed],
-        events: &[(usize, Box<Event>)],
+        steps: &[(usize, Step)],
+        rules: &RuleSet,
         token: Option<&Token>,
     ) -> Result<Result<Decided, Ending>, StoreError> {
-        let Some((_, first)) = events.first() else {
+        let Some((_, first)) = steps.first() else {
             return Ok(Err(Ending::done()));
         };
-        let (location, contact) = (first.location_id.clone(), first.contact_id.clone());
+        let location = first.location().clone();
+        let contact = match first {
+            Step::Event(e) => e.contact_id.clone(),
+            Step::Task(t) => t.contact_id.clone(),
+        };
         if let Some(ending) = self.refused(&location, token).await? {
             return Ok(Err(ending));
         }
-        let rules = self.rules.current();
         let stored = self.store.previous_state(&location, &contact, None).await?;
         let mut previous = Previous {
             tags: stored.tags,
@@ -63,57 +77,82 @@ impl Worker {
         let mut decided = Decided {
             location,
             contact,
-            records: Vec::with_capacity(events.len()),
+            records: Vec::with_capacity(steps.len()),
             net: Plan::default(),
             ownership: Ownership::new(owned),
         };
-        let batch: Vec<i64> = match events.len() {
+        let batch: Vec<i64> = match steps.len() {
             1 => Vec::new(),
-            _ => events.iter().map(|(j, _)| group[*j].id).collect(),
+            _ => steps.iter().map(|(j, _)| group[*j].id).collect(),
         };
-        for (i, event) in events {
-            if event.event_type == EventType::OpportunityDelete {
-                self.opportunity_deleted(&decided, event, &mut previous)
-                    .await?;
-                let decision = Decision {
-                    batch: batch.clone(),
-                    rules_version: rules.version().to_owned(),
-                    ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
-                };
-                decided.records.push((*i, decision, NewState::default()));
-                continue;
-            }
-            let before = self.before(&decided, event, &mut previous).await?;
-            let resolver = match self
-                .lookups
-                .resolve(
-                    &self.ghl,
-                    event,
-                    before.stage.as_deref(),
-                    token.map(|t| &t.secret),
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(Ending::from_lookup(e))),
-            };
-            let evaluation = rules.evaluate(event, &before, &resolver);
-            let (plan, ledger) = decided.ownership.decide(&rules, event, &evaluation);
-            decided.net.merge(&plan);
-            let decision = Decision {
-                matched: evaluation.matched,
-                plan,
+        for (i, step) in steps {
+            let empty = Decision {
                 batch: batch.clone(),
                 rules_version: rules.version().to_owned(),
                 ..Decision::empty(group[*i].attempt, Outcome::Done, self.options.dry_run)
             };
-            let location = &event.location_id;
-            let assigned = event.assignment(|email| resolver.user_id_by_email(location, email));
-            let mut state = leave(&decided, event, assigned, &mut previous);
-            state.ledger = ledger;
-            decided.records.push((*i, decision, state));
+            let made = match step {
+                Step::Event(event) => {
+                    let at = Step1 {
+                        rules,
+                        token,
+                        previous: &mut previous,
+                        empty,
+                    };
+                    self.decide_event(&mut decided, event, at).await?
+                }
+                Step::Task(task) => {
+                    let at = Step1 {
+                        rules,
+                        token,
+                        previous: &mut previous,
+                        empty,
+                    };
+                    self.decide_task(&mut decided, &task.task, group[*i].id, at)
+                        .await?
+                }
+            };
+            match made {
+                Ok(record) => decided.records.push((*i, record.0, record.1)),
+                Err(ending) => return Ok(Err(ending)),
+            }
         }
         Ok(Ok(decided))
+    }
+
+    /// One event's decision and the state it leaves (an `OpportunityDelete` is not decided:
+    /// the opportunity's stage is forgotten).
+    async fn decide_event(
+        &self,
+        decided: &mut Decided,
+        event: &Event,
+        at: Step1<'_>,
+    ) -> Result<Result<(Decision, NewState), Ending>, StoreError> {
+        if event.event_type == EventType::OpportunityDelete {
+            self.opportunity_deleted(decided, event, at.previous)
+                .await?;
+            return Ok(Ok((at.empty, NewState::default())));
+        }
+        let before = self.before(decided, event, at.previous).await?;
+        let secret = at.token.map(|t| &t.secret);
+        let stage = before.stage.as_deref();
+        let resolver = match self.lookups.resolve(&self.ghl, event, stage, secret).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(Ending::from_lookup(e))),
+        };
+        let evaluation = at.rules.evaluate(event, &before, &resolver);
+        let (plan, ledger) = decided.ownership.decide(at.rules, event, &evaluation);
+        decided.net.merge(&plan);
+        let decision = Decision {
+            matched: evaluation.matched,
+            plan,
+            ..at.empty
+        };
+        let location = &event.location_id;
+        let assigned = event.assignment(|email| resolver.user_id_by_email(location, email));
+        let mut state = leave(decided, event, assigned, at.previous);
+        state.ledger = ledger;
+        Ok(Ok((decision, state)))
     }
 
     /// Parked when GoHighLevel refused the location's token and it is still the same token;
@@ -163,7 +202,7 @@ impl Worker {
     /// What the event's record was before it (the contact's tags; the opportunity's stage;
     /// the assignee of the opportunity, or of the contact): as an earlier event of the group
     /// left it, else as stored.
-    async fn before(
+    pub(super) async fn before(
         &self,
         decided: &Decided,
         event: &Event,
@@ -229,7 +268,7 @@ fn leave(
 
 impl Ending {
     /// A lookup that failed: retried, or deferred while the budget is spent.
-    fn from_lookup(e: CallError) -> Ending {
+    pub(super) fn from_lookup(e: CallError) -> Ending {
         match e {
             CallError::Deferred { wait } => Ending::Deferred(wait),
             // A lookup's retry waits the backoff, whatever it was told.

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{MAX_BATCH, Worker};
-use crate::model::event::{self, Event, Parsed};
+use crate::model::event::{self, BodyKind, Event, Parsed};
+use crate::model::ids::LocationId;
+use crate::model::task::TaskBody;
 use crate::store::Claimed;
 
 /// The events of one contact processed together, oldest first; they leave this worker's
@@ -91,10 +93,33 @@ impl Drop for InHand {
     }
 }
 
-/// The group's events that parsed, by their index in the group, and those that no longer do,
+/// One step of a group, read back from its stored body: a webhook's event, or a task
+/// autofollow queued.
+pub(super) enum Step {
+    Event(Box<Event>),
+    Task(TaskBody),
+}
+
+impl Step {
+    pub(super) fn location(&self) -> &LocationId {
+        match self {
+            Step::Event(e) => &e.location_id,
+            Step::Task(t) => &t.location_id,
+        }
+    }
+
+    pub(super) fn event(&self) -> Option<&Event> {
+        match self {
+            Step::Event(e) => Some(e),
+            Step::Task(_) => None,
+        }
+    }
+}
+
+/// The group's steps that parsed, by their index in the group, and those that no longer do,
 /// with why.
 pub(super) struct Bodies {
-    pub events: Vec<(usize, Box<Event>)>,
+    pub steps: Vec<(usize, Step)>,
     pub unreadable: Vec<(usize, String)>,
 }
 
@@ -135,12 +160,21 @@ impl Worker {
 /// Parses each stored body again, with the parser of its kind.
 pub(super) fn parse(group: &[Claimed]) -> Bodies {
     let mut parsed = Bodies {
-        events: Vec::new(),
+        steps: Vec::new(),
         unreadable: Vec::new(),
     };
     for (i, claimed) in group.iter().enumerate() {
+        if claimed.kind == BodyKind::Task {
+            match TaskBody::parse(&claimed.body) {
+                Ok(task) => parsed.steps.push((i, Step::Task(task))),
+                Err(e) => parsed
+                    .unreadable
+                    .push((i, format!("stored task no longer parses: {e}"))),
+            }
+            continue;
+        }
         match event::parse(claimed.kind, claimed.body.as_bytes()) {
-            Ok(Parsed::Event(e)) => parsed.events.push((i, e)),
+            Ok(Parsed::Event(e)) => parsed.steps.push((i, Step::Event(e))),
             Ok(other) => parsed.unreadable.push((
                 i,
                 format!(

@@ -15,6 +15,7 @@ mod call;
 mod decide;
 mod load;
 mod lookups;
+mod maintain;
 mod ownership;
 mod record;
 mod retry;
@@ -27,16 +28,18 @@ use rand::Rng;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use maintain::{Change, Entry, Job, OnReload, Report, Tally};
 pub use retry::RetryPolicy;
 
 use crate::access::{Access, NoToken, Token};
 use crate::ghl::GhlClient;
 use crate::metrics::Metrics;
-use crate::model::event::{Event, EventType};
+use crate::model::event::EventType;
 use crate::model::ids::{LocationId, UserId};
 use crate::model::record::{CallRecord, Decision, Outcome};
 use crate::rules::LiveRules;
 use crate::store::{Claimed, NewState, Store, StoreError};
+use load::Step;
 use lookups::Lookups;
 use record::Result1;
 
@@ -151,6 +154,9 @@ pub struct Worker {
     /// Events a task of this worker is processing (see [`load::InHand`]).
     in_hand: Arc<load::Hands>,
     metrics: Arc<Metrics>,
+    /// The last reapply worked out here (a reload's preview, or an operator's), without its
+    /// list of changes.
+    last_reapply: std::sync::Mutex<Option<Report>>,
 }
 
 impl Worker {
@@ -177,6 +183,7 @@ impl Worker {
             parked: Mutex::default(),
             in_hand: Arc::default(),
             metrics,
+            last_reapply: std::sync::Mutex::default(),
         }
     }
 
@@ -313,23 +320,31 @@ impl Worker {
 
     /// Decides and calls for the group: one result per event, in order, and how it ended.
     async fn work(&self, group: &[Claimed]) -> Result<(Vec<Result1>, Ending), StoreError> {
-        let bodies = load::parse(group);
+        let rules = self.rules.current();
+        let mut bodies = load::parse(group);
         let mut results: Vec<Result1> = group.iter().map(|_| None).collect();
-        for (i, reason) in bodies.unreadable {
+        for (i, reason) in bodies.unreadable.drain(..) {
             let mut d = Decision::empty(group[i].attempt, Outcome::Failed, self.options.dry_run);
             d.error = Some(reason);
             results[i] = Some((d, NewState::default()));
         }
-        let Some(location) = bodies.events.first().map(|(_, e)| e.location_id.clone()) else {
+        for (i, reason) in maintain::stale(&mut bodies, rules.version()) {
+            let mut d = Decision::empty(group[i].attempt, Outcome::Skipped, self.options.dry_run);
+            d.error = Some(reason);
+            results[i] = Some((d, NewState::default()));
+        }
+        let Some(location) = bodies.steps.first().map(|(_, s)| s.location().clone()) else {
             return Ok((results, Ending::done()));
         };
-        let access = match self.deleted(&bodies.events).await? {
+        let access = match self.deleted(&bodies.steps).await? {
             Some(ending) => Err(ending),
             None => self.token(&location).await?,
         };
         let (token, decided) = match access {
             Ok(token) => {
-                let decided = self.decide(group, &bodies.events, token.as_ref()).await?;
+                let decided = self
+                    .decide(group, &bodies.steps, &rules, token.as_ref())
+                    .await?;
                 (token, decided)
             }
             Err(ending) => (None, Err(ending)),
@@ -340,7 +355,7 @@ impl Worker {
                     Decision::empty(group[i].attempt, Outcome::Done, self.options.dry_run)
                 };
                 let records = bodies
-                    .events
+                    .steps
                     .iter()
                     .map(|(i, _)| (*i, empty(*i), NewState::default()));
                 (records.collect(), ending)
@@ -412,10 +427,11 @@ impl Worker {
 
     /// A group with a `ContactDelete` ends skipped: GoHighLevel is never called for a deleted
     /// contact, and what was remembered of it is forgotten (its history stays).
-    async fn deleted(&self, events: &[(usize, Box<Event>)]) -> Result<Option<Ending>, StoreError> {
-        let Some((_, e)) = events
+    async fn deleted(&self, steps: &[(usize, Step)]) -> Result<Option<Ending>, StoreError> {
+        let Some(e) = steps
             .iter()
-            .find(|(_, e)| e.event_type == EventType::ContactDelete)
+            .filter_map(|(_, s)| s.event())
+            .find(|e| e.event_type == EventType::ContactDelete)
         else {
             return Ok(None);
         };

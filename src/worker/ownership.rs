@@ -17,10 +17,11 @@
 
 use std::collections::HashSet;
 
-use crate::model::event::{Event, Subject};
+use crate::model::event::{Event, EventType, Subject};
 use crate::model::ids::{OpportunityId, UserId};
 use crate::model::plan::{Follow, Plan, PlanEntry};
-use crate::rules::{Evaluation, RuleSet};
+use crate::model::task::UndoScope;
+use crate::rules::{Evaluation, Rule, RuleSet, UserRef};
 use crate::store::{LedgerChange, Owned};
 
 /// One live ledger row.
@@ -114,19 +115,11 @@ impl Ownership {
             .rows
             .iter()
             .filter(|r| r.follow == Follow::WhileMatching && &r.subject == subject);
-        let known = |rule: &str| match rules.rule(rule) {
-            Some((at, r)) => {
-                let filtered = r
-                    .events
-                    .as_ref()
-                    .is_some_and(|e| !e.contains(&event.event_type));
-                let stopped = evaluation.stopped_at.is_some_and(|s| at > s);
-                r.enabled && !filtered && !stopped
-            }
-            None => false,
-        };
         rechecked
-            .filter(|r| known(&r.rule) && !evaluation.adds(&r.rule, &r.user))
+            .filter(|r| {
+                verdict_known(rules, &r.rule, event.event_type, evaluation)
+                    && !evaluation.adds(&r.rule, &r.user)
+            })
             .map(|r| (r.user.clone(), r.rule.clone()))
             .collect()
     }
@@ -147,28 +140,13 @@ impl Ownership {
                 let subject = (follow == Follow::WhileMatching)
                     .then(|| subject.clone())
                     .flatten();
-                let same = |r: &Row| &r.user == user && &r.rule == rule;
-                if self
-                    .rows
-                    .iter()
-                    .any(|r| same(r) && r.follow == follow && r.subject == subject)
-                {
-                    continue; // already recorded as it is
-                }
-                self.rows.retain(|r| !same(r));
-                self.rows.push(Row {
-                    user: user.clone(),
-                    rule: rule.clone(),
-                    follow,
-                    subject: subject.clone(),
-                });
-                changes.push(LedgerChange::Added {
+                let row = Row {
                     user: user.clone(),
                     rule: rule.clone(),
                     follow,
                     subject,
-                    rules_version: rules.version().to_owned(),
-                });
+                };
+                changes.extend(self.start(row, rules.version()));
             }
         }
         for entry in &plan.remove {
@@ -178,6 +156,28 @@ impl Ownership {
                 rule: None,
             });
         }
+    }
+
+    /// Starts (or changes) a row: the ledger change, `None` when it is recorded as it is.
+    fn start(&mut self, row: Row, version: &str) -> Option<LedgerChange> {
+        let same = |r: &Row| r.user == row.user && r.rule == row.rule;
+        if self
+            .rows
+            .iter()
+            .any(|r| same(r) && r.follow == row.follow && r.subject == row.subject)
+        {
+            return None;
+        }
+        self.rows.retain(|r| !same(r));
+        let change = LedgerChange::Added {
+            user: row.user.clone(),
+            rule: row.rule.clone(),
+            follow: row.follow,
+            subject: row.subject.clone(),
+            rules_version: version.to_owned(),
+        };
+        self.rows.push(row);
+        Some(change)
     }
 
     /// After the calls: an add is recorded only for a user autofollow owned when the group
@@ -200,5 +200,238 @@ fn subject(event: &Event) -> Option<Option<OpportunityId>> {
         Subject::Contact => Some(None),
         Subject::Workflow => Some(event.opportunity_id.clone()),
         Subject::Appointment | Subject::Activity => None,
+    }
+}
+
+/// What re-evaluating a contact's latest state found, per record (`None`: the contact; an
+/// opportunity): the verdicts `reapply` acts on.
+#[derive(Debug, Default)]
+pub(super) struct Verdicts {
+    /// Each record's latest event type and the rules' evaluation of it as it stands.
+    pub evaluated: Vec<(Option<OpportunityId>, EventType, Evaluation)>,
+    /// Opportunities whose latest event deleted them.
+    pub gone: Vec<OpportunityId>,
+}
+
+impl Verdicts {
+    /// Whether `rule` adds `user` for the record `subject` (`None`: any record): `None`
+    /// when not known (the record was not evaluated, or the rule's verdict is not known for
+    /// its latest event).
+    fn holds(
+        &self,
+        rules: &RuleSet,
+        rule: &str,
+        user: &UserId,
+        subject: Option<&Option<OpportunityId>>,
+    ) -> Option<bool> {
+        if let Some(Some(o)) = subject {
+            if self.gone.contains(o) {
+                return Some(false);
+            }
+        }
+        let known = self
+            .evaluated
+            .iter()
+            .filter(|(s, ..)| subject.is_none_or(|want| s == want))
+            .filter(|(_, t, e)| verdict_known(rules, rule, *t, e));
+        let mut any_known = false;
+        for (_, _, evaluation) in known {
+            if evaluation.adds(rule, user) {
+                return Some(true);
+            }
+            any_known = true;
+        }
+        any_known.then_some(false)
+    }
+}
+
+/// Whether a rule's verdict is known for an event of type `t`: it exists, is enabled, its
+/// `events` include `t`, and no earlier rule's `stop` ended the evaluation before it.
+fn verdict_known(rules: &RuleSet, rule: &str, t: EventType, evaluation: &Evaluation) -> bool {
+    match rules.rule(rule) {
+        Some((at, r)) => {
+            let filtered = r.events.as_ref().is_some_and(|e| !e.contains(&t));
+            let stopped = evaluation.stopped_at.is_some_and(|s| at > s);
+            r.enabled && !filtered && !stopped
+        }
+        None => false,
+    }
+}
+
+/// The users a rule names itself in `add` (aliases and ids); whether it also adds a
+/// user decided by the event (`assigned_user`, `previous_assigned_user`).
+fn named_adds(rule: &Rule) -> (Vec<(UserId, String)>, bool) {
+    let mut named = Vec::new();
+    let mut dynamic = false;
+    for target in &rule.add {
+        match target {
+            UserRef::Alias { id, .. } | UserRef::Id(id) => {
+                named.push((id.clone(), target.to_string()))
+            }
+            UserRef::AssignedUser | UserRef::PreviousAssignedUser => dynamic = true,
+        }
+    }
+    (named, dynamic)
+}
+
+/// A ledger row a task starts: (user, rule, how the rule named the user, follow, subject).
+type Start = (UserId, String, String, Follow, Option<OpportunityId>);
+
+impl Ownership {
+    /// `reapply`: the rows the rules no longer keep end (a rule gone or disabled, an
+    /// on-match rule that no longer names the user, a while-matching rule whose record's
+    /// latest state no longer makes it hold); the (rule, user) pairs the rules want now and
+    /// the ledger lacks start (what the latest states match, and an on-match rule's named
+    /// users where it added someone: the replacement of a person). Rows whose verdict is not
+    /// known are kept.
+    pub(super) fn reapply(
+        &mut self,
+        rules: &RuleSet,
+        verdicts: &Verdicts,
+    ) -> (Plan, Vec<LedgerChange>) {
+        let mut ends = Vec::new();
+        let mut starts: Vec<Start> = Vec::new();
+        for row in &self.rows {
+            let Some((_, rule)) = rules.rule(&row.rule).filter(|(_, r)| r.enabled) else {
+                ends.push((row.user.clone(), row.rule.clone(), "is gone".to_owned()));
+                continue;
+            };
+            let (named, dynamic) = named_adds(rule);
+            let keeps = match rule.follow {
+                Follow::OnMatch => Some(dynamic || named.iter().any(|(u, _)| u == &row.user)),
+                Follow::WhileMatching => {
+                    let on = (row.follow == Follow::WhileMatching).then_some(&row.subject);
+                    verdicts.holds(rules, &row.rule, &row.user, on)
+                }
+            };
+            if keeps == Some(false) {
+                ends.push((
+                    row.user.clone(),
+                    row.rule.clone(),
+                    "no longer keeps them".to_owned(),
+                ));
+            } else if rule.follow == Follow::OnMatch {
+                let replaced = named
+                    .into_iter()
+                    .map(|(u, label)| (u, row.rule.clone(), label, Follow::OnMatch, None));
+                starts.extend(replaced);
+            }
+        }
+        for (subject, _, evaluation) in &verdicts.evaluated {
+            for (rule, user) in &evaluation.adds {
+                let follow = rules.rule(rule).map_or(Follow::OnMatch, |(_, r)| r.follow);
+                let on = (follow == Follow::WhileMatching)
+                    .then(|| subject.clone())
+                    .flatten();
+                let label = evaluation
+                    .plan
+                    .add
+                    .iter()
+                    .find(|e| &e.user == user)
+                    .map_or_else(|| user.to_string(), |e| e.label.clone());
+                starts.push((user.clone(), rule.clone(), label, follow, on));
+            }
+        }
+        self.apply(ends, starts, rules.version())
+    }
+
+    /// `undo`: the live rows `scope` added end (their users removed unless another row keeps
+    /// them); the rows it ended start again (their users added back) unless the user is
+    /// owned still. `all`: every row of the contact, ended ones included.
+    pub(super) fn undo(&mut self, scope: &UndoScope, all: &[Owned]) -> (Plan, Vec<LedgerChange>) {
+        let added_in = |o: &Owned| match scope {
+            UndoScope::Rule(rule) => &o.rule == rule,
+            UndoScope::Event(id) => o.event_id == *id,
+            UndoScope::Since(at) => o.added_at >= *at,
+        };
+        let ended_in = |o: &Owned| match scope {
+            UndoScope::Rule(_) => false,
+            UndoScope::Event(id) => o.removed_event_id == Some(*id),
+            UndoScope::Since(at) => o.removed_at.is_some_and(|r| r >= *at) && o.added_at < *at,
+        };
+        let why = format!("undo of {}", scope.describe());
+        let ends = all.iter().filter(|o| o.removed_at.is_none() && added_in(o));
+        let ends: Vec<_> = ends
+            .map(|o| (o.user.clone(), o.rule.clone(), why.clone()))
+            .collect();
+        let live: HashSet<&UserId> = all
+            .iter()
+            .filter(|o| o.removed_at.is_none())
+            .map(|o| &o.user)
+            .collect();
+        let restores = all
+            .iter()
+            .filter(|o| ended_in(o) && !live.contains(&o.user));
+        let starts = restores.map(|o| {
+            (
+                o.user.clone(),
+                o.rule.clone(),
+                format!("{} ({why})", o.user),
+                o.follow,
+                o.subject.clone(),
+            )
+        });
+        let mut rules_version = String::new();
+        if let Some(o) = all.iter().find(|o| ended_in(o)) {
+            rules_version.clone_from(&o.rules_version);
+        }
+        self.apply(ends, starts.collect(), &rules_version)
+    }
+
+    /// Ends rows and starts others: the plan (a user no row keeps any more is removed, a
+    /// user no row kept before is added) and the ledger changes.
+    fn apply(
+        &mut self,
+        ends: Vec<(UserId, String, String)>,
+        starts: Vec<Start>,
+        version: &str,
+    ) -> (Plan, Vec<LedgerChange>) {
+        let mut plan = Plan::default();
+        let mut changes = Vec::new();
+        let owned_before: HashSet<UserId> = self.rows.iter().map(|r| r.user.clone()).collect();
+        for (user, rule, why) in ends {
+            self.rows.retain(|r| !(r.user == user && r.rule == rule));
+            changes.push(LedgerChange::Ended {
+                user: user.clone(),
+                rule: Some(rule.clone()),
+            });
+            if !plan.remove.iter().any(|e| e.user == user) {
+                let label = format!("{user} (rule {rule} {why})");
+                plan.remove.push(PlanEntry {
+                    user,
+                    label,
+                    rule,
+                    only_if_added: true,
+                });
+            }
+        }
+        for (user, rule, label, follow, subject) in starts {
+            let row = Row {
+                user: user.clone(),
+                rule: rule.clone(),
+                follow,
+                subject,
+            };
+            let Some(change) = self.start(row, version) else {
+                continue;
+            };
+            changes.push(change);
+            if !owned_before.contains(&user) && !plan.add.iter().any(|e| e.user == user) {
+                plan.add.push(PlanEntry {
+                    user,
+                    label,
+                    rule,
+                    only_if_added: false,
+                });
+            }
+        }
+        plan.remove.retain(|e| !self.owns(&e.user));
+        for e in &plan.remove {
+            changes.push(LedgerChange::Ended {
+                user: e.user.clone(),
+                rule: None,
+            });
+        }
+        (plan, changes)
     }
 }

@@ -26,6 +26,7 @@ mod ops;
 mod ownership;
 mod pits;
 mod readme;
+mod reapply;
 mod reload;
 mod replicas;
 mod robustness;

@@ -9,6 +9,7 @@ use autofollow::model::event::BodyKind;
 use autofollow::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use autofollow::model::plan::{Follow, Plan, PreviousState};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
+use autofollow::model::task::UndoScope;
 use autofollow::store::{
     Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, LedgerChange,
     NewEvent, NewState, Store,
@@ -917,6 +918,93 @@ async fn the_ownership_ledger_records_adds_and_ends(store: Arc<dyn Store>) {
     assert!(again > third);
 }
 
+async fn in_scope(
+    s: &dyn Store,
+    scope: UndoScope,
+    location: Option<&LocationId>,
+) -> Vec<(LocationId, ContactId)> {
+    s.ledger_contacts(location, &scope).await.unwrap()
+}
+
+/// What `reapply` and `undo` read: the contacts known (from events, tasks left out, and the
+/// ledger), a contact's latest bodies before an event (newest first, no tasks), and the
+/// contacts whose ledger has rows in a scope.
+async fn reapply_and_undo_find_their_contacts(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let pair = |l: &str, c: &str| (LocationId::parse(l).unwrap(), ContactId::parse(c).unwrap());
+    let (l1, c1) = pair("L1", "c1");
+    let l2 = LocationId::parse("L2").unwrap();
+    let event = finish_with_ledger(s, vec![added("u1", "a")]).await;
+    let rule = |name: &str| UndoScope::Rule(name.to_owned());
+    assert_eq!(in_scope(s, rule("a"), None).await, [pair("L1", "c1")]);
+    assert!(in_scope(s, rule("b"), None).await.is_empty());
+    assert_eq!(
+        in_scope(s, UndoScope::Event(event), None).await,
+        [pair("L1", "c1")]
+    );
+    assert!(
+        in_scope(s, UndoScope::Event(event + 1), None)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        in_scope(s, UndoScope::Since(0), None).await,
+        [pair("L1", "c1")]
+    );
+    assert!(
+        in_scope(s, UndoScope::Since(i64::MAX), None)
+            .await
+            .is_empty()
+    );
+    assert!(in_scope(s, UndoScope::Since(0), Some(&l2)).await.is_empty());
+    let end = LedgerChange::Ended {
+        user: UserId::parse("u1").unwrap(),
+        rule: None,
+    };
+    let ended = finish_with_ledger(s, vec![end]).await;
+    let rows = s.owned(&l1, &c1, true).await.unwrap();
+    assert_eq!(rows[0].removed_event_id, Some(ended));
+    assert!(
+        in_scope(s, rule("a"), None).await.is_empty(),
+        "an ended row is not the rule's"
+    );
+    assert_eq!(
+        in_scope(s, UndoScope::Event(ended), None).await,
+        [pair("L1", "c1")]
+    );
+    insert_into(s, "L2", "c2").await;
+    let mut task = new_event("L3", "c9", None);
+    task.kind = BodyKind::Task;
+    task.event_type = "Reapply".into();
+    s.insert_event(task, WINDOW).await.unwrap();
+    let mut update = new_event("L1", "c1", None);
+    update.body = "newest".into();
+    s.insert_event(update, WINDOW).await.unwrap();
+    let known = s.known_contacts(None).await.unwrap();
+    assert_eq!(
+        known,
+        [pair("L1", "c1"), pair("L2", "c2")],
+        "no task's contact"
+    );
+    assert_eq!(
+        s.known_contacts(Some(&l2)).await.unwrap(),
+        [pair("L2", "c2")]
+    );
+    let latest = s.latest_events(&l1, &c1, i64::MAX, 10).await.unwrap();
+    assert_eq!(latest.len(), 3);
+    assert_eq!(
+        latest[0],
+        (BodyKind::App, "newest".to_owned()),
+        "newest first"
+    );
+    let before = s.latest_events(&l1, &c1, ended, 10).await.unwrap();
+    assert_eq!(before.len(), 1, "only events before the one named");
+    assert_eq!(
+        s.latest_events(&l1, &c1, i64::MAX, 1).await.unwrap().len(),
+        1
+    );
+}
+
 /// A contact that keeps receiving webhooks is held back by its newest one only up to the
 /// settle maximum: an older event received that long ago is claimed anyway.
 async fn the_settle_maximum_bounds_how_long_a_busy_contact_waits(store: Arc<dyn Store>) {
@@ -992,4 +1080,5 @@ contract!(
     forgetting_a_deleted_record_clears_its_state_only,
     the_ownership_ledger_records_adds_and_ends,
     the_settle_maximum_bounds_how_long_a_busy_contact_waits,
+    reapply_and_undo_find_their_contacts,
 );

@@ -174,6 +174,72 @@ impl ContactState for SqliteStore {
         rows.into_iter().map(OwnedRow::into_owned).collect()
     }
 
+    async fn latest_events(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(BodyKind, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT kind, body FROM events
+             WHERE status IN ('pending', 'done', 'failed', 'skipped', 'parked')
+               AND location_id = ?1 AND contact_id = ?2 AND id < ?3 AND kind <> 'task'
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, body)| (BodyKind::parse(&kind), body))
+            .collect())
+    }
+
+    async fn known_contacts(
+        &self,
+        location: Option<&LocationId>,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT location_id, contact_id FROM events
+             WHERE kind <> 'task' AND (?1 IS NULL OR location_id = ?1)
+             UNION
+             SELECT location_id, contact_id FROM owned_followers
+             WHERE ?1 IS NULL OR location_id = ?1
+             ORDER BY 1, 2",
+        )
+        .bind(location.map(LocationId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        contact_pairs(rows)
+    }
+
+    async fn ledger_contacts(
+        &self,
+        location: Option<&LocationId>,
+        scope: &UndoScope,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError> {
+        let (rule, event, since) = scope_binds(scope);
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT location_id, contact_id FROM owned_followers
+             WHERE (?1 IS NULL OR location_id = ?1)
+               AND (?2 IS NULL OR (rule = ?2 AND removed_at IS NULL))
+               AND (?3 IS NULL OR event_id = ?3 OR removed_event_id = ?3)
+               AND (?4 IS NULL OR added_at >= ?4 OR removed_at >= ?4)
+             ORDER BY 1, 2",
+        )
+        .bind(location.map(LocationId::as_str))
+        .bind(rule)
+        .bind(event)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        contact_pairs(rows)
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,

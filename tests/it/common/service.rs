@@ -148,6 +148,8 @@ pub struct Options {
     pub webhook_max_age: String,
     /// App mode, against the stand-in at the GoHighLevel address.
     pub app: Option<AppMode>,
+    /// AUTOFOLLOW_REAPPLY_ON_RELOAD.
+    pub reapply_on_reload: String,
 }
 
 /// The app's credentials in app-mode tests.
@@ -178,6 +180,7 @@ impl Default for Options {
             shutdown_grace: "8s".into(),
             webhook_max_age: "3h".into(),
             app: None,
+            reapply_on_reload: "preview".into(),
         }
     }
 }
@@ -268,6 +271,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         retry_base: "1s".into(),
         retry_cap: "5m".into(),
         watch_rules: true,
+        reapply_on_reload: options.reapply_on_reload,
         shutdown_grace: options.shutdown_grace,
         lease: "60s".into(),
     };
@@ -368,6 +372,12 @@ impl TestApp {
             .await
             .expect("readyz");
         r.json().await.expect("readyz JSON")
+    }
+
+    /// Loads the rule files again now (as SIGHUP does); panics when they do not load.
+    pub fn reload(&self) {
+        let running = self.running.as_ref().expect("running");
+        running.rules.reload().unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn store(&self) -> &dyn autofollow::store::Store {

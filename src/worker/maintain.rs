@@ -1,0 +1,472 @@
+//! Tasks on the followers autofollow manages (`reapply`, `undo`): what one does to a contact
+//! (decided in the contact's queue, on the state its earlier events left, by the same code a
+//! preview runs), and the operator's request over many contacts: preview them all, and
+//! queue a task for each contact that changes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::Ending;
+use super::Worker;
+use super::decide::{Decided, Step1};
+use super::load::{Bodies, Step};
+use super::ownership::Verdicts;
+use crate::model::event::{self, BodyKind, Event, EventType, Parsed, Subject};
+use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
+use crate::model::plan::Plan;
+use crate::model::record::Decision;
+use crate::model::task::{Task, TaskBody, UndoScope};
+use crate::store::{Claimed, NewEvent, NewState, StoreError};
+
+/// How many of a contact's latest events `reapply` reads to find each record's latest state.
+const LATEST: u32 = 50;
+
+/// What a reload that changes the rules does to the contacts already decided
+/// (`AUTOFOLLOW_REAPPLY_ON_RELOAD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReload {
+    Off,
+    /// Work out what `reapply` would change; log it and show it in `/readyz`.
+    #[default]
+    Preview,
+    /// Queue those changes.
+    Apply,
+}
+
+impl OnReload {
+    pub fn parse(text: &str) -> Result<OnReload, String> {
+        match text.trim() {
+            "off" => Ok(OnReload::Off),
+            "preview" => Ok(OnReload::Preview),
+            "apply" => Ok(OnReload::Apply),
+            other => Err(format!("`{other}` is not off, preview or apply")),
+        }
+    }
+}
+
+/// What an operator asks for: over every known contact (of a location, or all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// The difference between what the rules want now and what the ledger holds.
+    Reapply { location: Option<LocationId> },
+    /// The inverse of what autofollow did in `scope`.
+    Undo {
+        scope: UndoScope,
+        location: Option<LocationId>,
+    },
+}
+
+impl Job {
+    fn task(&self, rules_version: &str) -> Task {
+        match self {
+            Job::Reapply { .. } => Task::Reapply {
+                rules_version: rules_version.to_owned(),
+            },
+            Job::Undo { scope, .. } => Task::Undo {
+                scope: scope.clone(),
+            },
+        }
+    }
+}
+
+/// What a job does (a dry run: would do), over its contacts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// `reapply`, or `undo rule vip` (event 42, since …).
+    pub job: String,
+    pub rules_version: String,
+    pub dry_run: bool,
+    /// Contacts looked at.
+    pub contacts: usize,
+    /// Contacts whose followers change.
+    pub changed: usize,
+    /// Tasks queued (none in a dry run).
+    pub queued: usize,
+    /// Per rule and user: how many contacts gain or lose them.
+    pub summary: Vec<Tally>,
+    /// Every change, per contact.
+    pub changes: Vec<Change>,
+    /// Contacts that could not be worked out now (a lookup failed), with why.
+    pub problems: Vec<String>,
+}
+
+/// How many contacts gain or lose a user because of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub rule: String,
+    pub user: UserId,
+    pub gain: usize,
+    pub lose: usize,
+}
+
+/// The change to one contact's followers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub location: LocationId,
+    pub contact: ContactId,
+    pub add: Vec<Entry>,
+    pub remove: Vec<Entry>,
+}
+
+/// A user added or removed, with the rule it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub user: UserId,
+    pub rule: String,
+}
+
+impl Change {
+    /// The change a plan makes to a contact.
+    pub fn new(location: LocationId, contact: ContactId, plan: &Plan) -> Change {
+        let entries = |list: &[crate::model::plan::PlanEntry]| {
+            list.iter()
+                .map(|e| Entry {
+                    user: e.user.clone(),
+                    rule: e.rule.clone(),
+                })
+                .collect()
+        };
+        Change {
+            location,
+            contact,
+            add: entries(&plan.add),
+            remove: entries(&plan.remove),
+        }
+    }
+}
+
+impl Report {
+    fn count(&mut self, change: Change) {
+        let mut tallies: BTreeMap<(String, UserId), Tally> = std::mem::take(&mut self.summary)
+            .into_iter()
+            .map(|t| ((t.rule.clone(), t.user.clone()), t))
+            .collect();
+        for (entries, gain) in [(&change.add, true), (&change.remove, false)] {
+            for e in entries {
+                let tally = tallies
+                    .entry((e.rule.clone(), e.user.clone()))
+                    .or_insert_with(|| Tally {
+                        rule: e.rule.clone(),
+                        user: e.user.clone(),
+                        gain: 0,
+                        lose: 0,
+                    });
+                match gain {
+                    true => tally.gain += 1,
+                    false => tally.lose += 1,
+                }
+            }
+        }
+        self.summary = tallies.into_values().collect();
+        self.changed += 1;
+        self.changes.push(change);
+    }
+
+    /// The summary as lines: a heading, then `  rule R: user U +gain -lose` per tally.
+    pub fn lines(&self) -> Vec<String> {
+        let verb = if self.dry_run {
+            "would change"
+        } else {
+            "change"
+        };
+        let mut lines = vec![format!(
+            "{} (rules version {}): {} contacts checked, {} {verb}{}",
+            self.job,
+            short(&self.rules_version),
+            self.contacts,
+            self.changed,
+            match self.dry_run {
+                true => String::new(),
+                false => format!(", {} tasks queued", self.queued),
+            }
+        )];
+        for t in &self.summary {
+            lines.push(format!(
+                "  rule {}: {} +{} -{}",
+                t.rule, t.user, t.gain, t.lose
+            ));
+        }
+        lines.extend(
+            self.problems
+                .iter()
+                .map(|p| format!("  not worked out: {p}")),
+        );
+        lines
+    }
+}
+
+fn short(version: &str) -> &str {
+    version.get(..12).unwrap_or(version)
+}
+
+/// Takes the reapply tasks planned for another rule-set version out of `bodies`: they end
+/// skipped, with why (their preview no longer says what they would do).
+pub(super) fn stale(bodies: &mut Bodies, version: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    bodies.steps.retain(|(i, step)| match step {
+        Step::Task(TaskBody {
+            task: Task::Reapply { rules_version },
+            ..
+        }) if rules_version != version => {
+            out.push((*i, format!(
+                "planned for rules version {}, but the service runs {}: run `autofollow reapply` again",
+                short(rules_version),
+                short(version)
+            )));
+            false
+        }
+        _ => true,
+    });
+    out
+}
+
+impl Worker {
+    /// One task's decision: its plan and the ledger changes it makes.
+    pub(super) async fn decide_task(
+        &self,
+        decided: &mut Decided,
+        task: &Task,
+        id: i64,
+        at: Step1<'_>,
+    ) -> Result<Result<(Decision, NewState), Ending>, StoreError> {
+        let (plan, ledger, matched) = match task {
+            Task::Reapply { .. } => {
+                let verdicts = match self.verdicts(decided, id, &at).await? {
+                    Ok(v) => v,
+                    Err(ending) => return Ok(Err(ending)),
+                };
+                let (plan, ledger) = decided.ownership.reapply(at.rules, &verdicts);
+                let mut matched: Vec<String> = Vec::new();
+                for (_, _, e) in &verdicts.evaluated {
+                    matched.extend(
+                        e.matched
+                            .iter()
+                            .filter(|m| !matched.contains(m))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                (plan, ledger, matched)
+            }
+            Task::Undo { scope } => {
+                let all = self
+                    .store
+                    .owned(&decided.location, &decided.contact, true)
+                    .await?;
+                let (plan, ledger) = decided.ownership.undo(scope, &all);
+                (plan, ledger, Vec::new())
+            }
+        };
+        decided.net.merge(&plan);
+        let state = NewState {
+            location_id: Some(decided.location.clone()),
+            contact_id: Some(decided.contact.clone()),
+            ledger,
+            ..NewState::default()
+        };
+        Ok(Ok((
+            Decision {
+                matched,
+                plan,
+                ..at.empty
+            },
+            state,
+        )))
+    }
+
+    /// Each record's latest stored event before event `before`, evaluated as it stands (no
+    /// change since: the tags, stage and owner it left), for `reapply`.
+    async fn verdicts(
+        &self,
+        decided: &Decided,
+        before: i64,
+        at: &Step1<'_>,
+    ) -> Result<Result<Verdicts, Ending>, StoreError> {
+        let (location, contact) = (&decided.location, &decided.contact);
+        let bodies = self
+            .store
+            .latest_events(location, contact, before, LATEST)
+            .await?;
+        let mut seen: HashSet<Option<OpportunityId>> = HashSet::new();
+        let mut verdicts = Verdicts::default();
+        for (kind, body) in bodies {
+            let Some(mut event) = latest(kind, &body) else {
+                continue;
+            };
+            if event.event_type == EventType::ContactDelete {
+                break; // the contact is gone: nothing holds for it
+            }
+            let subject = match event.event_type.subject() {
+                Subject::Contact => None,
+                _ => event.opportunity_id.clone(),
+            };
+            if !seen.insert(subject.clone()) {
+                continue;
+            }
+            if event.event_type == EventType::OpportunityDelete {
+                verdicts.gone.extend(subject);
+                continue;
+            }
+            let steady = self.steady(decided, &mut event, at).await?;
+            let secret = at.token.map(|t| &t.secret);
+            let stage = steady.stage.as_deref();
+            let resolver = match self.lookups.resolve(&self.ghl, &event, stage, secret).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(Ending::from_lookup(e))),
+            };
+            let evaluation = at.rules.evaluate(&event, &steady, &resolver);
+            verdicts
+                .evaluated
+                .push((subject, event.event_type, evaluation));
+        }
+        Ok(Ok(verdicts))
+    }
+
+    /// The previous state of `event` when nothing changed since it: the contact's tags as
+    /// known (also given to an event that does not carry them), its own stage, its record's
+    /// owner as known.
+    async fn steady(
+        &self,
+        decided: &Decided,
+        event: &mut Event,
+        at: &Step1<'_>,
+    ) -> Result<crate::model::plan::PreviousState, StoreError> {
+        let mut known = super::decide::Previous {
+            tags: at.previous.tags.clone(),
+            assigned: at.previous.assigned.clone(),
+            opportunities: at.previous.opportunities.clone(),
+        };
+        let mut steady = self.before(decided, event, &mut known).await?;
+        if steady.tags.is_some() {
+            event.tags.clone_from(&steady.tags);
+        }
+        steady.tags.clone_from(&event.tags);
+        steady.stage = event.stage_id.clone().or_else(|| event.stage_name.clone());
+        Ok(steady)
+    }
+}
+
+/// A stored body as `reapply` reads it: an event about the contact or an opportunity
+/// (appointments, tasks, notes and messages say nothing of either); `None` otherwise.
+fn latest(kind: BodyKind, body: &str) -> Option<Box<Event>> {
+    match event::parse(kind, body.as_bytes()) {
+        Ok(Parsed::Event(e)) => match e.event_type.subject() {
+            Subject::Contact | Subject::Opportunity | Subject::Workflow => Some(e),
+            Subject::Appointment | Subject::Activity => None,
+        },
+        _ => None,
+    }
+}
+
+impl Worker {
+    /// Runs `job` over its contacts: previews each (what its task would do now), and unless
+    /// `dry_run`, queues a task for each contact that changes. The service's worker carries
+    /// the tasks out in each contact's order, working each change out again as it runs.
+    pub async fn maintain(&self, job: &Job, dry_run: bool) -> Result<Report, StoreError> {
+        let rules = self.rules.current();
+        let contacts = match job {
+            Job::Reapply { location } => self.store.known_contacts(location.as_ref()).await?,
+            Job::Undo { scope, location } => {
+                self.store.ledger_contacts(location.as_ref(), scope).await?
+            }
+        };
+        let mut report = Report {
+            job: match job {
+                Job::Reapply { .. } => "reapply".to_owned(),
+                Job::Undo { scope, .. } => format!("undo {}", scope.describe()),
+            },
+            rules_version: rules.version().to_owned(),
+            dry_run,
+            contacts: contacts.len(),
+            ..Report::default()
+        };
+        for (location, contact) in contacts {
+            let task = TaskBody {
+                task: job.task(rules.version()),
+                location_id: location.clone(),
+                contact_id: contact.clone(),
+            };
+            match self.preview(&task).await? {
+                Ok(plan) if plan.is_empty() => {}
+                Ok(plan) => {
+                    report.count(Change::new(location, contact, &plan));
+                    if !dry_run {
+                        self.queue(&task).await?;
+                        report.queued += 1;
+                    }
+                }
+                Err(why) => report.problems.push(format!("contact {contact}: {why}")),
+            }
+        }
+        if matches!(job, Job::Reapply { .. }) {
+            let kept = Report {
+                changes: Vec::new(),
+                ..report.clone()
+            };
+            *self
+                .last_reapply
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(kept);
+        }
+        Ok(report)
+    }
+
+    /// The last reapply worked out by this worker (its summary; no list of changes).
+    pub fn last_reapply(&self) -> Option<Report> {
+        self.last_reapply
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// What `task` would do now: the plan its decision would make (or why it cannot be
+    /// worked out now).
+    pub async fn preview(&self, task: &TaskBody) -> Result<Result<Plan, String>, StoreError> {
+        let token = self.access.token(&task.location_id).await.ok();
+        let claimed = Claimed {
+            id: i64::MAX,
+            location_id: task.location_id.as_str().to_owned(),
+            contact_id: task.contact_id.as_str().to_owned(),
+            kind: BodyKind::Task,
+            body: task.to_json(),
+            attempt: 1,
+            received_at: SystemTime::now(),
+            lease_owner: self.owner.clone(),
+        };
+        let rules = self.rules.current();
+        let steps = [(0, Step::Task(task.clone()))];
+        match self
+            .decide(&[claimed], &steps, &rules, token.as_ref())
+            .await?
+        {
+            Ok(decided) => Ok(Ok(decided.net)),
+            Err(Ending::Attempt { error, .. }) => Ok(Err(error.unwrap_or_default())),
+            Err(Ending::Deferred(wait)) => Ok(Err(format!(
+                "the location's rate budget is spent for {}",
+                humantime::format_duration(wait)
+            ))),
+            Err(Ending::Lost) => Ok(Err("lost".to_owned())),
+        }
+    }
+
+    /// Queues `task` in its contact's queue, due now.
+    async fn queue(&self, task: &TaskBody) -> Result<(), StoreError> {
+        let event = NewEvent {
+            kind: BodyKind::Task,
+            event_type: task.event_type().to_owned(),
+            location_id: task.location_id.clone(),
+            contact_id: task.contact_id.clone(),
+            opportunity_id: None,
+            webhook_id: None,
+            body: task.to_json(),
+            available_at: SystemTime::now(),
+        };
+        self.store
+            .insert_event(event, std::time::Duration::ZERO)
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
