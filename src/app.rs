@@ -176,12 +176,6 @@ pub async fn start_with_store(
     let mut state = app_state(config, &store, &rules, wake, metrics, &access, &worker);
     state.install = install(config, &access);
     let summarizer = spawn_housekeeping(config, &state, &shutdown_rx);
-    tokio::spawn(reapply_on_reload(
-        Arc::clone(&worker),
-        rules.subscribe(),
-        config.rules.on_reload,
-        shutdown_rx.clone(),
-    ));
     let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
     let admin_server = admin_listener.map(|(listener, _)| {
         serve_until(
@@ -346,8 +340,9 @@ fn watch_rules(config: &Config, rules: &Arc<LiveRules>) -> Option<notify::Recomm
         .ok()
 }
 
-/// The background tasks beside the worker: waking it for settled events, pruning, and the
-/// rejection summary (whose handle shutdown awaits for its last line).
+/// The background tasks beside the worker: waking it for settled events, pruning, backfills,
+/// the reapply after a reload, and the rejection summary (whose handle shutdown awaits for its
+/// last line).
 fn spawn_housekeeping(
     config: &Config,
     state: &AppState,
@@ -357,6 +352,13 @@ fn spawn_housekeeping(
         Arc::clone(&state.arrived),
         Arc::clone(&state.wake),
         config.worker.settle_delay,
+        shutdown.clone(),
+    ));
+    tokio::spawn(Arc::clone(&state.worker).run_backfills(shutdown.clone()));
+    tokio::spawn(reapply_on_reload(
+        Arc::clone(&state.worker),
+        state.rules.subscribe(),
+        config.rules.on_reload,
         shutdown.clone(),
     ));
     tokio::spawn(prune(

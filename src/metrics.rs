@@ -45,6 +45,8 @@ pub struct Metrics {
     failed_events: IntGauge,
     tokens_refused: IntGauge,
     installations: IntGaugeVec,
+    /// `location`, `count` (seen, total, queued): each location's latest backfill.
+    backfill_records: IntGaugeVec,
     scopes_missing: IntGauge,
     rules_info: IntGaugeVec,
     rules_count: IntGauge,
@@ -200,6 +202,17 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("metric: {e}")),
             ),
+            backfill_records: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "autofollow_backfill_records",
+                        "Each location's latest backfill: records seen, records in all (as GoHighLevel reported), tasks queued.",
+                    ),
+                    &["location", "count"],
+                )
+                .unwrap_or_else(|e| unreachable!("metric: {e}")),
+            ),
             scopes_missing: gauge(
                 &r,
                 "autofollow_scopes_missing",
@@ -265,6 +278,19 @@ impl Metrics {
             }
             None => self.store_up.set(0),
         }
+        if let Some(backfills) = &gauges.backfills {
+            self.backfill_records.reset();
+            for (location, seen, total, queued) in backfills {
+                let set = |count: &str, n: i64| {
+                    self.backfill_records
+                        .with_label_values(&[location.as_str(), count])
+                        .set(n);
+                };
+                set("seen", *seen);
+                set("total", total.unwrap_or(*seen));
+                set("queued", *queued);
+            }
+        }
         if let Some(refused) = gauges.tokens_refused {
             self.tokens_refused.set(count(refused as u64));
         }
@@ -294,11 +320,16 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A location's latest backfill: (location, records seen, records in all, tasks queued).
+pub type BackfillGauge = (String, i64, Option<i64>, i64);
+
 /// What the gauges show, read by the caller from the store and the rules at each scrape.
 #[derive(Clone, Debug, Default)]
 pub struct Gauges {
     /// `None` when the store did not answer.
     pub queue: Option<QueueGauges>,
+    /// Each location's latest backfill; `None` when the store did not answer.
+    pub backfills: Option<Vec<BackfillGauge>>,
     /// `None` when the store did not answer (the gauge keeps its value).
     pub tokens_refused: Option<usize>,
     /// Installations by state; `None` when the store did not answer.

@@ -62,6 +62,10 @@ enum Command {
     /// ledger: removes the followers it added, adds back those it removed; never touches
     /// followers added by hand.
     Undo(maintain::UndoArgs),
+    /// Walk a location's contacts and opportunities in GoHighLevel (the running service does,
+    /// within the rate budget, live webhooks first) and queue what the rules want for each;
+    /// shows the progress until it ends. Resumable: run it again to follow a running one.
+    Backfill(maintain::BackfillArgs),
     /// Exit 0 when the service at URL answers /healthz (for container health checks).
     Healthcheck {
         /// Default: http://127.0.0.1:PORT/readyz (store reachable, rules loaded), PORT from AUTOFOLLOW_LISTEN (else 8080).
@@ -158,6 +162,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             return finish(maintain::reapply(args, &mut io::stdout().lock()).await);
         }
         Command::Undo(args) => return finish(maintain::undo(args, &mut io::stdout().lock()).await),
+        Command::Backfill(args) => {
+            return finish(maintain::backfill(args, &mut io::stdout().lock()).await);
+        }
     };
     match status {
         Ok(code) => ExitCode::from(code),

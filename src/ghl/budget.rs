@@ -33,6 +33,9 @@ pub trait Budget: Send + Sync + std::fmt::Debug {
     /// The window of the limit, for a wait GoHighLevel did not state.
     fn window(&self) -> Duration;
 
+    /// Requests per second the budget allows a location, sustained (for estimates).
+    fn per_second(&self) -> f64;
+
     /// Slows the location down when GoHighLevel says its budget is spent.
     async fn observe(&self, location: &LocationId, seen: &Observed) {
         if let Some(wait) = seen.wait(self.window()) {
@@ -60,6 +63,14 @@ impl FromStr for RateLimit {
             return Err(format!("`{s}`: at least 2 requests over a non-zero time"));
         }
         Ok(RateLimit { requests, per })
+    }
+}
+
+impl RateLimit {
+    /// The sustained rate [`shape`] allows, in requests per second.
+    pub fn per_second(&self) -> f64 {
+        let (_, period) = shape(self.requests, self.per);
+        1.0 / period.as_secs_f64().max(1e-9)
     }
 }
 
@@ -161,6 +172,10 @@ impl Budget for LocalBudget {
 
     fn window(&self) -> Duration {
         self.window.per
+    }
+
+    fn per_second(&self) -> f64 {
+        self.window.per_second()
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod oauth;
 pub mod pipelines;
+pub mod search;
 
 use std::time::Duration;
 
@@ -99,6 +100,11 @@ impl GhlClient {
             budget,
             metrics,
         })
+    }
+
+    /// Requests per second the budget allows a location, sustained.
+    pub fn per_second(&self) -> f64 {
+        self.budget.per_second()
     }
 
     /// `POST /contacts/{id}/followers` (add) or `DELETE` (remove): GoHighLevel's answer.

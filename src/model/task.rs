@@ -21,6 +21,10 @@ pub enum Task {
     },
     /// The inverse of what autofollow did within `scope`, from the ownership ledger.
     Undo { scope: UndoScope },
+    /// Bring the followers to what the rules want for `record`, a contact or an
+    /// opportunity as GoHighLevel's search just returned it, shaped as an app webhook body
+    /// (`ContactUpdate`, `OpportunityUpdate`) and evaluated as it stands.
+    Backfill { record: serde_json::Value },
 }
 
 /// Which of autofollow's changes an undo reverses.
@@ -36,28 +40,9 @@ pub enum UndoScope {
 }
 
 impl UndoScope {
-    /// `--since`: a duration back from now (`2h`, `7d`), an RFC 3339 time
-    /// (`2026-12-01T09:00:00Z`), or a date (`2026-12-01`, from midnight UTC).
+    /// `--since`: see [`since_ms`].
     pub fn since(text: &str) -> Result<UndoScope, String> {
-        let text = text.trim();
-        let at = match humantime::parse_duration(text) {
-            Ok(ago) => SystemTime::now().checked_sub(ago),
-            Err(_) => {
-                let full = match text.len() {
-                    10 => format!("{text}T00:00:00Z"),
-                    _ => text.to_owned(),
-                };
-                humantime::parse_rfc3339_weak(&full).ok()
-            }
-        };
-        let at = at.ok_or_else(|| {
-            format!("`{text}` is not a duration (2h, 7d), a time (2026-12-01T09:00:00Z) or a date (2026-12-01)")
-        })?;
-        let ms = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|_| format!("`{text}` is before 1970"))?
-            .as_millis();
-        Ok(UndoScope::Since(i64::try_from(ms).unwrap_or(i64::MAX)))
+        since_ms(text).map(UndoScope::Since)
     }
 
     /// `rule vip`, `event 42`, `since 2026-12-01T00:00:00Z`.
@@ -74,6 +59,30 @@ impl UndoScope {
     }
 }
 
+/// A moment an operator names (`--since`): a duration back from now (`2h`, `7d`), an RFC
+/// 3339 time (`2026-12-01T09:00:00Z`), or a date (`2026-12-01`, from midnight UTC); unix ms.
+pub fn since_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => SystemTime::now().checked_sub(ago),
+        Err(_) => {
+            let full = match text.len() {
+                10 => format!("{text}T00:00:00Z"),
+                _ => text.to_owned(),
+            };
+            humantime::parse_rfc3339_weak(&full).ok()
+        }
+    };
+    let at = at.ok_or_else(|| {
+        format!("`{text}` is not a duration (2h, 7d), a time (2026-12-01T09:00:00Z) or a date (2026-12-01)")
+    })?;
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| format!("`{text}` is before 1970"))?
+        .as_millis();
+    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 /// A task as it is stored in the contact's queue (the `body` of an event of kind `task`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskBody {
@@ -86,11 +95,12 @@ pub struct TaskBody {
 }
 
 impl TaskBody {
-    /// The event type it is listed under: `Reapply` or `Undo`.
+    /// The event type it is listed under: `Reapply`, `Undo` or `Backfill`.
     pub fn event_type(&self) -> &'static str {
         match self.task {
             Task::Reapply { .. } => "Reapply",
             Task::Undo { .. } => "Undo",
+            Task::Backfill { .. } => "Backfill",
         }
     }
 
@@ -121,6 +131,9 @@ mod tests {
             },
             Task::Undo {
                 scope: UndoScope::Since(1_700_000_000_000),
+            },
+            Task::Backfill {
+                record: serde_json::json!({"type": "ContactUpdate", "id": "c1", "tags": ["vip"]}),
             },
         ] {
             let body = TaskBody {

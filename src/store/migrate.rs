@@ -135,6 +135,28 @@ const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "backfills",
+        columns: &[
+            ("id", Ty::Int),
+            ("location_id", Ty::Text),
+            ("since", Ty::Int),
+            ("dry_run", Ty::Bool),
+            ("phase", Ty::Text),
+            ("cursor", Ty::Text),
+            ("state", Ty::Text),
+            ("total", Ty::Int),
+            ("seen", Ty::Int),
+            ("changed", Ty::Int),
+            ("queued", Ty::Int),
+            ("report", Ty::Text),
+            ("error", Ty::Text),
+            ("started_at", Ty::Int),
+            ("updated_at", Ty::Int),
+            ("finished_at", Ty::Int),
+        ],
+        identity: true,
+    },
+    Table {
         name: "known_followers",
         columns: &[
             ("location_id", Ty::Text),

@@ -285,6 +285,10 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
         dedup_window: Duration,
     ) -> Result<Inserted, StoreError>;
 
+    /// A location's pending work: (webhooks due now, tasks waiting), for a backfill to let
+    /// live work go first.
+    async fn location_queue(&self, location: &LocationId) -> Result<(u64, u64), StoreError>;
+
     /// Leases up to `limit` events that are due: for each contact only its oldest unfinished
     /// event, only when no other lease on it is live, and only when none of its newer events
     /// is still waiting out its settle delay (a burst about one contact is decided together).
@@ -640,8 +644,141 @@ pub trait Installations: Send + Sync + std::fmt::Debug {
 
 /// The whole contract a backend keeps. Split by concern so a feature touches one part; the
 /// service holds an `Arc<dyn Store>`.
+/// A backfill: a walk through one location's contacts and opportunities, queueing what the
+/// rules want for each (see `worker::backfill`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backfill {
+    pub id: i64,
+    pub location: LocationId,
+    /// Unix ms: only records added since.
+    pub since: Option<i64>,
+    pub dry_run: bool,
+    /// `contacts`, then `opportunities`.
+    pub phase: String,
+    /// Where the walk stands in its phase (the search's cursor, JSON); `None` at the start.
+    pub cursor: Option<String>,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Records GoHighLevel reported (contacts and opportunities), as far as known.
+    pub total: Option<i64>,
+    pub seen: i64,
+    /// Records whose followers change (would change, in a dry run).
+    pub changed: i64,
+    /// Tasks queued.
+    pub queued: i64,
+    /// Per rule and user, how many records gain or lose them (JSON).
+    pub report: Option<String>,
+    pub error: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// One page of a backfill, written together with the page's tasks.
+#[derive(Clone, Debug, Default)]
+pub struct BackfillStep {
+    pub phase: String,
+    pub cursor: Option<String>,
+    pub total: Option<i64>,
+    /// Added to the counts.
+    pub seen: i64,
+    pub changed: i64,
+    /// Replaces the report.
+    pub report: Option<String>,
+    /// The walk is over: the backfill is done.
+    pub done: bool,
+}
+
+/// Backfills and their progress.
 #[async_trait]
-pub trait Store: Queue + History + ContactState + Installations + 'static {
+pub trait Backfills: Send + Sync + std::fmt::Debug {
+    /// Starts a backfill of `location`, or returns the one running for it.
+    async fn start_backfill(
+        &self,
+        location: &LocationId,
+        since: Option<i64>,
+        dry_run: bool,
+    ) -> Result<Backfill, StoreError>;
+
+    async fn backfill(&self, id: i64) -> Result<Option<Backfill>, StoreError>;
+
+    /// The latest backfills, newest first.
+    async fn backfills(&self, limit: u32) -> Result<Vec<Backfill>, StoreError>;
+
+    /// Leases a running backfill no live lease holds, oldest first.
+    async fn claim_backfill(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Backfill>, StoreError>;
+
+    /// Records a page (and queues its tasks) in one transaction, while `owner` holds the
+    /// backfill, extending its lease; false when it does not hold it any more.
+    async fn advance_backfill(
+        &self,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+        step: &BackfillStep,
+        tasks: Vec<NewEvent>,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a backfill that cannot go on (`failed`, with why).
+    async fn fail_backfill(&self, id: i64, owner: &str, error: &str) -> Result<bool, StoreError>;
+}
+
+/// A `backfills` row as both backends read it.
+#[derive(FromRow)]
+pub(crate) struct BackfillRow {
+    id: i64,
+    location_id: String,
+    since: Option<i64>,
+    dry_run: bool,
+    phase: String,
+    cursor: Option<String>,
+    state: String,
+    total: Option<i64>,
+    seen: i64,
+    changed: i64,
+    queued: i64,
+    report: Option<String>,
+    error: Option<String>,
+    started_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+/// The columns of [`BackfillRow`], for `SELECT`.
+pub(crate) const BACKFILL_COLUMNS: &str = "id, location_id, since, dry_run, phase, cursor, state, total, seen, changed, queued, report, error, started_at, updated_at, finished_at";
+
+impl BackfillRow {
+    pub(crate) fn into_backfill(self) -> Result<Backfill, StoreError> {
+        let location = LocationId::parse(&self.location_id)
+            .map_err(|_| StoreError::Corrupt("backfills: location_id".into()))?;
+        Ok(Backfill {
+            id: self.id,
+            location,
+            since: self.since,
+            dry_run: self.dry_run,
+            phase: self.phase,
+            cursor: self.cursor,
+            state: self.state,
+            total: self.total,
+            seen: self.seen,
+            changed: self.changed,
+            queued: self.queued,
+            report: self.report,
+            error: self.error,
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[async_trait]
+pub trait Store: Queue + History + ContactState + Installations + Backfills + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -119,4 +119,8 @@ impl Budget for PgBudget {
     fn window(&self) -> Duration {
         self.window.per
     }
+
+    fn per_second(&self) -> f64 {
+        self.window.per_second()
+    }
 }

@@ -280,7 +280,11 @@ fn run_together(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), Stri
 /// Stores one webhook: inserts the event, then records its webhook id; when that id was seen
 /// within the window (or earlier in the same batch), the event is deleted again: a duplicate.
 /// (Two statements for the usual webhook, three for the rare duplicate.)
-fn insert_one(conn: &Connection, e: &NewEvent, window: Duration) -> Result<Inserted, StoreError> {
+pub(crate) fn insert_one(
+    conn: &Connection,
+    e: &NewEvent,
+    window: Duration,
+) -> Result<Inserted, StoreError> {
     let now = millis(SystemTime::now());
     let id: i64 = conn
         .prepare_cached(

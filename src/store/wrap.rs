@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Claimed, ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted,
-    InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Owned, Queue,
-    QueueStats, Store, StoreError,
+    Backfill, BackfillStep, Backfills, Claimed, ContactState, Erased, EventFilter, EventRecord,
+    EventSummary, History, Inserted, InstallState, InstallTokens, Installation, Installations,
+    NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -81,6 +81,7 @@ macro_rules! wrapped {
 }
 
 wrapped!(Queue {
+    fn location_queue(&self, location: &LocationId) -> Result<(u64, u64), StoreError>;
     fn insert_event(&self, event: NewEvent, dedup_window: Duration) -> Result<Inserted, StoreError>;
     fn claim_within(&self, owner: &str, limit: u32, lease: Duration, settle_max: Option<Duration>) -> Result<Vec<Claimed>, StoreError> as "claim";
     fn claim_rest(&self, owner: &str, first: &Claimed, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
@@ -129,6 +130,15 @@ wrapped!(Installations {
     fn begin_refresh(&self, id: &str, owner: &str, version: i64, lease: Duration) -> Result<bool, StoreError>;
     fn end_refresh(&self, id: &str, owner: &str) -> Result<(), StoreError>;
     fn set_install_state(&self, id: &str, state: InstallState, problem: Option<&str>) -> Result<bool, StoreError>;
+});
+
+wrapped!(Backfills {
+    fn start_backfill(&self, location: &LocationId, since: Option<i64>, dry_run: bool) -> Result<Backfill, StoreError>;
+    fn backfill(&self, id: i64) -> Result<Option<Backfill>, StoreError>;
+    fn backfills(&self, limit: u32) -> Result<Vec<Backfill>, StoreError>;
+    fn claim_backfill(&self, owner: &str, lease: Duration) -> Result<Option<Backfill>, StoreError>;
+    fn advance_backfill(&self, id: i64, owner: &str, lease: Duration, step: &BackfillStep, tasks: Vec<NewEvent>) -> Result<bool, StoreError>;
+    fn fail_backfill(&self, id: i64, owner: &str, error: &str) -> Result<bool, StoreError>;
 });
 
 wrapped!(Store {

@@ -20,7 +20,7 @@ use super::state::AppState;
 use crate::model::ids::{ContactId, LocationId};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
-use crate::model::task::UndoScope;
+use crate::model::task::{UndoScope, since_ms};
 use crate::rules::NoResolver;
 use crate::rules::explain_report;
 use crate::store::{EventFilter, Installation};
@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/installations", get(installations))
         .route("/admin/reapply", post(reapply))
         .route("/admin/undo", post(undo))
+        .route("/admin/backfills", get(backfills).post(start_backfill))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -426,6 +427,40 @@ async fn undo(State(state): State<AppState>, Query(q): Query<JobQuery>) -> Respo
 async fn run_job(state: &AppState, job: &Job, dry_run: bool) -> Response {
     match state.worker.maintain(job, dry_run).await {
         Ok(report) => Json(report).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /admin/backfills`: the latest 50 backfills, newest first, with their estimates.
+async fn backfills(State(state): State<AppState>) -> Response {
+    match state.store.backfills(50).await {
+        Ok(list) => {
+            let list: Vec<_> = list.into_iter().map(|b| state.worker.progress(b)).collect();
+            Json(json!({ "backfills": list })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /admin/backfills?location=ID[&since=DATE][&dry_run=true]`: starts a backfill of the
+/// location (or answers the one running for it): 202 with its progress.
+async fn start_backfill(State(state): State<AppState>, Query(q): Query<JobQuery>) -> Response {
+    let location = match q.location() {
+        Ok(Some(location)) => location,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "location= is required"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let since = q.since.as_deref().filter(|s| !s.is_empty()).map(since_ms);
+    let since = match since.transpose() {
+        Ok(since) => since,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match state
+        .store
+        .start_backfill(&location, since, q.dry_run)
+        .await
+    {
+        Ok(b) => (StatusCode::ACCEPTED, Json(state.worker.progress(b))).into_response(),
         Err(e) => internal(e),
     }
 }

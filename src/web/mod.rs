@@ -158,6 +158,7 @@ async fn gauges(state: &AppState) -> crate::metrics::Gauges {
     let scopes_missing = state.access.scopes().missing();
     crate::metrics::Gauges {
         queue,
+        backfills: latest_backfills(state).await,
         tokens_refused: state.store.token_failures().await.ok().map(|f| f.len()),
         installations,
         scopes_missing: scopes_missing.iter().map(|(_, s)| s.len()).sum(),
@@ -165,6 +166,18 @@ async fn gauges(state: &AppState) -> crate::metrics::Gauges {
         rules: rules.rules,
         rules_valid: rules.last_error.is_none(),
     }
+}
+
+/// Each location's latest backfill (of the last 100): (location, seen, total, queued).
+async fn latest_backfills(state: &AppState) -> Option<Vec<crate::metrics::BackfillGauge>> {
+    let all = state.store.backfills(100).await.ok()?;
+    let mut latest: Vec<crate::metrics::BackfillGauge> = Vec::new();
+    for b in all {
+        if !latest.iter().any(|(l, ..)| l == b.location.as_str()) {
+            latest.push((b.location.to_string(), b.seen, b.total, b.queued));
+        }
+    }
+    Some(latest)
 }
 
 /// How locations are reached, for the admin `/readyz`: PITs, installations by state (those
@@ -196,6 +209,18 @@ async fn access_details(state: &AppState) -> serde_json::Value {
         "installations": installations,
         "missing_scopes": admin::missing_scopes(state),
     })
+}
+
+/// The running backfills and the latest ended ones (five in all at least), for the admin
+/// `/readyz`.
+async fn backfill_details(state: &AppState) -> Vec<crate::worker::Progress> {
+    let latest = state.store.backfills(20).await.unwrap_or_default();
+    let shown = latest
+        .into_iter()
+        .enumerate()
+        .filter(|(i, b)| *i < 5 || b.state == "running")
+        .map(|(_, b)| state.worker.progress(b));
+    shown.collect()
 }
 
 /// The public `/readyz`: 200 `{"status":"ready"}` while the store answers, else 503
@@ -234,6 +259,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "accepting": state.accepting.load(Ordering::SeqCst),
         "tokens_refused": refused,
         "access": access_details(&state).await,
+        "backfills": backfill_details(&state).await,
     });
     let status = if store.is_ok() {
         StatusCode::OK

@@ -235,7 +235,7 @@ impl Worker {
 
 /// The state `event` leaves (for the next event of the group, and to store); `assigned`: who
 /// it says its record is assigned to.
-fn leave(
+pub(super) fn leave(
     decided: &Decided,
     event: &Event,
     assigned: Option<Option<UserId>>,

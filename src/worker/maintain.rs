@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Ending;
 use super::Worker;
@@ -18,7 +18,11 @@ use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::Plan;
 use crate::model::record::Decision;
 use crate::model::task::{Task, TaskBody, UndoScope};
-use crate::store::{Claimed, NewEvent, NewState, StoreError};
+use crate::rules::Evaluation;
+use crate::store::{Claimed, NewState, StoreError};
+
+/// A task's plan, ledger changes, rules matched, and the state it leaves.
+type Made = (Plan, Vec<crate::store::LedgerChange>, Vec<String>, NewState);
 
 /// How many of a contact's latest events `reapply` reads to find each record's latest state.
 const LATEST: u32 = 50;
@@ -72,7 +76,7 @@ impl Job {
 }
 
 /// What a job does (a dry run: would do), over its contacts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// `reapply`, or `undo rule vip` (event 42, since …).
     pub job: String,
@@ -93,7 +97,7 @@ pub struct Report {
 }
 
 /// How many contacts gain or lose a user because of a rule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub rule: String,
     pub user: UserId,
@@ -102,7 +106,7 @@ pub struct Tally {
 }
 
 /// The change to one contact's followers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub location: LocationId,
     pub contact: ContactId,
@@ -111,7 +115,7 @@ pub struct Change {
 }
 
 /// A user added or removed, with the rule it is for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub user: UserId,
     pub rule: String,
@@ -138,7 +142,7 @@ impl Change {
 }
 
 impl Report {
-    fn count(&mut self, change: Change) {
+    pub(super) fn count(&mut self, change: Change) {
         let mut tallies: BTreeMap<(String, UserId), Tally> = std::mem::take(&mut self.summary)
             .into_iter()
             .map(|t| ((t.rule.clone(), t.user.clone()), t))
@@ -229,9 +233,14 @@ impl Worker {
         decided: &mut Decided,
         task: &Task,
         id: i64,
-        at: Step1<'_>,
+        mut at: Step1<'_>,
     ) -> Result<Result<(Decision, NewState), Ending>, StoreError> {
-        let (plan, ledger, matched) = match task {
+        let base = NewState {
+            location_id: Some(decided.location.clone()),
+            contact_id: Some(decided.contact.clone()),
+            ..NewState::default()
+        };
+        let (plan, ledger, matched, state) = match task {
             Task::Reapply { .. } => {
                 let verdicts = match self.verdicts(decided, id, &at).await? {
                     Ok(v) => v,
@@ -240,40 +249,70 @@ impl Worker {
                 let (plan, ledger) = decided.ownership.reapply(at.rules, &verdicts);
                 let mut matched: Vec<String> = Vec::new();
                 for (_, _, e) in &verdicts.evaluated {
-                    matched.extend(
-                        e.matched
-                            .iter()
-                            .filter(|m| !matched.contains(m))
-                            .cloned()
-                            .collect::<Vec<_>>(),
-                    );
+                    for m in &e.matched {
+                        if !matched.contains(m) {
+                            matched.push(m.clone());
+                        }
+                    }
                 }
-                (plan, ledger, matched)
+                (plan, ledger, matched, base)
             }
             Task::Undo { scope } => {
-                let all = self
-                    .store
-                    .owned(&decided.location, &decided.contact, true)
-                    .await?;
+                let (location, contact) = (&decided.location, &decided.contact);
+                let all = self.store.owned(location, contact, true).await?;
                 let (plan, ledger) = decided.ownership.undo(scope, &all);
-                (plan, ledger, Vec::new())
+                (plan, ledger, Vec::new(), base)
             }
+            Task::Backfill { record } => match self.backfilled(decided, record, &mut at).await? {
+                Ok(Some(made)) => made,
+                Ok(None) => (Plan::default(), Vec::new(), Vec::new(), base),
+                Err(ending) => return Ok(Err(ending)),
+            },
         };
         decided.net.merge(&plan);
-        let state = NewState {
-            location_id: Some(decided.location.clone()),
-            contact_id: Some(decided.contact.clone()),
-            ledger,
-            ..NewState::default()
+        let state = NewState { ledger, ..state };
+        let decision = Decision {
+            matched,
+            plan,
+            ..at.empty
         };
-        Ok(Ok((
-            Decision {
-                matched,
-                plan,
-                ..at.empty
-            },
-            state,
-        )))
+        Ok(Ok((decision, state)))
+    }
+
+    /// A backfilled record, evaluated as it stands: the plan (without adding anyone the record
+    /// lists as following already: they are not autofollow's), the ledger changes, the rules
+    /// matched and the state the record leaves; `None` when it is not a record the rules read.
+    async fn backfilled(
+        &self,
+        decided: &mut Decided,
+        record: &serde_json::Value,
+        at: &mut Step1<'_>,
+    ) -> Result<Result<Option<Made>, Ending>, StoreError> {
+        let Some(mut event) = latest(BodyKind::App, &record.to_string()) else {
+            return Ok(Ok(None));
+        };
+        let evaluation = match self.as_it_stands(decided, &mut event, true, at).await? {
+            Ok(e) => e,
+            Err(ending) => return Ok(Err(ending)),
+        };
+        let subject = match event.event_type.subject() {
+            Subject::Contact => None,
+            _ => event.opportunity_id.clone(),
+        };
+        let matched = evaluation.matched.clone();
+        let verdicts = Verdicts {
+            evaluated: vec![(subject, event.event_type, evaluation)],
+            gone: Vec::new(),
+        };
+        let (mut plan, ledger) = decided.ownership.reapply(at.rules, &verdicts);
+        let following = record
+            .get("followers")
+            .and_then(serde_json::Value::as_array);
+        let following = |u: &UserId| following.is_some_and(|f| f.iter().any(|v| v == u.as_str()));
+        plan.add.retain(|e| !following(&e.user));
+        let assigned = event.assignment(|_| None);
+        let state = super::decide::leave(decided, &event, assigned, at.previous);
+        Ok(Ok(Some((plan, ledger, matched, state))))
     }
 
     /// Each record's latest stored event before event `before`, evaluated as it stands (no
@@ -309,14 +348,10 @@ impl Worker {
                 verdicts.gone.extend(subject);
                 continue;
             }
-            let steady = self.steady(decided, &mut event, at).await?;
-            let secret = at.token.map(|t| &t.secret);
-            let stage = steady.stage.as_deref();
-            let resolver = match self.lookups.resolve(&self.ghl, &event, stage, secret).await {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(Ending::from_lookup(e))),
+            let evaluation = match self.as_it_stands(decided, &mut event, false, at).await? {
+                Ok(e) => e,
+                Err(ending) => return Ok(Err(ending)),
             };
-            let evaluation = at.rules.evaluate(&event, &steady, &resolver);
             verdicts
                 .evaluated
                 .push((subject, event.event_type, evaluation));
@@ -324,27 +359,38 @@ impl Worker {
         Ok(Ok(verdicts))
     }
 
-    /// The previous state of `event` when nothing changed since it: the contact's tags as
-    /// known (also given to an event that does not carry them), its own stage, its record's
-    /// owner as known.
-    async fn steady(
+    /// The rules' evaluation of `event` as it stands, nothing changed since (no moment
+    /// condition holds): the contact's tags as known (`fresh`: the event's own, when it carries
+    /// them, as a record just read from GoHighLevel does; else the ones on record), its own
+    /// stage, its record's owner.
+    pub(super) async fn as_it_stands(
         &self,
         decided: &Decided,
         event: &mut Event,
+        fresh: bool,
         at: &Step1<'_>,
-    ) -> Result<crate::model::plan::PreviousState, StoreError> {
+    ) -> Result<Result<Evaluation, Ending>, StoreError> {
         let mut known = super::decide::Previous {
             tags: at.previous.tags.clone(),
             assigned: at.previous.assigned.clone(),
             opportunities: at.previous.opportunities.clone(),
         };
         let mut steady = self.before(decided, event, &mut known).await?;
-        if steady.tags.is_some() {
+        if steady.tags.is_some() && !(fresh && event.tags.is_some()) {
             event.tags.clone_from(&steady.tags);
         }
         steady.tags.clone_from(&event.tags);
         steady.stage = event.stage_id.clone().or_else(|| event.stage_name.clone());
-        Ok(steady)
+        if let (true, Some(owner)) = (fresh, event.assignment(|_| None)) {
+            steady.assigned = Some(owner);
+        }
+        let secret = at.token.map(|t| &t.secret);
+        let stage = steady.stage.as_deref();
+        let resolver = match self.lookups.resolve(&self.ghl, event, stage, secret).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(Ending::from_lookup(e))),
+        };
+        Ok(Ok(at.rules.evaluate(event, &steady, &resolver)))
     }
 }
 
@@ -413,6 +459,11 @@ impl Worker {
         Ok(report)
     }
 
+    /// The store this worker works on.
+    pub fn store(&self) -> &dyn crate::store::Store {
+        self.store.as_ref()
+    }
+
     /// The last reapply worked out by this worker (its summary; no list of changes).
     pub fn last_reapply(&self) -> Option<Report> {
         self.last_reapply
@@ -453,18 +504,8 @@ impl Worker {
 
     /// Queues `task` in its contact's queue, due now.
     async fn queue(&self, task: &TaskBody) -> Result<(), StoreError> {
-        let event = NewEvent {
-            kind: BodyKind::Task,
-            event_type: task.event_type().to_owned(),
-            location_id: task.location_id.clone(),
-            contact_id: task.contact_id.clone(),
-            opportunity_id: None,
-            webhook_id: None,
-            body: task.to_json(),
-            available_at: SystemTime::now(),
-        };
         self.store
-            .insert_event(event, std::time::Duration::ZERO)
+            .insert_event(task.queued(), std::time::Duration::ZERO)
             .await?;
         self.wake.notify_one();
         Ok(())

@@ -11,6 +11,7 @@
 //! [`Outcome`](crate::model::record::Outcome), which sets its status. [`retry`] says when a
 //! failed attempt is tried again.
 
+mod backfill;
 mod call;
 mod decide;
 mod load;
@@ -28,6 +29,7 @@ use rand::Rng;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use backfill::Progress;
 pub use maintain::{Change, Entry, Job, OnReload, Report, Tally};
 pub use retry::RetryPolicy;
 

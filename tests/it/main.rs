@@ -6,6 +6,7 @@ mod common;
 
 mod abuse;
 mod admin;
+mod backfill;
 mod bad_requests;
 mod chaos;
 mod cli;

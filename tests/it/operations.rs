@@ -106,6 +106,12 @@ async fn metrics_are_valid_prometheus_text_and_hold_every_series_after_a_run() {
                "source": "fb-ads", "webhookId": webhook})
     };
     accepted(app.post_app(&lead("c1", "w1")).await).await;
+    // A backfill started (the stand-in has no search: it fails), for its series.
+    let location = autofollow::model::ids::LocationId::parse(LOCATION).unwrap();
+    app.store()
+        .start_backfill(&location, None, true)
+        .await
+        .unwrap();
     let dup = app.post_app(&lead("c1", "w1")).await;
     assert_eq!(
         dup.json::<serde_json::Value>().await.unwrap()["status"],

@@ -11,8 +11,8 @@ use autofollow::model::plan::{Follow, Plan, PreviousState};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::model::task::UndoScope;
 use autofollow::store::{
-    Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens, LedgerChange,
-    NewEvent, NewState, Store,
+    BackfillStep, Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens,
+    LedgerChange, NewEvent, NewState, Store,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -1005,6 +1005,104 @@ async fn reapply_and_undo_find_their_contacts(store: Arc<dyn Store>) {
     );
 }
 
+/// A backfill: one running per location, leased to one walker at a time; a page's tasks are
+/// queued with its cursor, only by the lease's holder; an ended backfill is not taken again.
+async fn backfills_walk_under_a_lease_and_queue_with_their_cursor(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let l1 = LocationId::parse("L1").unwrap();
+    let started = s.start_backfill(&l1, Some(5), false).await.unwrap();
+    assert_eq!(
+        (started.phase.as_str(), started.state.as_str()),
+        ("contacts", "running")
+    );
+    let again = s.start_backfill(&l1, None, true).await.unwrap();
+    assert_eq!(again.id, started.id, "the running one is answered");
+    let other = s
+        .start_backfill(&LocationId::parse("L2").unwrap(), None, true)
+        .await
+        .unwrap();
+    assert_ne!(other.id, started.id);
+    let taken = s.claim_backfill("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(taken.id, started.id, "oldest first");
+    let second = s.claim_backfill("b", LEASE).await.unwrap().unwrap();
+    assert_eq!(second.id, other.id, "one walker each");
+    assert!(s.claim_backfill("c", LEASE).await.unwrap().is_none());
+    let mut task = new_event("L1", "c7", None);
+    task.kind = BodyKind::Task;
+    task.event_type = "Backfill".into();
+    let step = BackfillStep {
+        phase: "contacts".into(),
+        cursor: Some("[1,\"c7\"]".into()),
+        total: Some(250),
+        seen: 100,
+        changed: 1,
+        report: Some("{}".into()),
+        done: false,
+    };
+    let tasks = vec![task.clone()];
+    assert!(
+        !s.advance_backfill(started.id, "b", LEASE, &step, tasks.clone())
+            .await
+            .unwrap(),
+        "not b's"
+    );
+    assert_eq!(
+        s.pending().await.unwrap(),
+        0,
+        "nothing queued by a non-holder"
+    );
+    assert!(
+        s.advance_backfill(started.id, "a", LEASE, &step, tasks)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.pending().await.unwrap(), 1, "the page's task is queued");
+    let now = s.backfill(started.id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.seen, now.changed, now.queued, now.total),
+        (100, 1, 1, Some(250))
+    );
+    assert_eq!(now.cursor.as_deref(), Some("[1,\"c7\"]"));
+    let last = BackfillStep {
+        phase: "opportunities".into(),
+        seen: 3,
+        done: true,
+        ..BackfillStep::default()
+    };
+    assert!(
+        s.advance_backfill(started.id, "a", LEASE, &last, Vec::new())
+            .await
+            .unwrap()
+    );
+    let done = s.backfill(started.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.seen, done.total),
+        ("done", 103, Some(250))
+    );
+    assert!(done.finished_at.is_some());
+    assert!(
+        s.fail_backfill(other.id, "b", "GoHighLevel said 403")
+            .await
+            .unwrap()
+    );
+    let failed = s.backfill(other.id).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.state.as_str(), failed.error.as_deref()),
+        ("failed", Some("GoHighLevel said 403"))
+    );
+    let list = s.backfills(10).await.unwrap();
+    assert_eq!(
+        list.iter().map(|b| b.id).collect::<Vec<_>>(),
+        [other.id, started.id]
+    );
+    assert!(
+        s.claim_backfill("c", LEASE).await.unwrap().is_none(),
+        "ended ones are not taken"
+    );
+    let next = s.start_backfill(&l1, None, false).await.unwrap();
+    assert_ne!(next.id, started.id, "a new one once the last ended");
+}
+
 /// A contact that keeps receiving webhooks is held back by its newest one only up to the
 /// settle maximum: an older event received that long ago is claimed anyway.
 async fn the_settle_maximum_bounds_how_long_a_busy_contact_waits(store: Arc<dyn Store>) {
@@ -1081,4 +1179,5 @@ contract!(
     the_ownership_ledger_records_adds_and_ends,
     the_settle_maximum_bounds_how_long_a_busy_contact_waits,
     reapply_and_undo_find_their_contacts,
+    backfills_walk_under_a_lease_and_queue_with_their_cursor,
 );

@@ -4,6 +4,7 @@
 //! contact at once. A replica that dies leaves leases that expire; another replica then
 //! resumes its events.
 
+mod backfills;
 mod history;
 mod installations;
 mod queue;

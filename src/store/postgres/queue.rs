@@ -12,6 +12,20 @@ impl Queue for PgStore {
         self.intake.insert(e, dedup_window).await
     }
 
+    async fn location_queue(&self, location: &LocationId) -> Result<(u64, u64), StoreError> {
+        let (due, tasks): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT SUM(CASE WHEN kind <> 'task' AND available_at <= $2 THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN kind = 'task' THEN 1 ELSE 0 END)
+             FROM events WHERE status = 'pending' AND location_id = $1",
+        )
+        .bind(location.as_str())
+        .bind(millis(SystemTime::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+        Ok((count(due), count(tasks)))
+    }
+
     async fn claim_within(
         &self,
         owner: &str,
@@ -277,6 +291,12 @@ impl Queue for PgStore {
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE backfills SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
         )
         .bind(owner)
         .execute(&self.pool)

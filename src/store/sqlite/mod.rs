@@ -1,5 +1,6 @@
 //! The embedded SQLite store (WAL mode): the default, for a single instance.
 
+mod backfills;
 mod history;
 mod installations;
 mod queue;

@@ -12,6 +12,20 @@ impl Queue for SqliteStore {
         self.writer.insert(event, dedup_window).await
     }
 
+    async fn location_queue(&self, location: &LocationId) -> Result<(u64, u64), StoreError> {
+        let (due, tasks): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT SUM(CASE WHEN kind <> 'task' AND available_at <= ?2 THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN kind = 'task' THEN 1 ELSE 0 END)
+             FROM events WHERE status = 'pending' AND location_id = ?1",
+        )
+        .bind(location.as_str())
+        .bind(millis(SystemTime::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+        Ok((count(due), count(tasks)))
+    }
+
     async fn claim_within(
         &self,
         owner: &str,
@@ -258,6 +272,8 @@ impl Queue for SqliteStore {
                 let updated = conn
                     .prepare_cached("UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?1")?
                     .execute([&owner])?;
+                conn.prepare_cached("UPDATE backfills SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?1")?
+                    .execute([&owner])?;
                 Ok(updated as u64)
             })
             .await
@@ -268,6 +284,11 @@ impl Queue for SqliteStore {
             .write(|conn| {
                 let updated = conn.execute(
                     "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
+                    (),
+                )?;
+                // A backfill a crashed run was walking: this run takes it on.
+                conn.execute(
+                    "UPDATE backfills SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL",
                     (),
                 )?;
                 // A refresh a crashed run left half done: whoever asks next refreshes.
