@@ -355,6 +355,7 @@ fn spawn_housekeeping(
         shutdown.clone(),
     ));
     tokio::spawn(Arc::clone(&state.worker).run_backfills(shutdown.clone()));
+    tokio::spawn(Arc::clone(&state.worker).run_reconcile(shutdown.clone()));
     tokio::spawn(reapply_on_reload(
         Arc::clone(&state.worker),
         state.rules.subscribe(),

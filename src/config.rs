@@ -126,6 +126,11 @@ pub struct ServeArgs {
     /// least this often (at least AUTOFOLLOW_SETTLE_DELAY).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_MAX", default_value = "30s")]
     pub settle_max: String,
+    /// Drift repair: re-read from GoHighLevel, this often, the followers of each contact
+    /// autofollow added someone to, and bring them to what the rules and the ledger want
+    /// (7d, 24h; `off`: never).
+    #[arg(long, env = "AUTOFOLLOW_RECONCILE_EVERY", default_value = "off")]
+    pub reconcile_every: String,
     /// How long the follower list GoHighLevel returned is trusted to skip needless calls (0 = off).
     #[arg(long, env = "AUTOFOLLOW_FOLLOWERS_FRESHNESS", default_value = "60s")]
     pub followers_freshness: String,
@@ -614,8 +619,15 @@ fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
     );
     let retry_base = p.duration("AUTOFOLLOW_RETRY_BASE", &args.retry_base, zero);
     let retry_cap = p.duration("AUTOFOLLOW_RETRY_CAP", &args.retry_cap, zero);
+    let reconcile_every = match args.reconcile_every.trim() {
+        "off" => Some(None),
+        every => p
+            .duration("AUTOFOLLOW_RECONCILE_EVERY", every, Duration::from_secs(1))
+            .map(Some),
+    };
     let defaults = WorkerOptions::default();
     Some(WorkerOptions {
+        reconcile_every: reconcile_every?,
         settle_delay: settle_delay?,
         settle_max: settle_max?.max(settle_delay?),
         lease: lease?,
@@ -664,6 +676,7 @@ mod tests {
             retention: "forever".into(),
             settle_delay: "soon".into(),
             settle_max: "30s".into(),
+            reconcile_every: "sometimes".into(),
             shutdown_grace: "patiently".into(),
             lease: "0s".into(),
             rate_limit: "lots".into(),
@@ -692,6 +705,7 @@ mod tests {
             "AUTOFOLLOW_LOG_FORMAT",
             "AUTOFOLLOW_RULES",
             "AUTOFOLLOW_REAPPLY_ON_RELOAD",
+            "AUTOFOLLOW_RECONCILE_EVERY",
             "AUTOFOLLOW_RETENTION",
             "AUTOFOLLOW_SETTLE_DELAY",
             "AUTOFOLLOW_SHUTDOWN_GRACE",
@@ -760,6 +774,7 @@ mod tests {
             retry_base: "1s".into(),
             retry_cap: "5m".into(),
             reapply_on_reload: "preview".into(),
+            reconcile_every: "off".into(),
             ..ServeArgs::default()
         };
         let config = Config::from_args(args.clone()).ok();

@@ -140,6 +140,21 @@ impl GhlClient {
         })
     }
 
+    /// The contact's followers as GoHighLevel has them now (`GET /contacts/{id}`, its
+    /// `contact.followers`); `None` when the answer does not list them.
+    pub async fn contact_followers(
+        &self,
+        token: &SecretString,
+        location: &LocationId,
+        contact: &ContactId,
+    ) -> Result<Option<Vec<UserId>>, CallError> {
+        let path = format!("/contacts/{contact}");
+        let (_, body) = self
+            .send(token, location, Method::GET, ("contacts", &path), &[], None)
+            .await?;
+        Ok(body.get("contact").and_then(|c| user_list(c, "followers")))
+    }
+
     /// `GET /opportunities/pipelines?locationId=…`.
     pub async fn pipelines(
         &self,

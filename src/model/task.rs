@@ -25,6 +25,9 @@ pub enum Task {
     /// opportunity as GoHighLevel's search just returned it, shaped as an app webhook body
     /// (`ContactUpdate`, `OpportunityUpdate`) and evaluated as it stands.
     Backfill { record: serde_json::Value },
+    /// Drift repair: read the contact's followers from GoHighLevel, take note of the ones
+    /// autofollow added that people removed, and bring the rest to what the rules want.
+    Reconcile,
 }
 
 /// Which of autofollow's changes an undo reverses.
@@ -95,12 +98,13 @@ pub struct TaskBody {
 }
 
 impl TaskBody {
-    /// The event type it is listed under: `Reapply`, `Undo` or `Backfill`.
+    /// The event type it is listed under: `Reapply`, `Undo`, `Backfill` or `Reconcile`.
     pub fn event_type(&self) -> &'static str {
         match self.task {
             Task::Reapply { .. } => "Reapply",
             Task::Undo { .. } => "Undo",
             Task::Backfill { .. } => "Backfill",
+            Task::Reconcile => "Reconcile",
         }
     }
 
@@ -135,6 +139,7 @@ mod tests {
             Task::Backfill {
                 record: serde_json::json!({"type": "ContactUpdate", "id": "c1", "tags": ["vip"]}),
             },
+            Task::Reconcile,
         ] {
             let body = TaskBody {
                 task,

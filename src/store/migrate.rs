@@ -131,6 +131,7 @@ const TABLES: &[Table] = &[
             ("added_at", Ty::Int),
             ("removed_at", Ty::Int),
             ("removed_event_id", Ty::Int),
+            ("removed_by", Ty::Text),
         ],
         identity: false,
     },

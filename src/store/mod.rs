@@ -161,6 +161,9 @@ pub enum LedgerChange {
     },
     /// `rule` no longer keeps `user`; `None`: nothing does (autofollow removed the user).
     Ended { user: UserId, rule: Option<String> },
+    /// Drift repair found `user` removed in GoHighLevel: every row of theirs ends, marked as
+    /// removed by hand (reapply and drift repair do not add them back).
+    RemovedByHand { user: UserId },
 }
 
 /// A row of the ownership ledger.
@@ -179,6 +182,8 @@ pub struct Owned {
     pub removed_at: Option<i64>,
     /// The event (or task) whose decision ended the row.
     pub removed_event_id: Option<i64>,
+    /// Who ended it: `autofollow`, or `hand` (found removed in GoHighLevel by drift repair).
+    pub removed_by: Option<String>,
 }
 
 impl LedgerChange {
@@ -198,6 +203,7 @@ impl LedgerChange {
                 follow: follow.as_str(),
                 subject: subject.as_ref().map(|o| o.as_str().to_owned()),
                 rules_version: rules_version.clone(),
+                removed_by: None,
             },
             LedgerChange::Ended { user, rule } => LedgerRow {
                 added: false,
@@ -206,6 +212,16 @@ impl LedgerChange {
                 follow: "",
                 subject: None,
                 rules_version: String::new(),
+                removed_by: Some("autofollow"),
+            },
+            LedgerChange::RemovedByHand { user } => LedgerRow {
+                added: false,
+                user: user.as_str().to_owned(),
+                rule: None,
+                follow: "",
+                subject: None,
+                rules_version: String::new(),
+                removed_by: Some("hand"),
             },
         }
     }
@@ -221,6 +237,8 @@ pub struct LedgerRow {
     pub follow: &'static str,
     pub subject: Option<String>,
     pub rules_version: String,
+    /// For an end: `autofollow`, or `hand` (drift repair found the follower removed).
+    pub removed_by: Option<&'static str>,
 }
 
 /// An `assignees` row: kind (`contact` or `opportunity`), record id, user id (`None`:
@@ -493,6 +511,15 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
         &self,
         location: Option<&LocationId>,
         scope: &UndoScope,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
+
+    /// Up to `limit` contacts autofollow keeps followers on whose followers drift repair has
+    /// not read since `since` (unix ms) and has no read waiting for, in (location, contact)
+    /// order.
+    async fn stale_contacts(
+        &self,
+        since: i64,
+        limit: u32,
     ) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
 
     /// Records that GoHighLevel refused this location's token (identified by `fingerprint`).
@@ -1011,10 +1038,11 @@ pub(crate) struct OwnedRow {
     added_at: i64,
     removed_at: Option<i64>,
     removed_event_id: Option<i64>,
+    removed_by: Option<String>,
 }
 
 /// The columns of [`OwnedRow`], for `SELECT`.
-pub(crate) const OWNED_COLUMNS: &str = "user_id, rule, follow, subject, rules_version, event_id, added_at, removed_at, removed_event_id";
+pub(crate) const OWNED_COLUMNS: &str = "user_id, rule, follow, subject, rules_version, event_id, added_at, removed_at, removed_event_id, removed_by";
 
 impl OwnedRow {
     pub(crate) fn into_owned(self) -> Result<Owned, StoreError> {
@@ -1030,6 +1058,7 @@ impl OwnedRow {
             added_at: self.added_at,
             removed_at: self.removed_at,
             removed_event_id: self.removed_event_id,
+            removed_by: self.removed_by,
         })
     }
 }

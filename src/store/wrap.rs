@@ -116,6 +116,7 @@ wrapped!(ContactState {
     fn forget(&self, location: &LocationId, contact: &ContactId, opportunity: Option<&OpportunityId>) -> Result<(), StoreError>;
     fn owned(&self, location: &LocationId, contact: &ContactId, removed: bool) -> Result<Vec<Owned>, StoreError>;
     fn latest_events(&self, location: &LocationId, contact: &ContactId, before: i64, limit: u32) -> Result<Vec<(BodyKind, String)>, StoreError>;
+    fn stale_contacts(&self, since: i64, limit: u32) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
     fn known_contacts(&self, location: Option<&LocationId>) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
     fn ledger_contacts(&self, location: Option<&LocationId>, scope: &UndoScope) -> Result<Vec<(LocationId, ContactId)>, StoreError>;
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;

@@ -4,7 +4,10 @@
 //! queue a task for each contact that changes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
 
 use serde::{Deserialize, Serialize};
 
@@ -235,39 +238,27 @@ impl Worker {
         id: i64,
         mut at: Step1<'_>,
     ) -> Result<Result<(Decision, NewState), Ending>, StoreError> {
-        let base = NewState {
+        let (location, contact) = (&decided.location, &decided.contact);
+        let all = self.store.owned(location, contact, true).await?;
+        decided.ownership.decline(&all);
+        let made = match task {
+            Task::Reapply { .. } => self.reapplied(decided, id, &at, None).await?,
+            Task::Reconcile => self.reconciled(decided, id, &at).await?,
+            Task::Undo { scope } => {
+                let (plan, ledger) = decided.ownership.undo(scope, &all);
+                Ok(Some((plan, ledger, Vec::new(), NewState::default())))
+            }
+            Task::Backfill { record } => self.backfilled(decided, record, &mut at).await?,
+        };
+        let (plan, ledger, matched, state) = match made {
+            Ok(Some((plan, ledger, matched, state))) => (plan, ledger, matched, state),
+            Ok(None) => (Plan::default(), Vec::new(), Vec::new(), NewState::default()),
+            Err(ending) => return Ok(Err(ending)),
+        };
+        let state = NewState {
             location_id: Some(decided.location.clone()),
             contact_id: Some(decided.contact.clone()),
-            ..NewState::default()
-        };
-        let (plan, ledger, matched, state) = match task {
-            Task::Reapply { .. } => {
-                let verdicts = match self.verdicts(decided, id, &at).await? {
-                    Ok(v) => v,
-                    Err(ending) => return Ok(Err(ending)),
-                };
-                let (plan, ledger) = decided.ownership.reapply(at.rules, &verdicts);
-                let mut matched: Vec<String> = Vec::new();
-                for (_, _, e) in &verdicts.evaluated {
-                    for m in &e.matched {
-                        if !matched.contains(m) {
-                            matched.push(m.clone());
-                        }
-                    }
-                }
-                (plan, ledger, matched, base)
-            }
-            Task::Undo { scope } => {
-                let (location, contact) = (&decided.location, &decided.contact);
-                let all = self.store.owned(location, contact, true).await?;
-                let (plan, ledger) = decided.ownership.undo(scope, &all);
-                (plan, ledger, Vec::new(), base)
-            }
-            Task::Backfill { record } => match self.backfilled(decided, record, &mut at).await? {
-                Ok(Some(made)) => made,
-                Ok(None) => (Plan::default(), Vec::new(), Vec::new(), base),
-                Err(ending) => return Ok(Err(ending)),
-            },
+            ..state
         };
         decided.net.merge(&plan);
         let state = NewState { ledger, ..state };
@@ -277,6 +268,75 @@ impl Worker {
             ..at.empty
         };
         Ok(Ok((decision, state)))
+    }
+
+    /// Reapply: each record's latest stored state evaluated again, against the ledger; with
+    /// `following` (drift repair), only adding users GoHighLevel does not list and removing
+    /// users it does.
+    async fn reapplied(
+        &self,
+        decided: &mut Decided,
+        id: i64,
+        at: &Step1<'_>,
+        following: Option<&[UserId]>,
+    ) -> Result<Result<Option<Made>, Ending>, StoreError> {
+        let verdicts = match self.verdicts(decided, id, at).await? {
+            Ok(v) => v,
+            Err(ending) => return Ok(Err(ending)),
+        };
+        let (mut plan, ledger) = decided.ownership.reapply(at.rules, &verdicts);
+        if let Some(following) = following {
+            plan.add.retain(|e| !following.contains(&e.user));
+            plan.remove.retain(|e| following.contains(&e.user));
+        }
+        let mut matched: Vec<String> = Vec::new();
+        for (_, _, e) in &verdicts.evaluated {
+            for m in &e.matched {
+                if !matched.contains(m) {
+                    matched.push(m.clone());
+                }
+            }
+        }
+        Ok(Ok(Some((plan, ledger, matched, NewState::default()))))
+    }
+
+    /// Drift repair: the followers GoHighLevel lists now confirm the ledger (a follower
+    /// autofollow added that is gone was removed by hand: its rows end, and it is not added
+    /// back), then reapply against them. Nothing without a token (a dry run) or a list.
+    async fn reconciled(
+        &self,
+        decided: &mut Decided,
+        id: i64,
+        at: &Step1<'_>,
+    ) -> Result<Result<Option<Made>, Ending>, StoreError> {
+        let Some(token) = at.token else {
+            return Ok(Ok(None));
+        };
+        let (location, contact) = (&decided.location, &decided.contact);
+        let read = self
+            .ghl
+            .contact_followers(&token.secret, location, contact)
+            .await;
+        let following = match read {
+            Ok(Some(following)) => following,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(Ending::from_lookup(e))),
+        };
+        // The list on record says so too, so a later add is not skipped as needless (only
+        // under this task's lease: a preview records nothing).
+        let holder = Some((self.owner.as_str(), id));
+        let (location, contact) = (&decided.location, &decided.contact);
+        self.store
+            .set_known_followers(location, contact, &following, holder)
+            .await?;
+        let removed = decided.ownership.confirm(&following);
+        let made = self.reapplied(decided, id, at, Some(&following)).await?;
+        Ok(made.map(|made| {
+            made.map(|(plan, mut ledger, matched, state)| {
+                ledger.splice(0..0, removed);
+                (plan, ledger, matched, state)
+            })
+        }))
     }
 
     /// A backfilled record, evaluated as it stands: the plan (without adding anyone the record
@@ -500,6 +560,47 @@ impl Worker {
             ))),
             Err(Ending::Lost) => Ok(Err("lost".to_owned())),
         }
+    }
+
+    /// Drift repair, when `AUTOFOLLOW_RECONCILE_EVERY` is set: every tenth of the period (at
+    /// least every 100 ms, at most every minute), queues a `Reconcile` task for up to 100
+    /// contacts not read for a period, skipping locations with webhooks due (live first).
+    pub async fn run_reconcile(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(every) = self.options.reconcile_every else {
+            return;
+        };
+        let tick = (every / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.reconcile_round(every).await {
+                tracing::warn!(error = %e, "drift repair: cannot queue reads; trying again");
+            }
+        }
+    }
+
+    async fn reconcile_round(&self, every: Duration) -> Result<(), StoreError> {
+        let since = crate::store::millis(SystemTime::now())
+            - i64::try_from(every.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut busy: Vec<LocationId> = Vec::new();
+        for (location, contact) in self.store.stale_contacts(since, 100).await? {
+            if busy.contains(&location) {
+                continue;
+            }
+            if self.store.location_queue(&location).await?.0 > 0 {
+                busy.push(location);
+                continue;
+            }
+            let task = TaskBody {
+                task: Task::Reconcile,
+                location_id: location,
+                contact_id: contact,
+            };
+            self.queue(&task).await?;
+        }
+        Ok(())
     }
 
     /// Queues `task` in its contact's queue, due now.

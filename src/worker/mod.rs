@@ -62,6 +62,8 @@ pub struct WorkerOptions {
     pub settle_delay: Duration,
     /// The longest a contact's event is held back by its newer webhooks.
     pub settle_max: Duration,
+    /// Drift repair: how often each ledger contact's followers are read again (`None`: off).
+    pub reconcile_every: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -75,6 +77,7 @@ impl Default for WorkerOptions {
             followers_fresh: Duration::from_secs(60),
             settle_delay: Duration::from_secs(1),
             settle_max: Duration::from_secs(30),
+            reconcile_every: None,
         }
     }
 }

@@ -39,6 +39,9 @@ pub(super) struct Ownership {
     rows: Vec<Row>,
     /// Users autofollow owned when the group started.
     at_start: HashSet<UserId>,
+    /// Users drift repair found removed by hand (and nothing owns since): a task
+    /// (`reapply`, a backfill, drift repair) does not add them back; a new event may.
+    hand_removed: HashSet<UserId>,
 }
 
 impl Ownership {
@@ -53,7 +56,37 @@ impl Ownership {
                 subject: o.subject,
             })
             .collect();
-        Ownership { rows, at_start }
+        Ownership {
+            rows,
+            at_start,
+            hand_removed: HashSet::new(),
+        }
+    }
+
+    /// Takes note of the users `all` (every row, ended ones included) shows removed by hand
+    /// and not owned since.
+    pub(super) fn decline(&mut self, all: &[Owned]) {
+        for o in all {
+            if o.removed_by.as_deref() == Some("hand") && !self.owns(&o.user) {
+                self.hand_removed.insert(o.user.clone());
+            }
+        }
+    }
+
+    /// Drift repair: the users autofollow owns that GoHighLevel no longer lists as
+    /// `following` were removed by hand; their rows end, marked so.
+    pub(super) fn confirm(&mut self, following: &[UserId]) -> Vec<LedgerChange> {
+        let mut gone: Vec<UserId> = Vec::new();
+        for r in &self.rows {
+            if !following.contains(&r.user) && !gone.contains(&r.user) {
+                gone.push(r.user.clone());
+            }
+        }
+        self.rows.retain(|r| !gone.contains(&r.user));
+        self.hand_removed.extend(gone.iter().cloned());
+        gone.into_iter()
+            .map(|user| LedgerChange::RemovedByHand { user })
+            .collect()
     }
 
     fn owns(&self, user: &UserId) -> bool {
@@ -187,7 +220,7 @@ impl Ownership {
             LedgerChange::Added { user, .. } => {
                 self.at_start.contains(user) || added.contains(user)
             }
-            LedgerChange::Ended { .. } => true,
+            LedgerChange::Ended { .. } | LedgerChange::RemovedByHand { .. } => true,
         });
     }
 }
@@ -406,6 +439,9 @@ impl Ownership {
             }
         }
         for (user, rule, label, follow, subject) in starts {
+            if self.hand_removed.contains(&user) {
+                continue;
+            }
             let row = Row {
                 user: user.clone(),
                 rule: rule.clone(),

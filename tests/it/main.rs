@@ -28,6 +28,7 @@ mod ownership;
 mod pits;
 mod readme;
 mod reapply;
+mod reconcile;
 mod reload;
 mod replicas;
 mod robustness;

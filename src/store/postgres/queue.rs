@@ -415,7 +415,7 @@ async fn write_ledger(
                  follow = excluded.follow, subject = excluded.subject, rules_version = excluded.rules_version,
                  event_id = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.event_id ELSE excluded.event_id END,
                  added_at = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.added_at ELSE excluded.added_at END,
-                 removed_at = NULL, removed_event_id = NULL",
+                 removed_at = NULL, removed_event_id = NULL, removed_by = NULL",
         )
         .bind(location.as_str())
         .bind(contact.as_str())
@@ -426,7 +426,7 @@ async fn write_ledger(
         .bind(&r.rules_version)
     } else {
         sqlx::query(
-            "UPDATE owned_followers SET removed_at = $6, removed_event_id = $5
+            "UPDATE owned_followers SET removed_at = $6, removed_event_id = $5, removed_by = $7
              WHERE location_id = $1 AND contact_id = $2 AND user_id = $3
                AND ($4::text IS NULL OR rule = $4) AND removed_at IS NULL",
         )
@@ -435,6 +435,11 @@ async fn write_ledger(
         .bind(&r.user)
         .bind(&r.rule)
     };
-    query.bind(event).bind(now).execute(&mut **tx).await?;
+    let query = query.bind(event).bind(now);
+    let query = match r.added {
+        true => query,
+        false => query.bind(r.removed_by),
+    };
+    query.execute(&mut **tx).await?;
     Ok(())
 }

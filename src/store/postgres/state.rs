@@ -235,6 +235,28 @@ impl ContactState for PgStore {
         contact_pairs(rows)
     }
 
+    async fn stale_contacts(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<(LocationId, ContactId)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT o.location_id, o.contact_id FROM owned_followers o
+             WHERE o.removed_at IS NULL AND NOT EXISTS (
+                 SELECT 1 FROM events e
+                 WHERE e.status IN ('pending', 'done', 'failed', 'skipped', 'parked')
+                   AND e.location_id = o.location_id AND e.contact_id = o.contact_id
+                   AND e.kind = 'task' AND e.event_type = 'Reconcile'
+                   AND (e.received_at >= $1 OR e.status = 'pending'))
+             ORDER BY 1, 2 LIMIT $2",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        contact_pairs(rows)
+    }
+
     async fn mark_token_failing(
         &self,
         location: &LocationId,

@@ -219,19 +219,25 @@ fn write_ledger(
                      follow = excluded.follow, subject = excluded.subject, rules_version = excluded.rules_version,
                      event_id = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.event_id ELSE excluded.event_id END,
                      added_at = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.added_at ELSE excluded.added_at END,
-                     removed_at = NULL, removed_event_id = NULL",
+                     removed_at = NULL, removed_event_id = NULL, removed_by = NULL",
             )?
             .execute(rusqlite::params![
                 location, contact, r.user, r.rule, r.follow, r.subject, r.rules_version, event, now
             ])?;
         } else {
             conn.prepare_cached(
-                "UPDATE owned_followers SET removed_at = ?6, removed_event_id = ?5
+                "UPDATE owned_followers SET removed_at = ?6, removed_event_id = ?5, removed_by = ?7
                  WHERE location_id = ?1 AND contact_id = ?2 AND user_id = ?3
                    AND (?4 IS NULL OR rule = ?4) AND removed_at IS NULL",
             )?
             .execute(rusqlite::params![
-                location, contact, r.user, r.rule, event, now
+                location,
+                contact,
+                r.user,
+                r.rule,
+                event,
+                now,
+                r.removed_by
             ])?;
         }
     }

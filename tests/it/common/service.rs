@@ -150,6 +150,8 @@ pub struct Options {
     pub app: Option<AppMode>,
     /// AUTOFOLLOW_REAPPLY_ON_RELOAD.
     pub reapply_on_reload: String,
+    /// AUTOFOLLOW_RECONCILE_EVERY.
+    pub reconcile_every: String,
 }
 
 /// The app's credentials in app-mode tests.
@@ -181,6 +183,7 @@ impl Default for Options {
             webhook_max_age: "3h".into(),
             app: None,
             reapply_on_reload: "preview".into(),
+            reconcile_every: "off".into(),
         }
     }
 }
@@ -264,6 +267,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         retention: "30d".into(),
         settle_delay: options.settle_delay,
         settle_max: "30s".into(),
+        reconcile_every: options.reconcile_every,
         rate_limit: options.rate_limit,
         daily_limit: 200_000,
         followers_freshness: "60s".into(),
