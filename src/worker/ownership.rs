@@ -343,7 +343,10 @@ impl Ownership {
                     row.rule.clone(),
                     "no longer keeps them".to_owned(),
                 ));
-            } else if rule.follow == Follow::OnMatch {
+            }
+            // The on-match rule added someone here: the users it names now follow (whom it
+            // named before and names no longer end above: a person replaced).
+            if rule.follow == Follow::OnMatch {
                 let replaced = named
                     .into_iter()
                     .map(|(u, label)| (u, row.rule.clone(), label, Follow::OnMatch, None));
@@ -469,5 +472,132 @@ impl Ownership {
             });
         }
         (plan, changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "9hTnVvSr1Q2ZyE5kHfXm";
+    const B: &str = "4kLmPq7Rt2WvXy9ZaBcD";
+
+    fn rules(yaml: &str) -> RuleSet {
+        let text = format!("users:\n  alice: {A}\n  bob: {B}\nrules:\n{yaml}");
+        RuleSet::from_sources(&[("rules.yaml", text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn row(id: &str, rule: &str, follow: Follow, at: i64, removed: Option<i64>) -> Owned {
+        Owned {
+            user: user(id),
+            rule: rule.to_owned(),
+            follow,
+            subject: None,
+            rules_version: "v1".to_owned(),
+            event_id: at,
+            added_at: at,
+            removed_at: removed,
+            removed_event_id: removed,
+            removed_by: removed.map(|_| "autofollow".to_owned()),
+        }
+    }
+
+    fn users(entries: &[PlanEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.user.as_str()).collect()
+    }
+
+    /// The contact's record evaluated: `rule` adds `who` (or nothing holds).
+    fn verdict(adds: &[(&str, &str)]) -> Verdicts {
+        let evaluation = Evaluation {
+            adds: adds
+                .iter()
+                .map(|(r, u)| ((*r).to_owned(), user(u)))
+                .collect(),
+            ..Evaluation::default()
+        };
+        Verdicts {
+            evaluated: vec![(None, EventType::ContactTagUpdate, evaluation)],
+            gone: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reapply_replaces_a_person_ends_gone_rules_and_keeps_what_it_cannot_judge() {
+        let set = rules(&format!(
+            "  - name: leads\n    add: [bob]\n  - name: vip\n    when: {{has_tag: vip}}\n    add: [alice]\n    follow: while_matching\n    events: [ContactUpdate]\n"
+        ));
+        let owned = vec![
+            row(A, "leads", Follow::OnMatch, 1, None),
+            row(B, "gone-rule", Follow::OnMatch, 1, None),
+            row(A, "vip", Follow::WhileMatching, 1, None),
+        ];
+        let mut ownership = Ownership::new(owned);
+        // The latest event is a ContactTagUpdate: vip's `events` leave it out, so its verdict
+        // is not known and its row stays; leads now names bob instead of alice.
+        let (plan, changes) = ownership.reapply(&set, &verdict(&[]));
+        assert_eq!(
+            users(&plan.add),
+            Vec::<&str>::new(),
+            "bob is owned already (gone-rule)"
+        );
+        assert_eq!(
+            users(&plan.remove),
+            Vec::<&str>::new(),
+            "alice is kept by vip"
+        );
+        let ended: Vec<_> = changes
+            .iter()
+            .filter_map(|c| match c {
+                LedgerChange::Ended { user, rule } => Some((user.as_str(), rule.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                (A, Some("leads".to_owned())),
+                (B, Some("gone-rule".to_owned()))
+            ]
+        );
+        assert!(changes.iter().any(|c| matches!(c, LedgerChange::Added { user, rule, .. } if user.as_str() == B && rule == "leads")));
+    }
+
+    #[test]
+    fn undo_since_removes_what_was_added_after_and_restores_what_was_removed_after() {
+        let all = vec![
+            row(A, "r", Follow::OnMatch, 100, None), // added after: removed
+            row(B, "r", Follow::OnMatch, 10, Some(200)), // added before, removed after: back
+        ];
+        let mut ownership = Ownership::new(vec![all[0].clone()]);
+        let (plan, _) = ownership.undo(&UndoScope::Since(50), &all);
+        assert_eq!((users(&plan.add), users(&plan.remove)), (vec![B], vec![A]));
+        let both = vec![row(A, "r", Follow::OnMatch, 100, Some(150))];
+        let (plan, _) = Ownership::new(Vec::new()).undo(&UndoScope::Since(50), &both);
+        assert!(plan.is_empty(), "added and removed after: nothing to undo");
+    }
+
+    #[test]
+    fn a_follower_removed_by_hand_is_not_added_back_by_a_task() {
+        let set = rules(
+            "  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n",
+        );
+        let mut ownership = Ownership::new(vec![row(A, "vip", Follow::WhileMatching, 1, None)]);
+        let removed = ownership.confirm(&[user(B)]);
+        assert_eq!(removed, [LedgerChange::RemovedByHand { user: user(A) }]);
+        let (plan, changes) = ownership.reapply(&set, &verdict(&[("vip", A)]));
+        assert!(
+            plan.is_empty() && changes.is_empty(),
+            "{plan:?} {changes:?}"
+        );
+        let mut later = Ownership::new(Vec::new());
+        let mut ended = row(A, "vip", Follow::WhileMatching, 1, Some(2));
+        ended.removed_by = Some("hand".to_owned());
+        later.decline(&[ended]);
+        let (plan, _) = later.reapply(&set, &verdict(&[("vip", A)]));
+        assert!(plan.is_empty(), "remembered from the store");
     }
 }
