@@ -527,9 +527,9 @@ mod tests {
 
     #[test]
     fn reapply_replaces_a_person_ends_gone_rules_and_keeps_what_it_cannot_judge() {
-        let set = rules(&format!(
-            "  - name: leads\n    add: [bob]\n  - name: vip\n    when: {{has_tag: vip}}\n    add: [alice]\n    follow: while_matching\n    events: [ContactUpdate]\n"
-        ));
+        let set = rules(
+            "  - name: leads\n    add: [bob]\n  - name: vip\n    when: {has_tag: vip}\n    add: [alice]\n    follow: while_matching\n    events: [ContactUpdate]\n",
+        );
         let owned = vec![
             row(A, "leads", Follow::OnMatch, 1, None),
             row(B, "gone-rule", Follow::OnMatch, 1, None),
