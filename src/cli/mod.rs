@@ -5,6 +5,7 @@
 pub mod maintain;
 pub mod queue;
 pub mod rules;
+pub mod ruletest;
 
 use std::future::Future;
 use std::io;
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Show, for one webhook body, why each rule matches or not, and the resulting plan.
     Explain(rules::ExplainArgs),
+    /// Run the rule tests (`tests/*.yaml` under the rules directory, or one test file): each
+    /// case's event against the rules, what they must decide; exit 1 when one fails.
+    Test(ruletest::TestArgs),
     /// Run the webhook service: receive GoHighLevel webhooks, store them, apply the rules.
     Serve(Box<ServeArgs>),
     #[command(flatten)]
@@ -153,6 +157,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Explain(args) => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
             rules::explain(&args, &mut out, &mut err)
+        }
+        Command::Test(args) => {
+            let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
+            ruletest::test(&args, &mut out, &mut err)
         }
         Command::Serve(args) => return serve(*args).await,
         Command::Healthcheck { url } => return healthcheck(url).await,

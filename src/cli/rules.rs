@@ -181,7 +181,7 @@ fn write_explanation(
     writeln!(out, "\nplan: {}", explanation.plan.summary())
 }
 
-fn write_checks(out: &mut dyn Write, checks: &[Check], depth: usize) -> io::Result<()> {
+pub(super) fn write_checks(out: &mut dyn Write, checks: &[Check], depth: usize) -> io::Result<()> {
     for c in checks {
         let mark = if c.holds { "[yes]" } else { "[no] " };
         writeln!(

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 
 pub use backfill::Progress;
 pub use maintain::{Change, Entry, Job, OnReload, Report, Tally};
+pub use ownership::decide_alone;
 pub use retry::RetryPolicy;
 
 use crate::access::{Access, NoToken, Token};

@@ -225,6 +225,39 @@ impl Ownership {
     }
 }
 
+/// What the rules and the ledger decide for one event on its own, without a store or calls
+/// (`autofollow test`): the evaluation and the plan. `owned`: (user, rule) pairs autofollow
+/// keeps following the contact (the record the event is about, for while-matching rules).
+pub fn decide_alone(
+    rules: &RuleSet,
+    event: &Event,
+    previous: &crate::model::plan::PreviousState,
+    owned: &[(UserId, String)],
+    resolver: &dyn crate::rules::Resolver,
+) -> (Evaluation, Plan) {
+    let subject = subject(event).flatten();
+    let rows = owned.iter().map(|(user, rule)| {
+        let follow = rules.rule(rule).map_or(Follow::OnMatch, |(_, r)| r.follow);
+        Owned {
+            user: user.clone(),
+            rule: rule.clone(),
+            follow,
+            subject: (follow == Follow::WhileMatching)
+                .then(|| subject.clone())
+                .flatten(),
+            rules_version: rules.version().to_owned(),
+            event_id: 0,
+            added_at: 0,
+            removed_at: None,
+            removed_event_id: None,
+            removed_by: None,
+        }
+    });
+    let evaluation = rules.evaluate(event, previous, resolver);
+    let (plan, _) = Ownership::new(rows.collect()).decide(rules, event, &evaluation);
+    (evaluation, plan)
+}
+
 /// What an event re-checks while-matching rules of: `Some(Some(opportunity))`, `Some(None)`
 /// (the contact), or `None` (appointments, tasks, notes, messages say nothing of either).
 fn subject(event: &Event) -> Option<Option<OpportunityId>> {

@@ -32,6 +32,7 @@ mod reconcile;
 mod reload;
 mod replicas;
 mod robustness;
+mod rule_tests;
 mod security;
 mod service;
 mod store_contract;

@@ -95,6 +95,23 @@ fn prometheus_rules(block: &Block) {
     }
 }
 
+/// `autofollow test` runs a README test file against `rules/` and every case passes.
+fn rule_tests_pass(block: &Block) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.yaml");
+    std::fs::write(&file, &block.text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .arg("test")
+        .arg(&file)
+        .arg("--rules")
+        .arg(repo().join("rules"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "README line {}: {text}", block.line);
+    assert!(text.contains(", 0 failed"), "{text}");
+}
+
 #[test]
 fn every_yaml_example_loads_and_gives_the_plan_the_readme_states() {
     let (lines, blocks) = readme();
@@ -110,6 +127,11 @@ fn every_yaml_example_loads_and_gives_the_plan_the_readme_states() {
         }
         // A token file (checked by connecting.rs).
         if block.text.starts_with("# GHL_LOCATION_TOKENS_FILE") {
+            continue;
+        }
+        // A rule test file: it runs, and passes, against the example rules.
+        if block.text.contains("\ntests:\n") || block.text.starts_with("tests:") {
+            rule_tests_pass(block);
             continue;
         }
         let set = load_with_aliases(block);
