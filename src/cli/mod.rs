@@ -113,6 +113,10 @@ enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replay the webhooks stored since then through the current rules and a candidate set,
+    /// each from the state the events before it left; print how the follower changes differ
+    /// (per rule and user, and a few contacts with why). Nothing is stored or called.
+    Simulate(Box<SimulateArgs>),
     /// Erase everything stored about a contact (a data subject's request): its events,
     /// waiting ones included, their decisions, and its tag, stage and follower state.
     Erase {
@@ -131,6 +135,70 @@ struct Database {
         default_value = "sqlite://data/autofollow.db"
     )]
     database_url: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// The service's store.
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_DATABASE_URL",
+        default_value = "sqlite://data/autofollow.db"
+    )]
+    database_url: String,
+    /// The candidate rules: a file or a directory.
+    #[arg(long, value_name = "PATH")]
+    rules: PathBuf,
+    /// The rules in force.
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_RULES",
+        default_value = "rules",
+        value_name = "PATH"
+    )]
+    current: PathBuf,
+    /// How far back (2h, 7d, 2026-12-01).
+    #[arg(long, default_value = "7d", value_name = "TIME")]
+    since: String,
+    /// Only this location's webhooks.
+    #[arg(long, value_name = "ID")]
+    location: Option<String>,
+    /// A saved `GET /opportunities/pipelines` response, to resolve pipeline and stage names.
+    #[arg(long, value_name = "FILE")]
+    pipelines: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `autofollow simulate`: its arguments checked, the report printed.
+async fn simulate(store: Arc<dyn Store>, args: Box<SimulateArgs>) -> Result<(), queue::OpsError> {
+    let invalid = queue::OpsError::Invalid;
+    let load = |path: &PathBuf| {
+        crate::rules::RuleSet::load(path).map_err(|e| invalid(format!("{}: {e}", path.display())))
+    };
+    let (current, candidate) = (load(&args.current)?, load(&args.rules)?);
+    let from = crate::model::task::since_ms(&args.since).map_err(invalid)?;
+    let location = args
+        .location
+        .as_deref()
+        .map(crate::model::ids::LocationId::parse);
+    let location = location
+        .transpose()
+        .map_err(|e| invalid(format!("--location: {e}")))?;
+    let resolver = rules::resolver(args.pipelines.as_deref()).map_err(invalid)?;
+    let out = &mut io::stdout().lock();
+    let sets = [&current, &candidate];
+    let since = (args.since.as_str(), from);
+    queue::simulate(
+        store.as_ref(),
+        sets,
+        since,
+        location.as_ref(),
+        resolver.as_ref(),
+        args.json,
+        out,
+    )
+    .await
 }
 
 /// Which events `events` lists.
@@ -235,6 +303,12 @@ async fn on_store(command: StoreCommand) -> ExitCode {
                 queue::why(store.as_ref(), &contact, json, &mut io::stdout().lock()).await
             })
             .await
+        }
+        StoreCommand::Simulate(args) => {
+            let db = Database {
+                database_url: args.database_url.clone(),
+            };
+            operate(&db, |store| async move { simulate(store, args).await }).await
         }
         StoreCommand::Erase { db, contact } => {
             operate(&db, |store| async move {

@@ -200,3 +200,51 @@ fn write_owned(out: &mut dyn Write, location: &LocationId, owned: &[Owned]) -> i
     }
     Ok(())
 }
+
+/// `autofollow simulate`: the stored webhooks since `since` replayed through the current and
+/// the candidate rules; the difference, as text or JSON.
+pub async fn simulate(
+    store: &dyn Store,
+    sets: [&crate::rules::RuleSet; 2],
+    since: (&str, i64),
+    location: Option<&crate::model::ids::LocationId>,
+    resolver: &(dyn crate::rules::Resolver + Sync),
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), OpsError> {
+    let sim =
+        crate::worker::simulate::simulate(store, sets[0], sets[1], since.1, location, resolver)
+            .await?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &sim).map_err(io::Error::from)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let short = |v: &str| v.get(..12).unwrap_or(v).to_owned();
+    writeln!(
+        out,
+        "simulate since {}: {} webhooks about {} contacts; {} would change (current {}, candidate {})",
+        since.0,
+        sim.events,
+        sim.contacts,
+        sim.changed,
+        short(&sim.current_version),
+        short(&sim.candidate_version)
+    )?;
+    for t in &sim.summary {
+        writeln!(out, "  rule {}: {} +{} -{}", t.rule, t.user, t.gain, t.lose)?;
+    }
+    for s in &sim.samples {
+        writeln!(
+            out,
+            "\ncontact {} (location {}), event {} {}:",
+            s.contact, s.location, s.event_id, s.event_type
+        )?;
+        writeln!(out, "  current:   {}", s.current)?;
+        writeln!(out, "  candidate: {}", s.candidate)?;
+        for line in &s.explanation {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
+}

@@ -133,16 +133,19 @@ fn inputs(args: &ExplainArgs) -> Result<Inputs, String> {
     let set = RuleSet::load(&args.rules).map_err(|e| e.to_string())?;
     let body = read_input(&args.event)
         .map_err(|e| format!("{}: cannot read: {e}", args.event.display()))?;
-    let resolver: Box<dyn Resolver> = match &args.pipelines {
-        None => Box::new(NoResolver),
-        Some(path) => {
-            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let pipelines = Pipelines::from_response(&text)
-                .map_err(|e| format!("{}: not a pipelines response: {e}", path.display()))?;
-            Box::new(pipelines)
-        }
-    };
+    let resolver = resolver(args.pipelines.as_deref())?;
     Ok((set, body, resolver))
+}
+
+/// What resolves pipeline and stage names: a saved pipelines response, or nothing.
+pub(super) fn resolver(pipelines: Option<&Path>) -> Result<Box<dyn Resolver + Sync>, String> {
+    let Some(path) = pipelines else {
+        return Ok(Box::new(NoResolver));
+    };
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pipelines = Pipelines::from_response(&text)
+        .map_err(|e| format!("{}: not a pipelines response: {e}", path.display()))?;
+    Ok(Box::new(pipelines))
 }
 
 /// The text explanation: the event, the previous state, every rule with its checks, the plan.

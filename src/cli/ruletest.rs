@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::rules::{Exit, write_checks};
-use crate::ghl::pipelines::Pipelines;
 use crate::model::event::{self, Event, Parsed};
 use crate::model::ids::{UserId, looks_like_ghl_id};
 use crate::model::plan::{PreviousState, parse_assigned};
-use crate::rules::{NoResolver, Resolver, RuleOutcome, RuleSet, RuleTrace};
+use crate::rules::{Resolver, RuleOutcome, RuleSet, RuleTrace};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -164,17 +163,11 @@ pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Re
 fn read_cases(file: &Path) -> Result<(Vec<Case>, Box<dyn Resolver>), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let parsed: TestFile = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
-    let resolver: Box<dyn Resolver> = match &parsed.pipelines {
-        None => Box::new(NoResolver),
-        Some(path) => {
-            let path = file.parent().unwrap_or(Path::new(".")).join(path);
-            let text =
-                std::fs::read(&path).map_err(|e| format!("pipelines {}: {e}", path.display()))?;
-            let pipelines = Pipelines::from_response(&text)
-                .map_err(|e| format!("pipelines {}: {e}", path.display()))?;
-            Box::new(pipelines)
-        }
-    };
+    let path = parsed
+        .pipelines
+        .as_ref()
+        .map(|p| file.parent().unwrap_or(Path::new(".")).join(p));
+    let resolver = super::rules::resolver(path.as_deref())?;
     Ok((parsed.tests, resolver))
 }
 

@@ -54,6 +54,11 @@ impl LiveRules {
         }
     }
 
+    /// The rule file or directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The rule set in force now.
     pub fn current(&self) -> Arc<RuleSet> {
         match self.current.read() {

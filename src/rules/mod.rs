@@ -69,6 +69,18 @@ impl RuleSet {
         RuleSet::from_sources(&sources)
     }
 
+    /// A candidate: the rule files at `path` with the one named `name` (its file name)
+    /// replaced by `text`, or `text` added as `name` when there is none.
+    pub fn load_replacing(path: &Path, name: &str, text: &str) -> Result<RuleSet, LoadError> {
+        let mut sources = load::read_path(path)?;
+        let same = |n: &str| Path::new(n).file_name().and_then(|f| f.to_str()) == Some(name);
+        match sources.iter_mut().find(|(n, _)| same(n)) {
+            Some(slot) => text.clone_into(&mut slot.1),
+            None => sources.push((Arc::from(name), text.to_owned())),
+        }
+        RuleSet::from_sources(&sources)
+    }
+
     /// Builds a rule set from `(file name, YAML text)` pairs, evaluated in the order given.
     pub fn from_sources<N: AsRef<str>, T: AsRef<str>>(
         sources: &[(N, T)],

@@ -419,6 +419,15 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// Events matching the filter, newest first, with their latest decision.
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
 
+    /// The bodies of the webhooks received since `since` (unix ms), in one location or all,
+    /// oldest first, at most `limit` (tasks left out): the history `simulate` replays.
+    async fn received_since(
+        &self,
+        since: i64,
+        location: Option<&LocationId>,
+        limit: u32,
+    ) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
+
     /// Every event of a contact, oldest first, with every decision.
     async fn history(
         &self,

@@ -101,6 +101,7 @@ wrapped!(Queue {
 });
 
 wrapped!(History {
+    fn received_since(&self, since: i64, location: Option<&LocationId>, limit: u32) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
     fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
     fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;

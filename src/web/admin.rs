@@ -22,9 +22,10 @@ use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
 use crate::model::task::{UndoScope, since_ms};
 use crate::rules::NoResolver;
+use crate::rules::RuleSet;
 use crate::rules::explain_report;
 use crate::store::{EventFilter, Installation};
-use crate::worker::Job;
+use crate::worker::{Job, simulate};
 
 /// The admin routes, behind the bearer-token check.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/reapply", post(reapply))
         .route("/admin/undo", post(undo))
         .route("/admin/backfills", get(backfills).post(start_backfill))
+        .route("/admin/simulate", post(simulate))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -461,6 +463,65 @@ async fn start_backfill(State(state): State<AppState>, Query(q): Query<JobQuery>
         .await
     {
         Ok(b) => (StatusCode::ACCEPTED, Json(state.worker.progress(b))).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SimulateQuery {
+    since: Option<String>,
+    location: Option<String>,
+    /// The rule file the body replaces (by file name); without it the body is the whole
+    /// candidate.
+    file: Option<String>,
+}
+
+/// `POST /admin/simulate?since=7d&location=&file=NAME` with a candidate rule file as the
+/// body: `autofollow simulate`'s report against the rules in force; 422 with every error
+/// when the candidate does not load.
+async fn simulate(
+    State(state): State<AppState>,
+    Query(q): Query<SimulateQuery>,
+    body: Bytes,
+) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the candidate is not UTF-8 text");
+    };
+    let since = since_ms(q.since.as_deref().filter(|s| !s.is_empty()).unwrap_or("7d"));
+    let location = q
+        .location
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .map(LocationId::parse);
+    let (since, location) = match (since, location.transpose()) {
+        (Ok(since), Ok(location)) => (since, location),
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, format!("location: {e}")),
+    };
+    let loaded = match q.file.as_deref().filter(|f| !f.is_empty()) {
+        Some(name) => RuleSet::load_replacing(state.rules.path(), name, text),
+        None => RuleSet::from_sources(&[("candidate.yaml", text)]),
+    };
+    let candidate = match loaded {
+        Ok(set) => set,
+        Err(e) => {
+            let errors: Vec<String> = e.errors().map(ToString::to_string).collect();
+            let body = json!({ "status": "rejected", "errors": errors });
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+        }
+    };
+    let current = state.rules.current();
+    let store = state.store.as_ref();
+    let sim = simulate::simulate(
+        store,
+        &current,
+        &candidate,
+        since,
+        location.as_ref(),
+        &NoResolver,
+    );
+    match sim.await {
+        Ok(sim) => Json(sim).into_response(),
         Err(e) => internal(e),
     }
 }

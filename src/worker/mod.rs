@@ -20,6 +20,7 @@ mod maintain;
 mod ownership;
 mod record;
 mod retry;
+pub mod simulate;
 
 use std::collections::HashSet;
 use std::sync::Arc;

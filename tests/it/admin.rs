@@ -67,6 +67,7 @@ async fn every_admin_route_needs_the_bearer_token_and_only_the_admin_listener_se
         (reqwest::Method::POST, "/admin/reapply?dry_run=true"),
         (reqwest::Method::POST, "/admin/undo?rule=fb"),
         (reqwest::Method::GET, "/admin/backfills"),
+        (reqwest::Method::POST, "/admin/simulate"),
         (reqwest::Method::POST, "/admin/backfills?location=L1"),
         (
             reqwest::Method::GET,

@@ -35,6 +35,7 @@ mod robustness;
 mod rule_tests;
 mod security;
 mod service;
+mod simulate;
 mod store_contract;
 mod store_faults;
 mod validation;

@@ -49,6 +49,28 @@ impl History for PgStore {
         summaries(&rows, &latest)
     }
 
+    async fn received_since(
+        &self,
+        since: i64,
+        location: Option<&LocationId>,
+        limit: u32,
+    ) -> Result<Vec<(i64, BodyKind, String)>, StoreError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, kind, body FROM events
+             WHERE received_at >= $1 AND kind <> 'task' AND ($2 IS NULL OR location_id = $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(since)
+        .bind(location.map(LocationId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, body)| (id, BodyKind::parse(&kind), body))
+            .collect())
+    }
+
     async fn history(
         &self,
         contact: &ContactId,
