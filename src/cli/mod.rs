@@ -38,6 +38,9 @@ enum Command {
         /// A rule file or a directory of *.yaml / *.yml files.
         #[arg(env = "AUTOFOLLOW_RULES", default_value = "rules")]
         path: PathBuf,
+        /// Treat warnings (rules that load but cannot work as written) as errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show, for one webhook body, why each rule matches or not, and the resulting plan.
     Explain(rules::ExplainArgs),
@@ -218,9 +221,9 @@ struct Selection {
 /// Runs one command to its end; the process's exit status.
 pub async fn run(cli: Cli) -> ExitCode {
     let status = match cli.command {
-        Command::Check { path } => {
+        Command::Check { path, strict } => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
-            rules::check(&path, &mut out, &mut err)
+            rules::check(&path, strict, &mut out, &mut err)
         }
         Command::Explain(args) => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());

@@ -17,11 +17,22 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 /// `autofollow check PATH`: validates the rules; prints `ok: …` and warnings, or every error.
-pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<Exit> {
+/// With `strict`, a warning fails the check.
+pub fn check(
+    path: &Path,
+    strict: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<Exit> {
     match RuleSet::load(path) {
         Ok(set) => {
             for w in set.warnings() {
                 writeln!(err, "{w}")?;
+            }
+            if strict && !set.warnings().is_empty() {
+                let n = plural(set.warnings().len(), "warning");
+                writeln!(err, "{n}, and --strict makes warnings errors")?;
+                return Ok(1);
             }
             writeln!(
                 out,

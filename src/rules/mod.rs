@@ -6,6 +6,7 @@
 
 mod eval;
 mod index;
+mod lint;
 mod live;
 mod load;
 mod model;
@@ -89,7 +90,12 @@ impl RuleSet {
             .iter()
             .map(|(n, t)| (Arc::from(n.as_ref()), t.as_ref().to_owned()))
             .collect();
-        let loaded = load::load_sources(&sources)?;
+        let mut loaded = load::load_sources(&sources)?;
+        loaded.warnings.extend(lint::lint(&loaded.rules));
+        let file_order = |d: &Diagnostic| sources.iter().position(|(n, _)| *n == d.file);
+        loaded
+            .warnings
+            .sort_by_key(|d| (file_order(d), d.line, d.column));
         let version = {
             use sha2::Digest;
             let mut hash = sha2::Sha256::new();

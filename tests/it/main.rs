@@ -20,6 +20,7 @@ mod fidelity;
 mod http_limits;
 mod layering;
 mod limits;
+mod lint;
 mod migrate;
 mod oauth;
 mod operations;
