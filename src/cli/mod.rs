@@ -8,7 +8,7 @@ pub mod rules;
 pub mod ruletest;
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ enum Command {
     },
     /// Show, for one webhook body, why each rule matches or not, and the resulting plan.
     Explain(rules::ExplainArgs),
+    /// Print the JSON Schema of the rule file format (for editors: completion and validation).
+    Schema,
     /// Run the rule tests (`tests/*.yaml` under the rules directory, or one test file): each
     /// case's event against the rules, what they must decide; exit 1 when one fails.
     Test(ruletest::TestArgs),
@@ -228,6 +230,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Explain(args) => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
             rules::explain(&args, &mut out, &mut err)
+        }
+        Command::Schema => {
+            let mut out = io::stdout().lock();
+            writeln!(out, "{}", crate::rules::SCHEMA.trim_end()).map(|()| 0)
         }
         Command::Test(args) => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());

@@ -63,6 +63,9 @@ impl Evaluation {
     }
 }
 
+/// The JSON Schema of the rule file format, for editors (`autofollow schema`).
+pub const SCHEMA: &str = include_str!("schema.json");
+
 impl RuleSet {
     /// Loads one rule file, or every `*.yaml` / `*.yml` file of a directory in file-name order.
     pub fn load(path: &Path) -> Result<RuleSet, LoadError> {

@@ -385,3 +385,64 @@ fn the_configuration_table_matches_serve_help() {
     read.sort();
     assert_eq!(documented, read);
 }
+
+/// The editor schema (`autofollow schema`) knows exactly the keys the loader accepts, every
+/// rule file the README and `rules/` show validates against it, and it refuses what the
+/// loader refuses by key or value.
+#[test]
+fn the_schema_matches_the_loader_and_every_example_validates() {
+    use autofollow::rules::{CONDITION_KEYS, RULE_KEYS, SCHEMA, TOP_KEYS};
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+    let keys = |pointer: &str| -> std::collections::BTreeSet<String> {
+        let map = schema
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_object)
+            .unwrap();
+        map.keys().cloned().collect()
+    };
+    let set = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect();
+    assert_eq!(keys("/properties"), set(TOP_KEYS));
+    assert_eq!(keys("/$defs/rule/properties"), set(RULE_KEYS));
+    assert_eq!(keys("/$defs/conditions/properties"), set(CONDITION_KEYS));
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let valid = |yaml: &str, at: &str| {
+        let doc: serde_json::Value =
+            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{at}: {e}"));
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{at}: {errors:?}");
+    };
+    let (_, blocks) = readme();
+    let mut checked = 0;
+    for block in blocks.iter().filter(|b| b.lang == "yaml") {
+        let skip = ["groups:", "# GHL_LOCATION_TOKENS_FILE"];
+        if skip.iter().any(|s| block.text.starts_with(s)) || block.text.contains("\ntests:\n") {
+            continue;
+        }
+        valid(&block.text, &format!("README line {}", block.line));
+        checked += 1;
+    }
+    assert!(checked > 15, "{checked} README examples");
+    for entry in std::fs::read_dir(repo().join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            valid(
+                &std::fs::read_to_string(&path).unwrap(),
+                &path.display().to_string(),
+            );
+        }
+    }
+    for bad in [
+        "rules: [{name: a, whenn: {}}]",
+        "rules: [{name: a, when: {status: maybe}}]",
+        "version: 2",
+    ] {
+        let doc: serde_json::Value = serde_yaml::from_str(bad).unwrap();
+        assert!(!validator.is_valid(&doc), "{bad} is refused");
+    }
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_autofollow"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(printed, schema);
+}
