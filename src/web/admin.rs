@@ -383,6 +383,9 @@ struct JobQuery {
     rule: Option<String>,
     event: Option<i64>,
     since: Option<String>,
+    /// `simulate`: the rule file the body replaces (by file name); without it the body is
+    /// the whole candidate.
+    file: Option<String>,
 }
 
 impl JobQuery {
@@ -467,36 +470,21 @@ async fn start_backfill(State(state): State<AppState>, Query(q): Query<JobQuery>
     }
 }
 
-#[derive(Deserialize, Default)]
-struct SimulateQuery {
-    since: Option<String>,
-    location: Option<String>,
-    /// The rule file the body replaces (by file name); without it the body is the whole
-    /// candidate.
-    file: Option<String>,
-}
-
 /// `POST /admin/simulate?since=7d&location=&file=NAME` with a candidate rule file as the
 /// body: `autofollow simulate`'s report against the rules in force; 422 with every error
 /// when the candidate does not load.
 async fn simulate(
     State(state): State<AppState>,
-    Query(q): Query<SimulateQuery>,
+    Query(q): Query<JobQuery>,
     body: Bytes,
 ) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "the candidate is not UTF-8 text");
     };
     let since = since_ms(q.since.as_deref().filter(|s| !s.is_empty()).unwrap_or("7d"));
-    let location = q
-        .location
-        .as_deref()
-        .filter(|l| !l.is_empty())
-        .map(LocationId::parse);
-    let (since, location) = match (since, location.transpose()) {
+    let (since, location) = match (since, q.location()) {
         (Ok(since), Ok(location)) => (since, location),
-        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e),
-        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, format!("location: {e}")),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let loaded = match q.file.as_deref().filter(|f| !f.is_empty()) {
         Some(name) => RuleSet::load_replacing(state.rules.path(), name, text),

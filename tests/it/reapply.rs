@@ -106,7 +106,8 @@ fn change_rules(app: &TestApp, rules: &str) {
     app.reload();
 }
 
-const BEFORE: &str = "rules:
+/// The rules before a change (also what `simulate.rs` replays through).
+pub(crate) const BEFORE: &str = "rules:
   - name: vip
     when: {has_tag: vip}
     add: [alice]
@@ -118,7 +119,7 @@ const BEFORE: &str = "rules:
 
 /// The vip rule now needs the webinar tag, a new rule adds carol to webinar contacts, and the
 /// facebook rule adds carol instead of bob.
-const AFTER: &str = "rules:
+pub(crate) const AFTER: &str = "rules:
   - name: vip
     when: {has_tag: webinar}
     add: [alice]
@@ -357,7 +358,7 @@ async fn undo_since_reverses_what_happened_after_the_moment() {
     let app = spawn_app(UNDONE).await;
     app.ghl_accepts_the_rest().await;
     tags(&app, "c1", &["vip"]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     tags(&app, "c1", &[]).await;

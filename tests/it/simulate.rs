@@ -6,30 +6,7 @@ use serde_json::{Value, json};
 use crate::common::service::{Options, TestApp, spawn_app, spawn_with};
 use crate::common::{ALICE, BOB, CAROL, USERS};
 
-const CURRENT: &str = "rules:
-  - name: vip
-    when: {has_tag: vip}
-    add: [alice]
-    follow: while_matching
-  - name: facebook
-    when: {source: fb}
-    add: [bob]
-";
-
-/// vip now needs the webinar tag, a webinar rule adds carol, facebook leads go to carol.
-const CANDIDATE: &str = "rules:
-  - name: vip
-    when: {has_tag: webinar}
-    add: [alice]
-    follow: while_matching
-  - name: webinar-team
-    when: {has_tag: webinar}
-    add: [carol]
-    follow: while_matching
-  - name: facebook
-    when: {source: fb}
-    add: [carol]
-";
+use crate::reapply::{AFTER as CANDIDATE, BEFORE as CURRENT};
 
 fn simulate(app: &TestApp, candidate: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_autofollow"))
