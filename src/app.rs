@@ -235,6 +235,25 @@ pub async fn tool(config: &Config) -> Result<Arc<Worker>, StartError> {
     )))
 }
 
+/// What `check --online` needs of the service's environment: the GoHighLevel client (its
+/// rate budget) and the credentials. The store is opened only for OAuth installations.
+pub async fn directory_access(config: &Config) -> Result<(GhlClient, Access), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let client = ghl_client(config, &metrics).await?;
+    let access = match config.ghl.oauth {
+        Some(_) => {
+            let store = crate::store::open_existing(&config.store.database_url).await?;
+            access(config, &store)?
+        }
+        None => Access::new(
+            config.ghl.pits.clone(),
+            config.ghl.tokens_file.clone(),
+            None,
+        ),
+    };
+    Ok((client, access))
+}
+
 /// What the web handlers share.
 fn app_state(
     config: &Config,

@@ -7,7 +7,7 @@
 pub mod oauth;
 pub mod pits;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -111,6 +111,26 @@ impl Access {
     /// How many locations have a PIT now.
     pub fn pit_locations(&self) -> usize {
         self.pits().len()
+    }
+
+    /// Every location with a credential: its PIT, or its installation with the scopes it
+    /// was granted (`None`: not known, as for a PIT). `Err`: the store could not say.
+    pub async fn locations(
+        &self,
+    ) -> Result<BTreeMap<LocationId, Option<BTreeSet<String>>>, String> {
+        let mut out: BTreeMap<LocationId, Option<BTreeSet<String>>> =
+            self.pits().locations().map(|l| (l.clone(), None)).collect();
+        if let Some(oauth) = &self.inner.oauth {
+            for (id, scopes) in oauth.locations().await? {
+                let Ok(location) = LocationId::parse(&id) else {
+                    continue;
+                };
+                let granted: BTreeSet<String> =
+                    scopes.split_whitespace().map(str::to_owned).collect();
+                out.insert(location, (!granted.is_empty()).then_some(granted));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether autofollow acts for `location`: it has a PIT or an installation that was not

@@ -305,6 +305,17 @@ impl OAuth {
         self.renew(id, found.version).await.ok()
     }
 
+    /// Every location installation not uninstalled, with the scopes it was granted (empty
+    /// when the answer did not list them).
+    pub async fn locations(&self) -> Result<Vec<(String, String)>, String> {
+        let all = self.store.installations().await;
+        let all = all.map_err(|e| format!("cannot read the installations: {e}"))?;
+        let live = all.into_iter().filter(|i| {
+            i.tokens.kind == InstallKind::Location && i.state != InstallState::Uninstalled
+        });
+        Ok(live.map(|i| (i.tokens.id, i.tokens.scopes)).collect())
+    }
+
     /// The installation's fingerprint, when there is one.
     pub async fn fingerprint(&self, id: &str) -> Option<String> {
         let found = self.read(id).await.ok()??;

@@ -62,7 +62,7 @@ struct Environment {
 }
 
 /// The service's configuration, from its environment (with other rules, if given).
-fn environment(rules: Option<PathBuf>) -> Result<Config, OpsError> {
+pub(super) fn environment(rules: Option<PathBuf>) -> Result<Config, OpsError> {
     let mut serve = Environment::try_parse_from(["autofollow"])
         .map_err(|e| OpsError::Invalid(e.to_string()))?
         .serve;

@@ -41,6 +41,14 @@ enum Command {
         /// Treat warnings (rules that load but cannot work as written) as errors.
         #[arg(long)]
         strict: bool,
+        /// Also confirm, with the service's tokens, that every user, pipeline, stage and
+        /// custom field the rules name exists in GoHighLevel, and that the tokens have the
+        /// scopes the rules need.
+        #[arg(long)]
+        online: bool,
+        /// With --online: only this location (default: every location with a token).
+        #[arg(long, value_name = "ID", requires = "online")]
+        location: Option<String>,
     },
     /// Show, for one webhook body, why each rule matches or not, and the resulting plan.
     Explain(rules::ExplainArgs),
@@ -223,9 +231,24 @@ struct Selection {
 /// Runs one command to its end; the process's exit status.
 pub async fn run(cli: Cli) -> ExitCode {
     let status = match cli.command {
-        Command::Check { path, strict } => {
+        Command::Check {
+            path,
+            strict,
+            online: false,
+            ..
+        } => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
             rules::check(&path, strict, &mut out, &mut err)
+        }
+        Command::Check {
+            path,
+            strict,
+            location,
+            ..
+        } => {
+            let (mut out, mut err) = (io::stdout(), io::stderr());
+            let only = location.as_deref();
+            rules::check_online(&path, strict, only, &mut out, &mut err).await
         }
         Command::Explain(args) => {
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());

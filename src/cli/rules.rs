@@ -3,11 +3,16 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::access::Access;
+use crate::ghl::GhlClient;
 use crate::ghl::pipelines::Pipelines;
 use crate::model::event::{self, Event, Parsed};
+use crate::model::ids::LocationId;
 use crate::model::plan::{PreviousState, parse_assigned};
-use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, explain_report};
+use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, Severity, explain_report};
+use crate::worker::online::{self, Online};
 
 /// Exit status of a command: 0 when it did its job, 1 when the input was invalid.
 pub type Exit = u8;
@@ -47,6 +52,96 @@ pub fn check(
             Ok(1)
         }
     }
+}
+
+/// `autofollow check --online`: [`check`], then what the rules name confirmed against
+/// GoHighLevel with the service's credentials (its environment), for every location with a
+/// token or only `location`. Each problem at its file:line:column (or the location's), the
+/// same problem in several locations once.
+pub async fn check_online(
+    path: &Path,
+    strict: bool,
+    location: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<Exit> {
+    let code = check(path, strict, out, err)?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let only = match location.map(LocationId::parse).transpose() {
+        Ok(only) => only,
+        Err(e) => {
+            writeln!(err, "--location: {e}")?;
+            return Ok(2);
+        }
+    };
+    let checked = match online_inputs(path).await {
+        Ok((set, ghl, access)) => online::check(&ghl, &access, &set, only.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            writeln!(err, "cannot check online: {e}")?;
+            return Ok(1);
+        }
+    };
+    print_online(&checked, strict, out, err)
+}
+
+/// The rules at `path`, and the service's GoHighLevel client and credentials.
+async fn online_inputs(path: &Path) -> Result<(Arc<RuleSet>, GhlClient, Access), String> {
+    let config = super::maintain::environment(Some(path.to_path_buf()));
+    let config = config.map_err(|e| e.to_string())?;
+    let found = crate::app::directory_access(&config).await;
+    let (ghl, access) = found.map_err(|e| e.to_string())?;
+    Ok((Arc::clone(&config.rules.set), ghl, access))
+}
+
+fn print_online(
+    checked: &Online,
+    strict: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<Exit> {
+    for f in &checked.findings {
+        let severity = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let locations: Vec<&str> = f.locations.iter().map(LocationId::as_str).collect();
+        let word = if locations.len() == 1 {
+            "location"
+        } else {
+            "locations"
+        };
+        let list = locations.join(", ");
+        match &f.origin {
+            Some(at) => writeln!(err, "{at}: {severity}: {} ({word} {list})", f.message)?,
+            None => writeln!(err, "{word} {list}: {severity}: {}", f.message)?,
+        }
+    }
+    if checked.read.is_empty() {
+        writeln!(
+            err,
+            "error: no location to check: autofollow has no token (GHL_TOKEN with GHL_LOCATION_ID, GHL_LOCATION_TOKENS_FILE, or an installed app)"
+        )?;
+        return Ok(1);
+    }
+    for (location, read) in &checked.read {
+        writeln!(out, "online: location {location}: read {read}")?;
+    }
+    let count = |s: Severity| checked.findings.iter().filter(|f| f.severity == s).count();
+    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
+    if errors > 0 || (strict && warnings > 0) {
+        let n = plural(errors, "error");
+        let w = plural(warnings, "warning");
+        writeln!(err, "online check failed: {n}, {w}")?;
+        return Ok(1);
+    }
+    writeln!(out, "online: ok ({})", plural(warnings, "warning"))?;
+    Ok(0)
 }
 
 /// Arguments of `autofollow explain`.

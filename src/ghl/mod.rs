@@ -4,9 +4,11 @@
 //! are not followed (the API never redirects, so one is an error).
 
 pub mod budget;
+pub mod fields;
 pub mod oauth;
 pub mod pipelines;
 pub mod search;
+pub mod users;
 
 use std::time::Duration;
 
@@ -32,22 +34,6 @@ pub struct Followers {
     pub followers: Option<Vec<UserId>>,
     /// `followersAdded` or `followersRemoved`: who the call changed, when sent.
     pub changed: Option<Vec<UserId>>,
-}
-
-/// Users asked for per page of a users search, and the most pages read for one email.
-const USER_PAGE: u64 = 100;
-const USER_PAGES: u64 = 20;
-
-/// The id of a users-search result, when it is a user (not deleted) with this email.
-fn user_with_email(user: &Value, email: &str) -> Option<UserId> {
-    if user.get("deleted").and_then(Value::as_bool) == Some(true) {
-        return None;
-    }
-    let theirs = user.get("email").and_then(Value::as_str)?;
-    if !theirs.trim().eq_ignore_ascii_case(email.trim()) {
-        return None;
-    }
-    UserId::parse(user.get("id").and_then(Value::as_str)?).ok()
 }
 
 /// A list of user ids under `key`, when the body has one.
@@ -201,43 +187,6 @@ impl GhlClient {
                 status: None,
                 reason: "GET /locations/{id} answered without location.companyId".into(),
             })
-    }
-
-    /// The id of the location's user with this email (`GET /users/search`, page by page
-    /// until found or the results end, at most [`USER_PAGES`] pages), if any.
-    pub async fn user_by_email(
-        &self,
-        token: &SecretString,
-        company_id: &str,
-        location: &LocationId,
-        email: &str,
-    ) -> Result<Option<UserId>, CallError> {
-        let limit = USER_PAGE.to_string();
-        for page in 0..USER_PAGES {
-            let skip = (page * USER_PAGE).to_string();
-            let query = [
-                ("companyId", company_id),
-                ("locationId", location.as_str()),
-                ("query", email),
-                ("skip", skip.as_str()),
-                ("limit", limit.as_str()),
-            ];
-            let endpoint = ("users_search", "/users/search");
-            let (_, body) = self
-                .send(token, location, Method::GET, endpoint, &query, None)
-                .await?;
-            let users = body.get("users").and_then(Value::as_array);
-            let users = users.map(Vec::as_slice).unwrap_or_default();
-            if let Some(found) = users.iter().find_map(|u| user_with_email(u, email)) {
-                return Ok(Some(found));
-            }
-            let count = body.get("count").and_then(Value::as_u64);
-            let seen = (page + 1) * USER_PAGE;
-            if users.len() < USER_PAGE as usize || count.is_some_and(|c| c <= seen) {
-                break;
-            }
-        }
-        Ok(None)
     }
 
     /// One call: a request from the location's budget, the answer's rate-limit headers

@@ -54,6 +54,16 @@ impl Pipelines {
         }
         Ok(out)
     }
+
+    /// Every pipeline: (id, name).
+    pub fn pipelines(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pipelines.iter().map(|(i, n)| (i.as_str(), n.as_str()))
+    }
+
+    /// Every stage of every pipeline: (id, name).
+    pub fn stages(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.stages.iter().map(|(i, n)| (i.as_str(), n.as_str()))
+    }
 }
 
 impl Resolver for Pipelines {

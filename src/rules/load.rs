@@ -15,7 +15,7 @@ use marked_yaml::{LoadError as YamlError, LoaderOptions, Node, Span};
 use serde::Serialize;
 
 use super::eval::status_from_name;
-use super::model::{Block, Condition, FieldPath, Follow, Origin, Rule, UserRef};
+use super::model::{Block, Condition, FieldPath, Follow, Named, Origin, Reference, Rule, UserRef};
 use super::pattern::PatternSet;
 use crate::model::event::EventType;
 use crate::model::ids::{UserId, looks_like_ghl_id};
@@ -126,6 +126,8 @@ pub(crate) struct Loaded {
     pub files: Vec<Arc<str>>,
     pub aliases: BTreeMap<String, UserId>,
     pub warnings: Vec<Diagnostic>,
+    /// The users, pipelines, stages and fields named, in file order.
+    pub references: Vec<Reference>,
 }
 
 /// Reads one rule file, or every `*.yaml` / `*.yml` file of a directory in file-name order
@@ -189,16 +191,15 @@ pub(crate) fn read_path(path: &Path) -> Result<Vec<(Arc<str>, String)>, LoadErro
 pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, LoadError> {
     let mut diags = Vec::new();
     let mut files = Vec::new();
+    let mut references = Vec::new();
     for (name, text) in sources {
-        let mut cx = Cx {
-            file: name.clone(),
-            diags: &mut diags,
-        };
+        let mut cx = Cx::new(name.clone(), &mut diags);
         if let Some(spec) = parse_file(&mut cx, text) {
             files.push((name.clone(), spec));
         }
+        references.append(&mut cx.found);
     }
-    let (rules, aliases) = link(&mut diags, files);
+    let (rules, aliases) = link(&mut diags, files, &mut references);
     // Report in reading order: file by file, top to bottom.
     let file_order = |d: &Diagnostic| sources.iter().position(|(n, _)| *n == d.file);
     diags.sort_by_key(|d| (file_order(d), d.line, d.column));
@@ -210,6 +211,7 @@ pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, Loa
         files: sources.iter().map(|(n, _)| n.clone()).collect(),
         aliases,
         warnings: diags,
+        references,
     })
 }
 
@@ -217,9 +219,28 @@ pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, Loa
 struct Cx<'a> {
     file: Arc<str>,
     diags: &'a mut Vec<Diagnostic>,
+    /// The references found so far.
+    found: Vec<Reference>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    fn new(file: Arc<str>, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
+        Cx {
+            file,
+            diags,
+            found: Vec::new(),
+        }
+    }
+
+    /// `named` is written at `span` (in the rule being read, which names it later).
+    fn refer(&mut self, named: Named, span: &Span) {
+        let origin = self.origin(span);
+        self.found.push(Reference {
+            named,
+            origin,
+            rule: None,
+        });
+    }
     fn push(&mut self, severity: Severity, span: &Span, message: String) {
         let start = span.start();
         self.diags.push(Diagnostic {
@@ -264,7 +285,7 @@ impl Cx<'_> {
 }
 
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
-fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     let lower = word.to_lowercase();
     candidates
         .into_iter()
@@ -536,6 +557,15 @@ fn patterns(cx: &mut Cx, node: &Node, key: &str) -> Option<PatternSet> {
     strings(cx, node, key).map(|v| PatternSet::new(v.iter().map(|(s, _)| s)))
 }
 
+/// Values naming something in GoHighLevel (pipelines, stages): patterns, each a reference.
+fn named(cx: &mut Cx, node: &Node, key: &str, what: fn(String) -> Named) -> Option<PatternSet> {
+    let values = strings(cx, node, key)?;
+    for (value, span) in &values {
+        cx.refer(what(value.clone()), span);
+    }
+    Some(PatternSet::new(values.iter().map(|(s, _)| s)))
+}
+
 fn boolean(cx: &mut Cx, node: &Node, key: &str) -> Option<bool> {
     match node {
         Node::Scalar(s) if s.as_bool().is_some() => s.as_bool(),
@@ -585,6 +615,7 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
     // A block mapping's own mark lies after its first key; the first key is where the rule
     // visibly starts.
     let span = map.keys().next().map_or(*map.span(), |k| *k.span());
+    let first_reference = cx.found.len();
     let name = rule_name(cx, map, &span);
     let description = map.get_node("description").and_then(|n| match n {
         Node::Scalar(s) => Some(s.as_str().to_owned()),
@@ -618,6 +649,9 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
         .and_then(|n| strings(cx, n, "remove"));
     check_effect(cx, map, name.as_deref(), stop, &span);
     let follow = rule_follow(cx, map, &when);
+    for r in &mut cx.found[first_reference..] {
+        r.rule.clone_from(&name);
+    }
     RawRule {
         name,
         span,
@@ -729,10 +763,10 @@ fn block(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
             "lacks_tag" => set(cx).map(Condition::LacksTag),
             "tag_added" => set(cx).map(Condition::TagAdded),
             "tag_removed" => set(cx).map(Condition::TagRemoved),
-            "pipeline" => set(cx).map(Condition::Pipeline),
-            "stage" => set(cx).map(Condition::Stage),
-            "stage_entered" => set(cx).map(Condition::StageEntered),
-            "stage_left" => set(cx).map(Condition::StageLeft),
+            "pipeline" => named(cx, value, k, Named::Pipeline).map(Condition::Pipeline),
+            "stage" => named(cx, value, k, Named::Stage).map(Condition::Stage),
+            "stage_entered" => named(cx, value, k, Named::Stage).map(Condition::StageEntered),
+            "stage_left" => named(cx, value, k, Named::Stage).map(Condition::StageLeft),
             "workflow" => set(cx).map(Condition::Workflow),
             "assigned_changed" => boolean(cx, value, k).map(Condition::AssignedChanged),
             "status" => strings(cx, value, k).and_then(|values| {
@@ -750,22 +784,7 @@ fn block(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
                 ok.then_some(Condition::Status(out))
             }),
             "fields" => {
-                match value {
-                    Node::Mapping(fields) if !fields.is_empty() => {
-                        for (path, expected) in fields.iter() {
-                            match FieldPath::parse(path.as_str()) {
-                                Some(p) => {
-                                    let label = format!("fields.{}", path.as_str());
-                                    if let Some(set) = patterns(cx, expected, &label) {
-                                        conditions.push(Condition::Field(p, set));
-                                    }
-                                }
-                                None => cx.error(path.span(), format!("invalid field path `{}`: use dot-separated keys such as `customData.team`", path.as_str())),
-                            }
-                        }
-                    }
-                    other => cx.error(other.span(), format!("`fields` must map dot paths to values, found {}", if matches!(other, Node::Mapping(_)) { "an empty mapping" } else { kind(other) })),
-                }
+                fields(cx, value, &mut conditions);
                 None
             }
             "any" => match value {
@@ -798,19 +817,63 @@ fn block(cx: &mut Cx, map: &MarkedMappingNode) -> Block {
     Block(conditions)
 }
 
+/// `fields`: dot paths to values, each a condition (and a reference).
+fn fields(cx: &mut Cx, value: &Node, conditions: &mut Vec<Condition>) {
+    match value {
+        Node::Mapping(fields) if !fields.is_empty() => {
+            for (path, expected) in fields.iter() {
+                match FieldPath::parse(path.as_str()) {
+                    Some(p) => {
+                        cx.refer(Named::Field(p.clone()), path.span());
+                        let label = format!("fields.{}", path.as_str());
+                        if let Some(set) = patterns(cx, expected, &label) {
+                            conditions.push(Condition::Field(p, set));
+                        }
+                    }
+                    None => cx.error(path.span(), format!("invalid field path `{}`: use dot-separated keys such as `customData.team`", path.as_str())),
+                }
+            }
+        }
+        other => cx.error(
+            other.span(),
+            format!(
+                "`fields` must map dot paths to values, found {}",
+                if matches!(other, Node::Mapping(_)) {
+                    "an empty mapping"
+                } else {
+                    kind(other)
+                }
+            ),
+        ),
+    }
+}
+
 /// Checks names and aliases across all files and resolves `add`/`remove` entries.
+/// The user ids found (in `add`/`remove`, and the aliases') are added to `references`.
 fn link(
     diags: &mut Vec<Diagnostic>,
     files: Vec<(Arc<str>, FileSpec)>,
+    references: &mut Vec<Reference>,
 ) -> (Vec<Rule>, BTreeMap<String, UserId>) {
     let aliases = collect_aliases(diags, &files);
     let mut names: HashMap<String, Origin> = HashMap::new();
     let mut rules = Vec::new();
     for (file, spec) in files {
-        let mut cx = Cx { file, diags };
+        let mut cx = Cx::new(file, diags);
         for raw in spec.rules {
             rules.extend(link_rule(&mut cx, raw, &aliases, &mut names));
         }
+        references.append(&mut cx.found);
+    }
+    for (name, (id, origin)) in &aliases {
+        references.push(Reference {
+            named: Named::User {
+                id: id.clone(),
+                alias: Some(name.clone()),
+            },
+            origin: origin.clone(),
+            rule: None,
+        });
     }
     let aliases = aliases.into_iter().map(|(k, (id, _))| (k, id)).collect();
     (rules, aliases)
@@ -823,10 +886,7 @@ fn collect_aliases(
 ) -> BTreeMap<String, (UserId, Origin)> {
     let mut aliases: BTreeMap<String, (UserId, Origin)> = BTreeMap::new();
     for (file, spec) in files {
-        let mut cx = Cx {
-            file: file.clone(),
-            diags,
-        };
+        let mut cx = Cx::new(file.clone(), diags);
         for (name, id, span) in &spec.users {
             match aliases.get(name) {
                 Some((existing, at)) if existing != id => cx.error(
@@ -852,8 +912,12 @@ fn link_rule(
     aliases: &BTreeMap<String, (UserId, Origin)>,
     names: &mut HashMap<String, Origin>,
 ) -> Option<Rule> {
+    let first_reference = cx.found.len();
     let add = resolve(cx, &raw.add, aliases);
     let remove = resolve(cx, &raw.remove, aliases);
+    for r in &mut cx.found[first_reference..] {
+        r.rule.clone_from(&raw.name);
+    }
     let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
     added_ids.sort();
     added_ids.dedup();
@@ -924,6 +988,8 @@ fn resolve(
             if !looks_like_ghl_id(entry) {
                 cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
             }
+            let id = user.clone();
+            cx.refer(Named::User { id, alias: None }, span);
             UserRef::Id(user)
         });
     }

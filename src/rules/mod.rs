@@ -20,9 +20,10 @@ use std::sync::Arc;
 pub use eval::{Check, Explanation, NoResolver, Resolver, RuleOutcome, RuleTrace};
 pub use live::{LiveRules, ReloadStatus};
 pub use load::{
-    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS,
+    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS, closest,
 };
-pub use model::{Follow, OpportunityStatus, Origin, Rule, UserRef};
+pub use model::{FieldPath, Follow, Named, OpportunityStatus, Origin, Reference, Rule, UserRef};
+pub use pattern::{Pattern, PatternSet, normalize};
 pub use report::explain_report;
 
 use crate::model::event::Event;
@@ -39,6 +40,7 @@ pub struct RuleSet {
     files: Vec<Arc<str>>,
     aliases: BTreeMap<String, UserId>,
     warnings: Vec<Diagnostic>,
+    references: Vec<Reference>,
     version: String,
 }
 
@@ -121,6 +123,7 @@ impl RuleSet {
             files: loaded.files,
             aliases: loaded.aliases,
             warnings: loaded.warnings,
+            references: loaded.references,
         })
     }
 
@@ -147,6 +150,12 @@ impl RuleSet {
     /// User aliases from every file's `users` section.
     pub fn aliases(&self) -> &BTreeMap<String, UserId> {
         &self.aliases
+    }
+
+    /// The users, pipelines, stages and custom fields the files name, with where: what only
+    /// GoHighLevel can confirm (`autofollow check --online`).
+    pub fn references(&self) -> &[Reference] {
+        &self.references
     }
 
     /// Problems that do not stop loading (see `autofollow check`).

@@ -184,3 +184,26 @@ impl FieldPath {
         })
     }
 }
+
+/// A name in a rule file that only GoHighLevel can confirm, and where it is written: what
+/// `autofollow check --online` resolves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub named: Named,
+    pub origin: Origin,
+    /// The rule it is part of; `None` for an alias of a `users` section.
+    pub rule: Option<String>,
+}
+
+/// What a [`Reference`] names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// A user id in `add`/`remove`, or the id an alias of `users` stands for.
+    User { id: UserId, alias: Option<String> },
+    /// A `pipeline` value: a name or id, maybe with `*`.
+    Pipeline(String),
+    /// A `stage`, `stage_entered` or `stage_left` value.
+    Stage(String),
+    /// A `fields` path.
+    Field(FieldPath),
+}

@@ -14,9 +14,11 @@
 mod backfill;
 mod call;
 mod decide;
+pub mod directory;
 mod load;
 mod lookups;
 mod maintain;
+pub mod online;
 mod ownership;
 mod record;
 mod retry;

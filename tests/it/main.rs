@@ -23,6 +23,7 @@ mod limits;
 mod lint;
 mod migrate;
 mod oauth;
+mod online;
 mod operations;
 mod ops;
 mod ownership;

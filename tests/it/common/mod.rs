@@ -104,6 +104,7 @@ pub fn previous_stage(stage: &str) -> PreviousState {
 }
 
 pub mod ghl_crm;
+pub mod ghl_directory;
 pub mod ghl_oauth;
 pub mod process;
 pub mod service;
