@@ -10,6 +10,7 @@ mod lint;
 mod live;
 mod load;
 mod model;
+mod overlap;
 mod pattern;
 mod report;
 

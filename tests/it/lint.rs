@@ -98,3 +98,80 @@ fn the_example_rules_pass_the_strict_check() {
     assert!(out.status.success(), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+#[test]
+fn a_user_one_rule_adds_and_a_later_one_removes_under_conditions_that_can_both_hold_is_warned_about()
+ {
+    // USERS takes lines 1-4; the rules' lines are counted from 5.
+    let rules = "rules:
+  - name: vip
+    when: {has_tag: vip}
+    add: [alice, bob]
+  - name: lost
+    when: {status: lost}
+    remove: [alice]
+  - name: vip-gone
+    when: {tag_removed: vip}
+    remove: [bob]
+  - name: no-vip
+    when: {lacks_tag: [vip, gold]}
+    remove: [alice]
+  - name: contacts-only
+    events: [ContactCreate]
+    add: [carol]
+  - name: deals-only
+    when: {stage: Won}
+    remove: [carol]
+  - name: not-lost
+    when: {has_tag: gold, not: {any: [{has_tag: x}, {status: [lost, won]}]}}
+    add: [alice]
+  - name: lost-again
+    when: {status: lost}
+    remove: [alice]
+";
+    let (code, err) = check(rules, false);
+    assert_eq!(code, 0, "warnings only: {err}");
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("one event can match both"))
+        .collect();
+    assert!(
+        warned.iter().any(|l| l.contains("rules.yaml:9:5: warning: rule `lost` removes `alice`, whom the earlier rule `vip` (")
+            && l.ends_with(":6:5) adds, and one event can match both: then `lost` wins, as the later rule. If that is meant, exclude its case from `vip` with `not`; if not, exclude it from `lost`")),
+        "{err}"
+    );
+    // A tag present and gone at once, a tag and its absence, an event type no opportunity
+    // condition can hold for, and a case ruled out with `not` cannot hold together.
+    for pair in [
+        "`vip-gone` removes `bob`",
+        "`no-vip` removes",
+        "`deals-only`",
+        "whom the earlier rule `not-lost`",
+    ] {
+        assert!(!err.contains(pair), "{pair} was warned about:\n{err}");
+    }
+    // `lost-again` against `vip` holds (a vip's lost deal) and is reported; against
+    // `not-lost` it is not.
+    assert_eq!(warned.len(), 2, "{err}");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("rule `lost-again` removes `alice`, whom the earlier rule `vip`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_earlier_rule_that_stops_evaluation_decides_alone() {
+    let rules = "rules:
+  - name: vip
+    when: {has_tag: vip}
+    add: [alice]
+    stop: true
+  - name: lost
+    when: {status: lost}
+    remove: [alice]
+";
+    let (_, err) = check(rules, false);
+    assert!(!err.contains("one event can match both"), "{err}");
+}
