@@ -57,6 +57,9 @@ struct Case {
     #[serde(default)]
     previous: Before,
     expect: Expect,
+    /// Where its `name` is written (found in the text: YAML parsing keeps no positions).
+    #[serde(skip)]
+    line: Option<usize>,
 }
 
 /// The state before the event.
@@ -139,7 +142,7 @@ pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Re
         };
         for case in cases {
             let outcome = run(&set, file, &case, resolver.as_ref());
-            report(out, file, &case.name, &outcome)?;
+            report(out, file, &case, &outcome)?;
             results.push((file.display().to_string(), case.name, outcome));
         }
     }
@@ -162,7 +165,8 @@ pub fn test(args: &TestArgs, out: &mut dyn Write, err: &mut dyn Write) -> io::Re
 /// A test file's cases, and what resolves pipeline and stage names for them.
 fn read_cases(file: &Path) -> Result<(Vec<Case>, Box<dyn Resolver>), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
-    let parsed: TestFile = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    let mut parsed: TestFile = serde_yaml::from_str(&text).map_err(|e| e.to_string())?;
+    locate(&text, &mut parsed.tests);
     let path = parsed
         .pipelines
         .as_ref()
@@ -171,11 +175,33 @@ fn read_cases(file: &Path) -> Result<(Vec<Case>, Box<dyn Resolver>), String> {
     Ok((parsed.tests, resolver))
 }
 
-fn report(out: &mut dyn Write, file: &Path, name: &str, outcome: &Outcome) -> io::Result<()> {
+/// The line of each case's `name:` (block style, in order); a case written otherwise has none.
+fn locate(text: &str, cases: &mut [Case]) {
+    let mut pending = cases.iter_mut().peekable();
+    for (i, line) in text.lines().enumerate() {
+        let Some(case) = pending.peek_mut() else {
+            return;
+        };
+        let key = line.trim_start().trim_start_matches("- ").trim_start();
+        let Some(value) = key.strip_prefix("name:") else {
+            continue;
+        };
+        let value = value.split(" #").next().unwrap_or_default().trim();
+        let unquoted = value.trim_matches(|c| c == '"' || c == '\'');
+        if unquoted == case.name {
+            case.line = Some(i + 1);
+            pending.next();
+        }
+    }
+}
+
+fn report(out: &mut dyn Write, file: &Path, case: &Case, outcome: &Outcome) -> io::Result<()> {
+    let name = &case.name;
     if outcome.problems.is_empty() {
         return writeln!(out, "ok    {}: {name}", file.display());
     }
-    writeln!(out, "FAIL  {}: {name}", file.display())?;
+    let at = case.line.map(|l| format!(":{l}")).unwrap_or_default();
+    writeln!(out, "FAIL  {}{at}: {name}", file.display())?;
     for p in &outcome.problems {
         writeln!(out, "      {p}")?;
     }

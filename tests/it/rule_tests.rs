@@ -45,8 +45,9 @@ fn a_failing_case_shows_the_difference_and_the_rules_involved_and_exits_1() {
     let junit_arg = junit.display().to_string();
     let (code, out, _) = test(&[&file, "--rules", "rules", "--junit", &junit_arg]);
     assert_eq!(code, 1, "{out}");
+    let at = format!("FAIL  {file}:2: wrong on purpose");
+    assert!(out.contains(&at), "{at} in:\n{out}");
     for line in [
-        "FAIL  ",
         "add: expected [bob], got [alice]",
         "expected rule facebook-leads not to match; it did",
         "rule facebook-leads (rules/10-leads.yaml:",
