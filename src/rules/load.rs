@@ -241,6 +241,7 @@ impl<'a> Cx<'a> {
             rule: None,
         });
     }
+
     fn push(&mut self, severity: Severity, span: &Span, message: String) {
         let start = span.start();
         self.diags.push(Diagnostic {

@@ -241,6 +241,10 @@ async fn every_wrong_name_is_reported_at_its_position_with_the_closest_existing_
             "README's {printed:?} is not printed:\n{err}"
         );
     }
+    assert!(
+        !format!("{out}{err}").contains("tok-L"),
+        "a token was printed"
+    );
     let calls = stand_in.lock().unwrap().calls.clone();
     let once = |path: &str| calls.get(path).copied();
     assert_eq!(once("/opportunities/pipelines"), Some(2), "{calls:?}");
