@@ -373,6 +373,8 @@ fn filter(select: Selection, limit: u32) -> Result<EventFilter, queue::OpsError>
             .transpose()
             .map_err(invalid)?,
         limit,
+        location: None,
+        event_type: None,
     })
 }
 

@@ -84,6 +84,9 @@ pub struct EventRecord {
 pub struct EventFilter {
     pub status: Option<EventStatus>,
     pub contact: Option<ContactId>,
+    pub location: Option<LocationId>,
+    /// GoHighLevel's event type name (`ContactCreate`, `Workflow`, …).
+    pub event_type: Option<String>,
     /// Received at or after this time.
     pub since: Option<SystemTime>,
     pub limit: u32,
@@ -108,6 +111,40 @@ pub struct EventSummary {
     /// Unix milliseconds.
     pub received_at: i64,
     pub last_decision: Option<Decision>,
+}
+
+/// One bucket of [`History::activity`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// Unix ms of the bucket's start.
+    pub start: i64,
+    pub received: u64,
+    /// Of those received, how many failed (dead letters).
+    pub failed: u64,
+    /// GoHighLevel calls recorded by decisions made in the bucket.
+    pub calls: u64,
+}
+
+/// Adds `calls` (bucket start, calls) to `received` (bucket start, received, failed).
+pub(crate) fn activity(received: Vec<(i64, i64, i64)>, calls: Vec<(i64, i64)>) -> Vec<Activity> {
+    let mut out: std::collections::BTreeMap<i64, Activity> = std::collections::BTreeMap::new();
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    for (start, received, failed) in received {
+        let a = out.entry(start).or_insert(Activity {
+            start,
+            ..Activity::default()
+        });
+        (a.received, a.failed) = (count(received), count(failed));
+    }
+    for (start, calls) in calls {
+        out.entry(start)
+            .or_insert(Activity {
+                start,
+                ..Activity::default()
+            })
+            .calls = count(calls);
+    }
+    out.into_values().collect()
 }
 
 /// What [`Store::erase_contact`] deleted.
@@ -427,6 +464,14 @@ pub trait History: Send + Sync + std::fmt::Debug {
         location: Option<&LocationId>,
         limit: u32,
     ) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
+
+    /// An event's body as received, and which parser reads it.
+    async fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError>;
+
+    /// Webhooks received, failed and GoHighLevel calls made since `since` (unix ms), in
+    /// buckets of `bucket` ms (by the time received, and of the decision), oldest first;
+    /// buckets with nothing are left out.
+    async fn activity(&self, since: i64, bucket: i64) -> Result<Vec<Activity>, StoreError>;
 
     /// Every event of a contact, oldest first, with every decision.
     async fn history(

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Backfill, BackfillStep, Backfills, Claimed, ContactState, Erased, EventFilter, EventRecord,
-    EventSummary, History, Inserted, InstallState, InstallTokens, Installation, Installations,
-    NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError,
+    Activity, Backfill, BackfillStep, Backfills, Claimed, ContactState, Erased, EventFilter,
+    EventRecord, EventSummary, History, Inserted, InstallState, InstallTokens, Installation,
+    Installations, NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -104,6 +104,8 @@ wrapped!(History {
     fn received_since(&self, since: i64, location: Option<&LocationId>, limit: u32) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
     fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
     fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
+    fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError>;
+    fn activity(&self, since: i64, bucket: i64) -> Result<Vec<Activity>, StoreError>;
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
     fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;
     fn erase_contact(&self, contact: &ContactId) -> Result<Erased, StoreError>;

@@ -111,6 +111,8 @@ impl Selection {
                 .map(EventFilter::since_ago)
                 .transpose()?,
             limit: self.limit.unwrap_or(100),
+            location: None,
+            event_type: None,
         })
     }
 

@@ -256,6 +256,8 @@ async fn a_reapply_planned_for_other_rules_is_skipped_with_the_reason() {
             contact: None,
             since: None,
             limit: 0,
+            location: None,
+            event_type: None,
         })
         .await
         .unwrap();

@@ -41,6 +41,8 @@ async fn reconciled(app: &TestApp, contact: &str) {
             contact: Some(ContactId::parse(contact).unwrap()),
             since: None,
             limit: 0,
+            location: None,
+            event_type: None,
         };
         let events = app.store().list_events(&filter).await.unwrap();
         if events.iter().any(|e| e.event.event_type == "Reconcile") {

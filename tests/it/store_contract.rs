@@ -1127,6 +1127,59 @@ async fn the_settle_maximum_bounds_how_long_a_busy_contact_waits(store: Arc<dyn 
 }
 
 /// One `#[tokio::test]` per contract check and backend.
+/// What the console reads: an event's body, events by location and type, and the activity
+/// per bucket (webhooks received and failed, calls their decisions made).
+async fn the_console_reads_bodies_activity_and_filtered_events(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let first = insert_into(s, "L1", "c1").await;
+    insert_into(s, "L2", "c2").await;
+    let (kind, body) = s.event_body(first).await.unwrap().expect("stored");
+    assert_eq!(kind, BodyKind::App);
+    assert!(body.contains(r#""id":"c1""#), "{body}");
+    assert_eq!(s.event_body(9999).await.unwrap(), None);
+    let in_l2 = EventFilter {
+        location: Some(LocationId::parse("L2").unwrap()),
+        ..EventFilter::default()
+    };
+    let listed = s.list_events(&in_l2).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].event.contact_id, "c2");
+    let other_type = EventFilter {
+        event_type: Some("ContactUpdate".into()),
+        ..EventFilter::default()
+    };
+    assert!(s.list_events(&other_type).await.unwrap().is_empty());
+    let c = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let call = autofollow::model::record::CallRecord {
+        method: "POST".into(),
+        path: "/contacts/c1/followers".into(),
+        users: Vec::new(),
+        status: Some(200),
+        outcome: "ok".into(),
+        changed: None,
+    };
+    let d = Decision {
+        calls: vec![call.clone(), call],
+        ..decision("failed", Some("no"))
+    };
+    assert!(s.finish(&c, &d, &NewState::default()).await.unwrap());
+    let hour = 3_600_000;
+    let since = i64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        - hour;
+    let buckets = s.activity(since, hour).await.unwrap();
+    let total = |f: fn(&autofollow::store::Activity) -> u64| buckets.iter().map(f).sum::<u64>();
+    assert_eq!(total(|a| a.received), 2, "{buckets:?}");
+    assert_eq!(total(|a| a.failed), 1, "{buckets:?}");
+    assert_eq!(total(|a| a.calls), 2, "{buckets:?}");
+    assert!(buckets.iter().all(|a| a.start % hour == 0), "{buckets:?}");
+}
+
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
         mod sqlite {
@@ -1180,4 +1233,5 @@ contract!(
     the_settle_maximum_bounds_how_long_a_busy_contact_waits,
     reapply_and_undo_find_their_contacts,
     backfills_walk_under_a_lease_and_queue_with_their_cursor,
+    the_console_reads_bodies_activity_and_filtered_events,
 );

@@ -28,12 +28,15 @@ impl History for SqliteStore {
         let rows = sqlx::query(
             "SELECT id, event_type, location_id, contact_id, status, attempts, last_error, received_at FROM events
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR contact_id = ?2) AND (?3 IS NULL OR received_at >= ?3)
+               AND (?5 IS NULL OR location_id = ?5) AND (?6 IS NULL OR event_type = ?6)
              ORDER BY id DESC LIMIT ?4",
         )
         .bind(filter.status.map(EventStatus::as_str))
         .bind(filter.contact.as_ref().map(|c| c.as_str()))
         .bind(filter.since.map(millis))
         .bind(i64::from(if filter.limit == 0 { u32::MAX } else { filter.limit }))
+        .bind(filter.location.as_ref().map(LocationId::as_str))
+        .bind(filter.event_type.as_deref())
         .fetch_all(&self.pool)
         .await?;
         // The latest decision of each listed event, in one query.
@@ -69,6 +72,35 @@ impl History for SqliteStore {
             .into_iter()
             .map(|(id, kind, body)| (id, BodyKind::parse(&kind), body))
             .collect())
+    }
+
+    async fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT kind, body FROM events WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(kind, body)| (BodyKind::parse(&kind), body)))
+    }
+
+    async fn activity(&self, since: i64, bucket: i64) -> Result<Vec<Activity>, StoreError> {
+        let received: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT received_at / ?2 * ?2, count(*), sum(status = 'failed') FROM events
+             WHERE received_at >= ?1 AND kind <> 'task' GROUP BY 1",
+        )
+        .bind(since)
+        .bind(bucket.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        let calls: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT created_at / ?2 * ?2, sum(json_array_length(calls)) FROM decisions
+             WHERE created_at >= ?1 GROUP BY 1",
+        )
+        .bind(since)
+        .bind(bucket.max(1))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(crate::store::activity(received, calls))
     }
 
     async fn history(
