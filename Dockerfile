@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+COPY askama.toml ./
 COPY benches benches
 RUN cargo build --release --locked --bin autofollow
 

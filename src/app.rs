@@ -272,6 +272,11 @@ fn app_state(
         wake,
         arrived: Arc::new(Notify::new()),
         admin_token: config.web.admin_token.clone().map(Arc::new),
+        console: config
+            .web
+            .admin_token
+            .clone()
+            .map(|t| Arc::new(crate::web::session::Keys::new(Arc::new(t)))),
         settle_delay: config.worker.settle_delay,
         metrics,
         body_budget: Arc::default(),

@@ -113,6 +113,15 @@ pub struct EventSummary {
     pub last_decision: Option<Decision>,
 }
 
+/// An event's body, as [`History::event_body`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBody {
+    pub kind: BodyKind,
+    pub body: String,
+    /// Unix ms.
+    pub received_at: i64,
+}
+
 /// One bucket of [`History::activity`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Activity {
@@ -465,8 +474,8 @@ pub trait History: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
 
-    /// An event's body as received, and which parser reads it.
-    async fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError>;
+    /// An event's body as received, which parser reads it, and when it came.
+    async fn event_body(&self, id: i64) -> Result<Option<StoredBody>, StoreError>;
 
     /// Webhooks received, failed and GoHighLevel calls made since `since` (unix ms), in
     /// buckets of `bucket` ms (by the time received, and of the decision), oldest first;

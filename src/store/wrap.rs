@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::{
     Activity, Backfill, BackfillStep, Backfills, Claimed, ContactState, Erased, EventFilter,
     EventRecord, EventSummary, History, Inserted, InstallState, InstallTokens, Installation,
-    Installations, NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError,
+    Installations, NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError, StoredBody,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -104,7 +104,7 @@ wrapped!(History {
     fn received_since(&self, since: i64, location: Option<&LocationId>, limit: u32) -> Result<Vec<(i64, BodyKind, String)>, StoreError>;
     fn event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
     fn decisions(&self, event_id: i64) -> Result<Vec<Decision>, StoreError>;
-    fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError>;
+    fn event_body(&self, id: i64) -> Result<Option<StoredBody>, StoreError>;
     fn activity(&self, since: i64, bucket: i64) -> Result<Vec<Activity>, StoreError>;
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError>;
     fn history(&self, contact: &ContactId) -> Result<Vec<(EventSummary, Vec<Decision>)>, StoreError>;

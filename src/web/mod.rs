@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod guard;
 pub mod intake;
 pub mod oauth;
 pub mod server;
+pub mod session;
 pub mod state;
 
 use std::sync::Arc;
@@ -47,8 +49,8 @@ pub fn router(state: AppState) -> Router {
 /// details, `/healthz`.
 pub fn admin_router(state: AppState) -> Router {
     let admin = match state.admin_token {
-        Some(_) => admin::router(state.clone()),
-        None => Router::new(),
+        Some(_) => admin::router(state.clone()).merge(console::router(state.clone())),
+        None => Router::new().route("/", get(no_console)),
     };
     let routes = Router::new()
         .merge(admin)
@@ -93,6 +95,12 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         path = ?untrusted(request.uri().path()),
         request_id = %id
     )
+}
+
+/// `/` of the admin listener without an admin token: how to turn the console on.
+async fn no_console() -> Response {
+    let text = "autofollow: the web console and the admin API are off; set AUTOFOLLOW_ADMIN_TOKEN (16 characters or more) to turn them on.";
+    (StatusCode::NOT_FOUND, text).into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -32,6 +32,8 @@ pub struct AppState {
     pub settle_delay: Duration,
     /// Bearer token of the admin API; `None` turns the API off.
     pub admin_token: Option<Arc<SecretString>>,
+    /// The console's session keys (derived from the admin token); `None`: no console.
+    pub console: Option<Arc<super::session::Keys>>,
     pub metrics: Arc<Metrics>,
     /// Body bytes that may be being received at once.
     pub body_budget: Arc<BodyBudget>,

@@ -131,9 +131,9 @@ fn explain_shows_every_rule_with_reasons_and_the_plan() {
         "{out}"
     );
     assert!(out.contains("  => add alice\n"), "{out}");
-    assert!(out.contains("\nlost-deals (rules/20-pipeline.yaml:24:5): not matched\n  [no]  status: the event has no opportunity status\n"), "{out}");
+    assert!(out.contains("\nlost-deals (rules/20-pipeline.yaml:29:5): not matched\n  [no]  status: the event has no opportunity status\n"), "{out}");
     assert!(
-        out.contains("\npaused-rule (rules/30-workflows.yaml:14:5): disabled\n"),
+        out.contains("\npaused-rule (rules/30-workflows.yaml:15:5): disabled\n"),
         "{out}"
     );
     assert!(out.ends_with("\nplan: add: alice\n"), "{out}");

@@ -11,6 +11,7 @@ mod bad_requests;
 mod chaos;
 mod cli;
 mod connecting;
+mod console;
 mod container;
 mod crash;
 mod docs_commands;

@@ -1133,9 +1133,10 @@ async fn the_console_reads_bodies_activity_and_filtered_events(store: Arc<dyn St
     let s = store.as_ref();
     let first = insert_into(s, "L1", "c1").await;
     insert_into(s, "L2", "c2").await;
-    let (kind, body) = s.event_body(first).await.unwrap().expect("stored");
-    assert_eq!(kind, BodyKind::App);
-    assert!(body.contains(r#""id":"c1""#), "{body}");
+    let stored = s.event_body(first).await.unwrap().expect("stored");
+    assert_eq!(stored.kind, BodyKind::App);
+    assert!(stored.body.contains(r#""id":"c1""#), "{stored:?}");
+    assert!(stored.received_at > 0, "{stored:?}");
     assert_eq!(s.event_body(9999).await.unwrap(), None);
     let in_l2 = EventFilter {
         location: Some(LocationId::parse("L2").unwrap()),

@@ -74,13 +74,17 @@ impl History for SqliteStore {
             .collect())
     }
 
-    async fn event_body(&self, id: i64) -> Result<Option<(BodyKind, String)>, StoreError> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT kind, body FROM events WHERE id = ?1")
+    async fn event_body(&self, id: i64) -> Result<Option<StoredBody>, StoreError> {
+        let row: Option<(String, String, i64)> =
+            sqlx::query_as("SELECT kind, body, received_at FROM events WHERE id = ?1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(kind, body)| (BodyKind::parse(&kind), body)))
+        Ok(row.map(|(kind, body, received_at)| StoredBody {
+            kind: BodyKind::parse(&kind),
+            body,
+            received_at,
+        }))
     }
 
     async fn activity(&self, since: i64, bucket: i64) -> Result<Vec<Activity>, StoreError> {

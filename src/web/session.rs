@@ -1,4 +1,4 @@
-//! Who may use the console: whoever holds the admin token, given once in the login form (then
+//! Who may use the web console ([`super::console`]): whoever holds the admin token, given once in the login form (then
 //! a session cookie) or with every request as `Authorization: Bearer`.
 //!
 //! The cookie holds no state on the server: an expiry and a random nonce, signed (HMAC-SHA256)
@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::web::auth::same_secret;
+use super::auth::same_secret;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "af_console";
@@ -45,6 +45,11 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -52,8 +57,7 @@ fn hex(bytes: &[u8]) -> String {
 impl Keys {
     /// Keys derived from the admin token.
     pub fn new(token: std::sync::Arc<SecretString>) -> Keys {
-        let mut mac = Hmac::<Sha256>::new_from_slice(token.expose_secret().as_bytes())
-            .expect("HMAC takes a key of any length");
+        let mut mac = hmac(token.expose_secret().as_bytes());
         mac.update(b"autofollow console session v1");
         Keys {
             key: mac.finalize().into_bytes().into(),
@@ -62,7 +66,7 @@ impl Keys {
     }
 
     fn mac(&self, what: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        let mut mac = hmac(&self.key);
         mac.update(what.as_bytes());
         hex(&mac.finalize().into_bytes())
     }

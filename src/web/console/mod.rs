@@ -1,0 +1,152 @@
+//! The operators' web console, at `/` of the admin listener when `AUTOFOLLOW_ADMIN_TOKEN` is
+//! set: an overview, events with filters and explanations, contacts with the followers
+//! autofollow manages, dead letters to replay, and the rules with an explain playground.
+//!
+//! Pages are rendered on the server ([`view`], askama templates in `templates/`, escaped by
+//! default); no script or asset is loaded from elsewhere. Who may see them: [`super::session`]
+//! (a login form setting a signed session cookie, or the bearer token); every form that
+//! posts carries the session's CSRF token.
+
+mod actions;
+mod pages;
+mod view;
+
+use std::time::SystemTime;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum_extra::extract::cookie::CookieJar;
+
+use super::session::{COOKIE, Visitor};
+use super::state::AppState;
+use view::{Chrome, page};
+
+/// The console's routes: the login form for anyone, the rest behind [`require_login`].
+pub fn router(state: AppState) -> Router<AppState> {
+    let pages = Router::new()
+        .route("/", get(pages::overview))
+        .route("/events", get(pages::events))
+        .route("/events/{id}", get(pages::event))
+        .route("/contacts/{id}", get(pages::contact))
+        .route("/dead", get(actions::dead))
+        .route("/dead/replay", post(actions::replay))
+        .route("/rules", get(actions::rules))
+        .route("/rules/explain", post(actions::explain))
+        .route("/logout", post(actions::logout))
+        .route_layer(middleware::from_fn_with_state(state, require_login));
+    Router::new()
+        .route("/login", get(actions::login_form).post(actions::login))
+        .merge(pages)
+        .layer(middleware::from_fn(headers))
+}
+
+/// Every console answer: not cached, not framed, no script but its own, no referrer.
+async fn headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    let set = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in set {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Lets a request through with its [`Visitor`] (a valid session cookie, or the bearer
+/// token); else a page asks to log in (303 to the login form) or, for a post, 401.
+async fn require_login(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(keys) = state.console.as_ref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let session = jar.get(COOKIE).map(|c| c.value().to_owned());
+    let visitor = match (bearer, session) {
+        (Some(token), _) if keys.is_token(token) => Some(Visitor::Bearer),
+        (_, Some(s)) if keys.valid(&s, SystemTime::now()) => Some(Visitor::Session(s)),
+        _ => None,
+    };
+    match visitor {
+        Some(v) => {
+            request.extensions_mut().insert(v);
+            next.run(request).await
+        }
+        None if request.method() == Method::GET => {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            Redirect::to(&format!("/login?next={}", encoded(path))).into_response()
+        }
+        None => (StatusCode::UNAUTHORIZED, "log in first").into_response(),
+    }
+}
+
+/// `text` as one query value: letters, digits and `/-_.~` as they are, the rest `%XX`.
+fn encoded(text: &str) -> String {
+    let keep = |b: u8| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b);
+    text.bytes()
+        .map(|b| {
+            if keep(b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The CSRF token of a session visitor's forms.
+fn csrf(state: &AppState, visitor: &Visitor) -> Option<String> {
+    match (visitor, state.console.as_ref()) {
+        (Visitor::Session(s), Some(keys)) => Some(keys.csrf(s)),
+        _ => None,
+    }
+}
+
+/// Whether a form post may change something (see [`crate::web::session::Keys::may_change`]).
+fn may_change(state: &AppState, visitor: &Visitor, csrf: Option<&str>) -> bool {
+    state
+        .console
+        .as_ref()
+        .is_some_and(|keys| keys.may_change(visitor, csrf))
+}
+
+fn forbidden() -> Response {
+    let text = "this form is stale or did not come from the console: reload the page and try again";
+    (StatusCode::FORBIDDEN, text).into_response()
+}
+
+#[derive(Template)]
+#[template(
+    source = "{% extends \"base.html\" %}{% block content %}<h1>Not found</h1><p>{{ message }}</p>{% endblock %}",
+    ext = "html"
+)]
+struct NotFound {
+    chrome: Chrome,
+    message: String,
+}
+
+fn not_found(state: &AppState, visitor: &Visitor, message: &str) -> Response {
+    let chrome = pages::chrome(state, visitor, "Not found", "");
+    let message = message.to_owned();
+    page(StatusCode::NOT_FOUND, &NotFound { chrome, message })
+}
