@@ -221,7 +221,7 @@ async fn a_dead_letter_is_replayed_after_a_confirmation_and_only_with_the_csrf_t
     }
     let (status, confirm) = post(&app, &cookie, "/dead/replay", &[ids, ("csrf", &token)]).await;
     assert_eq!(status, 200);
-    assert!(confirm.contains("Replay 1 events?"), "{confirm}");
+    assert!(confirm.contains("Replay 1 event?"), "{confirm}");
     assert_eq!(
         app.event(id).await.status,
         EventStatus::Failed,

@@ -8,6 +8,7 @@ mod abuse;
 mod admin;
 mod backfill;
 mod bad_requests;
+mod browser;
 mod chaos;
 mod cli;
 mod connecting;

@@ -14,7 +14,7 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use serde::Deserialize;
 
 use super::pages::{chrome, explain_body, unavailable};
-use super::view::{Chrome, EventRow, ExplainView, page};
+use super::view::{Chrome, EventRow, ExplainView, page, plural};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
 use crate::store::EventFilter;
@@ -143,9 +143,12 @@ pub async fn dead(
         Err(e) => return unavailable(&e),
     };
     let mut chrome = chrome(&state, &v, "Dead letters", "dead");
-    chrome.flash = done
-        .replayed
-        .map(|n| format!("{n} events queued again; the worker picks them up now."));
+    chrome.flash = done.replayed.map(|n| {
+        format!(
+            "{} queued again; the worker picks them up now.",
+            plural(usize::try_from(n).unwrap_or(usize::MAX), "event", "events")
+        )
+    });
     let csrf = chrome.csrf.clone().unwrap_or_default();
     page(StatusCode::OK, &Dead { chrome, csrf, rows })
 }
@@ -155,6 +158,7 @@ pub async fn dead(
 struct Confirm {
     chrome: Chrome,
     csrf: String,
+    count: String,
     ids: Vec<i64>,
 }
 
@@ -187,7 +191,16 @@ pub async fn replay(
     if form.confirm.as_deref() != Some("yes") {
         let chrome = chrome(&state, &v, "Replay?", "dead");
         let csrf = chrome.csrf.clone().unwrap_or_default();
-        return page(StatusCode::OK, &Confirm { chrome, csrf, ids });
+        let count = plural(ids.len(), "event", "events");
+        return page(
+            StatusCode::OK,
+            &Confirm {
+                chrome,
+                csrf,
+                count,
+                ids,
+            },
+        );
     }
     match state.store.replay(&ids).await {
         Ok(queued) => {

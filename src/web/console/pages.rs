@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::view::{
-    Chart, Chrome, DecisionView, EventRow, ExplainView, ago, chart, listed, page, status_class,
-    when_ms,
+    Chart, Chrome, DecisionView, EventRow, ExplainView, ago, chart, listed, page, plural,
+    status_class, when_ms,
 };
 use crate::model::event::{self, EventType, Parsed};
 use crate::model::ids::{ContactId, LocationId};
@@ -60,7 +60,8 @@ struct Overview {
     chart: Chart,
     locations: Vec<LocationRow>,
     rules_version: String,
-    rule_count: usize,
+    rule_count: String,
+    file_count: String,
     files: Vec<String>,
     loaded_at: String,
     last_error: Option<String>,
@@ -109,7 +110,8 @@ pub async fn overview(State(state): State<AppState>, Extension(v): Extension<Vis
         chart: chart(&activity, first_hour, 24),
         locations: locations(&state).await,
         rules_version: rules.version,
-        rule_count: rules.rules,
+        rule_count: plural(rules.rules, "rule", "rules"),
+        file_count: plural(current.files().len(), "file", "files"),
         files: current.files().iter().map(ToString::to_string).collect(),
         loaded_at: humantime::format_rfc3339_seconds(rules.loaded_at).to_string(),
         last_error: rules.last_error,
@@ -286,7 +288,7 @@ struct EventPage {
     received: String,
     status: &'static str,
     status_class: &'static str,
-    attempts: u32,
+    attempts: String,
     last_error: Option<String>,
     can_replay: bool,
     csrf: String,
@@ -355,7 +357,7 @@ pub async fn event(
         received,
         status: record.status.as_str(),
         status_class: status_class(record.status),
-        attempts: record.attempts,
+        attempts: plural(record.attempts as usize, "attempt", "attempts"),
         last_error: record.last_error,
         can_replay: record.status == EventStatus::Failed,
         csrf: super::csrf(&state, &v).unwrap_or_default(),

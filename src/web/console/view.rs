@@ -48,6 +48,11 @@ pub fn ago(t: SystemTime) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string() + " ago"
 }
 
+/// `1 event`, `2 events`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A list as text: `a, b`, or `none`.
 pub fn listed<T: ToString>(items: &[T]) -> String {
     if items.is_empty() {
