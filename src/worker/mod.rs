@@ -197,6 +197,11 @@ impl Worker {
     }
 
     /// The name this worker's leases carry.
+    /// Requests per second the rate budget allows each location.
+    pub fn rate_per_second(&self) -> f64 {
+        self.ghl.per_second()
+    }
+
     pub fn owner(&self) -> &str {
         &self.owner
     }

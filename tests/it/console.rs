@@ -284,3 +284,47 @@ async fn without_an_admin_token_the_console_says_how_to_turn_it_on() {
     assert!(r.text().await.unwrap().contains("AUTOFOLLOW_ADMIN_TOKEN"));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_candidate_is_simulated_on_the_stored_history_from_the_rules_page() {
+    let app = console_app().await;
+    app.ghl_accepts_the_rest().await;
+    let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "c5", "source": "fb-ads"});
+    accepted(app.post_app(&body).await).await;
+    app.drain().await;
+    let cookie = login(&app).await;
+    let (_, page) = get(&app, &cookie, "/rules").await;
+    let token = csrf(&page);
+    let candidate = "users: {bob: 4kLmPq7Rt2WvXy9ZaBcD}\nrules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [bob]\n";
+    let form = [
+        ("csrf", token.as_str()),
+        ("candidate", candidate),
+        ("since", "1h"),
+    ];
+    let (status, page) = post(&app, &cookie, "/rules/simulate", &form).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<strong>1</strong> contacts would change"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>fb</td><td><code>4kLmPq7Rt2WvXy9ZaBcD</code></td><td>1</td><td>0</td>"),
+        "{page}"
+    );
+    let broken = [
+        ("csrf", token.as_str()),
+        ("candidate", "rules: [{name: x}]"),
+    ];
+    let (_, page) = post(&app, &cookie, "/rules/simulate", &broken).await;
+    assert!(
+        page.contains("The candidate was not simulated")
+            && page.contains("neither `add` nor `remove`"),
+        "{page}"
+    );
+    assert_eq!(
+        app.followers_calls().await.len(),
+        1,
+        "a simulation calls nothing"
+    );
+    app.shutdown().await;
+}

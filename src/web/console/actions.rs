@@ -17,9 +17,12 @@ use super::pages::{chrome, explain_body, unavailable};
 use super::view::{Chrome, EventRow, ExplainView, page, plural};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
+use crate::model::task::since_ms;
+use crate::rules::{NoResolver, RuleSet};
 use crate::store::EventFilter;
 use crate::web::session::{COOKIE, SESSION_FOR, Visitor};
 use crate::web::state::AppState;
+use crate::worker::simulate::{self, Simulation};
 
 /// The most events one replay takes, and a dead-letter listing shows.
 const MOST: u32 = 500;
@@ -231,6 +234,9 @@ struct Rules {
     previous_assigned: String,
     explanation: Option<ExplainView>,
     explain_error: Option<String>,
+    candidate: Candidate,
+    simulation: Option<Simulation>,
+    sim_errors: Vec<String>,
 }
 
 struct RuleRow {
@@ -264,8 +270,68 @@ pub struct Playground {
     previous_assigned: String,
 }
 
+/// The simulation form's inputs: a candidate rule file, the file of the service's it
+/// replaces (empty: it is the whole candidate), and how far back to replay.
+#[derive(Deserialize, Default)]
+pub struct Candidate {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    candidate: String,
+    #[serde(default)]
+    file: String,
+    #[serde(default)]
+    since: String,
+}
+
+/// What the rules page shows beside the rules: the playground's and the simulation's
+/// inputs, and their results when asked for.
+#[derive(Default)]
+struct Extras {
+    playground: Playground,
+    explained: Option<Result<ExplainView, String>>,
+    candidate: Candidate,
+    simulated: Option<Result<Simulation, Vec<String>>>,
+}
+
 pub async fn rules(State(state): State<AppState>, Extension(v): Extension<Visitor>) -> Response {
-    rules_page(&state, &v, Playground::default(), None).await
+    rules_page(&state, &v, Extras::default()).await
+}
+
+/// Replays the stored webhooks of the period through the rules in force and the candidate:
+/// the same report as `autofollow simulate`. Nothing is stored or called.
+pub async fn simulate(
+    State(state): State<AppState>,
+    Extension(v): Extension<Visitor>,
+    Form(form): Form<Candidate>,
+) -> Response {
+    if !super::may_change(&state, &v, form.csrf.as_deref()) {
+        return super::forbidden();
+    }
+    let simulated = simulation(&state, &form).await;
+    let extras = Extras {
+        candidate: form,
+        simulated: Some(simulated),
+        ..Extras::default()
+    };
+    rules_page(&state, &v, extras).await
+}
+
+async fn simulation(state: &AppState, form: &Candidate) -> Result<Simulation, Vec<String>> {
+    let since = Some(form.since.trim())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("7d");
+    let since = since_ms(since).map_err(|e| vec![e])?;
+    let loaded = match form.file.trim() {
+        "" => RuleSet::from_sources(&[("candidate.yaml", form.candidate.as_str())]),
+        name => RuleSet::load_replacing(state.rules.path(), name, &form.candidate),
+    };
+    let candidate = loaded.map_err(|e| e.errors().map(ToString::to_string).collect::<Vec<_>>())?;
+    let current = state.rules.current();
+    let store = state.store.as_ref();
+    let run = simulate::simulate(store, &current, &candidate, since, None, &NoResolver);
+    run.await
+        .map_err(|e| vec![format!("the store cannot answer right now: {e}")])
 }
 
 /// The playground: a body pasted or a stored event's, explained by the rules in force.
@@ -278,7 +344,12 @@ pub async fn explain(
         return super::forbidden();
     }
     let explained = playground(&state, &form).await;
-    rules_page(&state, &v, form, Some(explained)).await
+    let extras = Extras {
+        playground: form,
+        explained: Some(explained),
+        ..Extras::default()
+    };
+    rules_page(&state, &v, extras).await
 }
 
 /// The explanation of the playground's body (or stored event) from the state given.
@@ -317,12 +388,7 @@ async fn playground(state: &AppState, form: &Playground) -> Result<ExplainView, 
     explain_body(state, body.as_bytes(), &previous)
 }
 
-async fn rules_page(
-    state: &AppState,
-    v: &Visitor,
-    form: Playground,
-    explained: Option<Result<ExplainView, String>>,
-) -> Response {
+async fn rules_page(state: &AppState, v: &Visitor, extras: Extras) -> Response {
     let recent = EventFilter {
         limit: MOST,
         ..EventFilter::default()
@@ -353,10 +419,15 @@ async fn rules_page(
     });
     let reapply = state.worker.last_reapply().map(|r| r.lines().join("\n"));
     let chrome = chrome(state, v, "Rules", "rules");
-    let (explanation, explain_error) = match explained {
+    let (explanation, explain_error) = match extras.explained {
         Some(Ok(x)) => (Some(x), None),
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
+    };
+    let (simulation, sim_errors) = match extras.simulated {
+        Some(Ok(sim)) => (Some(sim), Vec::new()),
+        Some(Err(errors)) => (None, errors),
+        None => (None, Vec::new()),
     };
     let template = Rules {
         csrf: chrome.csrf.clone().unwrap_or_default(),
@@ -368,13 +439,16 @@ async fn rules_page(
         rules: rules.collect(),
         files: files.collect(),
         reapply,
-        body: form.body,
-        event: form.event,
-        previous_tags: form.previous_tags,
-        previous_stage: form.previous_stage,
-        previous_assigned: form.previous_assigned,
+        body: extras.playground.body,
+        event: extras.playground.event,
+        previous_tags: extras.playground.previous_tags,
+        previous_stage: extras.playground.previous_stage,
+        previous_assigned: extras.playground.previous_assigned,
         explanation,
         explain_error,
+        candidate: extras.candidate,
+        simulation,
+        sim_errors,
     };
     page(StatusCode::OK, &template)
 }

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/dead/replay", post(actions::replay))
         .route("/rules", get(actions::rules))
         .route("/rules/explain", post(actions::explain))
+        .route("/rules/simulate", post(actions::simulate))
         .route("/logout", post(actions::logout))
         .route_layer(middleware::from_fn_with_state(state, require_login));
     Router::new()

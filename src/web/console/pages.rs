@@ -59,6 +59,8 @@ struct Overview {
     calls_day: u64,
     chart: Chart,
     locations: Vec<LocationRow>,
+    /// Requests per second each location's budget allows.
+    budget: String,
     rules_version: String,
     rule_count: String,
     file_count: String,
@@ -74,6 +76,8 @@ struct LocationRow {
     state: String,
     state_class: &'static str,
     waiting: u64,
+    /// Calls this replica held back for the location's budget since it started.
+    held_back: u64,
     missing: String,
 }
 
@@ -109,6 +113,7 @@ pub async fn overview(State(state): State<AppState>, Extension(v): Extension<Vis
         calls_day: total(|a| a.calls),
         chart: chart(&activity, first_hour, 24),
         locations: locations(&state).await,
+        budget: format!("{:.1}", state.worker.rate_per_second()),
         rules_version: rules.version,
         rule_count: plural(rules.rules, "rule", "rules"),
         file_count: plural(current.files().len(), "file", "files"),
@@ -158,14 +163,7 @@ async fn locations(state: &AppState) -> Vec<LocationRow> {
         .iter()
         .filter(|i| i.tokens.kind == InstallKind::Location)
     {
-        let (text, class) = match i.state {
-            InstallState::Active => ("installed".to_owned(), "good"),
-            InstallState::Reauthorize => {
-                let why = i.problem.clone().unwrap_or_default();
-                (format!("must be installed again: {why}"), "bad")
-            }
-            InstallState::Uninstalled => ("uninstalled".to_owned(), "muted"),
-        };
+        let (text, class) = install_state(i);
         rows.insert(i.tokens.id.clone(), ("Marketplace app", text, class));
     }
     let mut out = Vec::new();
@@ -185,16 +183,34 @@ async fn locations(state: &AppState) -> Vec<LocationRow> {
             Err(_) => 0,
         };
         let missing = missing.get(&id).cloned().unwrap_or_default();
+        let waits = state
+            .metrics
+            .rate_limit_waits
+            .get_metric_with_label_values(&[&id]);
+        let held_back = waits.map_or(0, |c| c.get());
         out.push(LocationRow {
             id,
             reached_by,
             state: text,
             state_class: class,
             waiting,
+            held_back,
             missing,
         });
     }
     out
+}
+
+/// An installation's state in words, and its CSS class.
+fn install_state(i: &crate::store::Installation) -> (String, &'static str) {
+    match i.state {
+        InstallState::Active => ("installed".to_owned(), "good"),
+        InstallState::Reauthorize => {
+            let why = i.problem.clone().unwrap_or_default();
+            (format!("must be installed again: {why}"), "bad")
+        }
+        InstallState::Uninstalled => ("uninstalled".to_owned(), "muted"),
+    }
 }
 
 /// The events listing's filters, as given (empty: any).
