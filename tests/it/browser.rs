@@ -215,13 +215,12 @@ async fn an_operator_logs_in_reads_an_event_replays_a_dead_letter_and_explains_a
         .await
         .expect("dead letters");
     screenshot(&client, "dead-letters").await;
-    client
-        .find(Locator::Css(&format!("#pick-{dead}")))
-        .await
-        .expect("its checkbox")
-        .click()
-        .await
-        .expect("ticked");
+    // The select-all box is shown by the console's script; it ticks the dead letter.
+    let all = client.find(Locator::Css("#pick-all")).await;
+    all.expect("select all").click().await.expect("ticked");
+    let ticked = client.find(Locator::Css(&format!("#pick-{dead}"))).await;
+    let checked = ticked.expect("its checkbox").prop("checked").await;
+    assert_eq!(checked.expect("a property").as_deref(), Some("true"));
     client
         .find(Locator::Css("main form button"))
         .await

@@ -3,7 +3,8 @@
 //! autofollow manages, dead letters to replay, and the rules with an explain playground.
 //!
 //! Pages are rendered on the server ([`view`], askama templates in `templates/`, escaped by
-//! default); no script or asset is loaded from elsewhere. Who may see them: [`super::session`]
+//! default); nothing is loaded from elsewhere, and the few lines of script (`/console.js`,
+//! select-all for dead letters) only enhance pages that work without them. Who may see them: [`super::session`]
 //! (a login form setting a signed session cookie, or the bearer token); every form that
 //! posts carries the session's CSRF token.
 
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_login));
     Router::new()
         .route("/login", get(actions::login_form).post(actions::login))
+        .route("/console.js", get(script))
         .merge(pages)
         .layer(middleware::from_fn(headers))
 }
@@ -57,13 +59,23 @@ async fn headers(request: Request, next: Next) -> Response {
         (header::REFERRER_POLICY, "no-referrer"),
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     ];
     for (name, value) in set {
         h.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// The console's few lines of script (vendored in the binary; nothing secret).
+async fn script() -> Response {
+    let js = include_str!("assets/console.js");
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        js,
+    )
+        .into_response()
 }
 
 /// Lets a request through with its [`Visitor`] (a valid session cookie, or the bearer
