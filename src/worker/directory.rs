@@ -21,11 +21,8 @@ pub enum Lookup<T> {
     #[default]
     NotNeeded,
     Read(T),
-    /// GoHighLevel did not answer it (its status, when it answered, and why).
-    Failed {
-        status: Option<u16>,
-        reason: String,
-    },
+    /// GoHighLevel refused it or did not answer (why is kept with the check's failures).
+    Failed,
 }
 
 impl<T> Lookup<T> {

@@ -213,10 +213,7 @@ impl Reader<'_> {
                     CallError::Deferred { .. } => None,
                 };
                 self.failed.push((need, status, e.to_string()));
-                Lookup::Failed {
-                    status,
-                    reason: e.to_string(),
-                }
+                Lookup::Failed
             }
         }
     }

@@ -5,8 +5,6 @@ use crate::common;
 use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::{Value, json};
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
 
 const ADMIN: &str = "admin-test-token";
 const RULES: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n";
@@ -104,14 +102,7 @@ async fn every_admin_route_needs_the_bearer_token_and_only_the_admin_listener_se
 #[tokio::test]
 async fn operators_list_replay_and_explain_over_http() {
     let app = admin_app().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(422)
-                .set_body_json(json!({"statusCode": 422, "message": ["bad follower"]})),
-        )
-        .up_to_n_times(1)
-        .mount(&app.ghl)
-        .await;
+    app.ghl_refuses_the_first_post().await;
     app.ghl_accepts_the_rest().await;
     let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "c1", "source": "fb-x"});
     let id = accepted(app.post_app(&body).await).await;

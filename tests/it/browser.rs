@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::common;
 use autofollow::model::record::EventStatus;
@@ -126,13 +124,7 @@ async fn until(client: &Client, css: &str, expected: &str) -> String {
 
 /// A dead letter (GoHighLevel refuses its call once) and an event with markup in its body.
 async fn history(app: &TestApp) -> (i64, i64) {
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(422).set_body_json(json!({"message": ["bad follower"]})),
-        )
-        .up_to_n_times(1)
-        .mount(&app.ghl)
-        .await;
+    app.ghl_refuses_the_first_post().await;
     app.ghl_accepts_the_rest().await;
     let dead = json!({"type": "ContactCreate", "locationId": "L1", "id": "c9", "source": "fb-x"});
     let dead = accepted(app.post_app(&dead).await).await;

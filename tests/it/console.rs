@@ -6,8 +6,6 @@ use crate::common;
 use autofollow::model::record::EventStatus;
 use common::service::*;
 use serde_json::json;
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
 
 const ADMIN: &str = "admin-test-token";
 const RULES: &str = "rules:\n  - name: fb\n    when: {source: 'fb-*'}\n    add: [alice]\n";
@@ -194,13 +192,7 @@ async fn a_hostile_body_is_shown_as_text_and_explained() {
 #[tokio::test]
 async fn a_dead_letter_is_replayed_after_a_confirmation_and_only_with_the_csrf_token() {
     let app = console_app().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(422).set_body_json(json!({"message": ["bad follower"]})),
-        )
-        .up_to_n_times(1)
-        .mount(&app.ghl)
-        .await;
+    app.ghl_refuses_the_first_post().await;
     app.ghl_accepts_the_rest().await;
     let body = json!({"type": "ContactCreate", "locationId": "L1", "id": "c9", "source": "fb-x"});
     let id = accepted(app.post_app(&body).await).await;

@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum_extra::extract::cookie::CookieJar;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::session::{COOKIE, Visitor};
 use super::state::AppState;
@@ -107,25 +108,20 @@ async fn require_login(
         }
         None if request.method() == Method::GET => {
             let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            Redirect::to(&format!("/login?next={}", encoded(path))).into_response()
+            let next = utf8_percent_encode(path, QUERY_VALUE);
+            Redirect::to(&format!("/login?next={next}")).into_response()
         }
         None => (StatusCode::UNAUTHORIZED, "log in first").into_response(),
     }
 }
 
-/// `text` as one query value: letters, digits and `/-_.~` as they are, the rest `%XX`.
-fn encoded(text: &str) -> String {
-    let keep = |b: u8| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b);
-    text.bytes()
-        .map(|b| {
-            if keep(b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+/// What a path keeps as it is in a query value: letters, digits and `/-_.~`.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// The CSRF token of a session visitor's forms.
 fn csrf(state: &AppState, visitor: &Visitor) -> Option<String> {

@@ -354,6 +354,19 @@ impl TestApp {
             .await;
     }
 
+    /// GoHighLevel refuses the first `POST` for good (422 `bad follower`): its event becomes a
+    /// dead letter (mount before `ghl_accepts_the_rest`).
+    pub async fn ghl_refuses_the_first_post(&self) {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, ResponseTemplate};
+        let refusal = serde_json::json!({"statusCode": 422, "message": ["bad follower"]});
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(422).set_body_json(refusal))
+            .up_to_n_times(1)
+            .mount(&self.ghl)
+            .await;
+    }
+
     pub async fn ghl_accepts_the_rest(&self) {
         use wiremock::matchers::method;
         use wiremock::{Mock, ResponseTemplate};
