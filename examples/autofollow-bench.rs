@@ -51,6 +51,18 @@ enum Scenario {
     Limit(LimitArgs),
     /// Resident memory with a large backlog that cannot drain (GoHighLevel answers 429).
     Backlog(BacklogArgs),
+    /// End to end: every webhook a call; accepted/s, processed/s, CPU per event, RSS, and the
+    /// same calls made by a bare client (the call path's limit on this machine).
+    E2e(E2eArgs),
+    /// The bare client (started by `e2e`): followers calls to a URL, as fast as it can.
+    Calls {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        concurrency: usize,
+    },
     /// The baseline server (started by `intake`): signature check and JSON parse only.
     Baseline {
         #[arg(long)]
@@ -111,6 +123,32 @@ struct IntakeArgs {
 }
 
 #[derive(clap::Args)]
+struct E2eArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// autofollow's AUTOFOLLOW_SETTLE_DELAY.
+    #[arg(long, default_value = "0s")]
+    settle_delay: String,
+    /// Webhooks per contact, sent as a burst (`1`: every webhook another contact, each one
+    /// call). Above 1 the burst adds a tag and then a second one that removes a follower
+    /// again, so coalescing is seen: at most one POST and one DELETE per contact.
+    #[arg(long, default_value_t = 1)]
+    burst: usize,
+    /// Added latency of every GoHighLevel answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ghl_latency_ms: u64,
+    /// Runs, each the bare client then autofollow; the report is the median run by processed/s.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Skip the bare client.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+#[derive(clap::Args)]
 struct BacklogArgs {
     #[command(flatten)]
     common: Common,
@@ -150,6 +188,12 @@ fn main() {
         Scenario::Intake(args) => runtime.block_on(intake(args)),
         Scenario::Limit(args) => runtime.block_on(limit(args)),
         Scenario::Backlog(args) => runtime.block_on(backlog(args)),
+        Scenario::E2e(args) => runtime.block_on(e2e(args)),
+        Scenario::Calls {
+            url,
+            seconds,
+            concurrency,
+        } => runtime.block_on(bare_calls(url, seconds, concurrency)),
     }
 }
 
@@ -192,6 +236,9 @@ struct Ghl {
     limit: Option<(usize, Duration)>,
     calls: AtomicU64,
     answered_429: AtomicU64,
+    /// When the stand-in started, and the last answered call's time since then (ns).
+    started: Instant,
+    last_call_ns: AtomicU64,
     state: Mutex<GhlState>,
 }
 
@@ -209,6 +256,8 @@ impl Ghl {
             limit,
             calls: AtomicU64::new(0),
             answered_429: AtomicU64::new(0),
+            started: Instant::now(),
+            last_call_ns: AtomicU64::new(0),
             state: Mutex::default(),
         })
     }
@@ -220,13 +269,23 @@ struct GhlState {
     busiest: usize,
     /// Calls per location, with their times.
     times: HashMap<String, Vec<Instant>>,
+    /// Calls per contact: (POSTs, DELETEs).
+    per_contact: HashMap<String, (u32, u32)>,
+}
+
+impl Ghl {
+    /// When the last call was answered.
+    fn last_call(&self) -> Instant {
+        self.started + Duration::from_nanos(self.last_call_ns.load(Ordering::Relaxed))
+    }
 }
 
 async fn followers(
     State(ghl): State<Arc<Ghl>>,
-    _method: Method,
-    Path(_contact): Path<String>,
+    method: Method,
+    Path(contact): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     if !ghl.latency.is_zero() {
         tokio::time::sleep(ghl.latency).await;
@@ -266,8 +325,25 @@ async fn followers(
             s.busiest = s.busiest.max(n);
         }
         s.times.entry(token).or_default().push(now);
+        let counts = s.per_contact.entry(contact).or_default();
+        match method == Method::POST {
+            true => counts.0 += 1,
+            false => counts.1 += 1,
+        }
     }
-    (StatusCode::CREATED, axum::Json(json!({"followers": []}))).into_response()
+    let nanos = u64::try_from(ghl.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    ghl.last_call_ns.fetch_max(nanos, Ordering::Relaxed);
+    // As GoHighLevel answers: the list after the change, and who changed.
+    let users = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("followers").cloned())
+        .unwrap_or_else(|| json!([]));
+    let (list, changed) = match method == Method::POST {
+        true => (users.clone(), "followersAdded"),
+        false => (json!([]), "followersRemoved"),
+    };
+    let answer = json!({"followers": list, changed: users});
+    (StatusCode::CREATED, axum::Json(answer)).into_response()
 }
 
 async fn start_ghl(ghl: Arc<Ghl>) -> String {
@@ -418,11 +494,12 @@ async fn start_autofollow(
     ghl: &Arc<Ghl>,
     rate_limit: &str,
     settle_delay: &str,
+    rules: &str,
 ) -> Process {
     let ghl = start_ghl(Arc::clone(ghl)).await;
     let scratch = Scratch::new();
     let dir = scratch.0.as_path();
-    std::fs::write(dir.join("rules.yaml"), format!("{USERS}{RULES}")).expect("rules");
+    std::fs::write(dir.join("rules.yaml"), format!("{USERS}{rules}")).expect("rules");
     let tokens: String = (0..common.locations)
         .map(|l| format!("Loc{l}: tok-{l}\n"))
         .collect();
@@ -817,24 +894,14 @@ async fn intake_once(args: &IntakeArgs, per_run: usize, run: usize) -> IntakeRun
         } else {
             &args.settle_delay
         },
+        RULES,
     )
     .await;
     let pid = af.child.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = status_kib(pid, "VmRSS:");
     let cpu_before = cpu_seconds(pid);
-    let sampler = {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(0));
-        let (s, m) = (Arc::clone(&stop), Arc::clone(&max));
-        let handle = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                m.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        (stop, max, handle)
-    };
+    let sampler = rss_sampler(pid);
     let load = drive(&af.base, af_bodies, common.concurrency, args.seconds as f64).await;
     let load_ended = Instant::now();
     let deadline = load_ended + Duration::from_secs(600);
@@ -882,7 +949,7 @@ async fn backlog(args: BacklogArgs) {
     let (key, pem) = signing_key();
     // GoHighLevel refuses everything: the backlog stays, and the worker keeps meeting it.
     let ghl = Ghl::new(Duration::ZERO, 1.0, 0.0, None);
-    let af = start_autofollow(common, &pem, &ghl, "1000000/10s", "0s").await;
+    let af = start_autofollow(common, &pem, &ghl, "1000000/10s", "0s", RULES).await;
     let pid = af.child.id();
     let idle_rss = status_kib(pid, "VmRSS:");
     let queued = queue_backlog(&af.base, &key, args.backlog, common).await;
@@ -929,6 +996,7 @@ async fn limit(args: LimitArgs) {
         &ghl,
         &format!("{}/{}s", args.limit, args.window_seconds),
         "0s",
+        RULES,
     )
     .await;
     let queued = queue_backlog(&af.base, &key, args.backlog, common).await;
@@ -973,4 +1041,307 @@ async fn limit(args: LimitArgs) {
         s.busiest,
         args.limit
     );
+}
+
+// ---- end to end -----------------------------------------------------------------------------
+
+/// `e2e`: one rule matches every webhook; with bursts, a second adds and a third removes.
+const E2E_RULES: &str = "rules:
+  - name: everyone
+    add: [alice]
+  - name: vip
+    when: {has_tag: vip}
+    add: [bob]
+  - name: lost
+    when: {has_tag: lost}
+    remove: [bob]
+";
+
+/// Contacts whose bursts are interleaved (each contact's webhooks are this many apart).
+const BURST_BLOCK: usize = 1000;
+
+/// Signed bodies for `e2e`: every contact new to this run; a contact's burst (`burst`
+/// webhooks: created, tagged `vip`, …, then tagged `lost`) spread over a block of contacts.
+fn e2e_bodies(key: &SigningKey, n: usize, args: &E2eArgs, run: &str) -> Bodies {
+    let burst = args.burst.max(1);
+    let locations = args.common.locations;
+    let block = if burst == 1 { 1 } else { BURST_BLOCK };
+    let items = (0..n)
+        .map(|i| {
+            let (b, rest) = (i / (block * burst), i % (block * burst));
+            let (step, j) = (rest / block, rest % block);
+            let contact = b * block + j;
+            let location = format!("Loc{}", contact % locations);
+            let (id, w) = (format!("{run}c{contact}"), format!("{run}-{i}"));
+            let tags = match step {
+                0 => json!(["lead"]),
+                s if s + 1 == burst => json!(["lead", "vip", "lost"]),
+                _ => json!(["lead", "vip"]),
+            };
+            let kind = if step == 0 {
+                "ContactCreate"
+            } else {
+                "ContactTagUpdate"
+            };
+            let body = json!({"type": kind, "locationId": location, "id": id, "tags": tags,
+                              "webhookId": w})
+            .to_string();
+            signed(key, body)
+        })
+        .collect();
+    Bodies { items }
+}
+
+/// The bare client's figures.
+struct BareCalls {
+    calls: u64,
+    seconds: f64,
+    cpu: f64,
+}
+
+/// A bare client (its own process) making followers calls to a fresh stand-in.
+async fn bare_client(concurrency: usize, seconds: f64) -> BareCalls {
+    let ghl = Ghl::new(Duration::ZERO, 0.0, 0.0, None);
+    let url = start_ghl(Arc::clone(&ghl)).await;
+    let out = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["calls", "--url", &url, "--seconds", &seconds.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .output()
+        .await
+        .expect("bare client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    BareCalls {
+        calls: ghl.calls.load(Ordering::Relaxed),
+        seconds: field("seconds"),
+        cpu: field("cpu"),
+    }
+}
+
+/// The bare client's process: `concurrency` tasks on one keep-alive client, each making the
+/// followers call autofollow makes (another contact each time) until `seconds` pass.
+async fn bare_calls(url: String, seconds: f64, concurrency: usize) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let cpu_before = cpu_seconds(std::process::id());
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, next, url) = (http.clone(), Arc::clone(&next), url.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let r = http
+                    .post(format!("{url}/contacts/bare{i}/followers"))
+                    .bearer_auth("tok-0")
+                    .header("Version", "2021-07-28")
+                    .json(&json!({"followers": ["9hTnVvSr1Q2ZyE5kHfXm"]}))
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    let _ = r.json::<serde_json::Value>().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let cpu = cpu_seconds(std::process::id()) - cpu_before;
+    println!("seconds {} cpu {cpu}", started.elapsed().as_secs_f64());
+}
+
+/// One autofollow run of `e2e`.
+struct E2eRun {
+    bare: Option<BareCalls>,
+    load: Load,
+    /// From the first webhook sent to the last call answered.
+    span: f64,
+    /// From the end of the load to the last call.
+    after_load: f64,
+    cpu: f64,
+    rss: u64,
+    posts: u64,
+    deletes: u64,
+    /// The most POSTs and DELETEs one contact received.
+    most: (u32, u32),
+    contacts: usize,
+}
+
+impl E2eRun {
+    fn processed_rate(&self) -> f64 {
+        self.load.accepted as f64 / self.span
+    }
+}
+
+async fn e2e(args: E2eArgs) {
+    let per_run = 30_000 * usize::try_from(args.seconds).unwrap_or(20);
+    println!(
+        "machine: {}; {} run(s), {per_run} signed bodies prepared per run",
+        machine(),
+        args.runs.max(1)
+    );
+    let mut runs = Vec::new();
+    for run in 0..args.runs.max(1) {
+        let r = e2e_once(&args, per_run, run).await;
+        let bare = r.bare.as_ref().map_or(0.0, |b| b.calls as f64 / b.seconds);
+        println!(
+            "run {}: accepted {:.0}/s, processed {:.0}/s, bare client {bare:.0} calls/s, CPU {:.3} s per 1,000 events",
+            run + 1,
+            r.load.rate(),
+            r.processed_rate(),
+            r.cpu * 1000.0 / r.load.accepted.max(1) as f64
+        );
+        runs.push(r);
+    }
+    runs.sort_by(|a, b| a.processed_rate().total_cmp(&b.processed_rate()));
+    let rates: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.0}", r.processed_rate()))
+        .collect();
+    let r = runs.swap_remove(runs.len() / 2);
+    e2e_report(&args, &r, &rates);
+}
+
+fn e2e_report(args: &E2eArgs, r: &E2eRun, rates: &[String]) {
+    let store = match args.common.postgres {
+        Some(_) => "PostgreSQL",
+        None => "SQLite",
+    };
+    println!();
+    println!(
+        "e2e: {} s of load at concurrency {}, {} locations, bursts of {}, settle delay {}, store {store}",
+        args.seconds,
+        args.common.concurrency,
+        args.common.locations,
+        args.burst.max(1),
+        args.settle_delay
+    );
+    println!("| what | figure |");
+    println!("|---|---|");
+    println!("| accepted webhooks / s | {:.0} |", r.load.rate());
+    println!(
+        "| ack latency p50 / p99 (ms) | {:.2} / {:.2} |",
+        r.load.percentile(0.5),
+        r.load.percentile(0.99)
+    );
+    println!(
+        "| processed events / s (accepted ÷ first webhook to last call) | {:.0} |",
+        r.processed_rate()
+    );
+    println!(
+        "| last call after the end of the load (s) | {:.1} |",
+        r.after_load
+    );
+    println!(
+        "| CPU s per 1,000 events (intake, decision, call, records) | {:.3} |",
+        r.cpu * 1000.0 / r.load.accepted.max(1) as f64
+    );
+    println!("| resident memory, max sampled (MiB) | {:.1} |", mib(r.rss));
+    println!(
+        "| calls: POST / DELETE for {} contacts; most to one contact | {} / {}; {} / {} |",
+        r.contacts, r.posts, r.deletes, r.most.0, r.most.1
+    );
+    if let Some(b) = &r.bare {
+        let rate = b.calls as f64 / b.seconds;
+        println!(
+            "| bare client calls / s (CPU s per 1,000 calls) | {rate:.0} ({:.3}) |",
+            b.cpu * 1000.0 / b.calls.max(1) as f64
+        );
+        println!(
+            "| processed / bare client | {:.2} |",
+            r.processed_rate() / rate
+        );
+    }
+    println!();
+    println!("processed/s of the runs, sorted: {}", rates.join(", "));
+}
+
+async fn e2e_once(args: &E2eArgs, per_run: usize, run: usize) -> E2eRun {
+    let common = &args.common;
+    let (key, pem) = signing_key();
+    let bodies = Arc::new(e2e_bodies(&key, per_run, args, &format!("r{run}")));
+    let bare = match args.no_baseline {
+        true => None,
+        false => Some(bare_client(common.concurrency, 10.0).await),
+    };
+    let ghl = Ghl::new(Duration::from_millis(args.ghl_latency_ms), 0.0, 0.0, None);
+    let settle = &args.settle_delay;
+    let af = start_autofollow(common, &pem, &ghl, "1000000/1s", settle, E2E_RULES).await;
+    let pid = af.child.id();
+    let cpu_before = cpu_seconds(pid);
+    let (stop, max_rss, sampler) = rss_sampler(pid);
+    let started = Instant::now();
+    let load = drive(&af.base, bodies, common.concurrency, args.seconds as f64).await;
+    let load_ended = Instant::now();
+    wait_processed(&af, &ghl, &load, args.burst.max(1)).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let last = ghl.last_call();
+    let s = ghl.state.lock().unwrap();
+    let count = |f: fn(&(u32, u32)) -> u32| s.per_contact.values().map(|c| u64::from(f(c))).sum();
+    let most = s
+        .per_contact
+        .values()
+        .fold((0, 0), |m, c| (m.0.max(c.0), m.1.max(c.1)));
+    E2eRun {
+        bare,
+        span: last.duration_since(started).as_secs_f64(),
+        after_load: last.saturating_duration_since(load_ended).as_secs_f64(),
+        cpu,
+        rss: max_rss.load(Ordering::Relaxed),
+        posts: count(|c| c.0),
+        deletes: count(|c| c.1),
+        most,
+        contacts: s.per_contact.len(),
+        load,
+    }
+}
+
+/// Samples the process's resident memory every 100 ms until told to stop: (stop, max, task).
+fn rss_sampler(
+    pid: u32,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let max = Arc::new(AtomicU64::new(0));
+    let (s, m) = (Arc::clone(&stop), Arc::clone(&max));
+    let handle = tokio::spawn(async move {
+        while !s.load(Ordering::Relaxed) {
+            m.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (stop, max, handle)
+}
+
+/// Waits until every accepted event is processed: with one webhook per contact, until the
+/// stand-in has had one call per event; with bursts, until the queue is empty.
+async fn wait_processed(af: &Process, ghl: &Ghl, load: &Load, burst: usize) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        assert!(Instant::now() < deadline, "not processed in 15 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if burst == 1 && ghl.calls.load(Ordering::Relaxed) < load.accepted {
+            continue;
+        }
+        if gauge(&af.admin, "autofollow_queue_depth").await == Some(0.0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

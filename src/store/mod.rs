@@ -190,6 +190,32 @@ pub struct NewState {
     pub assigned: Option<(Option<OpportunityId>, Option<UserId>)>,
     /// Changes to the ownership ledger the event's decision made.
     pub ledger: Vec<LedgerChange>,
+    /// The contact's follower list as the group's calls left it (set on the group's last
+    /// event): remembered with the result, under the same lease check.
+    pub followers: Option<Vec<UserId>>,
+}
+
+/// What is known of a contact when its work is claimed, read in the claim (under the lease,
+/// so no other worker changes it while this one holds the contact's events).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContactSnapshot {
+    /// The contact's tags and assignee as its earlier events left them (`stage` is per
+    /// opportunity, read when an event names one).
+    pub previous: PreviousState,
+    /// The ownership ledger's rows autofollow keeps.
+    pub owned: Vec<Owned>,
+    /// The follower list GoHighLevel last returned, and when (unix ms).
+    pub followers: Option<(Vec<UserId>, i64)>,
+    /// The fingerprint of the location's token GoHighLevel refused, while it is marked
+    /// failing.
+    pub token_refused: Option<String>,
+}
+
+/// A contact's due events claimed together (oldest first), with what is known of it.
+#[derive(Clone, Debug)]
+pub struct ClaimedGroup {
+    pub events: Vec<Claimed>,
+    pub contact: ContactSnapshot,
 }
 
 /// A change to the ownership ledger (which followers autofollow added to a contact).
@@ -596,6 +622,13 @@ pub trait ContactState: Send + Sync + std::fmt::Debug {
     /// The fingerprint of the refused token, when the location's token is marked failing.
     async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
 
+    /// What the worker reads of a contact before deciding its events, in one read.
+    async fn contact_snapshot(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+    ) -> Result<ContactSnapshot, StoreError>;
+
     /// Every location marked failing, with the refused token's fingerprint.
     async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
 }
@@ -871,6 +904,40 @@ impl BackfillRow {
 pub trait Store: Queue + History + ContactState + Installations + Backfills + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The worker's claim: up to `limit` contacts' work, each its oldest due event (as
+    /// [`Queue::claim_within`] picks them) with its later due events (as
+    /// [`Queue::claim_rest`], at most `batch` in all) and what is known of the contact
+    /// ([`ContactState::contact_snapshot`]). A backend does it in as few round trips as it
+    /// can; this is the plain sequence.
+    async fn claim_groups(
+        &self,
+        owner: &str,
+        limit: u32,
+        batch: u32,
+        lease: Duration,
+        settle_max: Option<Duration>,
+    ) -> Result<Vec<ClaimedGroup>, StoreError> {
+        let heads = self.claim_within(owner, limit, lease, settle_max).await?;
+        let mut groups = Vec::with_capacity(heads.len());
+        for head in heads {
+            let rest = self
+                .claim_rest(owner, &head, batch.saturating_sub(1), lease)
+                .await?;
+            let contact = match (
+                LocationId::parse(&head.location_id),
+                ContactId::parse(&head.contact_id),
+            ) {
+                (Ok(l), Ok(c)) => self.contact_snapshot(&l, &c).await?,
+                // A row stored before ids were checked: its events fail on their own.
+                _ => ContactSnapshot::default(),
+            };
+            let mut events = vec![head];
+            events.extend(rest);
+            groups.push(ClaimedGroup { events, contact });
+        }
+        Ok(groups)
+    }
 }
 
 /// Whether `url` selects the PostgreSQL backend.

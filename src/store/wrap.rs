@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Activity, Backfill, BackfillStep, Backfills, Claimed, ContactState, Erased, EventFilter,
-    EventRecord, EventSummary, History, Inserted, InstallState, InstallTokens, Installation,
-    Installations, NewEvent, NewState, Owned, Queue, QueueStats, Store, StoreError, StoredBody,
+    Activity, Backfill, BackfillStep, Backfills, Claimed, ClaimedGroup, ContactSnapshot,
+    ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted, InstallState,
+    InstallTokens, Installation, Installations, NewEvent, NewState, Owned, Queue, QueueStats,
+    Store, StoreError, StoredBody,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -125,6 +126,7 @@ wrapped!(ContactState {
     fn mark_token_failing(&self, location: &LocationId, fingerprint: &str, error: &str) -> Result<(), StoreError>;
     fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError>;
     fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError>;
+    fn contact_snapshot(&self, location: &LocationId, contact: &ContactId) -> Result<ContactSnapshot, StoreError>;
 });
 
 wrapped!(Installations {
@@ -147,4 +149,5 @@ wrapped!(Backfills {
 
 wrapped!(Store {
     fn ping(&self) -> Result<(), StoreError>;
+    fn claim_groups(&self, owner: &str, limit: u32, batch: u32, lease: Duration, settle_max: Option<Duration>) -> Result<Vec<ClaimedGroup>, StoreError> as "claim";
 });

@@ -2,13 +2,14 @@
 //! followers for the group's combined plan, each made only while this worker still holds the
 //! group, and skipped while GoHighLevel's last follower list shows it would change nothing.
 
-use std::time::SystemTime;
+use std::time::Instant;
 
 use super::decide::Decided;
+use super::load::Held;
 use super::{Ending, Worker};
 use crate::access::Token;
 use crate::ghl::CallError;
-use crate::model::ids::{ContactId, UserId};
+use crate::model::ids::{ContactId, LocationId, UserId};
 use crate::model::plan::{Plan, PlanEntry};
 use crate::model::record::{CallRecord, Outcome};
 use crate::rules::MAX_FOLLOWERS;
@@ -18,55 +19,100 @@ use crate::store::StoreError;
 /// second.
 const WAIT_IN_PLACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The calls made (for the decision records) and how they ended.
-pub(super) type Called = (Vec<CallRecord>, Ending);
+/// The calls made (for the decision records), how they ended, and the follower list they
+/// left (as GoHighLevel answered, else the list on record with their changes made to it).
+pub(super) struct Called {
+    pub calls: Vec<CallRecord>,
+    pub ending: Ending,
+    pub followers: Option<Vec<UserId>>,
+}
+
+/// The calls of a group so far, and the follower list as they left it.
+struct Made {
+    calls: Vec<CallRecord>,
+    known: Option<Vec<UserId>>,
+    changed: bool,
+}
+
+impl Made {
+    /// A call went through: the follower list as the answer gave it, else the list on record
+    /// with the call's change made to it (so it never says a removed user follows, which
+    /// would skip a later add, or an added one does not).
+    fn left(&mut self, add: bool, users: &[UserId], listed: Option<&[UserId]>) {
+        let list = match (listed, self.known.take()) {
+            (Some(list), _) => list.to_vec(),
+            (None, None) => return,
+            (None, Some(mut list)) => {
+                list.retain(|u| !users.contains(u));
+                if add {
+                    list.extend(users.iter().cloned());
+                }
+                list
+            }
+        };
+        self.known = Some(list);
+        self.changed = true;
+    }
+
+    fn end(self, ending: Ending) -> Called {
+        Called {
+            calls: self.calls,
+            ending,
+            followers: self.known.filter(|_| self.changed),
+        }
+    }
+}
 
 impl Worker {
     /// Makes the group's calls. `trust_known`: the follower list on record may be used to
     /// skip calls (not when an earlier attempt may have made calls it could not record).
-    /// `head`: the group's first event, whose lease is renewed before each call.
+    /// `(head, held)`: the group's first event and when its leases were last known held; a
+    /// lease not surely held is renewed before a call.
     pub(super) async fn call(
         &self,
         decided: &Decided,
         token: Option<&Token>,
         trust_known: bool,
-        head: i64,
+        (head, held): (i64, &Held),
     ) -> Result<Called, StoreError> {
-        let (location, contact) = (&decided.location, &decided.contact);
-        let mut calls = Vec::new();
+        let location = &decided.location;
+        let mut made = Made {
+            calls: Vec::new(),
+            known: decided.known.clone(),
+            changed: false,
+        };
         let mut batches = batches(&decided.net);
         if batches.is_empty() {
-            return Ok((calls, Ending::done()));
+            return Ok(made.end(Ending::done()));
         }
         if self.options.dry_run {
             let left_out = within_limit(&mut batches, None);
             for (add, users) in batches {
-                calls.push(call_record(add, contact, users, None, "dry-run"));
+                let contact = &decided.contact;
+                made.calls
+                    .push(call_record(add, contact, users, None, "dry-run"));
             }
             let ending = left_out.map_or_else(Ending::done, |n| Ending::attempt(Outcome::Done, n));
-            return Ok((calls, ending));
+            return Ok(made.end(ending));
         }
         let Some(token) = token else {
             let reason = format!(
                 "no GoHighLevel token for location {location} (install the app into it, set GHL_TOKEN and GHL_LOCATION_ID, or add it to GHL_LOCATION_TOKENS_FILE)"
             );
-            return Ok((calls, Ending::attempt(Outcome::Failed, reason)));
+            return Ok(made.end(Ending::attempt(Outcome::Failed, reason)));
         };
-        let known = match trust_known {
-            true => self.known(decided).await?,
-            false => None,
-        };
+        let known = made.known.clone().filter(|_| trust_known);
         if let Some(known) = &known {
             skip_known(known, &mut batches);
         }
         let left_out = within_limit(&mut batches, known.as_deref());
         if let Some(note) = &left_out {
-            tracing::warn!(%location, %contact, "{note}");
+            tracing::warn!(%location, contact = %decided.contact, "{note}");
         }
         for (add, users) in batches {
-            let made = self.call_batch(decided, token, add, users, head, &mut calls);
-            if let Some(ending) = made.await? {
-                return Ok((calls, ending));
+            let call = self.call_batch(decided, token, add, users, (head, held), &mut made);
+            if let Some(ending) = call.await? {
+                return Ok(made.end(ending));
             }
         }
         // The token works: events parked while it did not can go.
@@ -75,50 +121,21 @@ impl Worker {
             tracing::info!(%location, resumed, "the location's token works again; its parked events resume");
         }
         let ending = left_out.map_or_else(Ending::done, |n| Ending::attempt(Outcome::Done, n));
-        Ok((calls, ending))
+        Ok(made.end(ending))
     }
 
-    /// The follower list GoHighLevel last returned, while it is fresh (people change
-    /// followers by hand, so only for a short while).
-    async fn known(&self, decided: &Decided) -> Result<Option<Vec<UserId>>, StoreError> {
-        if self.options.followers_fresh.is_zero() {
-            return Ok(None);
-        }
-        let since = SystemTime::now() - self.options.followers_fresh;
-        self.store
-            .known_followers(&decided.location, &decided.contact, since)
-            .await
-    }
-
-    /// Records the follower list after a call: as the answer gave it, else the list on
-    /// record with the call's change made to it (so it never says a removed user follows,
-    /// which would skip a later add, or an added one does not). Only while this worker still
-    /// holds the group (see `Store::set_known_followers`).
-    async fn remember(
+    /// Remembers the follower list the group's calls left, now, while this worker still
+    /// holds the group (see `Store::set_known_followers`); a group that ends its events
+    /// remembers it with their results instead.
+    pub(super) async fn remember(
         &self,
-        decided: &Decided,
-        add: bool,
-        users: &[UserId],
-        listed: Option<&[UserId]>,
+        (location, contact): (&LocationId, &ContactId),
+        list: &[UserId],
         head: i64,
     ) -> Result<(), StoreError> {
-        let list = match listed {
-            Some(list) => list.to_vec(),
-            None => {
-                let Some(mut list) = self.known(decided).await? else {
-                    return Ok(());
-                };
-                list.retain(|u| !users.contains(u));
-                if add {
-                    list.extend(users.iter().cloned());
-                }
-                list
-            }
-        };
         let holder = Some((self.owner.as_str(), head));
-        let (location, contact) = (&decided.location, &decided.contact);
         self.store
-            .set_known_followers(location, contact, &list, holder)
+            .set_known_followers(location, contact, list, holder)
             .await?;
         Ok(())
     }
@@ -131,30 +148,31 @@ impl Worker {
         token: &Token,
         add: bool,
         users: Vec<UserId>,
-        head: i64,
-        calls: &mut Vec<CallRecord>,
+        (head, held): (i64, &Held),
+        made: &mut Made,
     ) -> Result<Option<Ending>, StoreError> {
         let mut waits = 0;
         loop {
-            // Still this worker's group? Renewing the lease right before the call is also the
-            // check: a worker that stalled past its lease (another took the contact over)
-            // must not make a call that could land after the new holder's.
+            // Still this worker's group? A worker that stalled past its lease (another took
+            // the contact over) must not make a call that could land after the new holder's:
+            // unless the lease is surely held, renewing it right before the call is the check.
             let lease = self.options.lease;
-            if self.store.extend(&self.owner, &[head], lease).await? == 0 {
-                return Ok(Some(Ending::Lost));
+            if !held.surely(lease) {
+                let asked = Instant::now();
+                if self.store.extend(&self.owner, &[head], lease).await? == 0 {
+                    return Ok(Some(Ending::Lost));
+                }
+                held.renewed(asked);
             }
             let users = users.clone();
-            match self
-                .call_one(decided, token, add, users, head, calls)
-                .await?
-            {
+            match self.call_one(decided, token, add, users, made).await? {
                 None => return Ok(None),
                 // The group's first call went through and the budget's next request is near:
                 // wait for it here. Ending the group would make its first call again on the
                 // next try, take that request, and leave the second call waiting again, for
                 // ever under a busy budget.
                 Some(Ending::Deferred(wait))
-                    if !calls.is_empty() && wait <= WAIT_IN_PLACE && waits < 10 =>
+                    if !made.calls.is_empty() && wait <= WAIT_IN_PLACE && waits < 10 =>
                 {
                     waits += 1;
                     tokio::time::sleep(wait).await;
@@ -171,9 +189,9 @@ impl Worker {
         token: &Token,
         add: bool,
         users: Vec<UserId>,
-        head: i64,
-        calls: &mut Vec<CallRecord>,
+        made: &mut Made,
     ) -> Result<Option<Ending>, StoreError> {
+        let calls = &mut made.calls;
         let (location, contact) = (&decided.location, &decided.contact);
         let mut used = token.clone();
         let mut answer = self
@@ -202,11 +220,10 @@ impl Worker {
         }
         let (status, reason) = match answer {
             Ok(answer) => {
-                let listed = answer.followers.as_deref();
-                self.remember(decided, add, &users, listed, head).await?;
+                made.left(add, &users, answer.followers.as_deref());
                 let mut record = call_record(add, contact, users, Some(answer.status), "ok");
                 record.changed = answer.changed;
-                calls.push(record);
+                made.calls.push(record);
                 return Ok(None);
             }
             Err(CallError::Deferred { wait }) => return Ok(Some(Ending::Deferred(wait))),

@@ -1,7 +1,9 @@
 //! Phase 2, decide: each event of the group, in order, on the state the one before it left,
 //! by the rule set in force when the group started; their plans combined into one.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 use super::load::Step;
 use super::ownership::Ownership;
@@ -13,7 +15,7 @@ use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
 use crate::rules::{Resolver, RuleSet};
-use crate::store::{Claimed, NewState, StoreError};
+use crate::store::{Claimed, ContactSnapshot, NewState, StoreError, millis};
 
 /// What the rules decided for a group.
 pub(super) struct Decided {
@@ -25,6 +27,8 @@ pub(super) struct Decided {
     pub net: Plan,
     /// The contact's ownership ledger, as the events left it.
     pub ownership: Ownership,
+    /// The follower list GoHighLevel last returned, while it is fresh.
+    pub known: Option<Vec<UserId>>,
 }
 
 /// What deciding one step of the group works with.
@@ -55,6 +59,7 @@ impl Worker {
         steps: &[(usize, Step)],
         rules: &RuleSet,
         token: Option<&Token>,
+        snapshot: &ContactSnapshot,
     ) -> Result<Result<Decided, Ending>, StoreError> {
         let Some((_, first)) = steps.first() else {
             return Ok(Err(Ending::done()));
@@ -64,22 +69,25 @@ impl Worker {
             Step::Event(e) => e.contact_id.clone(),
             Step::Task(t) => t.contact_id.clone(),
         };
-        if let Some(ending) = self.refused(&location, token).await? {
+        let snapshot = self
+            .snapshot(&group[0], &location, &contact, snapshot)
+            .await?;
+        let snapshot = snapshot.as_ref();
+        if let Some(ending) = self.refused(&location, token, snapshot).await? {
             return Ok(Err(ending));
         }
-        let stored = self.store.previous_state(&location, &contact, None).await?;
         let mut previous = Previous {
-            tags: stored.tags,
-            assigned: stored.assigned,
+            tags: snapshot.previous.tags.clone(),
+            assigned: snapshot.previous.assigned.clone(),
             opportunities: HashMap::new(),
         };
-        let owned = self.store.owned(&location, &contact, false).await?;
         let mut decided = Decided {
             location,
             contact,
             records: Vec::with_capacity(steps.len()),
             net: Plan::default(),
-            ownership: Ownership::new(owned),
+            ownership: Ownership::new(snapshot.owned.clone()),
+            known: self.fresh(snapshot),
         };
         let batch: Vec<i64> = match steps.len() {
             1 => Vec::new(),
@@ -118,6 +126,23 @@ impl Worker {
             }
         }
         Ok(Ok(decided))
+    }
+
+    /// What is known of the contact: as the claim read it by the ids stored with its events,
+    /// or read again by the body's ids, which are the ones acted on (they match, unless a row
+    /// predates checked ids).
+    async fn snapshot<'a>(
+        &self,
+        head: &Claimed,
+        location: &LocationId,
+        contact: &ContactId,
+        claimed: &'a ContactSnapshot,
+    ) -> Result<Cow<'a, ContactSnapshot>, StoreError> {
+        if head.location_id == location.as_str() && head.contact_id == contact.as_str() {
+            return Ok(Cow::Borrowed(claimed));
+        }
+        let read = self.store.contact_snapshot(location, contact).await?;
+        Ok(Cow::Owned(read))
     }
 
     /// One event's decision and the state it leaves (an `OpportunityDelete` is not decided:
@@ -161,12 +186,13 @@ impl Worker {
         &self,
         location: &LocationId,
         token: Option<&Token>,
+        snapshot: &ContactSnapshot,
     ) -> Result<Option<Ending>, StoreError> {
         let (false, Some(token)) = (self.options.dry_run, token) else {
             return Ok(None);
         };
-        match self.store.token_failing(location).await? {
-            Some(refused) if refused == token.fingerprint => {
+        match &snapshot.token_refused {
+            Some(refused) if *refused == token.fingerprint => {
                 self.parked.lock().await.insert(location.clone());
                 Ok(Some(Ending::attempt(
                     Outcome::Parked,
@@ -181,6 +207,15 @@ impl Worker {
             }
             None => Ok(None),
         }
+    }
+
+    /// The follower list on record, while it is fresh (people change followers by hand, so
+    /// it is trusted only for a short while).
+    fn fresh(&self, snapshot: &ContactSnapshot) -> Option<Vec<UserId>> {
+        let fresh = self.options.followers_fresh;
+        let (list, seen) = snapshot.followers.as_ref()?;
+        let since = millis(SystemTime::now().checked_sub(fresh)?);
+        (!fresh.is_zero() && *seen >= since).then(|| list.clone())
     }
 
     /// An `OpportunityDelete`: the rules do not see it and nothing is called for it; the
@@ -263,6 +298,7 @@ pub(super) fn leave(
         stage: event.opportunity_id.clone().zip(stage),
         assigned: assigned.map(|user| (event.opportunity_id.clone(), user)),
         ledger: Vec::new(),
+        followers: None,
     }
 }
 

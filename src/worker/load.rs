@@ -1,20 +1,49 @@
-//! Phase 1, load: the claimed event and the contact's later events that are due, taken into
-//! this worker's hand, their bodies parsed.
+//! Phase 1, load: a claimed group (the contact's due events and what is known of it) taken
+//! into this worker's hand, their bodies parsed.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use super::{MAX_BATCH, Worker};
+use super::Worker;
 use crate::model::event::{self, BodyKind, Event, Parsed};
 use crate::model::ids::LocationId;
 use crate::model::task::TaskBody;
-use crate::store::Claimed;
+use crate::store::{Claimed, ClaimedGroup, ContactSnapshot};
 
-/// The events of one contact processed together, oldest first; they leave this worker's
-/// hand when it is dropped.
+/// The events of one contact processed together, oldest first, and what was known of the
+/// contact when they were claimed; they leave this worker's hand when it is dropped.
 pub(super) struct Group {
     pub claimed: Vec<Claimed>,
+    pub contact: ContactSnapshot,
+    pub held: Held,
     _hand: InHand,
+}
+
+/// When this worker last knew it held a group's leases: asked for them (a claim) or renewed
+/// them. Until half a lease has passed since then, no other worker can have taken them, so
+/// a call needs no round trip to the store to check first.
+#[derive(Debug)]
+pub(super) struct Held(Mutex<Instant>);
+
+impl Held {
+    /// Leases asked for (or renewed) at `at`.
+    pub(super) fn since(at: Instant) -> Held {
+        Held(Mutex::new(at))
+    }
+
+    pub(super) fn renewed(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = at;
+    }
+
+    /// Whether the leases, of length `lease`, are surely still this worker's.
+    pub(super) fn surely(&self, lease: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            < lease / 2
+    }
 }
 
 /// The events a worker's tasks hold, and a signal each time some are let go.
@@ -33,7 +62,7 @@ pub(super) struct InHand {
 }
 
 /// How long a claim waits for one of this worker's own tasks to let an event go.
-const LET_GO_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const LET_GO_WAIT: Duration = Duration::from_secs(1);
 
 impl InHand {
     pub(super) fn new(hands: &Arc<Hands>) -> InHand {
@@ -124,34 +153,25 @@ pub(super) struct Bodies {
 }
 
 impl Worker {
-    /// `first` and the contact's later due events (only the consecutive run not held by
-    /// another of this worker's tasks); `None` when a task of this worker has `first`.
-    pub(super) async fn load(&self, first: Claimed) -> Option<Group> {
+    /// The claimed group, in this worker's hand: its first event and the consecutive run of
+    /// later ones not held by another of this worker's tasks; `None` when a task of this
+    /// worker has the first. `asked`: when the claim was asked for.
+    pub(super) async fn load(&self, group: ClaimedGroup, asked: Instant) -> Option<Group> {
         let mut hand = InHand::new(&self.in_hand);
-        if !hand.take_soon(first.id).await {
-            return None;
+        let mut claimed = Vec::with_capacity(group.events.len());
+        for event in group.events {
+            if !hand.take_soon(event.id).await {
+                break;
+            }
+            claimed.push(event);
         }
-        let mut claimed = vec![first];
-        let lease = self.options.lease;
-        match self
-            .store
-            .claim_rest(&self.owner, &claimed[0], MAX_BATCH, lease)
-            .await
-        {
-            Ok(rest) => {
-                for event in rest {
-                    if !hand.take_soon(event.id).await {
-                        break;
-                    }
-                    claimed.push(event);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take the contact's later events; they follow on their own");
-            }
+        if claimed.is_empty() {
+            return None;
         }
         Some(Group {
             claimed,
+            contact: group.contact,
+            held: Held::since(asked),
             _hand: hand,
         })
     }
@@ -214,6 +234,19 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_empty()
         );
+    }
+
+    /// A call checks the lease with the store only once half of it has passed since it was
+    /// last known held (asked for or renewed).
+    #[test]
+    fn a_lease_is_surely_held_for_half_its_length() {
+        let lease = Duration::from_secs(60);
+        let held = Held::since(Instant::now() - Duration::from_secs(29));
+        assert!(held.surely(lease));
+        let held = Held::since(Instant::now() - Duration::from_secs(31));
+        assert!(!held.surely(lease));
+        held.renewed(Instant::now());
+        assert!(held.surely(lease));
     }
 
     /// A claim can find an event free while the task that just recorded its retry still has

@@ -329,6 +329,7 @@ impl Worker {
         self.store
             .set_known_followers(location, contact, &following, holder)
             .await?;
+        decided.known = Some(following.clone());
         let removed = decided.ownership.confirm(&following);
         let made = self.reapplied(decided, id, at, Some(&following)).await?;
         Ok(made.map(|made| {
@@ -548,10 +549,13 @@ impl Worker {
         };
         let rules = self.rules.current();
         let steps = [(0, Step::Task(task.clone()))];
-        match self
-            .decide(&[claimed], &steps, &rules, token.as_ref())
-            .await?
-        {
+        let contact = self
+            .store
+            .contact_snapshot(&task.location_id, &task.contact_id)
+            .await?;
+        let group = [claimed];
+        let decided = self.decide(&group, &steps, &rules, token.as_ref(), &contact);
+        match decided.await? {
             Ok(decided) => Ok(Ok(decided.net)),
             Err(Ending::Attempt { error, .. }) => Ok(Err(error.unwrap_or_default())),
             Err(Ending::Deferred(wait)) => Ok(Err(format!(

@@ -26,7 +26,7 @@ pub mod simulate;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::{Mutex, Notify, Semaphore, watch};
@@ -44,8 +44,8 @@ use crate::model::event::EventType;
 use crate::model::ids::{LocationId, UserId};
 use crate::model::record::{CallRecord, Decision, Outcome};
 use crate::rules::LiveRules;
-use crate::store::{Claimed, NewState, Store, StoreError};
-use load::Step;
+use crate::store::{Claimed, ClaimedGroup, ContactSnapshot, NewState, Store, StoreError};
+use load::{Held, Step};
 use lookups::Lookups;
 use record::Result1;
 
@@ -73,7 +73,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
-            concurrency: 8,
+            concurrency: 64,
             lease: Duration::from_secs(120),
             poll: Duration::from_millis(500),
             retry: RetryPolicy::default(),
@@ -207,20 +207,23 @@ impl Worker {
     }
 
     /// Runs until `shutdown` turns true, then finishes the events in hand and releases leases.
-    /// A slot is claimed for whenever one is free, so one slow call never holds up other
-    /// contacts.
+    /// Free slots are claimed for together once a quarter of them are free (or none is busy),
+    /// so one claim serves many groups, and one slow call never holds up other contacts.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = self.resume_changed_tokens().await {
             tracing::warn!(error = %e, "cannot check parked locations; they resume on replay");
         }
-        let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1) as usize));
+        let concurrency = self.options.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency as usize));
         let mut tasks = JoinSet::new();
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
             let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
-            let claimed = match free {
-                0 => Vec::new(),
-                _ => self.claim(free).await,
+            let worth = free > 0 && (tasks.is_empty() || free >= concurrency.div_ceil(4));
+            let asked = Instant::now();
+            let claimed = match worth {
+                false => Vec::new(),
+                true => self.claim(free).await,
             };
             if claimed.is_empty() {
                 tokio::select! {
@@ -238,7 +241,7 @@ impl Worker {
                 };
                 let worker = Arc::clone(&self);
                 tasks.spawn(async move {
-                    worker.process(event).await;
+                    worker.process(event, asked).await;
                     drop(permit);
                 });
             }
@@ -255,26 +258,25 @@ impl Worker {
     pub async fn run_once(&self) -> usize {
         let mut groups = 0;
         loop {
+            let asked = Instant::now();
             let claimed = self.claim(self.options.concurrency.max(1)).await;
             if claimed.is_empty() {
                 return groups;
             }
-            for event in claimed {
-                self.process(event).await;
+            for group in claimed {
+                self.process(group, asked).await;
                 groups += 1;
             }
         }
     }
 
-    async fn claim(&self, limit: u32) -> Vec<Claimed> {
+    /// Up to `limit` contacts' due work, each with what is known of the contact.
+    async fn claim(&self, limit: u32) -> Vec<ClaimedGroup> {
+        let settle_max = Some(self.options.settle_max);
+        let (owner, lease) = (&self.owner, self.options.lease);
         match self
             .store
-            .claim_within(
-                &self.owner,
-                limit,
-                self.options.lease,
-                Some(self.options.settle_max),
-            )
+            .claim_groups(owner, limit, MAX_BATCH, lease, settle_max)
             .await
         {
             Ok(c) => c,
@@ -301,14 +303,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes a claimed event, with the contact's later events that are due, through the
-    /// phases: load, decide and call (under leases kept alive), record.
-    pub async fn process(&self, first: Claimed) {
-        let Some(group) = self.load(first).await else {
+    /// Takes a claimed group (asked for at `asked`) through the phases: load, decide and call
+    /// (under leases kept alive), record.
+    async fn process(&self, claimed: ClaimedGroup, asked: Instant) {
+        let Some(loaded) = self.load(claimed, asked).await else {
             return; // a task of this worker has it already
         };
-        let group = &group.claimed;
-        let worked = self.holding_leases(group, self.work(group)).await;
+        let group = &loaded.claimed;
+        let work = self.work(group, &loaded.contact, &loaded.held);
+        let worked = self.holding_leases(group, &loaded.held, work).await;
         let (results, ending) = match worked {
             None => return,
             Some(Ok(r)) => r,
@@ -333,7 +336,12 @@ impl Worker {
     }
 
     /// Decides and calls for the group: one result per event, in order, and how it ended.
-    async fn work(&self, group: &[Claimed]) -> Result<(Vec<Result1>, Ending), StoreError> {
+    async fn work(
+        &self,
+        group: &[Claimed],
+        contact: &ContactSnapshot,
+        held: &Held,
+    ) -> Result<(Vec<Result1>, Ending), StoreError> {
         let rules = self.rules.current();
         let mut bodies = load::parse(group);
         let mut results: Vec<Result1> = group.iter().map(|_| None).collect();
@@ -357,7 +365,7 @@ impl Worker {
         let (token, decided) = match access {
             Ok(token) => {
                 let decided = self
-                    .decide(group, &bodies.steps, &rules, token.as_ref())
+                    .decide(group, &bodies.steps, &rules, token.as_ref(), contact)
                     .await?;
                 (token, decided)
             }
@@ -375,32 +383,62 @@ impl Worker {
                 (records.collect(), ending)
             }
             Ok(decided) => {
-                // An event tried before may have had its calls made by a process that died (or
-                // lost its lease) before it could record their answers: the follower list on
-                // record may be stale, so it is not trusted for this group.
-                let first_try = group.iter().all(|c| c.attempt <= 1);
-                let (calls, ending) = self
-                    .call(&decided, token.as_ref(), first_try, group[0].id)
-                    .await?;
-                let added = added_by(&calls, first_try);
-                let dry_run = self.options.dry_run;
-                let ownership = &decided.ownership;
-                let records = decided.records.into_iter().map(|(i, mut d, mut s)| {
-                    d.calls.clone_from(&calls);
-                    // A dry run changes nothing, so it owns nothing.
-                    match dry_run {
-                        true => s.ledger.clear(),
-                        false => ownership.keep_added(&mut s.ledger, &added),
-                    }
-                    (i, d, s)
-                });
-                (records.collect::<Vec<_>>(), ending)
+                self.calls_made(group, decided, token.as_ref(), held)
+                    .await?
             }
         };
         for (i, decision, state) in records {
             results[i] = self.settle(&group[i], decision, state, &ending);
         }
         Ok((results, ending))
+    }
+
+    /// Makes the calls of a decided group: each event's decision and state (owning what the
+    /// calls added), and how the calls ended.
+    async fn calls_made(
+        &self,
+        group: &[Claimed],
+        decided: decide::Decided,
+        token: Option<&Token>,
+        held: &Held,
+    ) -> Result<(Vec<(usize, Decision, NewState)>, Ending), StoreError> {
+        // An event tried before may have had its calls made by a process that died (or lost
+        // its lease) before it could record their answers: the follower list on record may
+        // be stale, so it is not trusted for this group.
+        let first_try = group.iter().all(|c| c.attempt <= 1);
+        let called = self
+            .call(&decided, token, first_try, (group[0].id, held))
+            .await?;
+        let added = added_by(&called.calls, first_try);
+        let dry_run = self.options.dry_run;
+        let ownership = &decided.ownership;
+        let (location, contact) = (&decided.location, &decided.contact);
+        let mut records: Vec<_> = decided
+            .records
+            .into_iter()
+            .map(|(i, mut d, mut s)| {
+                d.calls.clone_from(&called.calls);
+                // A dry run changes nothing, so it owns nothing.
+                match dry_run {
+                    true => s.ledger.clear(),
+                    false => ownership.keep_added(&mut s.ledger, &added),
+                }
+                (i, d, s)
+            })
+            .collect();
+        // The follower list the calls left: remembered with the group's result when it ends
+        // the events, else now (under the lease).
+        let ends = matches!(&called.ending,
+            Ending::Attempt { outcome, .. } if outcome.status().is_final());
+        match (called.followers, records.last_mut()) {
+            (Some(list), Some(last)) if ends => last.2.followers = Some(list),
+            (Some(list), _) => {
+                self.remember((location, contact), &list, group[0].id)
+                    .await?
+            }
+            (None, _) => {}
+        }
+        Ok((records, called.ending))
     }
 
     /// An event's result, its decision given the group's ending (a retry may be given up).
@@ -497,6 +535,7 @@ impl Worker {
     async fn holding_leases<T>(
         &self,
         group: &[Claimed],
+        held: &Held,
         work: impl std::future::Future<Output = T>,
     ) -> Option<T> {
         let ids: Vec<i64> = group.iter().map(|c| c.id).collect();
@@ -508,8 +547,9 @@ impl Worker {
             tokio::select! {
                 out = &mut work => return Some(out),
                 _ = renew.tick() => {
+                    let asked = Instant::now();
                     match self.store.extend(&self.owner, &ids, self.options.lease).await {
-                        Ok(held) if held == ids.len() as u64 => {}
+                        Ok(n) if n == ids.len() as u64 => held.renewed(asked),
                         Ok(_) => {
                             tracing::warn!(event_id = ids[0], "lease taken over by another worker; this one stops and leaves the events to it");
                             return None;

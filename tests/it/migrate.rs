@@ -99,6 +99,7 @@ async fn populated_sqlite(url: &str) -> Vec<i64> {
             subject: Some(OpportunityId::parse("o-done").unwrap()),
             rules_version: "v1".into(),
         }],
+        followers: None,
     };
     assert!(
         s.finish(&c, &decision("done", None, true), &state)

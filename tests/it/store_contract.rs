@@ -511,6 +511,7 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
         stage: Some((OpportunityId::parse("o1").unwrap(), stage.to_owned())),
         assigned: None,
         ledger: Vec::new(),
+        followers: None,
     };
     let (d, s1, s2) = (
         decision("done", None),
@@ -545,6 +546,75 @@ async fn finishing_leaves_the_contact_state(store: Arc<dyn Store>) {
     );
     let future = SystemTime::now() + Duration::from_secs(5);
     assert_eq!(s.known_followers(&l, &c, future).await.unwrap(), None);
+}
+
+/// The worker's claim: each contact's due events together, oldest first (at most `batch`),
+/// with what is known of the contact; the follower list a finish leaves is part of it.
+async fn a_claimed_group_brings_its_events_and_what_is_known_of_the_contact(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (l, c1) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
+    let user = |u: &str| UserId::parse(u).unwrap();
+    insert(s, "c1").await;
+    let first = s.claim("w", 1, LEASE).await.unwrap().remove(0);
+    let state = NewState {
+        location_id: Some(l.clone()),
+        contact_id: Some(c1.clone()),
+        tags: Some(vec!["a".into(), "vip".into()]),
+        assigned: Some((None, Some(user("bob")))),
+        ledger: vec![added("u1", "r1")],
+        followers: Some(vec![user("u1"), user("u2")]),
+        ..NewState::default()
+    };
+    assert!(
+        s.finish(&first, &decision("done", None), &state)
+            .await
+            .unwrap()
+    );
+    let (a, b) = (insert(s, "c1").await, insert(s, "c1").await);
+    let c = insert(s, "c2").await;
+    s.mark_token_failing(&l, "fp1", "401").await.unwrap();
+    let before = SystemTime::now() - Duration::from_secs(5);
+    let groups = s.claim_groups("w", 10, 100, LEASE, None).await.unwrap();
+    let events: Vec<Vec<i64>> = groups.iter().map(|g| ids(&g.events)).collect();
+    assert_eq!(events, vec![vec![a, b], vec![c]]);
+    let known = &groups[0].contact;
+    assert_eq!(known.previous.tags, Some(vec!["a".into(), "vip".into()]));
+    assert_eq!(known.previous.assigned, Some(Some(user("bob"))));
+    let owned: Vec<_> = known
+        .owned
+        .iter()
+        .map(|o| (o.user.as_str(), o.rule.as_str()))
+        .collect();
+    assert_eq!(owned, vec![("u1", "r1")]);
+    let (list, seen) = known.followers.clone().unwrap();
+    assert_eq!(list, vec![user("u1"), user("u2")]);
+    let before = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert!(i128::from(seen) >= before as i128);
+    assert_eq!(known.token_refused.as_deref(), Some("fp1"));
+    let other = &groups[1].contact;
+    assert_eq!(
+        (other.previous.tags.clone(), other.followers.clone()),
+        (None, None)
+    );
+    assert!(other.owned.is_empty() && other.previous.assigned.is_none());
+    assert_eq!(s.contact_snapshot(&l, &c1).await.unwrap(), *known);
+    // Leased: nobody else gets them; a smaller batch takes the oldest first.
+    assert!(
+        s.claim_groups("x", 10, 100, LEASE, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (d, e) = (insert(s, "c3").await, insert(s, "c3").await);
+    insert(s, "c3").await;
+    let groups = s.claim_groups("x", 10, 2, LEASE, None).await.unwrap();
+    assert_eq!(ids(&groups[0].events), vec![d, e]);
 }
 
 async fn a_refused_token_parks_the_location_until_resumed(store: Arc<dyn Store>) {
@@ -605,6 +675,7 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
         stage: Some((o.clone(), "won".into())),
         assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
         ledger: vec![added("u1", "r1")],
+        followers: None,
     };
     assert!(
         s.finish(&first, &decision("done", None), &state)
@@ -810,6 +881,7 @@ async fn forgetting_a_deleted_record_clears_its_state_only(store: Arc<dyn Store>
             stage: (contact == "c1").then(|| (o.clone(), "won".to_owned())),
             assigned: Some((Some(o.clone()), Some(UserId::parse("u1").unwrap()))),
             ledger: vec![added("u1", "r1")],
+            followers: None,
         };
         let d = decision("done", None);
         assert!(s.finish_all(&[(&claimed[0], &d, &state)]).await.unwrap());
@@ -1235,4 +1307,5 @@ contract!(
     reapply_and_undo_find_their_contacts,
     backfills_walk_under_a_lease_and_queue_with_their_cursor,
     the_console_reads_bodies_activity_and_filtered_events,
+    a_claimed_group_brings_its_events_and_what_is_known_of_the_contact,
 );

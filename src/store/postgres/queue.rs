@@ -145,53 +145,7 @@ impl Queue for PgStore {
                 return Ok(false);
             }
             insert_decision(&mut tx, event.id, decision, now).await?;
-            if let (Some(location), Some(contact), Some(tags)) =
-                (&state.location_id, &state.contact_id, &state.tags)
-            {
-                sqlx::query(
-                    "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
-                )
-                .bind(location.as_str())
-                .bind(contact.as_str())
-                .bind(to_json(tags)?)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage)
-            {
-                sqlx::query(
-                    "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
-                )
-                .bind(location.as_str())
-                .bind(opportunity.as_str())
-                .bind(stage)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let (Some(location), Some((kind, record, user))) =
-                (&state.location_id, state.assignee_row())
-            {
-                sqlx::query(
-                    "INSERT INTO assignees (location_id, kind, record_id, user_id, updated_at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
-                )
-                .bind(location.as_str())
-                .bind(kind)
-                .bind(record)
-                .bind(user)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let (Some(location), Some(contact)) = (&state.location_id, &state.contact_id) {
-                for change in &state.ledger {
-                    write_ledger(&mut tx, location, contact, &change.row(), event.id, now).await?;
-                }
-            }
+            write_state(&mut tx, event.id, state, now).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -396,6 +350,76 @@ impl Queue for PgStore {
             failed: u64::try_from(failed).unwrap_or(0),
         })
     }
+}
+
+/// What an event's finish leaves of its contact and opportunity (inside its transaction):
+/// tags, stage, assignee, ledger changes and the follower list.
+async fn write_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    event_id: i64,
+    state: &NewState,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let (Some(location), Some(contact), Some(tags)) =
+        (&state.location_id, &state.contact_id, &state.tags)
+    {
+        sqlx::query(
+            "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(to_json(tags)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage) {
+        sqlx::query(
+            "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+        )
+        .bind(location.as_str())
+        .bind(opportunity.as_str())
+        .bind(stage)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let (Some(location), Some((kind, record, user))) = (&state.location_id, state.assignee_row())
+    {
+        sqlx::query(
+            "INSERT INTO assignees (location_id, kind, record_id, user_id, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
+        )
+        .bind(location.as_str())
+        .bind(kind)
+        .bind(record)
+        .bind(user)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let (Some(location), Some(contact)) = (&state.location_id, &state.contact_id) {
+        for change in &state.ledger {
+            write_ledger(tx, location, contact, &change.row(), event_id, now).await?;
+        }
+    }
+    if let (Some(location), Some(contact), Some(followers)) =
+        (&state.location_id, &state.contact_id, &state.followers)
+    {
+        sqlx::query(
+            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .bind(to_json(followers)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Writes one ledger change (inside the finishing transaction).

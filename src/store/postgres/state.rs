@@ -276,6 +276,46 @@ impl ContactState for PgStore {
         Ok(())
     }
 
+    async fn contact_snapshot(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+    ) -> Result<ContactSnapshot, StoreError> {
+        // An assignee row with no user reads as '' (unassigned), no row as NULL (unknown).
+        let (tags, assigned, followers, seen_at, token_refused): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        ) = sqlx::query_as(
+            "SELECT (SELECT tags FROM contact_state WHERE location_id = $1 AND contact_id = $2),
+                    (SELECT COALESCE(user_id, '') FROM assignees
+                     WHERE location_id = $1 AND kind = 'contact' AND record_id = $2),
+                    k.followers, k.seen_at,
+                    (SELECT fingerprint FROM token_failures WHERE location_id = $1)
+             FROM (SELECT 1) one
+             LEFT JOIN known_followers k ON k.location_id = $1 AND k.contact_id = $2",
+        )
+        .bind(location.as_str())
+        .bind(contact.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let tags = tags.map(|t| serde_json::from_str(&t)).transpose();
+        let followers = followers.map(|t| serde_json::from_str(&t)).transpose();
+        Ok(ContactSnapshot {
+            previous: PreviousState {
+                tags: tags.map_err(corrupt)?,
+                stage: None,
+                assigned: assigned.map(|u| UserId::parse(&u).ok()),
+            },
+            owned: self.owned(location, contact, false).await?,
+            followers: followers.map_err(corrupt)?.zip(seen_at),
+            token_refused,
+        })
+    }
+
     async fn token_failing(&self, location: &LocationId) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT fingerprint FROM token_failures WHERE location_id = $1")

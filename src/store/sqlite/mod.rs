@@ -169,6 +169,8 @@ struct Finish {
     assignee: Option<(String, AssigneeRow)>,
     /// (location, contact, changes).
     ledger: Option<(String, String, Vec<LedgerRow>)>,
+    /// (location, contact, the follower list as JSON).
+    followers: Option<(String, String, String)>,
 }
 
 impl Finish {
@@ -182,6 +184,10 @@ impl Finish {
         };
         let stage = match (&location, &state.stage) {
             (Some(l), Some((o, stage))) => Some((l.clone(), o.as_str().to_owned(), stage.clone())),
+            _ => None,
+        };
+        let followers = match (&location, &contact, &state.followers) {
+            (Some(l), Some(c), Some(list)) => Some((l.clone(), c.clone(), to_json(list)?)),
             _ => None,
         };
         let ledger = match (&location, &contact, state.ledger.is_empty()) {
@@ -199,6 +205,7 @@ impl Finish {
             stage,
             assignee: location.zip(state.assignee_row()),
             ledger,
+            followers,
         })
     }
 }
@@ -276,5 +283,33 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// One job of the writer: the heads, each contact's later events and its snapshot, in
+    /// the transaction that leases them.
+    async fn claim_groups(
+        &self,
+        owner: &str,
+        limit: u32,
+        batch: u32,
+        lease: Duration,
+        settle_max: Option<Duration>,
+    ) -> Result<Vec<ClaimedGroup>, StoreError> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |conn| {
+                let heads = queue::claim_heads(conn, &owner, limit, lease, settle_max)?;
+                let mut groups = Vec::with_capacity(heads.len());
+                for head in heads {
+                    let rest = batch.saturating_sub(1);
+                    let later = queue::claim_after(conn, &owner, &head, rest, lease)?;
+                    let contact = state::snapshot(conn, &head.location_id, &head.contact_id)?;
+                    let mut events = vec![head];
+                    events.extend(later);
+                    groups.push(ClaimedGroup { events, contact });
+                }
+                Ok(groups)
+            })
+            .await
     }
 }

@@ -35,47 +35,7 @@ impl Queue for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let owner = owner.to_owned();
         self.writer
-            .write(move |conn| {
-                let now = now_ms();
-                let mut stmt = conn.prepare_cached(
-                    "UPDATE events SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1
-                     WHERE id IN (
-                         SELECT e.id FROM events e
-                         WHERE e.status = 'pending' AND e.available_at <= ?3
-                           AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?3)
-                           -- Its location's budget is not spent.
-                           AND NOT EXISTS (
-                               SELECT 1 FROM location_holds h
-                               WHERE h.location_id = e.location_id AND h.held_until > ?3)
-                           -- Its contact has no earlier unfinished event.
-                           AND NOT EXISTS (
-                               SELECT 1 FROM events p
-                               WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
-                                 AND p.contact_id = e.contact_id AND p.id < e.id)
-                           -- Settle: the contact waits while any of its newer webhooks does,
-                           -- unless it has waited the longest a contact may (?5).
-                           AND (e.received_at <= ?5 OR NOT EXISTS (
-                               SELECT 1 FROM events n
-                               WHERE n.status = 'pending' AND n.location_id = e.location_id
-                                 AND n.contact_id = e.contact_id AND n.id > e.id
-                                 -- `+`: probe the contact's index, not every settling event.
-                                 AND +n.available_at > ?3))
-                         ORDER BY e.available_at, e.id
-                         LIMIT ?4)
-                     RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
-                )?;
-                claimed_rows(
-                    &mut stmt,
-                    (
-                        &owner,
-                        lease_until(now, lease),
-                        now,
-                        i64::from(limit),
-                        settled_by(now, settle_max),
-                    ),
-                    &owner,
-                )
-            })
+            .write(move |conn| claim_heads(conn, &owner, limit, lease, settle_max))
             .await
     }
 
@@ -86,44 +46,9 @@ impl Queue for SqliteStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let owner = owner.to_owned();
-        let (location, contact, first) = (
-            first.location_id.as_str().to_owned(),
-            first.contact_id.as_str().to_owned(),
-            first.id,
-        );
+        let (owner, first) = (owner.to_owned(), first.clone());
         self.writer
-            .write(move |conn| {
-                let now = now_ms();
-                let mut stmt = conn.prepare_cached(
-                    "UPDATE events SET lease_owner = ?5, lease_expires_at = ?6, attempts = attempts + 1
-                     WHERE id IN (
-                         SELECT id FROM events
-                         WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
-                           AND available_at <= ?4 AND (lease_expires_at IS NULL OR lease_expires_at < ?4)
-                           -- Never jump over one of the contact's events that cannot be taken now.
-                           AND id < COALESCE((
-                               SELECT MIN(id) FROM events
-                               WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
-                                 AND (available_at > ?4 OR lease_expires_at >= ?4)), 9223372036854775807)
-                         ORDER BY id
-                         LIMIT ?7)
-                     RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
-                )?;
-                claimed_rows(
-                    &mut stmt,
-                    (
-                        &location,
-                        &contact,
-                        first,
-                        now,
-                        &owner,
-                        lease_until(now, lease),
-                        i64::from(limit),
-                    ),
-                    &owner,
-                )
-            })
+            .write(move |conn| claim_after(conn, &owner, &first, limit, lease))
             .await
     }
 
@@ -180,6 +105,13 @@ impl Queue for SqliteStore {
                     }
                     if let Some(ledger) = &f.ledger {
                         write_ledger(conn, ledger, f.id, now)?;
+                    }
+                    if let Some((location, contact, followers)) = &f.followers {
+                        conn.prepare_cached(
+                            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
+                        )?
+                        .execute((location, contact, followers, now))?;
                     }
                 }
                 Ok(true)
@@ -379,4 +311,86 @@ impl Queue for SqliteStore {
             failed: count("failed"),
         })
     }
+}
+
+/// Leases up to `limit` heads of contacts' queues that are due (see [`Queue::claim_within`]).
+pub(super) fn claim_heads(
+    conn: &Connection,
+    owner: &str,
+    limit: u32,
+    lease: Duration,
+    settle_max: Option<Duration>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let now = now_ms();
+    let mut stmt = conn.prepare_cached(
+        "UPDATE events SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1
+         WHERE id IN (
+             SELECT e.id FROM events e
+             WHERE e.status = 'pending' AND e.available_at <= ?3
+               AND (e.lease_expires_at IS NULL OR e.lease_expires_at < ?3)
+               -- Its location's budget is not spent.
+               AND NOT EXISTS (
+                   SELECT 1 FROM location_holds h
+                   WHERE h.location_id = e.location_id AND h.held_until > ?3)
+               -- Its contact has no earlier unfinished event.
+               AND NOT EXISTS (
+                   SELECT 1 FROM events p
+                   WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
+                     AND p.contact_id = e.contact_id AND p.id < e.id)
+               -- Settle: the contact waits while any of its newer webhooks does,
+               -- unless it has waited the longest a contact may (?5).
+               AND (e.received_at <= ?5 OR NOT EXISTS (
+                   SELECT 1 FROM events n
+                   WHERE n.status = 'pending' AND n.location_id = e.location_id
+                     AND n.contact_id = e.contact_id AND n.id > e.id
+                     -- `+`: probe the contact's index, not every settling event.
+                     AND +n.available_at > ?3))
+             ORDER BY e.available_at, e.id
+             LIMIT ?4)
+         RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
+    )?;
+    let params = (
+        owner,
+        lease_until(now, lease),
+        now,
+        i64::from(limit),
+        settled_by(now, settle_max),
+    );
+    claimed_rows(&mut stmt, params, owner)
+}
+
+/// Leases the contact's later due events after `first` (see [`Queue::claim_rest`]).
+pub(super) fn claim_after(
+    conn: &Connection,
+    owner: &str,
+    first: &Claimed,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<Claimed>, StoreError> {
+    let now = now_ms();
+    let mut stmt = conn.prepare_cached(
+        "UPDATE events SET lease_owner = ?5, lease_expires_at = ?6, attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM events
+             WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
+               AND available_at <= ?4 AND (lease_expires_at IS NULL OR lease_expires_at < ?4)
+               -- Never jump over one of the contact's events that cannot be taken now.
+               AND id < COALESCE((
+                   SELECT MIN(id) FROM events
+                   WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3
+                     AND (available_at > ?4 OR lease_expires_at >= ?4)), 9223372036854775807)
+             ORDER BY id
+             LIMIT ?7)
+         RETURNING id, kind, location_id, contact_id, body, attempts, received_at",
+    )?;
+    let params = (
+        &first.location_id,
+        &first.contact_id,
+        first.id,
+        now,
+        owner,
+        lease_until(now, lease),
+        i64::from(limit),
+    );
+    claimed_rows(&mut stmt, params, owner)
 }

@@ -294,6 +294,17 @@ impl ContactState for SqliteStore {
         )
     }
 
+    async fn contact_snapshot(
+        &self,
+        location: &LocationId,
+        contact: &ContactId,
+    ) -> Result<ContactSnapshot, StoreError> {
+        let (location, contact) = (location.as_str().to_owned(), contact.as_str().to_owned());
+        self.writer
+            .write(move |conn| snapshot(conn, &location, &contact))
+            .await
+    }
+
     async fn token_failures(&self) -> Result<Vec<(LocationId, String)>, StoreError> {
         let rows = sqlx::query("SELECT location_id, fingerprint FROM token_failures")
             .fetch_all(&self.pool)
@@ -303,4 +314,77 @@ impl ContactState for SqliteStore {
                 .map(|r| (r.get("location_id"), r.get("fingerprint"))),
         ))
     }
+}
+
+/// What the worker reads of a contact before deciding (see [`ContactState::contact_snapshot`]),
+/// on the writer's connection: inside the claim's transaction, with no hop to another thread.
+pub(super) fn snapshot(
+    conn: &Connection,
+    location: &str,
+    contact: &str,
+) -> Result<ContactSnapshot, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    let tags: Option<String> = conn
+        .prepare_cached(
+            "SELECT tags FROM contact_state WHERE location_id = ?1 AND contact_id = ?2",
+        )?
+        .query_row((location, contact), |r| r.get(0))
+        .optional()?;
+    let assigned: Option<Option<String>> = conn
+        .prepare_cached(
+            "SELECT user_id FROM assignees WHERE location_id = ?1 AND kind = 'contact' AND record_id = ?2",
+        )?
+        .query_row((location, contact), |r| r.get(0))
+        .optional()?;
+    let followers: Option<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT followers, seen_at FROM known_followers WHERE location_id = ?1 AND contact_id = ?2",
+        )?
+        .query_row((location, contact), |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let token_refused: Option<String> = conn
+        .prepare_cached("SELECT fingerprint FROM token_failures WHERE location_id = ?1")?
+        .query_row([location], |r| r.get(0))
+        .optional()?;
+    Ok(ContactSnapshot {
+        previous: PreviousState {
+            tags: tags
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(corrupt)?,
+            stage: None,
+            assigned: assigned.map(|u| u.and_then(|u| UserId::parse(&u).ok())),
+        },
+        owned: owned_rows(conn, location, contact)?,
+        followers: match followers {
+            Some((list, seen)) => Some((serde_json::from_str(&list).map_err(corrupt)?, seen)),
+            None => None,
+        },
+        token_refused,
+    })
+}
+
+/// The ledger's rows autofollow keeps for the contact, on the writer's connection.
+fn owned_rows(conn: &Connection, location: &str, contact: &str) -> Result<Vec<Owned>, StoreError> {
+    let sql = format!(
+        "SELECT {OWNED_COLUMNS} FROM owned_followers
+         WHERE location_id = ?1 AND contact_id = ?2 AND removed_at IS NULL
+         ORDER BY added_at, user_id, rule"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map((location, contact), |r| {
+        Ok(OwnedRow {
+            user_id: r.get(0)?,
+            rule: r.get(1)?,
+            follow: r.get(2)?,
+            subject: r.get(3)?,
+            rules_version: r.get(4)?,
+            event_id: r.get(5)?,
+            added_at: r.get(6)?,
+            removed_at: r.get(7)?,
+            removed_event_id: r.get(8)?,
+            removed_by: r.get(9)?,
+        })
+    })?;
+    rows.map(|r| r?.into_owned()).collect()
 }
