@@ -1170,6 +1170,8 @@ struct E2eRun {
     /// From the end of the load to the last call.
     after_load: f64,
     cpu: f64,
+    /// The harness's own CPU over the same time (load generator and stand-in).
+    harness_cpu: f64,
     rss: u64,
     posts: u64,
     deletes: u64,
@@ -1247,6 +1249,10 @@ fn e2e_report(args: &E2eArgs, r: &E2eRun, rates: &[String]) {
         "| CPU s per 1,000 events (intake, decision, call, records) | {:.3} |",
         r.cpu * 1000.0 / r.load.accepted.max(1) as f64
     );
+    println!(
+        "| the harness's CPU s per 1,000 events (load generator, stand-in) | {:.3} |",
+        r.harness_cpu * 1000.0 / r.load.accepted.max(1) as f64
+    );
     println!("| resident memory, max sampled (MiB) | {:.1} |", mib(r.rss));
     println!(
         "| calls: POST / DELETE for {} contacts; most to one contact | {} / {}; {} / {} |",
@@ -1280,12 +1286,14 @@ async fn e2e_once(args: &E2eArgs, per_run: usize, run: usize) -> E2eRun {
     let af = start_autofollow(common, &pem, &ghl, "1000000/1s", settle, E2E_RULES).await;
     let pid = af.child.id();
     let cpu_before = cpu_seconds(pid);
+    let harness_before = cpu_seconds(std::process::id());
     let (stop, max_rss, sampler) = rss_sampler(pid);
     let started = Instant::now();
     let load = drive(&af.base, bodies, common.concurrency, args.seconds as f64).await;
     let load_ended = Instant::now();
     wait_processed(&af, &ghl, &load, args.burst.max(1)).await;
     let cpu = cpu_seconds(pid) - cpu_before;
+    let harness_cpu = cpu_seconds(std::process::id()) - harness_before;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let last = ghl.last_call();
@@ -1300,6 +1308,7 @@ async fn e2e_once(args: &E2eArgs, per_run: usize, run: usize) -> E2eRun {
         span: last.duration_since(started).as_secs_f64(),
         after_load: last.saturating_duration_since(load_ended).as_secs_f64(),
         cpu,
+        harness_cpu,
         rss: max_rss.load(Ordering::Relaxed),
         posts: count(|c| c.0),
         deletes: count(|c| c.1),

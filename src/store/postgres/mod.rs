@@ -86,4 +86,49 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    /// One transaction of four statements however many contacts: the heads, all their later
+    /// events, and what is known of each contact (two reads).
+    async fn claim_groups(
+        &self,
+        owner: &str,
+        limit: u32,
+        batch: u32,
+        lease: Duration,
+        settle_max: Option<Duration>,
+    ) -> Result<Vec<ClaimedGroup>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        queue::fixed_plans(&mut tx).await?;
+        let heads = queue::claim_heads(&mut tx, owner, limit, lease, settle_max).await?;
+        if heads.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rest = batch.saturating_sub(1);
+        let later = queue::claim_rests(&mut tx, owner, &heads, rest, lease).await?;
+        let keys: Vec<(String, String)> = heads
+            .iter()
+            .map(|h| (h.location_id.clone(), h.contact_id.clone()))
+            .collect();
+        let mut known = state::snapshots(&mut tx, &keys).await?;
+        tx.commit().await?;
+        let mut groups: Vec<ClaimedGroup> = heads
+            .into_iter()
+            .zip(&keys)
+            .map(|(head, key)| ClaimedGroup {
+                events: vec![head],
+                contact: known.remove(key).unwrap_or_default(),
+            })
+            .collect();
+        for event in later {
+            let group = groups.iter_mut().find(|g| {
+                g.events[0].location_id == event.location_id
+                    && g.events[0].contact_id == event.contact_id
+            });
+            if let Some(group) = group {
+                group.events.push(event);
+            }
+        }
+        Ok(groups)
+    }
 }

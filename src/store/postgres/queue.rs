@@ -33,57 +33,11 @@ impl Queue for PgStore {
         lease: Duration,
         settle_max: Option<Duration>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let now = millis(SystemTime::now());
-        // Only a contact's oldest unfinished event qualifies, and it is locked while taken:
-        // a replica running the same query skips it and cannot take the contact's next one.
-        //
-        // The plan must not depend on table statistics: a replica prepares this statement
-        // when the table may still be empty, and PostgreSQL keeps a generic plan made then.
-        // Written as `NOT EXISTS`, both checks became anti-joins that such a plan ran as
-        // nested loops over every pending event (160 ms per claim with 5,000 waiting, found
-        // by autofollow-bench with auto_explain). Inside CASE they stay per-row subplans, each
-        // one probe of `events_by_contact` (`+ 0` keeps the settle check off `events_ready`,
-        // whose range would cover every settling event), and the walk over `events_ready`
-        // stops at the LIMIT.
-        let rows = sqlx::query(&format!(
-            "WITH picked AS (
-                 SELECT e.id FROM events e
-                 WHERE e.status = 'pending' AND e.available_at <= $3
-                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < $3)
-                   AND CASE
-                       -- Its location's budget is spent.
-                       WHEN EXISTS (
-                           SELECT 1 FROM location_holds h
-                           WHERE h.location_id = e.location_id AND h.held_until > $3) THEN false
-                       -- Its contact has an earlier unfinished event.
-                       WHEN EXISTS (
-                           SELECT 1 FROM events p
-                           WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
-                             AND p.contact_id = e.contact_id AND p.id < e.id) THEN false
-                       -- Settle: the contact waits while any of its newer webhooks does,
-                       -- unless it has waited the longest a contact may ($5).
-                       WHEN e.received_at > $5 AND EXISTS (
-                           SELECT 1 FROM events n
-                           WHERE n.status = 'pending' AND n.location_id = e.location_id
-                             AND n.contact_id = e.contact_id AND n.id > e.id
-                             AND n.available_at + 0 > $3) THEN false
-                       ELSE true
-                   END
-                 ORDER BY e.available_at, e.id
-                 LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE events SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1
-             FROM picked WHERE events.id = picked.id
-             RETURNING {CLAIMED_COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(lease_until(now, lease))
-        .bind(now)
-        .bind(i64::from(limit))
-        .bind(settled_by(now, settle_max))
-        .fetch_all(&self.pool)
-        .await?;
-        claimed_in_order(&rows, owner)
+        let mut tx = self.pool.begin().await?;
+        fixed_plans(&mut tx).await?;
+        let claimed = claim_heads(&mut tx, owner, limit, lease, settle_max).await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn claim_rest(
@@ -466,4 +420,130 @@ async fn write_ledger(
     };
     query.execute(&mut **tx).await?;
     Ok(())
+}
+
+/// Turns off, for the rest of the transaction, the plans that would read every due event
+/// before a claim's LIMIT (see [`claim_heads`]).
+pub(super) async fn fixed_plans(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query(
+        "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true),
+                set_config('enable_seqscan', 'off', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Leases up to `limit` heads of contacts' queues that are due (see [`Queue::claim_within`]),
+/// inside a transaction with [`fixed_plans`].
+pub(super) async fn claim_heads(
+    conn: &mut sqlx::PgConnection,
+    owner: &str,
+    limit: u32,
+    lease: Duration,
+    settle_max: Option<Duration>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let now = millis(SystemTime::now());
+    // Only a contact's oldest unfinished event qualifies, and it is locked while taken:
+    // a replica running the same query skips it and cannot take the contact's next one.
+    //
+    // The plan must not depend on table statistics: a replica prepares this statement
+    // when the table may still be empty, and PostgreSQL keeps a generic plan made then.
+    // Written as `NOT EXISTS`, both checks became anti-joins that such a plan ran as
+    // nested loops over every pending event (160 ms per claim with 5,000 waiting, found
+    // by autofollow-bench with auto_explain). Inside CASE they stay per-row subplans, each
+    // one probe of `events_by_contact` (`+ 0` keeps the settle check off `events_ready`,
+    // whose range would cover every settling event), and the walk over `events_ready`
+    // stops at the LIMIT.
+    //
+    // Nor may it depend on how fresh the statistics are: in a queue table they describe
+    // another moment (taken when few events were pending, they made the walk a bitmap
+    // scan of every pending event, each checked, then sorted: 227 ms per claim with
+    // 49,000 waiting, found with `EXPLAIN ANALYZE` during an `e2e` run). The claim's
+    // transaction turns off the plans that read every due event before the LIMIT, so the
+    // walk in `events_ready` order is the plan whatever the statistics say.
+    let rows = sqlx::query(&format!(
+        "WITH picked AS (
+             SELECT e.id FROM events e
+             WHERE e.status = 'pending' AND e.available_at <= $3
+               AND (e.lease_expires_at IS NULL OR e.lease_expires_at < $3)
+               AND CASE
+                   -- Its location's budget is spent.
+                   WHEN EXISTS (
+                       SELECT 1 FROM location_holds h
+                       WHERE h.location_id = e.location_id AND h.held_until > $3) THEN false
+                   -- Its contact has an earlier unfinished event.
+                   WHEN EXISTS (
+                       SELECT 1 FROM events p
+                       WHERE p.status IN ('pending', 'parked') AND p.location_id = e.location_id
+                         AND p.contact_id = e.contact_id AND p.id < e.id) THEN false
+                   -- Settle: the contact waits while any of its newer webhooks does,
+                   -- unless it has waited the longest a contact may ($5).
+                   WHEN e.received_at > $5 AND EXISTS (
+                       SELECT 1 FROM events n
+                       WHERE n.status = 'pending' AND n.location_id = e.location_id
+                         AND n.contact_id = e.contact_id AND n.id > e.id
+                         AND n.available_at + 0 > $3) THEN false
+                   ELSE true
+               END
+             ORDER BY e.available_at, e.id
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED)
+         UPDATE events SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1
+         FROM picked WHERE events.id = picked.id
+         RETURNING {CLAIMED_COLUMNS}"
+    ))
+    .bind(owner)
+    .bind(lease_until(now, lease))
+    .bind(now)
+    .bind(i64::from(limit))
+    .bind(settled_by(now, settle_max))
+    .fetch_all(&mut *conn)
+    .await?;
+    claimed_in_order(&rows, owner)
+}
+
+/// Leases each head's later due events (see [`Queue::claim_rest`]), for all heads in one
+/// statement; at most `limit` per head.
+pub(super) async fn claim_rests(
+    conn: &mut sqlx::PgConnection,
+    owner: &str,
+    heads: &[Claimed],
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<Claimed>, StoreError> {
+    let now = millis(SystemTime::now());
+    let ids: Vec<i64> = heads.iter().map(|h| h.id).collect();
+    let locations: Vec<&str> = heads.iter().map(|h| h.location_id.as_str()).collect();
+    let contacts: Vec<&str> = heads.iter().map(|h| h.contact_id.as_str()).collect();
+    let rows = sqlx::query(&format!(
+        "WITH picked AS (
+             SELECT r.id FROM unnest($1::bigint[], $2::text[], $3::text[]) AS h(id, l, c)
+             CROSS JOIN LATERAL (
+                 SELECT e.id FROM events e
+                 WHERE e.status = 'pending' AND e.location_id = h.l AND e.contact_id = h.c
+                   AND e.id > h.id AND e.available_at <= $4
+                   AND (e.lease_expires_at IS NULL OR e.lease_expires_at < $4)
+                   AND e.id < COALESCE((
+                       SELECT MIN(x.id) FROM events x
+                       WHERE x.status = 'pending' AND x.location_id = h.l AND x.contact_id = h.c
+                         AND x.id > h.id AND (x.available_at > $4 OR x.lease_expires_at >= $4)),
+                       9223372036854775807)
+                 ORDER BY e.id
+                 LIMIT $7
+                 FOR UPDATE) r)
+         UPDATE events SET lease_owner = $5, lease_expires_at = $6, attempts = attempts + 1
+         FROM picked WHERE events.id = picked.id
+         RETURNING {CLAIMED_COLUMNS}"
+    ))
+    .bind(&ids)
+    .bind(&locations)
+    .bind(&contacts)
+    .bind(now)
+    .bind(owner)
+    .bind(lease_until(now, lease))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    claimed_in_order(&rows, owner)
 }

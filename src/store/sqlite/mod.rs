@@ -85,7 +85,8 @@ impl SqliteStore {
             // FULL: a commit survives power loss, which an acknowledgement promises.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .page_size(1024);
         if !create && !options.get_filename().exists() {
             return Err(StoreError::Corrupt(format!(
                 "no database at {} (is AUTOFOLLOW_DATABASE_URL the service's?)",
