@@ -303,7 +303,10 @@ impl Store for SqliteStore {
                 let mut groups = Vec::with_capacity(heads.len());
                 for head in heads {
                     let rest = batch.saturating_sub(1);
-                    let later = queue::claim_after(conn, &owner, &head, rest, lease)?;
+                    let later = match queue::has_later(conn, &head)? {
+                        true => queue::claim_after(conn, &owner, &head, rest, lease)?,
+                        false => Vec::new(),
+                    };
                     let contact = state::snapshot(conn, &head.location_id, &head.contact_id)?;
                     let mut events = vec![head];
                     events.extend(later);

@@ -359,6 +359,18 @@ pub(super) fn claim_heads(
     claimed_rows(&mut stmt, params, owner)
 }
 
+/// Whether the contact has any unfinished event after `first`: one probe of its index, where
+/// [`claim_after`]'s update costs far more (measured: an eighth of the writer's time when
+/// most contacts have a single event).
+pub(super) fn has_later(conn: &Connection, first: &Claimed) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM events
+             WHERE status = 'pending' AND location_id = ?1 AND contact_id = ?2 AND id > ?3",
+        )?
+        .exists((&first.location_id, &first.contact_id, first.id))?)
+}
+
 /// Leases the contact's later due events after `first` (see [`Queue::claim_rest`]).
 pub(super) fn claim_after(
     conn: &Connection,
