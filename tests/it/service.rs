@@ -916,6 +916,46 @@ async fn a_fresh_follower_list_spares_calls_that_would_change_nothing() {
     app.shutdown().await;
 }
 
+/// The follower list a call's answer gives is remembered even when the group does not end
+/// (here its second call fails and is retried): written at once under the lease, not left
+/// for a finish that does not come.
+#[tokio::test]
+async fn the_list_a_call_returned_is_remembered_when_the_group_is_retried() {
+    let rules = "rules:\n  - name: vip\n    add: [carol]\n  - name: not-bob\n    remove: [bob]\n";
+    let app = spawn_app(rules).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"followers": [CAROL, BOB], "followersAdded": [CAROL]})),
+        )
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&app.ghl)
+        .await;
+    let id = app.contact("ContactCreate", "c1", json!({})).await;
+    app.drain().await;
+    let d = app.decisions(id).await;
+    assert_eq!(d[0].outcome.to_string(), "retry", "{d:?}");
+    let known = app
+        .store()
+        .known_followers(
+            &autofollow::model::ids::LocationId::parse(LOCATION).unwrap(),
+            &autofollow::model::ids::ContactId::parse("c1").unwrap(),
+            std::time::SystemTime::now() - Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let ids = |v: &[&str]| {
+        v.iter()
+            .map(|u| autofollow::model::ids::UserId::parse(u).unwrap())
+            .collect()
+    };
+    assert_eq!(known, Some(ids(&[CAROL, BOB])));
+    app.shutdown().await;
+}
+
 /// A retried event does not trust the follower list on record: an attempt that made calls
 /// may have ended (the process died, the lease was lost) before their answers were recorded.
 #[tokio::test]
