@@ -28,12 +28,20 @@ impl PgBudget {
     }
 
     /// The window and the daily quota are both taken in one transaction, or neither.
+    ///
+    /// The transaction's commit does not wait for the WAL to reach the disk
+    /// (`synchronous_commit` off for it alone): a request taken is a few bytes of state whose
+    /// loss in a crash of PostgreSQL lets at most the requests of the last moments be taken
+    /// again, while waiting for the disk made every call wait for an fsync of its own
+    /// (measured with `autofollow-bench e2e --postgres`, BENCHMARKS.md).
     async fn take(&self, location: &LocationId) -> Result<Result<(), Duration>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let now: i64 =
-            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
+        let (_, now): (String, i64) = sqlx::query_as(
+            "SELECT set_config('synchronous_commit', 'off', true),
+                    (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let blocked: Option<i64> =
             sqlx::query_scalar("SELECT until_us FROM rate_blocks WHERE location_id = $1")
                 .bind(location.as_str())
