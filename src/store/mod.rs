@@ -218,6 +218,16 @@ pub struct ClaimedGroup {
     pub contact: ContactSnapshot,
 }
 
+impl ClaimedGroup {
+    /// A contact's group: its head, then its later events (oldest first).
+    pub fn new(head: Claimed, later: Vec<Claimed>, contact: ContactSnapshot) -> ClaimedGroup {
+        let mut events = Vec::with_capacity(later.len() + 1);
+        events.push(head);
+        events.extend(later);
+        ClaimedGroup { events, contact }
+    }
+}
+
 /// A change to the ownership ledger (which followers autofollow added to a contact).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LedgerChange {
@@ -932,9 +942,7 @@ pub trait Store: Queue + History + ContactState + Installations + Backfills + 's
                 // A row stored before ids were checked: its events fail on their own.
                 _ => ContactSnapshot::default(),
             };
-            let mut events = vec![head];
-            events.extend(rest);
-            groups.push(ClaimedGroup { events, contact });
+            groups.push(ClaimedGroup::new(head, rest, contact));
         }
         Ok(groups)
     }

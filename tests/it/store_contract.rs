@@ -1309,3 +1309,20 @@ contract!(
     the_console_reads_bodies_activity_and_filtered_events,
     a_claimed_group_brings_its_events_and_what_is_known_of_the_contact,
 );
+
+/// A new SQLite database uses 1 KiB pages (BENCHMARKS.md: each finished event dirties a few
+/// scattered index pages, each written whole to the WAL).
+#[tokio::test]
+async fn a_new_sqlite_database_uses_small_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db/test.db");
+    let store =
+        autofollow::store::sqlite::SqliteStore::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(size, 1024);
+}

@@ -10,6 +10,7 @@ mod installations;
 mod queue;
 mod state;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -114,23 +115,15 @@ impl Store for PgStore {
             .collect();
         let mut known = state::snapshots(&mut tx, &keys).await?;
         tx.commit().await?;
-        let mut groups: Vec<ClaimedGroup> = heads
-            .into_iter()
-            .zip(&keys)
-            .map(|(head, key)| ClaimedGroup {
-                events: vec![head],
-                contact: known.remove(key).unwrap_or_default(),
-            })
-            .collect();
+        let mut by_contact: HashMap<(String, String), Vec<Claimed>> = HashMap::new();
         for event in later {
-            let group = groups.iter_mut().find(|g| {
-                g.events[0].location_id == event.location_id
-                    && g.events[0].contact_id == event.contact_id
-            });
-            if let Some(group) = group {
-                group.events.push(event);
-            }
+            let key = (event.location_id.clone(), event.contact_id.clone());
+            by_contact.entry(key).or_default().push(event);
         }
-        Ok(groups)
+        let groups = heads.into_iter().zip(&keys).map(|(head, key)| {
+            let later = by_contact.remove(key).unwrap_or_default();
+            ClaimedGroup::new(head, later, known.remove(key).unwrap_or_default())
+        });
+        Ok(groups.collect())
     }
 }

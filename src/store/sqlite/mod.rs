@@ -308,9 +308,7 @@ impl Store for SqliteStore {
                         false => Vec::new(),
                     };
                     let contact = state::snapshot(conn, &head.location_id, &head.contact_id)?;
-                    let mut events = vec![head];
-                    events.extend(later);
-                    groups.push(ClaimedGroup { events, contact });
+                    groups.push(ClaimedGroup::new(head, later, contact));
                 }
                 Ok(groups)
             })
