@@ -990,6 +990,71 @@ async fn the_ownership_ledger_records_adds_and_ends(store: Arc<dyn Store>) {
     assert!(again > third);
 }
 
+/// Many groups finished at once (PostgreSQL records them in one transaction): each is
+/// recorded whole, one whose lease was taken records nothing and does not stop the others,
+/// and a group's ledger that ends then adds one user keeps it, as when applied in order.
+async fn groups_finished_at_once_are_each_recorded_whole(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let (l, lost) = (LocationId::parse("L1").unwrap(), insert(s, "lost").await);
+    let stale = s.claim("a", 1, Duration::from_millis(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(ids(&s.claim("b", 1, LEASE).await.unwrap()), vec![lost]);
+    for i in 0..40 {
+        insert(s, &format!("c{i}")).await;
+    }
+    let mut claimed = s.claim("a", 50, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 40);
+    claimed.extend(stale);
+    let mut finishing = tokio::task::JoinSet::new();
+    for event in claimed {
+        let store = Arc::clone(&store);
+        finishing.spawn(async move {
+            let contact = ContactId::parse(&event.contact_id).unwrap();
+            let mut ledger = vec![added("u1", "r")];
+            if contact.as_str() == "c0" {
+                let end = LedgerChange::Ended {
+                    user: UserId::parse("u1").unwrap(),
+                    rule: None,
+                };
+                ledger.insert(0, end);
+            }
+            let state = NewState {
+                location_id: Some(LocationId::parse("L1").unwrap()),
+                contact_id: Some(contact.clone()),
+                tags: Some(vec![format!("tag-{contact}")]),
+                ledger,
+                followers: Some(vec![UserId::parse("u1").unwrap()]),
+                ..NewState::default()
+            };
+            let d = decision("done", None);
+            let held = store.finish(&event, &d, &state).await.unwrap();
+            (contact, event.id, held)
+        });
+    }
+    let since = SystemTime::now() - Duration::from_secs(60);
+    while let Some(done) = finishing.join_next().await {
+        let (contact, id, held) = done.unwrap();
+        let decisions = s.decisions(id).await.unwrap().len();
+        let status = s.event(id).await.unwrap().unwrap().status;
+        let known = s.known_followers(&l, &contact, since).await.unwrap();
+        let tags = s.previous_state(&l, &contact, None).await.unwrap().tags;
+        let live = s.owned(&l, &contact, false).await.unwrap().len();
+        if id == lost {
+            assert!(!held, "its lease was taken");
+            assert_eq!(
+                (decisions, status, known, tags, live),
+                (0, EventStatus::Pending, None, None, 0)
+            );
+            continue;
+        }
+        assert!(held, "{contact}");
+        let (tag, users) = (format!("tag-{contact}"), vec![UserId::parse("u1").unwrap()]);
+        assert_eq!((decisions, status), (1, EventStatus::Done), "{contact}");
+        assert_eq!((known, tags), (Some(users), Some(vec![tag])), "{contact}");
+        assert_eq!(live, 1, "{contact}");
+    }
+}
+
 async fn in_scope(
     s: &dyn Store,
     scope: UndoScope,
@@ -1308,6 +1373,7 @@ contract!(
     backfills_walk_under_a_lease_and_queue_with_their_cursor,
     the_console_reads_bodies_activity_and_filtered_events,
     a_claimed_group_brings_its_events_and_what_is_known_of_the_contact,
+    groups_finished_at_once_are_each_recorded_whole,
 );
 
 /// A new SQLite database uses 1 KiB pages (BENCHMARKS.md: each finished event dirties a few

@@ -5,6 +5,7 @@
 //! resumes its events.
 
 mod backfills;
+mod finish;
 mod history;
 mod installations;
 mod queue;
@@ -20,13 +21,13 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::*;
 
-/// `available_at` of a parked event (as in the SQLite store).
-
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
     /// Webhooks are stored in batches (group commit).
     intake: super::pg_intake::Intake,
+    /// So are finished groups.
+    finisher: finish::Finisher,
 }
 
 impl PgStore {
@@ -37,7 +38,12 @@ impl PgStore {
         // Intake has connections of its own: a busy worker never keeps a webhook's commit
         // waiting for one (measured: a faster worker halved intake on the shared pool).
         let intake = super::pg_intake::Intake::start(connect(url, 2).await?);
-        Ok(PgStore { pool, intake })
+        let finisher = finish::Finisher::start(pool.clone());
+        Ok(PgStore {
+            pool,
+            intake,
+            finisher,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -53,32 +59,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?)
-}
-
-async fn insert_decision(
-    tx: &mut Transaction<'_, Postgres>,
-    event_id: i64,
-    d: &Decision,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO decisions (event_id, attempt, matched, plan, calls, outcome, error, dry_run, batch, rules_version, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(event_id)
-    .bind(i64::from(d.attempt))
-    .bind(to_json(&d.matched)?)
-    .bind(to_json(&d.plan)?)
-    .bind(to_json(&d.calls)?)
-    .bind(d.outcome.as_str())
-    .bind(&d.error)
-    .bind(d.dry_run)
-    .bind(to_json(&d.batch)?)
-    .bind(&d.rules_version)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 const CLAIMED_COLUMNS: &str = "events.id, events.kind, events.location_id, events.contact_id, events.body, events.attempts, events.received_at";

@@ -80,29 +80,8 @@ impl Queue for PgStore {
         &self,
         events: &[(&Claimed, &Decision, &NewState)],
     ) -> Result<bool, StoreError> {
-        let now = millis(SystemTime::now());
-        let mut tx = self.pool.begin().await?;
-        for (event, decision, state) in events {
-            let updated = sqlx::query(
-                "UPDATE events SET status = $1, lease_owner = NULL, lease_expires_at = NULL, last_error = $2, finished_at = $3
-                 WHERE id = $4 AND lease_owner = $5 AND status = 'pending'",
-            )
-            .bind(decision.outcome.status().as_str())
-            .bind(&decision.error)
-            .bind(now)
-            .bind(event.id)
-            .bind(&event.lease_owner)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            insert_decision(&mut tx, event.id, decision, now).await?;
-            write_state(&mut tx, event.id, state, now).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let group = finish::Finished::new(events)?;
+        self.finisher.finish(group).await
     }
 
     async fn retry_at(
@@ -127,7 +106,8 @@ impl Queue for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_decision(&mut tx, event.id, decision, now).await?;
+        let row = finish::DecisionRow::new(event.id, decision)?;
+        finish::insert_decisions(&mut tx, &[&row], now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -256,7 +236,8 @@ impl Queue for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        insert_decision(&mut tx, event.id, decision, now).await?;
+        let row = finish::DecisionRow::new(event.id, decision)?;
+        finish::insert_decisions(&mut tx, &[&row], now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -304,122 +285,6 @@ impl Queue for PgStore {
             failed: u64::try_from(failed).unwrap_or(0),
         })
     }
-}
-
-/// What an event's finish leaves of its contact and opportunity (inside its transaction):
-/// tags, stage, assignee, ledger changes and the follower list.
-async fn write_state(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    event_id: i64,
-    state: &NewState,
-    now: i64,
-) -> Result<(), StoreError> {
-    if let (Some(location), Some(contact), Some(tags)) =
-        (&state.location_id, &state.contact_id, &state.tags)
-    {
-        sqlx::query(
-            "INSERT INTO contact_state (location_id, contact_id, tags, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (location_id, contact_id) DO UPDATE SET tags = excluded.tags, updated_at = excluded.updated_at",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(to_json(tags)?)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let (Some(location), Some((opportunity, stage))) = (&state.location_id, &state.stage) {
-        sqlx::query(
-            "INSERT INTO opportunity_state (location_id, opportunity_id, stage, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (location_id, opportunity_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
-        )
-        .bind(location.as_str())
-        .bind(opportunity.as_str())
-        .bind(stage)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let (Some(location), Some((kind, record, user))) = (&state.location_id, state.assignee_row())
-    {
-        sqlx::query(
-            "INSERT INTO assignees (location_id, kind, record_id, user_id, updated_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (location_id, kind, record_id) DO UPDATE SET user_id = excluded.user_id, updated_at = excluded.updated_at",
-        )
-        .bind(location.as_str())
-        .bind(kind)
-        .bind(record)
-        .bind(user)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let (Some(location), Some(contact)) = (&state.location_id, &state.contact_id) {
-        for change in &state.ledger {
-            write_ledger(tx, location, contact, &change.row(), event_id, now).await?;
-        }
-    }
-    if let (Some(location), Some(contact), Some(followers)) =
-        (&state.location_id, &state.contact_id, &state.followers)
-    {
-        sqlx::query(
-            "INSERT INTO known_followers (location_id, contact_id, followers, seen_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (location_id, contact_id) DO UPDATE SET followers = excluded.followers, seen_at = excluded.seen_at",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(to_json(followers)?)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Writes one ledger change (inside the finishing transaction).
-async fn write_ledger(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    location: &LocationId,
-    contact: &ContactId,
-    r: &LedgerRow,
-    event: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    let query = if r.added {
-        sqlx::query(
-            "INSERT INTO owned_followers (location_id, contact_id, user_id, rule, follow, subject, rules_version, event_id, added_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (location_id, contact_id, user_id, rule) DO UPDATE SET
-                 follow = excluded.follow, subject = excluded.subject, rules_version = excluded.rules_version,
-                 event_id = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.event_id ELSE excluded.event_id END,
-                 added_at = CASE WHEN owned_followers.removed_at IS NULL THEN owned_followers.added_at ELSE excluded.added_at END,
-                 removed_at = NULL, removed_event_id = NULL, removed_by = NULL",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(&r.user)
-        .bind(&r.rule)
-        .bind(r.follow)
-        .bind(&r.subject)
-        .bind(&r.rules_version)
-    } else {
-        sqlx::query(
-            "UPDATE owned_followers SET removed_at = $6, removed_event_id = $5, removed_by = $7
-             WHERE location_id = $1 AND contact_id = $2 AND user_id = $3
-               AND ($4::text IS NULL OR rule = $4) AND removed_at IS NULL",
-        )
-        .bind(location.as_str())
-        .bind(contact.as_str())
-        .bind(&r.user)
-        .bind(&r.rule)
-    };
-    let query = query.bind(event).bind(now);
-    let query = match r.added {
-        true => query,
-        false => query.bind(r.removed_by),
-    };
-    query.execute(&mut **tx).await?;
-    Ok(())
 }
 
 /// Turns off, for the rest of the transaction, the plans that would read every due event
