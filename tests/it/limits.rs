@@ -287,6 +287,37 @@ async fn replicas_sharing_postgresql_keep_the_limit_for_their_sum() {
     );
 }
 
+/// A hold one replica records (GoHighLevel answered 429) stops the other replicas' calls to
+/// that location until it ends, and no other location's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_on_postgresql_holds_every_replica() {
+    let Some(url) = common::postgres_schema().await else {
+        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    autofollow::store::open(&url).await.unwrap(); // migrations
+    let rate = autofollow::ghl::budget::RateLimit {
+        requests: 100,
+        per: Duration::from_secs(10),
+    };
+    let budget = |pool| autofollow::store::pg_budget::PgBudget::new(pool, rate, 200_000);
+    let connect = || autofollow::store::postgres::connect(&url, 2);
+    let (one, other) = (
+        budget(connect().await.unwrap()),
+        budget(connect().await.unwrap()),
+    );
+    let held = autofollow::model::ids::LocationId::parse("L1").unwrap();
+    let free = autofollow::model::ids::LocationId::parse("L2").unwrap();
+    assert_eq!(other.acquire(&held).await, Ok(()));
+    one.hold(&held, Duration::from_secs(30)).await;
+    let wait = other.acquire(&held).await.expect_err("held");
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
+    assert_eq!(other.acquire(&free).await, Ok(()));
+}
+
 /// A lookup GoHighLevel refuses is not asked again on every retry: with a budget of one call
 /// a second, asking for the pipelines each time would spend the budget the followers call
 /// waits for, for ever (it did, before the refusal was remembered).
