@@ -62,10 +62,16 @@ pub(crate) struct View<'a> {
     pub assignment: Option<Option<UserId>>,
     /// Who it was assigned to before, as autofollow last saw.
     pub previous_assigned: Option<Option<UserId>>,
+    /// For the users field targets name by email.
+    pub resolver: &'a dyn Resolver,
 }
 
 impl<'a> View<'a> {
-    pub fn new(event: &'a Event, previous: &'a PreviousState, resolver: &dyn Resolver) -> View<'a> {
+    pub fn new(
+        event: &'a Event,
+        previous: &'a PreviousState,
+        resolver: &'a dyn Resolver,
+    ) -> View<'a> {
         let loc = &event.location_id;
         let stage_name = event.stage_name.as_deref().or_else(|| {
             let id = event.stage_id.as_deref()?;
@@ -129,6 +135,7 @@ impl<'a> View<'a> {
             assigned_user,
             assignment,
             previous_assigned: previous.assigned.clone(),
+            resolver,
         }
     }
 
@@ -630,23 +637,67 @@ pub(crate) fn rule_matches(rule: &Rule, eval: &Evaluator, out: &mut Vec<Check>) 
     eval.block(&rule.when, out) && holds
 }
 
-/// The user `user` stands for in this event, or why nobody (for the explanation).
-fn resolve_user(user: &UserRef, view: &View) -> Result<UserId, String> {
+/// The users `user` stands for in this event, each with its label, or why nobody (for the
+/// explanation).
+fn resolve_user(user: &UserRef, view: &View) -> Result<Vec<(UserId, String)>, String> {
+    let label = |id: UserId| {
+        let text = format!("{id} ({user})");
+        vec![(id, text)]
+    };
     match user {
-        UserRef::Alias { id, .. } | UserRef::Id(id) => Ok(id.clone()),
+        UserRef::Alias { id, .. } | UserRef::Id(id) => Ok(vec![(id.clone(), user.to_string())]),
         UserRef::AssignedUser => match (&view.assigned_user, &view.event.assigned_user) {
-            (Some(id), _) => Ok(id.clone()),
+            (Some(id), _) => Ok(label(id.clone())),
             (None, Some(AssignedUser::Email(email))) => Err(format!(
                 "assigned_user skipped: no user id known for {email:?}"
             )),
             (None, _) => Err("assigned_user skipped: the event has no assigned user".to_owned()),
         },
-        UserRef::PreviousAssignedUser => {
-            view.previous_assigned.clone().flatten().ok_or_else(|| {
-                "previous_assigned_user skipped: no earlier assignee known".to_owned()
-            })
+        UserRef::PreviousAssignedUser => match view.previous_assigned.clone().flatten() {
+            Some(id) => Ok(label(id)),
+            None => Err("previous_assigned_user skipped: no earlier assignee known".to_owned()),
+        },
+        UserRef::Field(path) => field_user(path, view).map(label),
+        UserRef::Table { table, key } => {
+            let value = field_values(&view.event.raw, key).into_iter().next();
+            let found = table.find(value.as_deref().map(normalize).as_deref());
+            let Some((entry, users)) = found else {
+                let value = value.map_or("no value".to_owned(), |v| format!("{v:?}"));
+                return Err(format!(
+                    "table {} skipped: {} is {value}, which no entry matches, and the table has no default",
+                    table.name, key.text
+                ));
+            };
+            let why = format!("table {}: {entry}", table.name);
+            Ok(users
+                .iter()
+                .filter_map(|u| match u {
+                    UserRef::Alias { id, .. } | UserRef::Id(id) => {
+                        Some((id.clone(), format!("{u} ({why})")))
+                    }
+                    _ => None,
+                })
+                .collect())
         }
     }
+}
+
+/// The user a field names: its value as a user id, or an email the resolver knows.
+fn field_user(path: &FieldPath, view: &View) -> Result<UserId, String> {
+    let skipped = |why: String| format!("field {} skipped: {why}", path.text);
+    let Some(value) = field_values(&view.event.raw, path).into_iter().next() else {
+        return Err(skipped("the event has no value there".to_owned()));
+    };
+    let value = value.trim();
+    if value.contains('@') {
+        let location = &view.event.location_id;
+        return view
+            .resolver
+            .user_id_by_email(location, value)
+            .ok_or_else(|| skipped(format!("no user id known for {value:?}")));
+    }
+    UserId::parse(value)
+        .map_err(|_| skipped(format!("{value:?} is neither a user id nor an email")))
 }
 
 /// Applies a matched rule to the plan. `add` entries go first, so a user both added (say, as
@@ -660,8 +711,8 @@ fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<Strin
     let mut removes: Vec<(UserId, String, bool)> = Vec::new();
     let entries = rule.add.iter().map(|u| (true, u));
     for (add, user) in entries.chain(rule.remove.iter().map(|u| (false, u))) {
-        let id = match resolve_user(user, view) {
-            Ok(id) => id,
+        let ids = match resolve_user(user, view) {
+            Ok(ids) => ids,
             Err(why) => {
                 if explain {
                     log.push(why);
@@ -669,15 +720,12 @@ fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<Strin
                 continue;
             }
         };
-        let dynamic = matches!(user, UserRef::AssignedUser | UserRef::PreviousAssignedUser);
-        let label = match dynamic {
-            true => format!("{id} ({user})"),
-            false => user.to_string(),
-        };
-        if add {
-            adds.push((id, label));
-        } else if !adds.iter().any(|(a, _)| *a == id) {
-            removes.push((id, label, dynamic));
+        for (id, label) in ids {
+            if add {
+                adds.push((id, label));
+            } else if !adds.iter().any(|(a, _)| *a == id) {
+                removes.push((id, label, user.is_dynamic()));
+            }
         }
     }
     let decisions = adds.into_iter().map(|(u, l)| (true, u, l, false));

@@ -109,6 +109,7 @@ fn unreachable_after_stop(rules: &[Rule], out: &mut Vec<Diagnostic>) {
 fn too_many_followers(rules: &[Rule], out: &mut Vec<Diagnostic>) {
     let mut named = BTreeSet::new();
     let mut owner = false;
+    let mut fields = BTreeSet::new();
     for r in rules.iter().filter(|r| r.enabled) {
         for target in &r.add {
             match target {
@@ -116,10 +117,21 @@ fn too_many_followers(rules: &[Rule], out: &mut Vec<Diagnostic>) {
                     named.insert(id.clone());
                 }
                 UserRef::AssignedUser | UserRef::PreviousAssignedUser => owner = true,
+                UserRef::Field(path) => {
+                    fields.insert(&path.text);
+                }
+                UserRef::Table { table, .. } => {
+                    let entries = table.entries.iter().map(|e| &e.users);
+                    let users = entries.chain(&table.default).flatten();
+                    named.extend(users.filter_map(|u| match u {
+                        UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
+                        _ => None,
+                    }));
+                }
             }
         }
     }
-    let reachable = named.len() + usize::from(owner);
+    let reachable = named.len() + usize::from(owner) + fields.len();
     if let (true, Some(first)) = (reachable > MAX_FOLLOWERS, rules.first()) {
         let message = format!(
             "the rules can add {reachable} different users to one contact; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact, and autofollow leaves out adds beyond that"

@@ -15,16 +15,23 @@ use marked_yaml::{LoadError as YamlError, LoaderOptions, Node, Span};
 use serde::Serialize;
 
 use super::eval::status_from_name;
-use super::model::{Block, Condition, FieldPath, Follow, Named, Origin, Reference, Rule, UserRef};
+use super::model::{
+    Block, Condition, FieldPath, Follow, Named, Origin, Reference, Rule, Table, UserRef,
+};
 use super::pattern::PatternSet;
 use crate::model::event::EventType;
 use crate::model::ids::{UserId, looks_like_ghl_id};
+
+mod targets;
+
+use targets::RawTarget;
+pub use targets::TARGET_KEYS;
 
 /// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
 pub const MAX_FOLLOWERS: usize = 10;
 
 /// Keys of a rule file's top level.
-pub const TOP_KEYS: &[&str] = &["version", "users", "rules"];
+pub const TOP_KEYS: &[&str] = &["version", "users", "tables", "rules"];
 /// Keys of a rule.
 pub const RULE_KEYS: &[&str] = &[
     "name",
@@ -312,6 +319,7 @@ fn is_null(s: &MarkedScalarNode) -> bool {
 /// A file before aliases and rule names are checked across files.
 struct FileSpec {
     users: Vec<(String, UserId, Span)>,
+    tables: Vec<targets::RawTable>,
     rules: Vec<RawRule>,
 }
 
@@ -323,8 +331,8 @@ struct RawRule {
     events: Option<Vec<EventType>>,
     locations: Option<PatternSet>,
     when: Block,
-    add: Vec<(String, Span)>,
-    remove: Vec<(String, Span)>,
+    add: Vec<RawTarget>,
+    remove: Vec<RawTarget>,
     follow: Follow,
     stop: bool,
     origin: Origin,
@@ -362,8 +370,13 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
     cx.unknown_keys(top, TOP_KEYS, "the rule file");
     check_version(cx, top);
     let users = parse_users(cx, top);
+    let tables = targets::parse_tables(cx, top);
     let rules = parse_rules(cx, top);
-    Some(FileSpec { users, rules })
+    Some(FileSpec {
+        users,
+        tables,
+        rules,
+    })
 }
 
 /// `version`, when given, must be 1.
@@ -644,10 +657,12 @@ fn parse_rule(cx: &mut Cx, map: &MarkedMappingNode) -> RawRule {
         .get_node("locations")
         .and_then(|n| patterns(cx, n, "locations"));
     let when = rule_when(cx, map);
-    let add = map.get_node("add").and_then(|n| strings(cx, n, "add"));
+    let add = map
+        .get_node("add")
+        .and_then(|n| targets::targets(cx, n, "add"));
     let remove = map
         .get_node("remove")
-        .and_then(|n| strings(cx, n, "remove"));
+        .and_then(|n| targets::targets(cx, n, "remove"));
     check_effect(cx, map, name.as_deref(), stop, &span);
     let follow = rule_follow(cx, map, &when);
     for r in &mut cx.found[first_reference..] {
@@ -853,16 +868,18 @@ fn fields(cx: &mut Cx, value: &Node, conditions: &mut Vec<Condition>) {
 /// The user ids found (in `add`/`remove`, and the aliases') are added to `references`.
 fn link(
     diags: &mut Vec<Diagnostic>,
-    files: Vec<(Arc<str>, FileSpec)>,
+    mut files: Vec<(Arc<str>, FileSpec)>,
     references: &mut Vec<Reference>,
 ) -> (Vec<Rule>, BTreeMap<String, UserId>) {
     let aliases = collect_aliases(diags, &files);
+    let tables = targets::link_tables(diags, &mut files, &aliases, references);
     let mut names: HashMap<String, Origin> = HashMap::new();
     let mut rules = Vec::new();
     for (file, spec) in files {
         let mut cx = Cx::new(file, diags);
         for raw in spec.rules {
-            rules.extend(link_rule(&mut cx, raw, &aliases, &mut names));
+            let linked = link_rule(&mut cx, raw, (&aliases, &tables), &mut names);
+            rules.extend(linked);
         }
         references.append(&mut cx.found);
     }
@@ -881,11 +898,8 @@ fn link(
 }
 
 /// Every file's aliases; one name defined with two ids is an error.
-fn collect_aliases(
-    diags: &mut Vec<Diagnostic>,
-    files: &[(Arc<str>, FileSpec)],
-) -> BTreeMap<String, (UserId, Origin)> {
-    let mut aliases: BTreeMap<String, (UserId, Origin)> = BTreeMap::new();
+fn collect_aliases(diags: &mut Vec<Diagnostic>, files: &[(Arc<str>, FileSpec)]) -> Aliases {
+    let mut aliases: Aliases = BTreeMap::new();
     for (file, spec) in files {
         let mut cx = Cx::new(file.clone(), diags);
         for (name, id, span) in &spec.users {
@@ -910,30 +924,31 @@ fn collect_aliases(
 fn link_rule(
     cx: &mut Cx,
     raw: RawRule,
-    aliases: &BTreeMap<String, (UserId, Origin)>,
+    (aliases, tables): (&Aliases, &BTreeMap<String, Arc<Table>>),
     names: &mut HashMap<String, Origin>,
 ) -> Option<Rule> {
     let first_reference = cx.found.len();
-    let add = resolve(cx, &raw.add, aliases);
-    let remove = resolve(cx, &raw.remove, aliases);
+    let add = resolve(cx, &raw.add, aliases, tables);
+    let remove = resolve(cx, &raw.remove, aliases, tables);
     for r in &mut cx.found[first_reference..] {
         r.rule.clone_from(&raw.name);
     }
     let mut added_ids: Vec<UserId> = add.iter().filter_map(id_of).collect();
     added_ids.sort();
     added_ids.dedup();
-    let by_role = [UserRef::AssignedUser, UserRef::PreviousAssignedUser];
-    let added = added_ids.len() + by_role.iter().filter(|r| add.contains(r)).count();
+    let dynamic = add.iter().map(|u| match u {
+        UserRef::Table { table, .. } => table.widest(),
+        u => usize::from(u.is_dynamic()),
+    });
+    let added = added_ids.len() + dynamic.sum::<usize>();
     if added > MAX_FOLLOWERS {
-        let at = raw.add.first().map_or(raw.span, |(_, s)| *s);
+        let at = raw.add.first().map_or(raw.span, RawTarget::span);
         cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
     }
-    for ((entry, span), user) in raw.remove.iter().zip(&remove) {
+    for (entry, user) in raw.remove.iter().zip(&remove) {
         if id_of(user).is_some_and(|id| added_ids.contains(&id)) {
-            cx.error(
-                span,
-                format!("`{entry}` is both added and removed by this rule"),
-            );
+            let message = format!("`{}` is both added and removed by this rule", entry.text());
+            cx.error(&entry.span(), message);
         }
     }
     let name = raw.name?;
@@ -960,47 +975,66 @@ fn link_rule(
     })
 }
 
-/// `add`/`remove` entries as users: `assigned_user`, `previous_assigned_user`, an alias, or a
-/// user id.
+/// Aliases of every file: name → (user id, where it is defined).
+type Aliases = BTreeMap<String, (UserId, Origin)>;
+
+/// `add`/`remove` entries as users: `assigned_user`, `previous_assigned_user`, an alias, a
+/// user id, a field or a table.
 fn resolve(
     cx: &mut Cx,
-    entries: &[(String, Span)],
-    aliases: &BTreeMap<String, (UserId, Origin)>,
+    entries: &[RawTarget],
+    aliases: &Aliases,
+    tables: &BTreeMap<String, Arc<Table>>,
 ) -> Vec<UserRef> {
     let mut out = Vec::new();
-    for (entry, span) in entries {
-        out.push(if entry == ASSIGNED_USER {
-            UserRef::AssignedUser
-        } else if entry == PREVIOUS_ASSIGNED_USER {
-            UserRef::PreviousAssignedUser
-        } else if let Some((id, _)) = aliases.get(entry) {
-            UserRef::Alias {
-                name: entry.clone(),
-                id: id.clone(),
+    for entry in entries {
+        let user = match entry {
+            RawTarget::User(name, span) => user(cx, name, span, aliases),
+            RawTarget::Field(path, _) => Some(UserRef::Field(path.clone())),
+            RawTarget::Table { name, span, key } => {
+                targets::table(cx, name, span, tables).map(|table| UserRef::Table {
+                    table,
+                    key: key.clone(),
+                })
             }
-        } else {
-            let hint = closest(entry, aliases.keys().map(String::as_str))
-                .map(|a| format!("; did you mean alias `{a}`?"))
-                .unwrap_or_default();
-            let Ok(user) = UserId::parse(entry) else {
-                cx.error(span, format!("`{entry}` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64){hint}"));
-                continue;
-            };
-            if !looks_like_ghl_id(entry) {
-                cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
-            }
-            let id = user.clone();
-            cx.refer(Named::User { id, alias: None }, span);
-            UserRef::Id(user)
-        });
+        };
+        out.extend(user);
     }
     out
+}
+
+/// A user named by a string: `assigned_user`, `previous_assigned_user`, an alias or an id.
+fn user(cx: &mut Cx, entry: &str, span: &Span, aliases: &Aliases) -> Option<UserRef> {
+    if entry == ASSIGNED_USER {
+        return Some(UserRef::AssignedUser);
+    } else if entry == PREVIOUS_ASSIGNED_USER {
+        return Some(UserRef::PreviousAssignedUser);
+    } else if let Some((id, _)) = aliases.get(entry) {
+        let name = entry.to_owned();
+        return Some(UserRef::Alias {
+            name,
+            id: id.clone(),
+        });
+    }
+    let hint = closest(entry, aliases.keys().map(String::as_str))
+        .map(|a| format!("; did you mean alias `{a}`?"))
+        .unwrap_or_default();
+    let Ok(user) = UserId::parse(entry) else {
+        cx.error(span, format!("`{entry}` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64){hint}"));
+        return None;
+    };
+    if !looks_like_ghl_id(entry) {
+        cx.warn(span, format!("`{entry}` is not an alias and does not look like a GoHighLevel user id (20 letters and digits){hint}"));
+    }
+    let id = user.clone();
+    cx.refer(Named::User { id, alias: None }, span);
+    Some(UserRef::Id(user))
 }
 
 fn id_of(u: &UserRef) -> Option<UserId> {
     match u {
         UserRef::Alias { id, .. } | UserRef::Id(id) => Some(id.clone()),
-        UserRef::AssignedUser | UserRef::PreviousAssignedUser => None,
+        _ => None,
     }
 }
 

@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub use eval::{Check, Explanation, NoResolver, Resolver, RuleOutcome, RuleTrace};
 pub use live::{LiveRules, ReloadStatus};
 pub use load::{
-    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TOP_KEYS, closest,
+    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TARGET_KEYS,
+    TOP_KEYS, closest,
 };
 pub use model::{FieldPath, Follow, Named, OpportunityStatus, Origin, Reference, Rule, UserRef};
 pub use pattern::{Pattern, PatternSet, normalize};
@@ -181,6 +182,25 @@ impl RuleSet {
             adds: run.adds,
             stopped_at: run.stopped_at,
         }
+    }
+
+    /// The emails the rules' field targets read from `event` (the first value at each path,
+    /// where it holds an `@`): the service looks them up among the location's users before
+    /// evaluating, as it does a workflow event's assignee.
+    pub fn target_emails(&self, event: &Event) -> Vec<String> {
+        let mut emails = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.enabled) {
+            for target in rule.add.iter().chain(&rule.remove) {
+                if let UserRef::Field(path) = target {
+                    let value = eval::field_values(&event.raw, path).into_iter().next();
+                    let value = value.map(|v| v.trim().to_owned());
+                    emails.extend(value.filter(|v| v.contains('@')));
+                }
+            }
+        }
+        emails.sort();
+        emails.dedup();
+        emails
     }
 
     /// Evaluates every rule and records why each matched or not. Same plan as

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::pattern::PatternSet;
+use super::pattern::{Pattern, PatternSet};
 use crate::model::event::EventType;
 use crate::model::ids::UserId;
 pub use crate::model::plan::Follow;
@@ -55,6 +55,60 @@ pub enum UserRef {
     AssignedUser,
     /// Who the record was assigned to before this event, as autofollow last saw, if known.
     PreviousAssignedUser,
+    /// The user a value of the event names (`{ field: path }`): a user id, or an email
+    /// looked up among the location's users.
+    Field(FieldPath),
+    /// The users a lookup table gives for a value of the event (`{ table: name, key: path }`).
+    Table { table: Arc<Table>, key: FieldPath },
+}
+
+impl UserRef {
+    /// Whether the rule names the user only through the event (a remove of such a user
+    /// removes only a follower autofollow added).
+    pub fn is_dynamic(&self) -> bool {
+        !matches!(self, UserRef::Alias { .. } | UserRef::Id(_))
+    }
+}
+
+/// A lookup table of a rule file's `tables:` section: values to users, the first entry in
+/// file order whose pattern matches winning, `default` when none does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    pub entries: Vec<TableEntry>,
+    /// The users when no entry matches (or the event has no value).
+    pub default: Option<Vec<UserRef>>,
+    pub origin: Origin,
+}
+
+/// One entry of a [`Table`]: a value (case-insensitive, `*` wildcards) and its users (aliases
+/// or ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    pub pattern: Pattern,
+    pub users: Vec<UserRef>,
+    pub origin: Origin,
+}
+
+impl Table {
+    /// The entry for a normalized value, or the default: (what matched, its users).
+    pub fn find(&self, value: Option<&str>) -> Option<(&str, &[UserRef])> {
+        let entry = value.and_then(|v| self.entries.iter().find(|e| e.pattern.matches(v)));
+        match (entry, &self.default) {
+            (Some(e), _) => Some((e.pattern.as_str(), &e.users)),
+            (None, Some(users)) => Some(("default", users)),
+            (None, None) => None,
+        }
+    }
+
+    /// The most users one value can give.
+    pub fn widest(&self) -> usize {
+        let entries = self.entries.iter().map(|e| e.users.len());
+        entries
+            .chain(self.default.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl fmt::Display for UserRef {
@@ -64,6 +118,8 @@ impl fmt::Display for UserRef {
             UserRef::Id(id) => f.write_str(id.as_str()),
             UserRef::AssignedUser => f.write_str("assigned_user"),
             UserRef::PreviousAssignedUser => f.write_str("previous_assigned_user"),
+            UserRef::Field(path) => write!(f, "field {}", path.text),
+            UserRef::Table { table, key } => write!(f, "table {}, key {}", table.name, key.text),
         }
     }
 }

@@ -51,6 +51,26 @@ impl Pattern {
         }
     }
 
+    /// Whether every value `other` matches, this one matches too (so `other`, written after
+    /// it, can never be reached). Conservative: `false` when it cannot tell.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        match (&self.kind, &other.kind) {
+            (_, Kind::Exact(value)) => self.matches(value),
+            (Kind::Exact(_), Kind::Wildcard(_)) => false,
+            (Kind::Wildcard(mine), Kind::Wildcard(theirs)) => {
+                mine == theirs
+                    || match (mine.as_slice(), theirs.first(), theirs.last()) {
+                        // One `*`: every value of `other` starts with its first part and
+                        // ends with its last, which hold this one's, apart.
+                        ([first, last], Some(f), Some(l)) => {
+                            f.starts_with(first.as_str()) && l.ends_with(last.as_str())
+                        }
+                        _ => false,
+                    }
+            }
+        }
+    }
+
     /// Whether `value`, already [`normalize`]d, matches.
     pub fn matches(&self, value: &str) -> bool {
         match &self.kind {
@@ -126,6 +146,30 @@ impl fmt::Display for PatternSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_pattern_covers_the_later_ones_it_always_matches() {
+        let covers = |a: &str, b: &str| Pattern::new(a).covers(&Pattern::new(b));
+        for (a, b) in [
+            ("9*", "94*"),
+            ("*", "94*"),
+            ("94*", "94107"),
+            ("*", "x"),
+            ("a*z", "ab*yz"),
+        ] {
+            assert!(covers(a, b), "{a} covers {b}");
+        }
+        for (a, b) in [
+            ("94*", "9*"),
+            ("94107", "94*"),
+            ("a*a", "a*"),
+            ("a*b*c", "a*c"),
+            ("x", "y"),
+        ] {
+            assert!(!covers(a, b), "{a} does not cover {b}");
+        }
+        assert!(covers("94*", "94*") && covers("Bob", "bob"));
+    }
 
     fn m(pattern: &str, value: &str) -> bool {
         Pattern::new(pattern).matches(&normalize(value))

@@ -322,21 +322,26 @@ pub fn scopes_needed(set: &RuleSet, location: &LocationId) -> Vec<(&'static str,
         out.push((PIPELINES.scope, why));
     }
     let owner = |u: &UserRef| matches!(u, UserRef::AssignedUser | UserRef::PreviousAssignedUser);
+    let field = |u: &UserRef| matches!(u, UserRef::Field(_));
     let workflow = |r: &Rule| {
         r.events
             .as_ref()
             .is_none_or(|e| e.contains(&EventType::Workflow))
     };
-    let assignees: Vec<&Rule> = rules
-        .iter()
-        .copied()
-        .filter(|r| workflow(r) && r.add.iter().chain(&r.remove).any(owner))
-        .collect();
+    let targets = |r: &Rule, f: &dyn Fn(&UserRef) -> bool| r.add.iter().chain(&r.remove).any(f);
+    let assignee = |r: &Rule| workflow(r) && targets(r, &owner);
+    let by_email = |r: &&Rule| assignee(r) || targets(r, &field);
+    let assignees: Vec<&Rule> = rules.iter().copied().filter(by_email).collect();
     if !assignees.is_empty() {
-        let why = format!(
-            "to find a workflow event's assignee by email, for rules {}",
-            names(&assignees)
-        );
+        let whose = match (
+            assignees.iter().any(|r| assignee(r)),
+            assignees.iter().any(|r| targets(r, &field)),
+        ) {
+            (true, true) => "a workflow event's assignee or a field's user",
+            (true, false) => "a workflow event's assignee",
+            _ => "a field's user",
+        };
+        let why = format!("to find {whose} by email, for rules {}", names(&assignees));
         out.push((USERS.scope, why.clone()));
         out.push((LOCATIONS.scope, why));
     }

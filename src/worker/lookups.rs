@@ -36,7 +36,8 @@ pub struct Lookups {
 /// What the lookups know for one event: a [`Resolver`] over a snapshot.
 pub struct Resolved {
     pipelines: Option<Arc<Pipelines>>,
-    user: Option<(String, UserId)>,
+    /// (email, the user id found) for the emails the event needs.
+    users: Vec<(String, UserId)>,
 }
 
 impl Resolver for Resolved {
@@ -47,8 +48,11 @@ impl Resolver for Resolved {
         self.pipelines.as_ref()?.stage_name(l, id)
     }
     fn user_id_by_email(&self, _: &LocationId, email: &str) -> Option<UserId> {
-        let (known, id) = self.user.as_ref()?;
-        known.eq_ignore_ascii_case(email).then(|| id.clone())
+        let email = email.trim();
+        let mut known = self.users.iter();
+        known
+            .find(|(known, _)| known.eq_ignore_ascii_case(email))
+            .map(|(_, id)| id.clone())
     }
 }
 
@@ -110,17 +114,18 @@ impl Lookups {
     }
 
     /// Fetches what the rules may need for `event`: pipeline and stage names (when an id is
-    /// not cached yet), and the id of a workflow event's assignee. Nothing without a token.
+    /// not cached yet), and the ids of a workflow event's assignee and of the users `emails`
+    /// (read by field targets). Nothing without a token.
     pub async fn resolve(
         &self,
         ghl: &GhlClient,
         event: &Event,
-        previous_stage: Option<&str>,
+        (previous_stage, emails): (Option<&str>, &[String]),
         token: Option<&SecretString>,
     ) -> Result<Resolved, CallError> {
         let mut resolved = Resolved {
             pipelines: None,
-            user: None,
+            users: Vec::new(),
         };
         let Some(token) = token else {
             return Ok(resolved);
@@ -136,9 +141,13 @@ impl Lookups {
         if names_needed {
             resolved.pipelines = self.pipelines(ghl, event, token).await?;
         }
-        if let Some(AssignedUser::Email(email)) = &event.assigned_user {
+        let assignee = match &event.assigned_user {
+            Some(AssignedUser::Email(email)) => Some(email),
+            _ => None,
+        };
+        for email in assignee.into_iter().chain(emails) {
             let id = self.user(ghl, &event.location_id, email, token).await?;
-            resolved.user = id.map(|id| (email.clone(), id));
+            resolved.users.extend(id.map(|id| (email.clone(), id)));
         }
         Ok(resolved)
     }

@@ -447,7 +447,8 @@ impl Worker {
         }
         let secret = at.token.map(|t| &t.secret);
         let stage = steady.stage.as_deref();
-        let resolver = match self.lookups.resolve(&self.ghl, event, stage, secret).await {
+        let needs = (stage, &at.rules.target_emails(event)[..]);
+        let resolver = match self.lookups.resolve(&self.ghl, event, needs, secret).await {
             Ok(r) => r,
             Err(e) => return Ok(Err(Ending::from_lookup(e))),
         };

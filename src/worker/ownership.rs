@@ -334,7 +334,7 @@ fn named_adds(rule: &Rule) -> (Vec<(UserId, String)>, bool) {
             UserRef::Alias { id, .. } | UserRef::Id(id) => {
                 named.push((id.clone(), target.to_string()))
             }
-            UserRef::AssignedUser | UserRef::PreviousAssignedUser => dynamic = true,
+            _ => dynamic = true,
         }
     }
     (named, dynamic)

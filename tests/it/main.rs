@@ -42,5 +42,6 @@ mod service;
 mod simulate;
 mod store_contract;
 mod store_faults;
+mod targets;
 mod validation;
 mod webhook_fixtures;

@@ -306,6 +306,47 @@ async fn a_workflow_webhook_resolves_the_assignee_email_through_the_users_api() 
     app.shutdown().await;
 }
 
+/// A field target holding an email: the user is looked up as a workflow assignee is, then
+/// follows; one lookup serves the next webhook naming the same email.
+#[tokio::test]
+async fn a_field_target_with_an_email_is_looked_up_through_the_users_api() {
+    let rules = "rules:\n  - name: csm\n    add: [{ field: customFields.CsmFieldId0000000001 }]\n";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        location_tokens: vec![(LOC.into(), TOKEN.into())],
+        ..Options::default()
+    })
+    .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/locations/{LOC}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"location": {"id": LOC, "companyId": "Comp0000000000000001"}}),
+            ),
+        )
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/users/search"))
+        .and(query_param("locationId", LOC))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"users": [
+            {"id": "RitaRepUserId0000001", "email": "Rita@Example.com"}], "count": 1})))
+        .expect(1)
+        .mount(&app.ghl)
+        .await;
+    for contact in ["c1", "c2"] {
+        followers(&app, "POST", contact, &["RitaRepUserId0000001"], 201, 1).await;
+        let field = json!([{"id": "CsmFieldId0000000001", "value": "rita@example.com"}]);
+        let body = contact_event("ContactCreate", contact, json!({ "customFields": field }));
+        let id = accepted(app.post_app(&body).await).await;
+        app.drain().await;
+        assert_eq!(app.event(id).await.status, EventStatus::Done);
+    }
+    app.ghl.verify().await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_or_missing_authentication_is_401_and_stores_nothing() {
     let app = spawn_app(SOURCE_RULE).await;

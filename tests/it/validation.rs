@@ -326,3 +326,32 @@ fn a_rule_on_delete_events_is_a_warning() {
         ]
     );
 }
+
+/// Targets from fields and tables: an unknown table (with the closest name), a table user
+/// that is no alias or id, a table target without `key`, a table entry or default an
+/// earlier entry always wins over, and a table defined twice, each at its position.
+#[test]
+fn tables_and_table_targets_are_checked_at_their_positions() {
+    let tables = "tables:\n  territory:\n    \"9*\": alice\n    \"94*\": alice\n    \"*\": [alice, dave!]\n    default: alice\n";
+    let rules = "rules:\n  - name: a\n    add:\n      - { table: teritory, key: postalCode }\n      - { table: territory }\n      - { field: customData.csm, key: x }\n";
+    let d = diagnostics(&[("r.yaml", &format!("{ALIASES}{tables}{rules}"))]);
+    assert_eq!(
+        d,
+        [
+            "r.yaml:6:5: warning: table `territory`: entry `94*` is never used: `9*` (at r.yaml:5:5) comes first and matches every value it does",
+            "r.yaml:7:18: error: `dave!` is neither an alias nor a GoHighLevel user id (letters, digits, `_` or `-`, at most 64)",
+            "r.yaml:8:5: warning: table `territory`: `default` is never used: `*` (at r.yaml:7:5) matches every value",
+            "r.yaml:12:18: error: unknown table `teritory`; did you mean `territory`?",
+            "r.yaml:13:18: error: table target `territory` needs `key`, the dot path of the value to look up",
+            "r.yaml:14:11: error: `key` belongs to a `table` target; a `field` target is the field alone",
+        ],
+    );
+    let twice = diagnostics(&[
+        ("a.yaml", "tables:\n  t: { x: 9hTnVvSr1Q2ZyE5kHfXm }\n"),
+        ("b.yaml", "tables:\n  t: { y: 9hTnVvSr1Q2ZyE5kHfXm }\n"),
+    ]);
+    assert_eq!(
+        twice,
+        ["b.yaml:2:3: error: table `t` is already defined at a.yaml:2:3"]
+    );
+}
