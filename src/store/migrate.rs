@@ -136,6 +136,27 @@ const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "pool_turns",
+        columns: &[
+            ("location_id", Ty::Text),
+            ("pool", Ty::Text),
+            ("user_id", Ty::Text),
+            ("current", Ty::Int),
+            ("handed", Ty::Int),
+        ],
+        identity: false,
+    },
+    Table {
+        name: "away",
+        columns: &[
+            ("user_id", Ty::Text),
+            ("starts_on", Ty::Text),
+            ("ends_on", Ty::Text),
+            ("set_at", Ty::Int),
+        ],
+        identity: false,
+    },
+    Table {
         name: "backfills",
         columns: &[
             ("id", Ty::Int),

@@ -910,8 +910,122 @@ impl BackfillRow {
     }
 }
 
+/// A member of a pool as a turn is handed out: its user and weight.
+pub type PoolMember = (UserId, u32);
+
+/// The turns a pool has handed one member in one location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolTurns {
+    pub location: LocationId,
+    pub pool: String,
+    pub user: UserId,
+    pub handed: u64,
+}
+
+/// A period a user is away, inclusive, set without editing rule files (`autofollow away`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwayPeriod {
+    pub user: UserId,
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+}
+
+/// Pools' turns, kept so the sequence survives restarts and is shared by replicas, and the
+/// away periods set at run time.
 #[async_trait]
-pub trait Store: Queue + History + ContactState + Installations + Backfills + 'static {
+pub trait Pools: Send + Sync + std::fmt::Debug {
+    /// Hands the next turn of `pool` in `location` to one of `members` (those away already
+    /// left out) by [`smooth_pick`] over the weights kept here, and counts it; `None` when
+    /// `members` is empty. Atomic: concurrent callers (replicas) never get the same turn.
+    async fn take_turn(
+        &self,
+        location: &LocationId,
+        pool: &str,
+        members: &[PoolMember],
+    ) -> Result<Option<UserId>, StoreError>;
+
+    /// The turns handed out, per location, pool and member.
+    async fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError>;
+
+    /// Records an away period (the same one twice is kept once).
+    async fn set_away(&self, period: &AwayPeriod) -> Result<(), StoreError>;
+
+    /// Every away period recorded, by user and start.
+    async fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError>;
+
+    /// Forgets a user's away periods; how many there were.
+    async fn clear_away(&self, user: &UserId) -> Result<u64, StoreError>;
+}
+
+/// Smooth weighted round robin (as nginx balances upstreams): every member's current
+/// weight grows by its weight, the largest (the first of equals, in `members` order) is
+/// picked and loses the sum of the weights. Over any `sum` turns in a row each member gets
+/// exactly its weight's share, spread out (2:1 gives a, b, a, a, b, a, …). `current` holds
+/// each member's current weight (0 for a new one), updated; returns the pick's index.
+pub fn smooth_pick(members: &[PoolMember], current: &mut [i64]) -> Option<usize> {
+    let total: i64 = members.iter().map(|(_, w)| i64::from(*w)).sum();
+    let mut best: Option<usize> = None;
+    for (i, (_, weight)) in members.iter().enumerate() {
+        current[i] += i64::from(*weight);
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    let pick = best?;
+    current[pick] -= total;
+    Some(pick)
+}
+
+/// The turns handed out, as both backends read them (see [`pool_turns`]).
+pub(crate) const SELECT_POOL_TURNS: &str =
+    "SELECT location_id, pool, user_id, handed FROM pool_turns ORDER BY location_id, pool, user_id";
+/// The away periods, as both backends read them (see [`away_periods`]).
+pub(crate) const SELECT_AWAY: &str =
+    "SELECT user_id, starts_on, ends_on FROM away ORDER BY user_id, starts_on, ends_on";
+
+/// `pool_turns` rows (location, pool, user, handed) as both backends read them.
+pub(crate) fn pool_turns(
+    rows: Vec<(String, String, String, i64)>,
+) -> Result<Vec<PoolTurns>, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("pool_turns: {what}"));
+    rows.into_iter()
+        .map(|(location, pool, user, handed)| {
+            Ok(PoolTurns {
+                location: LocationId::parse(&location).map_err(|_| corrupt("location_id"))?,
+                pool,
+                user: UserId::parse(&user).map_err(|_| corrupt("user_id"))?,
+                handed: u64::try_from(handed).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// `away` rows (user, from, to) as both backends read them.
+pub(crate) fn away_periods(
+    rows: Vec<(String, String, String)>,
+) -> Result<Vec<AwayPeriod>, StoreError> {
+    rows.into_iter()
+        .map(|(user, from, to)| {
+            Ok(AwayPeriod {
+                user: UserId::parse(&user)
+                    .map_err(|_| StoreError::Corrupt("away: user_id".into()))?,
+                from: stored_date(&from)?,
+                to: stored_date(&to)?,
+            })
+        })
+        .collect()
+}
+
+/// Parses a stored date (`YYYY-MM-DD`).
+pub(crate) fn stored_date(text: &str) -> Result<chrono::NaiveDate, StoreError> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| StoreError::Corrupt(format!("away: date {text:?}")))
+}
+
+#[async_trait]
+pub trait Store:
+    Queue + History + ContactState + Installations + Backfills + Pools + 'static
+{
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

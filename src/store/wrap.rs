@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    Activity, Backfill, BackfillStep, Backfills, Claimed, ClaimedGroup, ContactSnapshot,
-    ContactState, Erased, EventFilter, EventRecord, EventSummary, History, Inserted, InstallState,
-    InstallTokens, Installation, Installations, NewEvent, NewState, Owned, Queue, QueueStats,
-    Store, StoreError, StoredBody,
+    Activity, AwayPeriod, Backfill, BackfillStep, Backfills, Claimed, ClaimedGroup,
+    ContactSnapshot, ContactState, Erased, EventFilter, EventRecord, EventSummary, History,
+    Inserted, InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Owned,
+    PoolMember, PoolTurns, Pools, Queue, QueueStats, Store, StoreError, StoredBody,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -145,6 +145,14 @@ wrapped!(Backfills {
     fn claim_backfill(&self, owner: &str, lease: Duration) -> Result<Option<Backfill>, StoreError>;
     fn advance_backfill(&self, id: i64, owner: &str, lease: Duration, step: &BackfillStep, tasks: Vec<NewEvent>) -> Result<bool, StoreError>;
     fn fail_backfill(&self, id: i64, owner: &str, error: &str) -> Result<bool, StoreError>;
+});
+
+wrapped!(Pools {
+    fn take_turn(&self, location: &LocationId, pool: &str, members: &[PoolMember]) -> Result<Option<UserId>, StoreError>;
+    fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError>;
+    fn set_away(&self, period: &AwayPeriod) -> Result<(), StoreError>;
+    fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError>;
+    fn clear_away(&self, user: &UserId) -> Result<u64, StoreError>;
 });
 
 wrapped!(Store {

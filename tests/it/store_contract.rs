@@ -11,8 +11,8 @@ use autofollow::model::plan::{Follow, Plan, PreviousState};
 use autofollow::model::record::{Decision, EventStatus, Outcome};
 use autofollow::model::task::UndoScope;
 use autofollow::store::{
-    BackfillStep, Claimed, EventFilter, Inserted, InstallKind, InstallState, InstallTokens,
-    LedgerChange, NewEvent, NewState, Store,
+    AwayPeriod, BackfillStep, Claimed, EventFilter, Inserted, InstallKind, InstallState,
+    InstallTokens, LedgerChange, NewEvent, NewState, PoolMember, Store,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -1055,6 +1055,107 @@ async fn groups_finished_at_once_are_each_recorded_whole(store: Arc<dyn Store>) 
     }
 }
 
+fn members(weights: &[(&str, u32)]) -> Vec<PoolMember> {
+    weights
+        .iter()
+        .map(|(u, w)| (UserId::parse(u).unwrap(), *w))
+        .collect()
+}
+
+/// Takes `n` turns; the users in order.
+async fn turns(
+    s: &dyn Store,
+    location: &str,
+    pool: &str,
+    of: &[PoolMember],
+    n: usize,
+) -> Vec<String> {
+    let location = LocationId::parse(location).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let user = s
+            .take_turn(&location, pool, of)
+            .await
+            .unwrap()
+            .expect("a member");
+        out.push(user.as_str().to_owned());
+    }
+    out
+}
+
+/// A pool's turns go by smooth weighted round robin, counted per location and pool; a
+/// member left out (away) gets none and the others share its turns; every turn is counted.
+async fn a_pool_hands_out_turns_by_weight_per_location(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let sales = members(&[("alice", 2), ("bob", 1)]);
+    let first = turns(s, "L1", "sales", &sales, 6).await;
+    assert_eq!(first, ["alice", "bob", "alice", "alice", "bob", "alice"]);
+    let rest = turns(s, "L1", "sales", &sales, 24).await;
+    let alice = first.iter().chain(&rest).filter(|u| *u == "alice").count();
+    assert_eq!(alice, 20, "2:1 over 30 turns");
+    // Another location and another pool keep counts of their own.
+    assert_eq!(turns(s, "L2", "sales", &sales, 1).await, ["alice"]);
+    let other = members(&[("bob", 1), ("carol", 1)]);
+    assert_eq!(turns(s, "L1", "support", &other, 2).await, ["bob", "carol"]);
+    // Alice away: bob gets every turn; nobody there: no turn.
+    let without = members(&[("bob", 1)]);
+    assert_eq!(turns(s, "L1", "sales", &without, 3).await, ["bob"; 3]);
+    let l1 = LocationId::parse("L1").unwrap();
+    assert_eq!(s.take_turn(&l1, "sales", &[]).await.unwrap(), None);
+    let counted: Vec<(String, String, String, u64)> = s
+        .pool_turns()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            (
+                t.location.as_str().to_owned(),
+                t.pool,
+                t.user.as_str().to_owned(),
+                t.handed,
+            )
+        })
+        .collect();
+    let row = |l: &str, p: &str, u: &str, n: u64| (l.to_owned(), p.to_owned(), u.to_owned(), n);
+    assert_eq!(
+        counted,
+        [
+            row("L1", "sales", "alice", 20),
+            row("L1", "sales", "bob", 13),
+            row("L1", "support", "bob", 1),
+            row("L1", "support", "carol", 1),
+            row("L2", "sales", "alice", 1),
+            row("L2", "sales", "bob", 0),
+        ]
+    );
+}
+
+/// Away periods set at run time: kept once each, listed by user, cleared per user.
+async fn away_periods_are_kept_listed_and_cleared(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let date = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+    let period = |u: &str, from: &str, to: &str| AwayPeriod {
+        user: UserId::parse(u).unwrap(),
+        from: date(from),
+        to: date(to),
+    };
+    let holiday = period("alice", "2026-12-24", "2027-01-02");
+    s.set_away(&holiday).await.unwrap();
+    s.set_away(&holiday).await.unwrap();
+    s.set_away(&period("bob", "2026-12-01", "2026-12-01"))
+        .await
+        .unwrap();
+    let listed = s.away_periods().await.unwrap();
+    assert_eq!(listed, [holiday, period("bob", "2026-12-01", "2026-12-01")]);
+    assert_eq!(
+        s.clear_away(&UserId::parse("alice").unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.away_periods().await.unwrap().len(), 1);
+}
+
 async fn in_scope(
     s: &dyn Store,
     scope: UndoScope,
@@ -1374,7 +1475,59 @@ contract!(
     the_console_reads_bodies_activity_and_filtered_events,
     a_claimed_group_brings_its_events_and_what_is_known_of_the_contact,
     groups_finished_at_once_are_each_recorded_whole,
+    a_pool_hands_out_turns_by_weight_per_location,
+    away_periods_are_kept_listed_and_cleared,
 );
+
+/// A pool's sequence goes on where it stopped when the service starts again.
+#[tokio::test]
+async fn a_pools_sequence_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db/test.db").display());
+    let sales = members(&[("alice", 2), ("bob", 1)]);
+    let store = autofollow::store::open(&url).await.unwrap();
+    let before = turns(store.as_ref(), "L1", "sales", &sales, 2).await;
+    drop(store);
+    let store = autofollow::store::open(&url).await.unwrap();
+    let after = turns(store.as_ref(), "L1", "sales", &sales, 4).await;
+    assert_eq!(
+        [before, after].concat(),
+        ["alice", "bob", "alice", "alice", "bob", "alice"]
+    );
+}
+
+/// Two replicas on one PostgreSQL database taking 30 turns at once: no turn is handed out
+/// twice, so 2:1 weights still give exactly 20 and 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_a_pools_turns_without_giving_one_twice() {
+    let Some(url) = crate::common::postgres_schema().await else {
+        eprintln!("AUTOFOLLOW_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    let replicas = [
+        autofollow::store::open(&url).await.unwrap(),
+        autofollow::store::open(&url).await.unwrap(),
+    ];
+    let sales = members(&[("alice", 2), ("bob", 1)]);
+    let mut taking = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (store, sales) = (Arc::clone(&replicas[i % 2]), sales.clone());
+        taking.spawn(async move { turns(store.as_ref(), "L1", "sales", &sales, 1).await });
+    }
+    let mut alice = 0;
+    while let Some(turn) = taking.join_next().await {
+        alice += usize::from(turn.unwrap() == ["alice"]);
+    }
+    assert_eq!(alice, 20);
+    let handed: Vec<u64> = replicas[0]
+        .pool_turns()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.handed)
+        .collect();
+    assert_eq!(handed, [20, 10]);
+}
 
 /// A new SQLite database uses 1 KiB pages (BENCHMARKS.md: each finished event dirties a few
 /// scattered index pages, each written whole to the WAL).

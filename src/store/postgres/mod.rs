@@ -8,6 +8,7 @@ mod backfills;
 mod finish;
 mod history;
 mod installations;
+mod pools;
 mod queue;
 mod state;
 

@@ -3,6 +3,7 @@
 mod backfills;
 mod history;
 mod installations;
+mod pools;
 mod queue;
 mod state;
 

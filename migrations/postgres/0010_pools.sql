@@ -1,0 +1,18 @@
+-- Pools (issue 21): each member's smooth-weighted-round-robin weight per location and pool
+-- and the turns handed to it, so the sequence survives restarts and replicas share it; and away periods set
+-- without editing rule files (inclusive dates, YYYY-MM-DD).
+CREATE TABLE pool_turns (
+    location_id TEXT    NOT NULL,
+    pool        TEXT    NOT NULL,
+    user_id     TEXT    NOT NULL,
+    current     BIGINT  NOT NULL,
+    handed      BIGINT  NOT NULL,
+    PRIMARY KEY (location_id, pool, user_id)
+);
+CREATE TABLE away (
+    user_id   TEXT    NOT NULL,
+    starts_on TEXT    NOT NULL,
+    ends_on   TEXT    NOT NULL,
+    set_at    BIGINT  NOT NULL,
+    PRIMARY KEY (user_id, starts_on, ends_on)
+);

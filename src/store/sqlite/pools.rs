@@ -1,0 +1,91 @@
+//! Pools' turns and away periods in the SQLite store.
+
+use super::*;
+
+#[async_trait]
+impl Pools for SqliteStore {
+    /// One writer job: reads the members' weights, picks, writes them back.
+    async fn take_turn(
+        &self,
+        location: &LocationId,
+        pool: &str,
+        members: &[PoolMember],
+    ) -> Result<Option<UserId>, StoreError> {
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let (location, pool) = (location.as_str().to_owned(), pool.to_owned());
+        let members = members.to_vec();
+        let picked = self
+            .writer
+            .write(move |conn| {
+                let mut current = Vec::with_capacity(members.len());
+                let mut read = conn.prepare_cached(
+                    "SELECT current FROM pool_turns WHERE location_id = ?1 AND pool = ?2 AND user_id = ?3",
+                )?;
+                for (user, _) in &members {
+                    let params = rusqlite::params![location, pool, user.as_str()];
+                    current.push(read.query_row(params, |r| r.get(0)).optional()?.unwrap_or(0));
+                }
+                let Some(pick) = smooth_pick(&members, &mut current) else {
+                    return Ok(None);
+                };
+                let mut write = conn.prepare_cached(
+                    "INSERT INTO pool_turns (location_id, pool, user_id, current, handed)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (location_id, pool, user_id)
+                     DO UPDATE SET current = excluded.current, handed = handed + excluded.handed",
+                )?;
+                for (i, ((user, _), weight)) in members.iter().zip(&current).enumerate() {
+                    let handed = i64::from(i == pick);
+                    write.execute(rusqlite::params![location, pool, user.as_str(), weight, handed])?;
+                }
+                Ok(Some(members[pick].0.clone()))
+            })
+            .await?;
+        Ok(picked)
+    }
+
+    async fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(SELECT_POOL_TURNS)
+            .fetch_all(&self.pool)
+            .await?;
+        pool_turns(rows)
+    }
+
+    async fn set_away(&self, period: &AwayPeriod) -> Result<(), StoreError> {
+        let row = (
+            period.user.as_str().to_owned(),
+            period.from.to_string(),
+            period.to.to_string(),
+        );
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO away (user_id, starts_on, ends_on, set_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (user_id, starts_on, ends_on) DO NOTHING",
+                )?
+                .execute((&row.0, &row.1, &row.2, now_ms()))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as(SELECT_AWAY).fetch_all(&self.pool).await?;
+        away_periods(rows)
+    }
+
+    async fn clear_away(&self, user: &UserId) -> Result<u64, StoreError> {
+        let user = user.as_str().to_owned();
+        self.writer
+            .write(move |conn| {
+                let gone = conn
+                    .prepare_cached("DELETE FROM away WHERE user_id = ?1")?
+                    .execute([&user])?;
+                Ok(u64::try_from(gone).unwrap_or(0))
+            })
+            .await
+    }
+}
