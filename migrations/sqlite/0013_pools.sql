@@ -9,6 +9,16 @@ CREATE TABLE pool_turns (
     handed      INTEGER NOT NULL,
     PRIMARY KEY (location_id, pool, user_id)
 );
+-- The member each contact was dealt, so deciding the contact again (a retry, a deferral,
+-- a later event) hands out no new turn while that member is still in the pool and not away.
+CREATE TABLE pool_picks (
+    location_id TEXT    NOT NULL,
+    pool        TEXT    NOT NULL,
+    contact_id  TEXT    NOT NULL,
+    user_id     TEXT    NOT NULL,
+    picked_at   INTEGER NOT NULL,
+    PRIMARY KEY (location_id, pool, contact_id)
+);
 CREATE TABLE away (
     user_id   TEXT    NOT NULL,
     starts_on TEXT    NOT NULL,

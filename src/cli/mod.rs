@@ -3,6 +3,7 @@
 //! (rule files) and [`queue`] (the stored queue and history); `serve` starts [`crate::app`].
 
 pub mod maintain;
+pub mod pools;
 pub mod queue;
 pub mod rules;
 pub mod ruletest;
@@ -137,6 +138,44 @@ enum StoreCommand {
         db: Database,
         contact: String,
     },
+    /// The rules' pools: members and weights, who is away, the fallback, and the turns each
+    /// location has handed out.
+    Pools {
+        #[command(flatten)]
+        db: Database,
+        #[command(flatten)]
+        rules: RulesPath,
+    },
+    /// Mark a user away from --from to --to (inclusive dates, YYYY-MM-DD, UTC): pools skip
+    /// them on those days. --clear forgets the user's periods set this way.
+    Away {
+        #[command(flatten)]
+        db: Database,
+        /// An alias of the rules, or a user id.
+        user: String,
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        #[arg(long)]
+        clear: bool,
+        /// The rule files, for aliases.
+        #[command(flatten)]
+        rules: RulesPath,
+    },
+}
+
+/// The rule files a store command reads (pools, aliases).
+#[derive(clap::Args, Debug)]
+struct RulesPath {
+    /// The rule files.
+    #[arg(
+        long,
+        env = "AUTOFOLLOW_RULES",
+        default_value = "rules",
+        value_name = "PATH"
+    )]
+    rules: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -349,6 +388,37 @@ async fn on_store(command: StoreCommand) -> ExitCode {
             })
             .await
         }
+        command @ (StoreCommand::Pools { .. } | StoreCommand::Away { .. }) => {
+            on_pools(command).await
+        }
+    }
+}
+
+/// `pools` and `away`.
+async fn on_pools(command: StoreCommand) -> ExitCode {
+    match command {
+        StoreCommand::Pools { db, rules } => {
+            operate(&db, |store| async move {
+                pools::pools(store.as_ref(), &rules.rules, &mut io::stdout().lock()).await
+            })
+            .await
+        }
+        StoreCommand::Away {
+            db,
+            user,
+            from,
+            to,
+            clear,
+            rules,
+        } => {
+            operate(&db, |store| async move {
+                let period = (user.as_str(), from.as_deref(), to.as_deref(), clear);
+                let out = &mut io::stdout().lock();
+                pools::away(store.as_ref(), &rules.rules, period, out).await
+            })
+            .await
+        }
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -2,11 +2,12 @@
 //! [`Plan`] of followers to add and remove, and on request an [`Explanation`] of every check.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{Block, Condition, FieldPath, Follow, OpportunityStatus, Rule, UserRef};
+use super::model::{Block, Condition, FieldPath, Follow, OpportunityStatus, Pool, Rule, UserRef};
 use super::pattern::{PatternSet, normalize};
 use crate::model::event::{AssignedUser, Event};
 use crate::model::ids::{LocationId, UserId};
@@ -658,6 +659,7 @@ fn resolve_user(user: &UserRef, view: &View) -> Result<Vec<(UserId, String)>, St
             None => Err("previous_assigned_user skipped: no earlier assignee known".to_owned()),
         },
         UserRef::Field(path) => field_user(path, view).map(label),
+        UserRef::Pool(pool) => Err(format!("pool {} skipped: a pool only adds", pool.name)),
         UserRef::Table { table, key } => {
             let value = field_values(&view.event.raw, key).into_iter().next();
             let found = table.find(value.as_deref().map(normalize).as_deref());
@@ -711,6 +713,16 @@ fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<Strin
     let mut removes: Vec<(UserId, String, bool)> = Vec::new();
     let entries = rule.add.iter().map(|u| (true, u));
     for (add, user) in entries.chain(rule.remove.iter().map(|u| (false, u))) {
+        if let (true, UserRef::Pool(pool)) = (add, user) {
+            out.picks.push((rule.name.clone(), Arc::clone(pool)));
+            if explain {
+                log.push(format!(
+                    "add one member of {user}, picked when the event is processed ({})",
+                    pool.describe()
+                ));
+            }
+            continue;
+        }
         let ids = match resolve_user(user, view) {
             Ok(ids) => ids,
             Err(why) => {
@@ -769,6 +781,8 @@ pub(crate) struct Run {
     pub adds: Vec<(String, UserId)>,
     /// The position of the rule whose `stop` ended the run: later rules were not evaluated.
     pub stopped_at: Option<usize>,
+    /// (rule, pool) for every pool a matched rule adds one member of.
+    pub picks: Vec<(String, Arc<Pool>)>,
 }
 
 /// Evaluates `rules` (indices into `all`, ascending): the plan, the matched rules, who each

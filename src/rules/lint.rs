@@ -118,7 +118,10 @@ fn too_many_followers(rules: &[Rule], out: &mut Vec<Diagnostic>) {
                 }
                 UserRef::AssignedUser | UserRef::PreviousAssignedUser => owner = true,
                 UserRef::Field(path) => {
-                    fields.insert(&path.text);
+                    fields.insert(path.text.clone());
+                }
+                UserRef::Pool(pool) => {
+                    fields.insert(format!("pool {}", pool.name));
                 }
                 UserRef::Table { table, .. } => {
                     let entries = table.entries.iter().map(|e| &e.users);

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::eval::status_from_name;
 use super::model::{
-    Block, Condition, FieldPath, Follow, Named, Origin, Reference, Rule, Table, UserRef,
+    Block, Condition, FieldPath, Follow, Named, Origin, Pool, Reference, Rule, Table, UserRef,
 };
 use super::pattern::PatternSet;
 use crate::model::event::EventType;
@@ -25,13 +25,13 @@ use crate::model::ids::{UserId, looks_like_ghl_id};
 mod targets;
 
 use targets::RawTarget;
-pub use targets::TARGET_KEYS;
+pub use targets::{POOL_KEYS, TARGET_KEYS};
 
 /// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
 pub const MAX_FOLLOWERS: usize = 10;
 
 /// Keys of a rule file's top level.
-pub const TOP_KEYS: &[&str] = &["version", "users", "tables", "rules"];
+pub const TOP_KEYS: &[&str] = &["version", "users", "tables", "pools", "rules"];
 /// Keys of a rule.
 pub const RULE_KEYS: &[&str] = &[
     "name",
@@ -132,6 +132,7 @@ pub(crate) struct Loaded {
     pub rules: Vec<Rule>,
     pub files: Vec<Arc<str>>,
     pub aliases: BTreeMap<String, UserId>,
+    pub pools: BTreeMap<String, Arc<Pool>>,
     pub warnings: Vec<Diagnostic>,
     /// The users, pipelines, stages and fields named, in file order.
     pub references: Vec<Reference>,
@@ -206,7 +207,7 @@ pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, Loa
         }
         references.append(&mut cx.found);
     }
-    let (rules, aliases) = link(&mut diags, files, &mut references);
+    let (rules, aliases, pools) = link(&mut diags, files, &mut references);
     // Report in reading order: file by file, top to bottom.
     let file_order = |d: &Diagnostic| sources.iter().position(|(n, _)| *n == d.file);
     diags.sort_by_key(|d| (file_order(d), d.line, d.column));
@@ -217,6 +218,7 @@ pub(crate) fn load_sources(sources: &[(Arc<str>, String)]) -> Result<Loaded, Loa
         rules,
         files: sources.iter().map(|(n, _)| n.clone()).collect(),
         aliases,
+        pools,
         warnings: diags,
         references,
     })
@@ -320,6 +322,7 @@ fn is_null(s: &MarkedScalarNode) -> bool {
 struct FileSpec {
     users: Vec<(String, UserId, Span)>,
     tables: Vec<targets::RawTable>,
+    pools: Vec<targets::RawPool>,
     rules: Vec<RawRule>,
 }
 
@@ -371,10 +374,12 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
     check_version(cx, top);
     let users = parse_users(cx, top);
     let tables = targets::parse_tables(cx, top);
+    let pools = targets::parse_pools(cx, top);
     let rules = parse_rules(cx, top);
     Some(FileSpec {
         users,
         tables,
+        pools,
         rules,
     })
 }
@@ -870,15 +875,21 @@ fn link(
     diags: &mut Vec<Diagnostic>,
     mut files: Vec<(Arc<str>, FileSpec)>,
     references: &mut Vec<Reference>,
-) -> (Vec<Rule>, BTreeMap<String, UserId>) {
+) -> Linked {
     let aliases = collect_aliases(diags, &files);
     let tables = targets::link_tables(diags, &mut files, &aliases, references);
+    let pools = targets::link_pools(diags, &mut files, &aliases, references);
+    let known = Known {
+        aliases: &aliases,
+        tables: &tables,
+        pools: &pools,
+    };
     let mut names: HashMap<String, Origin> = HashMap::new();
     let mut rules = Vec::new();
     for (file, spec) in files {
         let mut cx = Cx::new(file, diags);
         for raw in spec.rules {
-            let linked = link_rule(&mut cx, raw, (&aliases, &tables), &mut names);
+            let linked = link_rule(&mut cx, raw, &known, &mut names);
             rules.extend(linked);
         }
         references.append(&mut cx.found);
@@ -894,7 +905,7 @@ fn link(
         });
     }
     let aliases = aliases.into_iter().map(|(k, (id, _))| (k, id)).collect();
-    (rules, aliases)
+    (rules, aliases, pools)
 }
 
 /// Every file's aliases; one name defined with two ids is an error.
@@ -924,12 +935,12 @@ fn collect_aliases(diags: &mut Vec<Diagnostic>, files: &[(Arc<str>, FileSpec)]) 
 fn link_rule(
     cx: &mut Cx,
     raw: RawRule,
-    (aliases, tables): (&Aliases, &BTreeMap<String, Arc<Table>>),
+    known: &Known,
     names: &mut HashMap<String, Origin>,
 ) -> Option<Rule> {
     let first_reference = cx.found.len();
-    let add = resolve(cx, &raw.add, aliases, tables);
-    let remove = resolve(cx, &raw.remove, aliases, tables);
+    let add = resolve(cx, &raw.add, known);
+    let remove = resolve(cx, &raw.remove, known);
     for r in &mut cx.found[first_reference..] {
         r.rule.clone_from(&raw.name);
     }
@@ -944,6 +955,17 @@ fn link_rule(
     if added > MAX_FOLLOWERS {
         let at = raw.add.first().map_or(raw.span, RawTarget::span);
         cx.error(&at, format!("rule adds {added} users; GoHighLevel allows at most {MAX_FOLLOWERS} followers per contact"));
+    }
+    for entry in raw
+        .remove
+        .iter()
+        .filter(|e| matches!(e, RawTarget::Pool(..)))
+    {
+        let message = format!(
+            "`{}` can only be added: a rule stops following a pool's pick with `follow: while_matching`",
+            entry.text()
+        );
+        cx.error(&entry.span(), message);
     }
     for (entry, user) in raw.remove.iter().zip(&remove) {
         if id_of(user).is_some_and(|id| added_ids.contains(&id)) {
@@ -975,28 +997,39 @@ fn link_rule(
     })
 }
 
+/// The rules, and the aliases and pools of every file.
+type Linked = (
+    Vec<Rule>,
+    BTreeMap<String, UserId>,
+    BTreeMap<String, Arc<Pool>>,
+);
+
 /// Aliases of every file: name → (user id, where it is defined).
 type Aliases = BTreeMap<String, (UserId, Origin)>;
 
+/// What rules can name beyond user ids, from every file.
+struct Known<'a> {
+    aliases: &'a Aliases,
+    tables: &'a BTreeMap<String, Arc<Table>>,
+    pools: &'a BTreeMap<String, Arc<Pool>>,
+}
+
 /// `add`/`remove` entries as users: `assigned_user`, `previous_assigned_user`, an alias, a
 /// user id, a field or a table.
-fn resolve(
-    cx: &mut Cx,
-    entries: &[RawTarget],
-    aliases: &Aliases,
-    tables: &BTreeMap<String, Arc<Table>>,
-) -> Vec<UserRef> {
+fn resolve(cx: &mut Cx, entries: &[RawTarget], known: &Known) -> Vec<UserRef> {
     let mut out = Vec::new();
     for entry in entries {
         let user = match entry {
-            RawTarget::User(name, span) => user(cx, name, span, aliases),
+            RawTarget::User(name, span) => user(cx, name, span, known.aliases),
             RawTarget::Field(path, _) => Some(UserRef::Field(path.clone())),
-            RawTarget::Table { name, span, key } => {
-                targets::table(cx, name, span, tables).map(|table| UserRef::Table {
+            RawTarget::Pool(name, span) => {
+                targets::pool(cx, name, span, known.pools).map(UserRef::Pool)
+            }
+            RawTarget::Table { name, span, key } => targets::table(cx, name, span, known.tables)
+                .map(|table| UserRef::Table {
                     table,
                     key: key.clone(),
-                })
-            }
+                }),
         };
         out.extend(user);
     }

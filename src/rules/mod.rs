@@ -21,10 +21,12 @@ use std::sync::Arc;
 pub use eval::{Check, Explanation, NoResolver, Resolver, RuleOutcome, RuleTrace};
 pub use live::{LiveRules, ReloadStatus};
 pub use load::{
-    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, RULE_KEYS, Severity, TARGET_KEYS,
-    TOP_KEYS, closest,
+    CONDITION_KEYS, Diagnostic, LoadError, MAX_FOLLOWERS, POOL_KEYS, RULE_KEYS, Severity,
+    TARGET_KEYS, TOP_KEYS, closest,
 };
-pub use model::{FieldPath, Follow, Named, OpportunityStatus, Origin, Reference, Rule, UserRef};
+pub use model::{
+    FieldPath, Follow, Named, OpportunityStatus, Origin, Pool, Reference, Rule, UserRef,
+};
 pub use pattern::{Pattern, PatternSet, normalize};
 pub use report::explain_report;
 
@@ -41,6 +43,7 @@ pub struct RuleSet {
     index: RuleIndex,
     files: Vec<Arc<str>>,
     aliases: BTreeMap<String, UserId>,
+    pools: BTreeMap<String, Arc<Pool>>,
     warnings: Vec<Diagnostic>,
     references: Vec<Reference>,
     version: String,
@@ -58,9 +61,31 @@ pub struct Evaluation {
     /// The position of the rule whose `stop` ended evaluation: later rules were not
     /// evaluated, so whether they hold is not known.
     pub stopped_at: Option<usize>,
+    /// (rule, pool) for every pool a matched rule adds one member of: the service picks
+    /// the member ([`Evaluation::pick`]), since the pick needs the store.
+    pub picks: Vec<(String, Arc<Pool>)>,
 }
 
 impl Evaluation {
+    /// Adds the member picked for `rule` to the plan as the rule's own add (unless the
+    /// plan already adds it; not when another rule removes it).
+    pub fn pick(&mut self, rule: &str, user: UserId, label: String) {
+        if self.plan.remove.iter().any(|e| e.user == user) {
+            return;
+        }
+        if !self.plan.add.iter().any(|e| e.user == user) {
+            let rule_name = rule.to_owned();
+            let entry = crate::model::plan::PlanEntry {
+                user: user.clone(),
+                label,
+                rule: rule_name,
+                only_if_added: false,
+            };
+            self.plan.add.push(entry);
+        }
+        self.adds.push((rule.to_owned(), user));
+    }
+
     /// Whether `rule` adds `user` in this evaluation.
     pub fn adds(&self, rule: &str, user: &UserId) -> bool {
         self.adds.iter().any(|(r, u)| r == rule && u == user)
@@ -124,9 +149,24 @@ impl RuleSet {
             rules: loaded.rules,
             files: loaded.files,
             aliases: loaded.aliases,
+            pools: loaded.pools,
             warnings: loaded.warnings,
             references: loaded.references,
         })
+    }
+
+    /// The user a name stands for: an alias of the rules, or a user id.
+    pub fn user_named(&self, name: &str) -> Result<UserId, String> {
+        if let Some(id) = self.aliases.get(name) {
+            return Ok(id.clone());
+        }
+        UserId::parse(name)
+            .map_err(|e| format!("{name}: neither an alias of the rules nor a user id ({e})"))
+    }
+
+    /// The pools of every file, by name.
+    pub fn pools(&self) -> &BTreeMap<String, Arc<Pool>> {
+        &self.pools
     }
 
     /// A content hash of the files (names and text): which rule set decided something.
@@ -181,6 +221,7 @@ impl RuleSet {
             matched: run.matched,
             adds: run.adds,
             stopped_at: run.stopped_at,
+            picks: run.picks,
         }
     }
 

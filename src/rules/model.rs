@@ -60,6 +60,8 @@ pub enum UserRef {
     Field(FieldPath),
     /// The users a lookup table gives for a value of the event (`{ table: name, key: path }`).
     Table { table: Arc<Table>, key: FieldPath },
+    /// One member of a pool, picked by the service (`{ pool: name }`, in `add` only).
+    Pool(Arc<Pool>),
 }
 
 impl UserRef {
@@ -67,6 +69,55 @@ impl UserRef {
     /// removes only a follower autofollow added).
     pub fn is_dynamic(&self) -> bool {
         !matches!(self, UserRef::Alias { .. } | UserRef::Id(_))
+    }
+}
+
+/// A pool of a rule file's `pools:` section: members with weights, each contact given one
+/// (smooth weighted round robin, counted in the store), skipping members who are away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// (member as written, user id, weight), in file order.
+    pub members: Vec<(String, UserId, u32)>,
+    /// Periods members are away, inclusive dates (UTC): (user id, from, to).
+    pub away: Vec<(UserId, chrono::NaiveDate, chrono::NaiveDate)>,
+    /// The user when every member is away.
+    pub fallback: Option<(String, UserId)>,
+    pub origin: Origin,
+}
+
+impl Pool {
+    /// Whether `user` is away on `day` by the file's periods or `more` (set at run time).
+    pub fn away_on(
+        &self,
+        user: &UserId,
+        day: chrono::NaiveDate,
+        more: &[(UserId, chrono::NaiveDate, chrono::NaiveDate)],
+    ) -> bool {
+        let periods = self.away.iter().chain(more);
+        periods
+            .filter(|(u, ..)| u == user)
+            .any(|(_, from, to)| *from <= day && day <= *to)
+    }
+
+    /// The members and weights, and who is away when, for explanations.
+    pub fn describe(&self) -> String {
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .map(|(name, _, weight)| format!("{name} {weight}"))
+            .collect();
+        let mut text = format!("members {}", members.join(", "));
+        for (user, from, to) in &self.away {
+            let name = self.members.iter().find(|(_, id, _)| id == user);
+            let name = name.map_or(user.as_str(), |(n, ..)| n.as_str());
+            text.push_str(&format!("; {name} away {from} to {to}"));
+        }
+        text
+    }
+
+    pub fn has(&self, user: &UserId) -> bool {
+        self.members.iter().any(|(_, id, _)| id == user)
     }
 }
 
@@ -120,6 +171,7 @@ impl fmt::Display for UserRef {
             UserRef::PreviousAssignedUser => f.write_str("previous_assigned_user"),
             UserRef::Field(path) => write!(f, "field {}", path.text),
             UserRef::Table { table, key } => write!(f, "table {}, key {}", table.name, key.text),
+            UserRef::Pool(pool) => write!(f, "pool {}", pool.name),
         }
     }
 }

@@ -147,6 +147,17 @@ const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "pool_picks",
+        columns: &[
+            ("location_id", Ty::Text),
+            ("pool", Ty::Text),
+            ("contact_id", Ty::Text),
+            ("user_id", Ty::Text),
+            ("picked_at", Ty::Int),
+        ],
+        identity: false,
+    },
+    Table {
         name: "away",
         columns: &[
             ("user_id", Ty::Text),

@@ -930,16 +930,33 @@ pub struct AwayPeriod {
     pub to: chrono::NaiveDate,
 }
 
+impl AwayPeriod {
+    /// A period from dates as typed (`YYYY-MM-DD`, inclusive), or why not.
+    pub fn parse(user: UserId, from: &str, to: &str) -> Result<AwayPeriod, String> {
+        let date = |flag: &str, text: &str| {
+            chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+                .map_err(|_| format!("{flag}: {text:?} is not a date (YYYY-MM-DD)"))
+        };
+        let (from, to) = (date("from", from)?, date("to", to)?);
+        if to < from {
+            return Err(format!("to {to} is before from {from}"));
+        }
+        Ok(AwayPeriod { user, from, to })
+    }
+}
+
 /// Pools' turns, kept so the sequence survives restarts and is shared by replicas, and the
 /// away periods set at run time.
 #[async_trait]
 pub trait Pools: Send + Sync + std::fmt::Debug {
-    /// Hands the next turn of `pool` in `location` to one of `members` (those away already
-    /// left out) by [`smooth_pick`] over the weights kept here, and counts it; `None` when
-    /// `members` is empty. Atomic: concurrent callers (replicas) never get the same turn.
+    /// The member of `pool` dealt to `contact` in `location`: the one it was dealt before
+    /// while that one is among `members` (those away already left out), else the pool's
+    /// next turn by [`smooth_pick`] over the weights kept here, counted and remembered for
+    /// the contact; `None` when `members` is empty. Atomic: concurrent callers (replicas)
+    /// never get the same turn.
     async fn take_turn(
         &self,
-        location: &LocationId,
+        (location, contact): (&LocationId, &ContactId),
         pool: &str,
         members: &[PoolMember],
     ) -> Result<Option<UserId>, StoreError>;

@@ -148,7 +148,7 @@ wrapped!(Backfills {
 });
 
 wrapped!(Pools {
-    fn take_turn(&self, location: &LocationId, pool: &str, members: &[PoolMember]) -> Result<Option<UserId>, StoreError>;
+    fn take_turn(&self, at: (&LocationId, &ContactId), pool: &str, members: &[PoolMember]) -> Result<Option<UserId>, StoreError>;
     fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError>;
     fn set_away(&self, period: &AwayPeriod) -> Result<(), StoreError>;
     fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError>;

@@ -27,6 +27,8 @@ use crate::rules::explain_report;
 use crate::store::{EventFilter, Installation};
 use crate::worker::{Job, simulate};
 
+mod pools;
+
 /// The admin routes, behind the bearer-token check.
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -43,6 +45,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/undo", post(undo))
         .route("/admin/backfills", get(backfills).post(start_backfill))
         .route("/admin/simulate", post(simulate))
+        .route("/admin/pools", get(pools::pools))
+        .route("/admin/away", post(pools::set_away))
+        .route("/admin/away/{user}", delete(pools::clear_away))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 

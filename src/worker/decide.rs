@@ -14,8 +14,8 @@ use crate::model::event::{Event, EventType};
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
-use crate::rules::{Resolver, RuleSet};
-use crate::store::{Claimed, ContactSnapshot, NewState, StoreError, millis};
+use crate::rules::{Evaluation, Resolver, RuleSet};
+use crate::store::{Claimed, ContactSnapshot, NewState, PoolMember, StoreError, millis};
 
 /// What the rules decided for a group.
 pub(super) struct Decided {
@@ -166,12 +166,20 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return Ok(Err(Ending::from_lookup(e))),
         };
-        let evaluation = at.rules.evaluate(event, &before, &resolver);
+        let mut evaluation = at.rules.evaluate(event, &before, &resolver);
+        let unpicked = self
+            .deal(
+                &mut evaluation,
+                (&event.location_id, &event.contact_id),
+                &decided.ownership,
+            )
+            .await?;
         let (plan, ledger) = decided.ownership.decide(at.rules, event, &evaluation);
         decided.net.merge(&plan);
         let decision = Decision {
             matched: evaluation.matched,
             plan,
+            error: unpicked.or(at.empty.error.clone()),
             ..at.empty
         };
         let location = &event.location_id;
@@ -179,6 +187,60 @@ impl Worker {
         let mut state = leave(decided, event, assigned, at.previous);
         state.ledger = ledger;
         Ok(Ok((decision, state)))
+    }
+
+    /// Gives each pool a matched rule adds one member: the one autofollow already keeps
+    /// following the contact for that rule (sticky), else the pool's next turn among the
+    /// members not away today (UTC; the file's periods and those set at run time), else
+    /// the pool's fallback. Turns are counted in the store, shared by replicas. Returns a
+    /// note for the decision when a pool had nobody to give.
+    async fn deal(
+        &self,
+        evaluation: &mut Evaluation,
+        at: (&LocationId, &ContactId),
+        ownership: &Ownership,
+    ) -> Result<Option<String>, StoreError> {
+        if evaluation.picks.is_empty() {
+            return Ok(None);
+        }
+        let mut nobody = Vec::new();
+        let today = chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).date_naive();
+        let periods = self.store.away_periods().await?;
+        let away: Vec<_> = periods
+            .into_iter()
+            .map(|p| (p.user, p.from, p.to))
+            .collect();
+        for (rule, pool) in std::mem::take(&mut evaluation.picks) {
+            let label = |user: &UserId, how: &str| format!("{user} (pool {}: {how})", pool.name);
+            if let Some(user) = ownership.kept(&rule, |u| pool.has(u)) {
+                let label = label(&user, "kept");
+                evaluation.pick(&rule, user, label);
+                continue;
+            }
+            let here: Vec<PoolMember> = pool
+                .members
+                .iter()
+                .filter(|(_, id, _)| !pool.away_on(id, today, &away))
+                .map(|(_, id, weight)| (id.clone(), *weight))
+                .collect();
+            let turn = self.store.take_turn(at, &pool.name, &here).await?;
+            let fallback = pool.fallback.as_ref().map(|(_, id)| id.clone());
+            match (turn, fallback) {
+                (Some(user), _) => {
+                    let label = label(&user, "turn");
+                    evaluation.pick(&rule, user, label);
+                }
+                (None, Some(user)) => {
+                    let label = label(&user, "everyone away, fallback");
+                    evaluation.pick(&rule, user, label);
+                }
+                (None, None) => nobody.push(pool.name.clone()),
+            }
+        }
+        Ok((!nobody.is_empty()).then(|| {
+            let pools = nobody.join(", ");
+            format!("nobody added from pool {pools}: every member is away and there is no fallback")
+        }))
     }
 
     /// Parked when GoHighLevel refused the location's token and it is still the same token;

@@ -45,6 +45,13 @@ pub(super) struct Ownership {
 }
 
 impl Ownership {
+    /// The user autofollow keeps following the contact for `rule` among those `member`
+    /// accepts (a pool's pick, kept: re-evaluations never deal again).
+    pub(super) fn kept(&self, rule: &str, member: impl Fn(&UserId) -> bool) -> Option<UserId> {
+        let row = self.rows.iter().find(|r| r.rule == rule && member(&r.user));
+        row.map(|r| r.user.clone())
+    }
+
     pub(super) fn new(owned: Vec<Owned>) -> Ownership {
         let at_start = owned.iter().map(|o| o.user.clone()).collect();
         let rows = owned

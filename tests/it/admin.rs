@@ -67,6 +67,9 @@ async fn every_admin_route_needs_the_bearer_token_and_only_the_admin_listener_se
         (reqwest::Method::GET, "/admin/backfills"),
         (reqwest::Method::POST, "/admin/simulate"),
         (reqwest::Method::POST, "/admin/backfills?location=L1"),
+        (reqwest::Method::GET, "/admin/pools"),
+        (reqwest::Method::POST, "/admin/away"),
+        (reqwest::Method::DELETE, "/admin/away/alice"),
         (
             reqwest::Method::GET,
             "/admin/contacts/c1/followers?location=L1",
@@ -261,5 +264,57 @@ async fn a_reload_applies_a_valid_edit_and_rejects_an_invalid_one_keeping_the_ol
     .await;
     app.drain().await;
     assert_eq!(app.decisions(id).await[0].plan.summary(), "add: bob");
+    app.shutdown().await;
+}
+
+/// Away periods over HTTP: set for an alias, refused with a bad date, shown under the pool
+/// in `GET /admin/pools` with the file's, and cleared.
+#[tokio::test]
+async fn away_periods_are_set_shown_with_the_pools_and_cleared_over_http() {
+    let rules = "pools:\n  sales:\n    members: [alice, bob]\n    away: { alice: [\"2026-12-24\", \"2027-01-02\"] }\nrules:\n  - name: deal\n    add: [{ pool: sales }]\n";
+    let app = spawn_with(Options {
+        rules: rules.into(),
+        admin_token: Some(ADMIN.into()),
+        ..Options::default()
+    })
+    .await;
+    let away = |body: Value| {
+        let request = app.http.post(format!("{}/admin/away", app.admin));
+        request.bearer_auth(ADMIN).json(&body).send()
+    };
+    let set = away(json!({"user": "bob", "from": "2026-12-01", "to": "2026-12-03"}))
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let bob = common::BOB;
+    assert_eq!(
+        set.json::<Value>().await.unwrap(),
+        json!({"away": {"user": bob, "from": "2026-12-01", "to": "2026-12-03"}})
+    );
+    let bad = away(json!({"user": "bob", "from": "2026-12-41", "to": "2026-12-03"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let nobody = away(json!({"user": "no body", "from": "2026-12-01", "to": "2026-12-03"}))
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), 400);
+    let (status, pools) = call(&app, reqwest::Method::GET, "/admin/pools", None).await;
+    assert_eq!(status, 200);
+    let sales = &pools["pools"][0];
+    assert_eq!(sales["name"], "sales");
+    assert_eq!(
+        sales["members"][1],
+        json!({"name": "bob", "user": bob, "weight": 1})
+    );
+    assert_eq!(
+        sales["away"],
+        json!([
+            {"user": common::ALICE, "from": "2026-12-24", "to": "2027-01-02", "source": "rules"},
+            {"user": bob, "from": "2026-12-01", "to": "2026-12-03", "source": "set"}
+        ])
+    );
+    let (status, cleared) = call(&app, reqwest::Method::DELETE, "/admin/away/bob", None).await;
+    assert_eq!((status, cleared), (200, json!({"cleared": 1})));
     app.shutdown().await;
 }

@@ -317,3 +317,66 @@ fn serve_refuses_invalid_configuration_listing_every_problem_without_secrets() {
     }
     assert!(!err.contains("TOPSECRET"), "{err}");
 }
+
+/// `away` stores a period for an alias (or an id), refuses bad dates, and `pools` shows each
+/// pool's members, weights, who is away (file and `away`), the fallback and the turns.
+#[tokio::test]
+async fn away_and_pools_work_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write_temp(
+        &dir,
+        "rules.yaml",
+        &format!(
+            "{}pools:\n  sales:\n    members: {{ alice: 2, bob: 1 }}\n    away:\n      alice: [\"2026-12-24\", \"2027-01-02\"]\n    fallback: carol\nrules:\n  - name: deal\n    add: [{{ pool: sales }}]\n",
+            common::USERS
+        ),
+    );
+    let url = format!("sqlite://{}", dir.path().join("db/af.db").display());
+    let store = autofollow::store::open(&url).await.unwrap();
+    let (l1, c1) = (
+        autofollow::model::ids::LocationId::parse("L1").unwrap(),
+        autofollow::model::ids::ContactId::parse("c1").unwrap(),
+    );
+    let bob = autofollow::model::ids::UserId::parse(common::BOB).unwrap();
+    store
+        .take_turn((&l1, &c1), "sales", &[(bob, 1)])
+        .await
+        .unwrap();
+    let with = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--database-url", &url, "--rules", &rules]);
+        autofollow(&all)
+    };
+    let set = with(&["away", "bob", "--from", "2026-12-01", "--to", "2026-12-03"]);
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert_eq!(
+        stdout(&set),
+        "bob: away from 2026-12-01 to 2026-12-03 (inclusive); pools skip them on those days\n"
+    );
+    let bad = with(&["away", "bob", "--from", "2026-12-41", "--to", "2026-12-03"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--from: \"2026-12-41\" is not a date"),
+        "{}",
+        stderr(&bad)
+    );
+    let shown = with(&["pools"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let text = stdout(&shown);
+    for line in [
+        "pool sales (",
+        &format!(
+            "  members: alice ({}) weight 2, bob ({}) weight 1",
+            common::ALICE,
+            common::BOB
+        ),
+        "  away: alice 2026-12-24 to 2027-01-02 (rule file)",
+        "  away: bob 2026-12-01 to 2026-12-03 (autofollow away)",
+        "  fallback: carol",
+        "  turns in L1: bob 1",
+    ] {
+        assert!(text.contains(line), "{line:?} in:\n{text}");
+    }
+    let cleared = with(&["away", "bob", "--clear"]);
+    assert_eq!(stdout(&cleared), "bob: 1 away period(s) cleared\n");
+}

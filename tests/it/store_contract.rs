@@ -1070,15 +1070,14 @@ async fn turns(
     of: &[PoolMember],
     n: usize,
 ) -> Vec<String> {
+    static CONTACTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let location = LocationId::parse(location).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
-        let user = s
-            .take_turn(&location, pool, of)
-            .await
-            .unwrap()
-            .expect("a member");
-        out.push(user.as_str().to_owned());
+        let next = CONTACTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let contact = ContactId::parse(&format!("dealt{next}")).unwrap();
+        let user = s.take_turn((&location, &contact), pool, of).await.unwrap();
+        out.push(user.expect("a member").as_str().to_owned());
     }
     out
 }
@@ -1100,8 +1099,24 @@ async fn a_pool_hands_out_turns_by_weight_per_location(store: Arc<dyn Store>) {
     // Alice away: bob gets every turn; nobody there: no turn.
     let without = members(&[("bob", 1)]);
     assert_eq!(turns(s, "L1", "sales", &without, 3).await, ["bob"; 3]);
-    let l1 = LocationId::parse("L1").unwrap();
-    assert_eq!(s.take_turn(&l1, "sales", &[]).await.unwrap(), None);
+    let (l1, c) = (
+        LocationId::parse("L1").unwrap(),
+        ContactId::parse("c1").unwrap(),
+    );
+    assert_eq!(s.take_turn((&l1, &c), "sales", &[]).await.unwrap(), None);
+    // A contact dealt before keeps its member (no new turn) while it is in the pool.
+    let first = s.take_turn((&l1, &c), "sales", &sales).await.unwrap();
+    let again = s.take_turn((&l1, &c), "sales", &sales).await.unwrap();
+    assert_eq!(
+        (first.as_ref().map(UserId::as_str), &again),
+        (Some("alice"), &first)
+    );
+    let moved = s.take_turn((&l1, &c), "sales", &without).await.unwrap();
+    assert_eq!(
+        moved.as_ref().map(UserId::as_str),
+        Some("bob"),
+        "alice away: dealt again"
+    );
     let counted: Vec<(String, String, String, u64)> = s
         .pool_turns()
         .await
@@ -1120,8 +1135,8 @@ async fn a_pool_hands_out_turns_by_weight_per_location(store: Arc<dyn Store>) {
     assert_eq!(
         counted,
         [
-            row("L1", "sales", "alice", 20),
-            row("L1", "sales", "bob", 13),
+            row("L1", "sales", "alice", 21),
+            row("L1", "sales", "bob", 14),
             row("L1", "support", "bob", 1),
             row("L1", "support", "carol", 1),
             row("L2", "sales", "alice", 1),

@@ -166,3 +166,135 @@ fn a_remove_through_a_table_or_a_field_removes_only_what_autofollow_added() {
         ]
     );
 }
+
+/// `explain` shows a pool's members, weights and away periods; the member is picked when
+/// the service processes the event, so the plan itself has no add.
+#[test]
+fn explain_shows_the_pool_a_rule_deals_from() {
+    let set = rules(
+        "pools:\n  sales:\n    members: { alice: 2, bob: 1 }\n    away: { alice: [\"2026-12-24\", \"2027-01-02\"] }\nrules:\n  - name: deal\n    add: [{ pool: sales }]\n",
+    );
+    let e = contact("ContactCreate", &[], json!({}));
+    assert_eq!(
+        actions(&set, &e, &NoResolver),
+        [
+            "add one member of pool sales, picked when the event is processed (members alice 2, bob 1; alice away 2026-12-24 to 2027-01-02)"
+        ]
+    );
+    let evaluation = set.evaluate(&e, &PreviousState::default(), &NoResolver);
+    assert_eq!(evaluation.picks.len(), 1);
+    assert_eq!(evaluation.plan.summary(), "no change");
+}
+
+mod pools {
+    use crate::common::service::*;
+    use crate::common::{ALICE, BOB, CAROL};
+    use autofollow::model::record::EventStatus;
+    use serde_json::json;
+
+    fn sales(extra: &str) -> String {
+        format!(
+            "pools:\n  sales:\n    members: {{ alice: 2, bob: 1 }}\n{extra}rules:\n  - name: deal\n    events: [ContactCreate, ContactUpdate]\n    add: [{{ pool: sales }}]\n"
+        )
+    }
+
+    /// GoHighLevel's answer to an add: the list, and who was added.
+    async fn ghl_adds(app: &TestApp) {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, Request, ResponseTemplate};
+        let answer = |req: &Request| {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let users = &body["followers"];
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"followers": users, "followersAdded": users}))
+        };
+        Mock::given(method("POST"))
+            .respond_with(answer)
+            .mount(&app.ghl)
+            .await;
+    }
+
+    /// Sends a webhook of this type for each contact, processed one after the other.
+    async fn create(app: &TestApp, kind: &str, contacts: impl IntoIterator<Item = String>) {
+        for contact in contacts {
+            let body = json!({"type": kind, "locationId": LOCATION, "id": contact});
+            let id = accepted(app.post_app(&body).await).await;
+            app.drain().await;
+            assert_eq!(app.event(id).await.status, EventStatus::Done);
+        }
+    }
+
+    /// Who each POST added, in order.
+    async fn dealt(app: &TestApp) -> Vec<String> {
+        let calls = app.followers_calls().await.into_iter();
+        let posts = calls
+            .filter(|(m, ..)| m == "POST")
+            .map(|(_, _, users)| users[0].as_str().unwrap_or_default().to_owned());
+        posts.collect()
+    }
+
+    /// 2:1 over 30 new contacts is exactly 20 and 10; sending the contacts again deals
+    /// nothing new (each keeps its member) and takes no turn.
+    #[tokio::test]
+    async fn a_pool_deals_thirty_contacts_twenty_and_ten_and_keeps_each_pick() {
+        let app = spawn_with(Options {
+            rules: sales(""),
+            ..Options::default()
+        })
+        .await;
+        ghl_adds(&app).await;
+        let contacts = || (0..30).map(|i| format!("c{i:02}"));
+        create(&app, "ContactCreate", contacts()).await;
+        let first = dealt(&app).await;
+        assert_eq!(first[..3], [ALICE, BOB, ALICE]);
+        assert_eq!(first.iter().filter(|u| *u == ALICE).count(), 20);
+        assert_eq!(first.iter().filter(|u| *u == BOB).count(), 10);
+        create(&app, "ContactUpdate", contacts()).await;
+        let handed: Vec<u64> = app
+            .store()
+            .pool_turns()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.handed)
+            .collect();
+        assert_eq!(handed, [10, 20], "bob's and alice's: sticky, no new turns");
+        let mut per_contact = std::collections::HashMap::new();
+        for (_, path, users) in app.followers_calls().await {
+            per_contact.entry(path).or_insert_with(Vec::new).push(users);
+        }
+        assert_eq!(per_contact.len(), 30);
+        assert!(
+            per_contact.values().all(|u| u.iter().all(|x| *x == u[0])),
+            "{per_contact:?}"
+        );
+        app.shutdown().await;
+    }
+
+    /// A member away today (in the file, or set at run time) gets nothing; with everyone
+    /// away the fallback follows.
+    #[tokio::test]
+    async fn members_away_today_are_skipped_and_the_fallback_covers_everyone_away() {
+        let today =
+            chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).date_naive();
+        let away =
+            format!("    away:\n      alice: [\"{today}\", \"{today}\"]\n    fallback: carol\n");
+        let app = spawn_with(Options {
+            rules: sales(&away),
+            ..Options::default()
+        })
+        .await;
+        ghl_adds(&app).await;
+        create(&app, "ContactCreate", (0..3).map(|i| format!("a{i}"))).await;
+        assert_eq!(dealt(&app).await, [BOB; 3]);
+        let bob = autofollow::store::AwayPeriod {
+            user: autofollow::model::ids::UserId::parse(BOB).unwrap(),
+            from: today,
+            to: today,
+        };
+        app.store().set_away(&bob).await.unwrap();
+        create(&app, "ContactCreate", ["b0".to_owned()]).await;
+        assert_eq!(dealt(&app).await[3..], [CAROL]);
+        app.shutdown().await;
+    }
+}

@@ -355,3 +355,25 @@ fn tables_and_table_targets_are_checked_at_their_positions() {
         ["b.yaml:2:3: error: table `t` is already defined at a.yaml:2:3"]
     );
 }
+
+/// Pools: an unknown pool (with the closest name), a pool removed, a bad weight, a member
+/// listed twice, a bad or reversed away period, someone away who is not a member, each at
+/// its position.
+#[test]
+fn pools_and_pool_targets_are_checked_at_their_positions() {
+    let pools = "pools:\n  sales:\n    members: { alice: 2, bob: x }\n    away:\n      alice: [\"2026-12-24\", \"2026-12-01\"]\n      carol: [\"2026-12-24\", \"2026-12-25\"]\n  twice:\n    members: [alice, alice]\n    away: { alice: [\"someday\", \"2026-12-25\"] }\n";
+    let rules = "rules:\n  - name: a\n    add: [{ pool: sale }]\n    remove: [{ pool: sales }]\n";
+    let d = one(&format!("{ALIASES}{pools}{rules}"));
+    assert_eq!(
+        d,
+        [
+            "r.yaml:5:31: error: the weight of `bob` must be a whole number from 1, found `x`",
+            "r.yaml:7:14: error: the away period of `alice` ends before it starts",
+            "r.yaml:8:7: error: `carol` is away but not a member of pool `sales`",
+            "r.yaml:10:22: error: pool `twice` lists `alice` twice",
+            "r.yaml:11:20: error: the away period of `alice` must be `[from, to]`, dates as YYYY-MM-DD, found a list",
+            "r.yaml:14:19: error: unknown pool `sale`; did you mean `sales`?",
+            "r.yaml:15:22: error: `pool sales` can only be added: a rule stops following a pool's pick with `follow: while_matching`",
+        ],
+    );
+}

@@ -2,11 +2,13 @@
 //! `tables:` section they refer to. Tables are shared by every file, like aliases.
 
 use super::*;
-use crate::rules::model::{Table, TableEntry};
+use crate::rules::model::{Pool, Table, TableEntry};
 use crate::rules::pattern::Pattern;
 
 /// Keys of a target written as a mapping.
-pub const TARGET_KEYS: &[&str] = &["field", "table", "key"];
+pub const TARGET_KEYS: &[&str] = &["field", "table", "key", "pool"];
+/// Keys of a pool.
+pub const POOL_KEYS: &[&str] = &["members", "away", "fallback"];
 
 /// An `add`/`remove` entry as written.
 pub(super) enum RawTarget {
@@ -18,13 +20,14 @@ pub(super) enum RawTarget {
         span: Span,
         key: FieldPath,
     },
+    Pool(String, Span),
 }
 
 impl RawTarget {
     pub(super) fn span(&self) -> Span {
         match self {
             RawTarget::User(_, span) | RawTarget::Field(_, span) => *span,
-            RawTarget::Table { span, .. } => *span,
+            RawTarget::Table { span, .. } | RawTarget::Pool(_, span) => *span,
         }
     }
 
@@ -34,6 +37,7 @@ impl RawTarget {
             RawTarget::User(name, _) => name.clone(),
             RawTarget::Field(path, _) => format!("field {}", path.text),
             RawTarget::Table { name, .. } => format!("table {name}"),
+            RawTarget::Pool(name, _) => format!("pool {name}"),
         }
     }
 }
@@ -102,6 +106,25 @@ fn mapped(cx: &mut Cx, map: &MarkedMappingNode, key: &str) -> Option<RawTarget> 
         }
         parsed
     };
+    if let Some(node) = map.get_node("pool") {
+        return match node {
+            Node::Scalar(name) if map.len() == 1 => Some(RawTarget::Pool(
+                name.as_str().trim().to_owned(),
+                *name.span(),
+            )),
+            Node::Scalar(_) => {
+                cx.error(&span, "a `pool` target is the pool alone: `{ pool: name }`");
+                None
+            }
+            other => {
+                cx.error(
+                    other.span(),
+                    format!("`pool` must name a pool, found {}", kind(other)),
+                );
+                None
+            }
+        };
+    }
     match (map.get_node("field"), map.get_node("table")) {
         (Some(_), None) if map.get_node("key").is_some() => {
             cx.error(
@@ -129,7 +152,27 @@ fn mapped(cx: &mut Cx, map: &MarkedMappingNode, key: &str) -> Option<RawTarget> 
             })
         }
         _ => {
-            cx.error(&span, format!("an entry of `{key}` written as a mapping is `{{ field: path }}` or `{{ table: name, key: path }}`"));
+            cx.error(&span, format!("an entry of `{key}` written as a mapping is `{{ field: path }}`, `{{ table: name, key: path }}` or `{{ pool: name }}`"));
+            None
+        }
+    }
+}
+
+/// A top-level section mapping names to definitions; `None` when absent or not a mapping
+/// (reported).
+fn section<'a>(
+    cx: &mut Cx,
+    top: &'a MarkedMappingNode,
+    key: &str,
+    what: &str,
+) -> Option<&'a MarkedMappingNode> {
+    match top.get_node(key)? {
+        Node::Mapping(map) => Some(map),
+        other => {
+            cx.error(
+                other.span(),
+                format!("`{key}` must map {what}, found {}", kind(other)),
+            );
             None
         }
     }
@@ -148,17 +191,8 @@ pub(super) struct RawTable {
 
 /// The `tables` section: name → value → user or list of users.
 pub(super) fn parse_tables(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<RawTable> {
-    let map = match top.get_node("tables") {
-        None => return Vec::new(),
-        Some(Node::Mapping(map)) => map,
-        Some(other) => {
-            let message = format!(
-                "`tables` must map table names to tables, found {}",
-                kind(other)
-            );
-            cx.error(other.span(), message);
-            return Vec::new();
-        }
+    let Some(map) = section(cx, top, "tables", "table names to tables") else {
+        return Vec::new();
     };
     let mut tables = Vec::new();
     for (name, body) in map.iter() {
@@ -231,20 +265,18 @@ pub(super) fn link_tables(
 
 fn link_table(cx: &mut Cx, raw: RawTable, aliases: &Aliases) -> Table {
     let users = |cx: &mut Cx, named: &[(String, Span)]| -> Vec<UserRef> {
-        let entries: Vec<RawTarget> = named
-            .iter()
-            .map(|(n, s)| RawTarget::User(n.clone(), *s))
-            .collect();
-        let resolved = resolve(cx, &entries, aliases, &BTreeMap::new());
-        for (user, (name, span)) in resolved.iter().zip(named) {
-            if user.is_dynamic() {
+        let one = |(name, span): &(String, Span)| {
+            let found = user(cx, name, span, aliases)?;
+            if found.is_dynamic() {
                 cx.error(
                     span,
                     format!("`{name}` cannot be a table's user: name an alias or a user id"),
                 );
+                return None;
             }
-        }
-        resolved
+            Some(found)
+        };
+        named.iter().filter_map(one).collect()
     };
     let mut entries: Vec<TableEntry> = Vec::new();
     for (value, span, named) in &raw.entries {
@@ -302,5 +334,247 @@ pub(super) fn table(
         .map(|t| format!("; did you mean `{t}`?"))
         .unwrap_or_else(|| "; tables are defined under `tables:`".to_owned());
     cx.error(span, format!("unknown table `{name}`{hint}"));
+    None
+}
+
+/// A pool as written.
+pub(super) struct RawPool {
+    name: String,
+    span: Span,
+    /// (member, where, weight).
+    members: Vec<(String, Span, u32)>,
+    /// (member, where, from, to).
+    away: Vec<(String, Span, chrono::NaiveDate, chrono::NaiveDate)>,
+    fallback: Option<(String, Span)>,
+}
+
+/// The `pools` section: name → `members` (a list, or member → weight), `away` (member →
+/// `[from, to]`, inclusive dates), `fallback` (a user).
+pub(super) fn parse_pools(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<RawPool> {
+    let Some(map) = section(cx, top, "pools", "pool names to pools") else {
+        return Vec::new();
+    };
+    let mut pools = Vec::new();
+    for (name, body) in map.iter() {
+        let Node::Mapping(body) = body else {
+            let message = format!(
+                "pool `{}` must be a mapping with `members`, found {}",
+                name.as_str(),
+                kind(body)
+            );
+            cx.error(body.span(), message);
+            continue;
+        };
+        cx.unknown_keys(body, POOL_KEYS, &format!("pool `{}`", name.as_str()));
+        let mut pool = RawPool {
+            name: name.as_str().trim().to_owned(),
+            span: *name.span(),
+            members: Vec::new(),
+            away: Vec::new(),
+            fallback: None,
+        };
+        pool.members = pool_members(cx, body, &pool.name, name.span());
+        pool.away = pool_away(cx, body);
+        pool.fallback = match body.get_node("fallback") {
+            Some(Node::Scalar(s)) if !is_null(s) => Some((s.as_str().trim().to_owned(), *s.span())),
+            Some(other) => {
+                cx.error(
+                    other.span(),
+                    format!("`fallback` must be one user, found {}", kind(other)),
+                );
+                None
+            }
+            None => None,
+        };
+        pools.push(pool);
+    }
+    pools
+}
+
+/// `members`: a list (weights 1) or member → weight (a whole number from 1).
+fn pool_members(
+    cx: &mut Cx,
+    body: &MarkedMappingNode,
+    pool: &str,
+    at: &Span,
+) -> Vec<(String, Span, u32)> {
+    match body.get_node("members") {
+        None => {
+            cx.error(at, format!("pool `{pool}` has no `members`"));
+            Vec::new()
+        }
+        Some(Node::Mapping(weights)) => weights
+            .iter()
+            .filter_map(|(member, weight)| {
+                let parsed = match weight {
+                    Node::Scalar(w) => w.as_str().trim().parse::<u32>().ok().filter(|w| *w >= 1),
+                    _ => None,
+                };
+                if parsed.is_none() {
+                    cx.error(
+                        weight.span(),
+                        format!(
+                            "the weight of `{}` must be a whole number from 1, found {}",
+                            member.as_str(),
+                            describe(weight)
+                        ),
+                    );
+                }
+                Some((member.as_str().trim().to_owned(), *member.span(), parsed?))
+            })
+            .collect(),
+        Some(other) => strings(cx, other, "members")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(member, span)| (member, span, 1))
+            .collect(),
+    }
+}
+
+/// `away`: member → `[from, to]`, inclusive dates (`YYYY-MM-DD`), from no later than to.
+fn pool_away(
+    cx: &mut Cx,
+    body: &MarkedMappingNode,
+) -> Vec<(String, Span, chrono::NaiveDate, chrono::NaiveDate)> {
+    let Some(node) = body.get_node("away") else {
+        return Vec::new();
+    };
+    let Node::Mapping(map) = node else {
+        cx.error(
+            node.span(),
+            format!(
+                "`away` must map members to `[from, to]` dates, found {}",
+                kind(node)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (member, period) in map.iter() {
+        let dates: Option<Vec<chrono::NaiveDate>> = match period {
+            Node::Sequence(items) if items.len() == 2 => items
+                .iter()
+                .map(|d| match d {
+                    Node::Scalar(s) => {
+                        chrono::NaiveDate::parse_from_str(s.as_str().trim(), "%Y-%m-%d").ok()
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        match dates.as_deref() {
+            Some([from, to]) if from <= to => out.push((
+                member.as_str().trim().to_owned(),
+                *member.span(),
+                *from,
+                *to,
+            )),
+            Some(_) => cx.error(
+                period.span(),
+                format!(
+                    "the away period of `{}` ends before it starts",
+                    member.as_str()
+                ),
+            ),
+            None => cx.error(
+                period.span(),
+                format!(
+                    "the away period of `{}` must be `[from, to]`, dates as YYYY-MM-DD, found {}",
+                    member.as_str(),
+                    describe(period)
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// Every file's pools with their users resolved: a name defined twice, a member or
+/// fallback that is not an alias or an id, and an away member not in the pool are reported.
+pub(super) fn link_pools(
+    diags: &mut Vec<Diagnostic>,
+    files: &mut [(Arc<str>, FileSpec)],
+    aliases: &Aliases,
+    references: &mut Vec<Reference>,
+) -> BTreeMap<String, Arc<Pool>> {
+    let mut pools: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
+    for (file, spec) in files.iter_mut() {
+        let mut cx = Cx::new(file.clone(), diags);
+        for raw in std::mem::take(&mut spec.pools) {
+            if let Some(first) = pools.get(&raw.name) {
+                let message = format!("pool `{}` is already defined at {}", raw.name, first.origin);
+                cx.error(&raw.span, message);
+                continue;
+            }
+            let pool = link_pool(&mut cx, raw, aliases);
+            pools.insert(pool.name.clone(), Arc::new(pool));
+        }
+        references.append(&mut cx.found);
+    }
+    pools
+}
+
+fn link_pool(cx: &mut Cx, raw: RawPool, aliases: &Aliases) -> Pool {
+    let one = |cx: &mut Cx, name: &str, span: &Span| -> Option<UserId> {
+        match user(cx, name, span, aliases) {
+            Some(UserRef::Alias { id, .. } | UserRef::Id(id)) => Some(id),
+            Some(_) => {
+                cx.error(
+                    span,
+                    format!("`{name}` cannot be a pool's user: name an alias or a user id"),
+                );
+                None
+            }
+            None => None,
+        }
+    };
+    let mut members: Vec<(String, UserId, u32)> = Vec::new();
+    for (name, span, weight) in &raw.members {
+        let Some(id) = one(cx, name, span) else {
+            continue;
+        };
+        if members.iter().any(|(_, m, _)| *m == id) {
+            cx.error(span, format!("pool `{}` lists `{name}` twice", raw.name));
+            continue;
+        }
+        members.push((name.clone(), id, *weight));
+    }
+    let mut away = Vec::new();
+    for (name, span, from, to) in &raw.away {
+        match members.iter().find(|(m, ..)| m == name) {
+            Some((_, id, _)) => away.push((id.clone(), *from, *to)),
+            None => cx.error(
+                span,
+                format!("`{name}` is away but not a member of pool `{}`", raw.name),
+            ),
+        }
+    }
+    let fallback = raw
+        .fallback
+        .and_then(|(name, span)| Some((name.clone(), one(cx, &name, &span)?)));
+    Pool {
+        name: raw.name,
+        members,
+        away,
+        fallback,
+        origin: cx.origin(&raw.span),
+    }
+}
+
+/// The pool a target names, or an error at the name (with the closest pool's name).
+pub(super) fn pool(
+    cx: &mut Cx,
+    name: &str,
+    span: &Span,
+    pools: &BTreeMap<String, Arc<Pool>>,
+) -> Option<Arc<Pool>> {
+    if let Some(p) = pools.get(name) {
+        return Some(Arc::clone(p));
+    }
+    let hint = closest(name, pools.keys().map(String::as_str))
+        .map(|p| format!("; did you mean `{p}`?"))
+        .unwrap_or_else(|| "; pools are defined under `pools:`".to_owned());
+    cx.error(span, format!("unknown pool `{name}`{hint}"));
     None
 }

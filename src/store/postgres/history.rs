@@ -155,6 +155,7 @@ impl History for PgStore {
         states += run("DELETE FROM contact_state WHERE contact_id = $1").await?;
         states += run("DELETE FROM known_followers WHERE contact_id = $1").await?;
         states += run("DELETE FROM owned_followers WHERE contact_id = $1").await?;
+        states += run("DELETE FROM pool_picks WHERE contact_id = $1").await?;
         tx.commit().await?;
         Ok(Erased {
             events,

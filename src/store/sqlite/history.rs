@@ -152,6 +152,7 @@ impl History for SqliteStore {
                     conn.execute("DELETE FROM known_followers WHERE contact_id = ?1", [&contact])?;
                 states +=
                     conn.execute("DELETE FROM owned_followers WHERE contact_id = ?1", [&contact])?;
+                states += conn.execute("DELETE FROM pool_picks WHERE contact_id = ?1", [&contact])?;
                 Ok(Erased {
                     events: events as u64,
                     decisions: decisions as u64,

@@ -4,10 +4,11 @@ use super::*;
 
 #[async_trait]
 impl Pools for SqliteStore {
-    /// One writer job: reads the members' weights, picks, writes them back.
+    /// One writer job: the contact's earlier pick, or the members' weights read, a pick,
+    /// and both written back.
     async fn take_turn(
         &self,
-        location: &LocationId,
+        (location, contact): (&LocationId, &ContactId),
         pool: &str,
         members: &[PoolMember],
     ) -> Result<Option<UserId>, StoreError> {
@@ -15,10 +16,20 @@ impl Pools for SqliteStore {
             return Ok(None);
         }
         let (location, pool) = (location.as_str().to_owned(), pool.to_owned());
+        let contact = contact.as_str().to_owned();
         let members = members.to_vec();
         let picked = self
             .writer
             .write(move |conn| {
+                let before: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT user_id FROM pool_picks WHERE location_id = ?1 AND pool = ?2 AND contact_id = ?3",
+                    )?
+                    .query_row((&location, &pool, &contact), |r| r.get(0))
+                    .optional()?;
+                if let Some(kept) = members.iter().find(|(u, _)| Some(u.as_str()) == before.as_deref()) {
+                    return Ok(Some(kept.0.clone()));
+                }
                 let mut current = Vec::with_capacity(members.len());
                 let mut read = conn.prepare_cached(
                     "SELECT current FROM pool_turns WHERE location_id = ?1 AND pool = ?2 AND user_id = ?3",
@@ -40,7 +51,15 @@ impl Pools for SqliteStore {
                     let handed = i64::from(i == pick);
                     write.execute(rusqlite::params![location, pool, user.as_str(), weight, handed])?;
                 }
-                Ok(Some(members[pick].0.clone()))
+                let user = members[pick].0.clone();
+                conn.prepare_cached(
+                    "INSERT INTO pool_picks (location_id, pool, contact_id, user_id, picked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (location_id, pool, contact_id)
+                     DO UPDATE SET user_id = excluded.user_id, picked_at = excluded.picked_at",
+                )?
+                .execute((&location, &pool, &contact, user.as_str(), now_ms()))?;
+                Ok(Some(user))
             })
             .await?;
         Ok(picked)
