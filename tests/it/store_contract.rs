@@ -660,6 +660,10 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
         ContactId::parse("c1").unwrap(),
     );
     let o = OpportunityId::parse("o1").unwrap();
+    // The member the contact was dealt is forgotten too: dealt again, it takes a new turn.
+    let even = members(&[("alice", 1), ("bob", 1)]);
+    let dealt = s.take_turn((&l, &c), "sales", &even).await.unwrap();
+    assert_eq!(dealt.as_ref().map(UserId::as_str), Some("alice"));
     let with_opportunity = NewEvent {
         opportunity_id: Some(o.clone()),
         ..new_event("L1", "c1", Some("wh-1"))
@@ -685,7 +689,13 @@ async fn erasing_a_contact_deletes_its_events_decisions_and_state(store: Arc<dyn
     let users = [UserId::parse("u1").unwrap()];
     s.set_known_followers(&l, &c, &users, None).await.unwrap();
     let erased = s.erase_contact(&c).await.unwrap();
-    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 5));
+    assert_eq!((erased.events, erased.decisions, erased.states), (2, 1, 6));
+    let again = s.take_turn((&l, &c), "sales", &even).await.unwrap();
+    assert_eq!(
+        again.as_ref().map(UserId::as_str),
+        Some("bob"),
+        "the pick was erased"
+    );
     assert!(s.history(&c).await.unwrap().is_empty());
     assert!(
         s.event(waiting).await.unwrap().is_none(),
