@@ -200,6 +200,7 @@ impl Worker {
         at: (&LocationId, &ContactId),
         ownership: &Ownership,
     ) -> Result<Option<String>, StoreError> {
+        keep_picks(evaluation, ownership);
         if evaluation.picks.is_empty() {
             return Ok(None);
         }
@@ -211,18 +212,12 @@ impl Worker {
             .map(|p| (p.user, p.from, p.to))
             .collect();
         for (rule, pool) in std::mem::take(&mut evaluation.picks) {
-            let label = |user: &UserId, how: &str| format!("{user} (pool {}: {how})", pool.name);
-            if let Some(user) = ownership.kept(&rule, |u| pool.has(u)) {
-                let label = label(&user, "kept");
-                evaluation.pick(&rule, user, label);
-                continue;
-            }
-            let here: Vec<PoolMember> = pool
-                .members
-                .iter()
-                .filter(|(_, id, _)| !pool.away_on(id, today, &away))
-                .map(|(_, id, weight)| (id.clone(), *weight))
-                .collect();
+            let (gone, here): (Vec<_>, Vec<_>) =
+                (pool.members.iter()).partition(|(_, id, _)| pool.away_on(id, today, &away));
+            let skipped: String = gone.iter().map(|(n, ..)| format!("; {n} away")).collect();
+            let label =
+                |user: &UserId, how: &str| format!("{user} (pool {}: {how}{skipped})", pool.name);
+            let here: Vec<PoolMember> = here.iter().map(|(_, id, w)| (id.clone(), *w)).collect();
             let turn = self.store.take_turn(at, &pool.name, &here).await?;
             let fallback = pool.fallback.as_ref().map(|(_, id)| id.clone());
             match (turn, fallback) {
@@ -374,6 +369,21 @@ impl Ending {
             CallError::Retryable { reason, .. } | CallError::Permanent { reason, .. } => {
                 Ending::retry(reason, None)
             }
+        }
+    }
+}
+
+/// Gives each pool pick the member autofollow already keeps following the contact for the
+/// rule (sticky); the picks left need a turn. Re-evaluations (`reapply`, drift repair) keep
+/// only these: they never deal a new turn, and a kept member never looks dropped.
+pub(super) fn keep_picks(evaluation: &mut Evaluation, ownership: &Ownership) {
+    for (rule, pool) in std::mem::take(&mut evaluation.picks) {
+        match ownership.kept(&rule, |u| pool.has(u)) {
+            Some(user) => {
+                let label = format!("{user} (pool {}: kept)", pool.name);
+                evaluation.pick(&rule, user, label);
+            }
+            None => evaluation.picks.push((rule, pool)),
         }
     }
 }

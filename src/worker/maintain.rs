@@ -452,7 +452,9 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return Ok(Err(Ending::from_lookup(e))),
         };
-        Ok(Ok(at.rules.evaluate(event, &steady, &resolver)))
+        let mut evaluation = at.rules.evaluate(event, &steady, &resolver);
+        super::decide::keep_picks(&mut evaluation, &decided.ownership);
+        Ok(Ok(evaluation))
     }
 }
 

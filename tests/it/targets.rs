@@ -287,6 +287,8 @@ mod pools {
         ghl_adds(&app).await;
         create(&app, "ContactCreate", (0..3).map(|i| format!("a{i}"))).await;
         assert_eq!(dealt(&app).await, [BOB; 3]);
+        let label = &app.decisions(1).await[0].plan.add[0].label;
+        assert_eq!(label, &format!("{BOB} (pool sales: turn; alice away)"));
         let bob = autofollow::store::AwayPeriod {
             user: autofollow::model::ids::UserId::parse(BOB).unwrap(),
             from: today,
@@ -295,6 +297,44 @@ mod pools {
         app.store().set_away(&bob).await.unwrap();
         create(&app, "ContactCreate", ["b0".to_owned()]).await;
         assert_eq!(dealt(&app).await[3..], [CAROL]);
+        app.shutdown().await;
+    }
+
+    /// `reapply` re-evaluates while-matching rules: a pool's member kept following while its
+    /// rule holds is not taken away, and no new turn is dealt.
+    #[tokio::test]
+    async fn reapply_keeps_a_pools_member_while_its_rule_holds() {
+        let rules = "pools:\n  sales:\n    members: [alice, bob]\nrules:\n  - name: vip\n    when: { has_tag: vip }\n    follow: while_matching\n    add: [{ pool: sales }]\n";
+        let app = spawn_with(Options {
+            rules: rules.into(),
+            admin_token: Some("admin-test-token".into()),
+            ..Options::default()
+        })
+        .await;
+        ghl_adds(&app).await;
+        let body =
+            json!({"type": "ContactCreate", "locationId": LOCATION, "id": "v1", "tags": ["vip"]});
+        accepted(app.post_app(&body).await).await;
+        app.drain().await;
+        assert_eq!(dealt(&app).await, [ALICE]);
+        let preview = app
+            .http
+            .post(format!("{}/admin/reapply?dry_run=true", app.admin))
+            .bearer_auth("admin-test-token")
+            .send()
+            .await
+            .unwrap();
+        let preview: serde_json::Value = preview.json().await.unwrap();
+        assert_eq!(preview["changed"], 0, "{preview:#}");
+        let handed: Vec<u64> = app
+            .store()
+            .pool_turns()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.handed)
+            .collect();
+        assert_eq!(handed.iter().sum::<u64>(), 1);
         app.shutdown().await;
     }
 }
