@@ -126,6 +126,9 @@ pub struct ServeArgs {
     /// least this often (at least AUTOFOLLOW_SETTLE_DELAY).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_MAX", default_value = "30s")]
     pub settle_max: String,
+    /// The time zone whose days pools' away dates are (an IANA name: Europe/Paris, UTC).
+    #[arg(long, env = "AUTOFOLLOW_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
     /// Drift repair: re-read from GoHighLevel, this often, the followers of each contact
     /// autofollow added someone to, and bring them to what the rules and the ledger want
     /// (7d, 24h; `off`: never).
@@ -625,8 +628,15 @@ fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
             .duration("AUTOFOLLOW_RECONCILE_EVERY", every, Duration::from_secs(1))
             .map(Some),
     };
+    let zone = args.time_zone.trim();
+    let time_zone = p.check(
+        "AUTOFOLLOW_TIME_ZONE",
+        zone.parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("`{zone}` is not a time zone name such as Europe/Paris or UTC")),
+    );
     let defaults = WorkerOptions::default();
     Some(WorkerOptions {
+        time_zone: time_zone?,
         reconcile_every: reconcile_every?,
         settle_delay: settle_delay?,
         settle_max: settle_max?.max(settle_delay?),
@@ -676,6 +686,7 @@ mod tests {
             retention: "forever".into(),
             settle_delay: "soon".into(),
             settle_max: "30s".into(),
+            time_zone: "Mars/Olympus".into(),
             reconcile_every: "sometimes".into(),
             shutdown_grace: "patiently".into(),
             lease: "0s".into(),
@@ -707,6 +718,7 @@ mod tests {
             "AUTOFOLLOW_REAPPLY_ON_RELOAD",
             "AUTOFOLLOW_RECONCILE_EVERY",
             "AUTOFOLLOW_RETENTION",
+            "AUTOFOLLOW_TIME_ZONE: `Mars/Olympus` is not a time zone name",
             "AUTOFOLLOW_SETTLE_DELAY",
             "AUTOFOLLOW_SHUTDOWN_GRACE",
             "AUTOFOLLOW_LEASE",
@@ -765,6 +777,7 @@ mod tests {
             retention: "30d".into(),
             settle_delay: "1s".into(),
             settle_max: "30s".into(),
+            time_zone: "UTC".into(),
             shutdown_grace: "8s".into(),
             lease: "60s".into(),
             rate_limit: "100/10s".into(),

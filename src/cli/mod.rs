@@ -146,7 +146,8 @@ enum StoreCommand {
         #[command(flatten)]
         rules: RulesPath,
     },
-    /// Mark a user away from --from to --to (inclusive dates, YYYY-MM-DD, UTC): pools skip
+    /// Mark a user away from --from to --to (inclusive dates, YYYY-MM-DD, days of
+    /// AUTOFOLLOW_TIME_ZONE): pools skip
     /// them on those days. --clear forgets the user's periods set this way.
     Away {
         #[command(flatten)]

@@ -79,7 +79,8 @@ pub struct Pool {
     pub name: String,
     /// (member as written, user id, weight), in file order.
     pub members: Vec<(String, UserId, u32)>,
-    /// Periods members are away, inclusive dates (UTC): (user id, from, to).
+    /// Periods members are away, inclusive dates (days of the configured time zone): (user
+    /// id, from, to).
     pub away: Vec<(UserId, chrono::NaiveDate, chrono::NaiveDate)>,
     /// The user when every member is away.
     pub fallback: Option<(String, UserId)>,

@@ -191,7 +191,8 @@ impl Worker {
 
     /// Gives each pool a matched rule adds one member: the one autofollow already keeps
     /// following the contact for that rule (sticky), else the pool's next turn among the
-    /// members not away today (UTC; the file's periods and those set at run time), else
+    /// members not away today (in AUTOFOLLOW_TIME_ZONE; the file's periods and those set at
+    /// run time), else
     /// the pool's fallback. Turns are counted in the store, shared by replicas. Returns a
     /// note for the decision when a pool had nobody to give.
     async fn deal(
@@ -205,7 +206,8 @@ impl Worker {
             return Ok(None);
         }
         let mut nobody = Vec::new();
-        let today = chrono::DateTime::<chrono::Utc>::from(SystemTime::now()).date_naive();
+        let now = chrono::DateTime::<chrono::Utc>::from(SystemTime::now());
+        let today = now.with_timezone(&self.options.time_zone).date_naive();
         let periods = self.store.away_periods().await?;
         let away: Vec<_> = periods
             .into_iter()

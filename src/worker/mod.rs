@@ -68,6 +68,8 @@ pub struct WorkerOptions {
     pub settle_max: Duration,
     /// Drift repair: how often each ledger contact's followers are read again (`None`: off).
     pub reconcile_every: Option<Duration>,
+    /// The time zone whose days pools' away dates are.
+    pub time_zone: chrono_tz::Tz,
 }
 
 impl Default for WorkerOptions {
@@ -82,6 +84,7 @@ impl Default for WorkerOptions {
             settle_delay: Duration::from_secs(1),
             settle_max: Duration::from_secs(30),
             reconcile_every: None,
+            time_zone: chrono_tz::Tz::UTC,
         }
     }
 }

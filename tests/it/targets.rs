@@ -337,4 +337,31 @@ mod pools {
         assert_eq!(handed.iter().sum::<u64>(), 1);
         app.shutdown().await;
     }
+
+    /// Away dates are days of AUTOFOLLOW_TIME_ZONE: a member away "today" where the clock is
+    /// 12 or 14 hours from UTC (one of them is on another day than UTC now) is skipped only
+    /// with that zone configured.
+    #[tokio::test]
+    async fn away_dates_are_days_of_the_configured_time_zone() {
+        let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+        let zones = [chrono_tz::Etc::GMTPlus12, chrono_tz::Pacific::Kiritimati];
+        let zone = zones
+            .into_iter()
+            .find(|z| now.with_timezone(z).date_naive() != now.date_naive())
+            .expect("one of them is on another day");
+        let there = now.with_timezone(&zone).date_naive();
+        let away = format!("    away:\n      alice: [\"{there}\", \"{there}\"]\n");
+        for (time_zone, expected) in [("UTC", ALICE), (zone.name(), BOB)] {
+            let options = Options {
+                rules: sales(&away),
+                time_zone: time_zone.into(),
+                ..Options::default()
+            };
+            let app = spawn_with(options).await;
+            ghl_adds(&app).await;
+            create(&app, "ContactCreate", ["z0".to_owned()]).await;
+            assert_eq!(dealt(&app).await, [expected], "{time_zone}");
+            app.shutdown().await;
+        }
+    }
 }

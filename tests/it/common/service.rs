@@ -152,6 +152,8 @@ pub struct Options {
     pub reapply_on_reload: String,
     /// AUTOFOLLOW_RECONCILE_EVERY.
     pub reconcile_every: String,
+    /// AUTOFOLLOW_TIME_ZONE.
+    pub time_zone: String,
 }
 
 /// The app's credentials in app-mode tests.
@@ -184,6 +186,7 @@ impl Default for Options {
             app: None,
             reapply_on_reload: "preview".into(),
             reconcile_every: "off".into(),
+            time_zone: "UTC".into(),
         }
     }
 }
@@ -267,6 +270,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         retention: "30d".into(),
         settle_delay: options.settle_delay,
         settle_max: "30s".into(),
+        time_zone: options.time_zone,
         reconcile_every: options.reconcile_every,
         rate_limit: options.rate_limit,
         daily_limit: 200_000,
