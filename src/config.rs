@@ -699,10 +699,7 @@ mod tests {
             reapply_on_reload: "sometimes".into(),
             daily_limit: 200_000,
         };
-        let err = Config::from_args(args)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::from_args(args).map_or_else(|e| e.to_string(), |_| String::new());
         for needle in [
             "AUTOFOLLOW_LISTEN",
             "AUTOFOLLOW_ADMIN_LISTEN",
