@@ -11,6 +11,7 @@ use crate::ghl::pipelines::Pipelines;
 use crate::model::event::{self, Event, Parsed};
 use crate::model::ids::LocationId;
 use crate::model::plan::{PreviousState, parse_assigned};
+use crate::rules::deal::Dealing;
 use crate::rules::{Check, NoResolver, Resolver, RuleOutcome, RuleSet, Severity, explain_report};
 use crate::worker::online::{self, Online};
 
@@ -198,7 +199,13 @@ pub fn explain(args: &ExplainArgs, out: &mut dyn Write, err: &mut dyn Write) -> 
         assigned,
     };
     if args.json {
-        return match explain_report(&set, &body, &previous, resolver.as_ref()) {
+        return match explain_report(
+            &set,
+            &body,
+            &previous,
+            resolver.as_ref(),
+            &mut Dealing::fresh(),
+        ) {
             Ok(report) => {
                 let text = serde_json::to_string_pretty(&report).map_err(io::Error::other)?;
                 writeln!(out, "{text}")?;

@@ -8,12 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use chrono::NaiveDate;
 use serde::Deserialize;
 
 use super::rules::{Exit, write_checks};
 use crate::model::event::{self, Event, Parsed};
 use crate::model::ids::{UserId, looks_like_ghl_id};
 use crate::model::plan::{PreviousState, parse_assigned};
+use crate::rules::deal::{Dealer, Dealing};
 use crate::rules::{Resolver, RuleOutcome, RuleSet, RuleTrace};
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +58,11 @@ struct Case {
     event_file: Option<PathBuf>,
     #[serde(default)]
     previous: Before,
+    /// The day pools deal on, for their away periods (`YYYY-MM-DD`; today in UTC if left
+    /// out). Each case deals from a fresh sequence: the first turn goes to the heaviest
+    /// member here.
+    #[serde(default)]
+    today: Option<String>,
     expect: Expect,
     /// Where its `name` is written (found in the text: YAML parsing keeps no positions).
     #[serde(skip)]
@@ -218,6 +225,9 @@ fn report(out: &mut dyn Write, file: &Path, case: &Case, outcome: &Outcome) -> i
             outcome_name(trace.outcome)
         )?;
         write_checks(out, &trace.checks, 4)?;
+        for action in &trace.actions {
+            writeln!(out, "        => {action}")?;
+        }
     }
     Ok(())
 }
@@ -246,7 +256,13 @@ fn run(set: &RuleSet, file: &Path, case: &Case, resolver: &dyn Resolver) -> Outc
         Ok(before) => before,
         Err(e) => return failed(e),
     };
-    let (evaluation, plan) = crate::worker::decide_alone(set, &event, &previous, &owned, resolver);
+    let today = match day(case) {
+        Ok(day) => day,
+        Err(e) => return failed(e),
+    };
+    let dealing = (&mut Dealer::default(), today);
+    let seen = (&*event, &previous);
+    let (evaluation, plan) = crate::worker::decide_alone(set, seen, &owned, resolver, dealing);
     let mut added: BTreeSet<UserId> = plan.add.iter().map(|e| e.user.clone()).collect();
     let mut removed: BTreeSet<UserId> = plan.remove.iter().map(|e| e.user.clone()).collect();
     if let Some(following) = &following {
@@ -291,11 +307,28 @@ fn run(set: &RuleSet, file: &Path, case: &Case, resolver: &dyn Resolver) -> Outc
     }
     let mut involved = evaluation.matched.clone();
     involved.extend(named.iter().map(|r| (*r).to_owned()));
-    let traces = set.explain(&event, &previous, resolver).rules;
+    let mut dealing = Dealing {
+        today,
+        ..Dealing::fresh()
+    };
+    let traces = set
+        .explain_dealt(&event, &previous, resolver, &mut dealing)
+        .rules;
     Outcome {
         problems,
         involved,
         traces,
+    }
+}
+
+/// The day the case's pools deal on: its `today`, else today in UTC.
+fn day(case: &Case) -> Result<NaiveDate, String> {
+    match case.today.as_deref() {
+        None => {
+            Ok(chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).date_naive())
+        }
+        Some(text) => (text.trim().parse::<NaiveDate>())
+            .map_err(|_| format!("today: {text:?} is not a date (YYYY-MM-DD)")),
     }
 }
 

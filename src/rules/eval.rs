@@ -716,10 +716,7 @@ fn apply(rule: &Rule, view: &View, out: &mut Run, actions: Option<&mut Vec<Strin
         if let (true, UserRef::Pool(pool)) = (add, user) {
             out.picks.push((rule.name.clone(), Arc::clone(pool)));
             if explain {
-                log.push(format!(
-                    "add one member of {user}, picked when the event is processed ({})",
-                    pool.describe()
-                ));
+                log.push(format!("add one member of {user} ({})", pool.describe()));
             }
             continue;
         }

@@ -4,6 +4,7 @@
 //! indexes them ([`index`]); [`RuleSet::evaluate`] and [`RuleSet::explain`] run them
 //! ([`eval`]) against one [`Event`].
 
+pub mod deal;
 mod eval;
 mod index;
 mod lint;
@@ -245,18 +246,32 @@ impl RuleSet {
     }
 
     /// Evaluates every rule and records why each matched or not. Same plan as
-    /// [`RuleSet::evaluate`], at the cost of checking every rule.
+    /// [`RuleSet::evaluate`], at the cost of checking every rule. Pools deal their member
+    /// from a fresh sequence, today in UTC ([`deal::Dealing::fresh`]).
     pub fn explain(
         &self,
         event: &Event,
         previous: &PreviousState,
         resolver: &dyn Resolver,
     ) -> Explanation {
+        self.explain_dealt(event, previous, resolver, &mut deal::Dealing::fresh())
+    }
+
+    /// [`RuleSet::explain`], pools dealing by `dealing` (the service's sequence needs its
+    /// store).
+    pub fn explain_dealt(
+        &self,
+        event: &Event,
+        previous: &PreviousState,
+        resolver: &dyn Resolver,
+        dealing: &mut deal::Dealing,
+    ) -> Explanation {
         let view = View::new(event, previous, resolver);
-        let run = eval::run(&self.rules, None, &view, true);
+        let mut run = eval::run(&self.rules, None, &view, true);
+        let plan = dealing.explained(&mut run, (&event.location_id, &event.contact_id));
         Explanation {
             rules: run.traces,
-            plan: run.plan.finish(),
+            plan,
         }
     }
 }

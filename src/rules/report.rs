@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::deal::Dealing;
 use super::{Resolver, RuleSet};
 use crate::model::event::{self, Event, Parsed};
 use crate::model::plan::PreviousState;
@@ -19,12 +20,14 @@ struct JsonExplanation<'a> {
 }
 
 /// The explanation of one webhook body (either kind) as JSON: `event` (or `unsupported`),
-/// `previous`, `rules`, `plan` and `summary`. Shared by `explain --json` and `POST /admin/explain`.
+/// `previous`, `rules`, `plan` and `summary`. Shared by `explain --json` and `POST /admin/explain`;
+/// pools deal their member by `dealing`.
 pub fn explain_report(
     set: &RuleSet,
     body: &[u8],
     previous: &PreviousState,
     resolver: &dyn Resolver,
+    dealing: &mut Dealing,
 ) -> Result<serde_json::Value, event::ParseError> {
     let plan = crate::model::plan::Plan::default();
     let report = match event::parse_any(body)? {
@@ -40,7 +43,7 @@ pub fn explain_report(
             })
         }
         Parsed::Event(event) => {
-            let explanation = set.explain(&event, previous, resolver);
+            let explanation = set.explain_dealt(&event, previous, resolver, dealing);
             serde_json::to_value(JsonExplanation {
                 rules_version: set.version(),
                 event: Some(&event),

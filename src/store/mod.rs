@@ -26,6 +26,7 @@ use crate::model::plan::Follow;
 use crate::model::plan::PreviousState;
 use crate::model::record::{Decision, EventStatus, Outcome};
 use crate::model::task::UndoScope;
+pub use crate::rules::deal::{PoolMember, PoolState, smooth_pick};
 
 /// A webhook to store, already authenticated and parsed.
 #[derive(Clone, Debug)]
@@ -910,9 +911,6 @@ impl BackfillRow {
     }
 }
 
-/// A member of a pool as a turn is handed out: its user and weight.
-pub type PoolMember = (UserId, u32);
-
 /// The turns a pool has handed one member in one location.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolTurns {
@@ -961,6 +959,14 @@ pub trait Pools: Send + Sync + std::fmt::Debug {
         members: &[PoolMember],
     ) -> Result<Option<UserId>, StoreError>;
 
+    /// Where the pool's sequence stands in the location and what the contact was dealt,
+    /// changing nothing: a preview's [`crate::rules::deal::Dealer`] goes on from it.
+    async fn pool_state(
+        &self,
+        at: (&LocationId, &ContactId),
+        pool: &str,
+    ) -> Result<PoolState, StoreError>;
+
     /// The turns handed out, per location, pool and member.
     async fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError>;
 
@@ -972,25 +978,6 @@ pub trait Pools: Send + Sync + std::fmt::Debug {
 
     /// Forgets a user's away periods; how many there were.
     async fn clear_away(&self, user: &UserId) -> Result<u64, StoreError>;
-}
-
-/// Smooth weighted round robin (as nginx balances upstreams): every member's current
-/// weight grows by its weight, the largest (the first of equals, in `members` order) is
-/// picked and loses the sum of the weights. Over any `sum` turns in a row each member gets
-/// exactly its weight's share, spread out (2:1 gives a, b, a, a, b, a, …). `current` holds
-/// each member's current weight (0 for a new one), updated; returns the pick's index.
-pub fn smooth_pick(members: &[PoolMember], current: &mut [i64]) -> Option<usize> {
-    let total: i64 = members.iter().map(|(_, w)| i64::from(*w)).sum();
-    let mut best: Option<usize> = None;
-    for (i, (_, weight)) in members.iter().enumerate() {
-        current[i] += i64::from(*weight);
-        if best.is_none_or(|b| current[i] > current[b]) {
-            best = Some(i);
-        }
-    }
-    let pick = best?;
-    current[pick] -= total;
-    Some(pick)
 }
 
 /// The turns handed out, as both backends read them (see [`pool_turns`]).
@@ -1015,6 +1002,69 @@ pub(crate) fn pool_turns(
             })
         })
         .collect()
+}
+
+/// How long the away periods read are used before they are read again: each pool pick needs
+/// them, and they change rarely. A period set through the same store is seen at once; one
+/// set by another process (the CLI, another replica) within this.
+pub const AWAY_FRESH: Duration = Duration::from_secs(10);
+
+/// The away periods as last read, for [`AWAY_FRESH`]. Setting or clearing one through the
+/// store drops them (a read that began before the change is not kept).
+/// Clones of a store share it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AwayCache(std::sync::Arc<std::sync::Mutex<AwayKept>>);
+
+/// The generation (one more at each change) and the periods read, when.
+type AwayKept = (u64, Option<(std::time::Instant, Vec<AwayPeriod>)>);
+
+impl AwayCache {
+    /// The periods while fresh; else the generation to [`AwayCache::keep`] a read under.
+    pub(crate) fn get(&self) -> Result<Vec<AwayPeriod>, u64> {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &held.1 {
+            Some((at, periods)) if at.elapsed() < AWAY_FRESH => Ok(periods.clone()),
+            _ => Err(held.0),
+        }
+    }
+
+    /// Keeps `periods`, read at `generation`, unless a change came since.
+    pub(crate) fn keep(&self, generation: u64, periods: &[AwayPeriod]) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.0 == generation {
+            held.1 = Some((std::time::Instant::now(), periods.to_vec()));
+        }
+    }
+
+    /// Drops what is kept: a period was set or cleared.
+    pub(crate) fn forget(&self) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *held = (held.0 + 1, None);
+    }
+}
+
+/// A pool's state as both backends read it: the contact's pick and the `pool_turns` rows
+/// (user, current).
+pub(crate) fn pool_state(
+    pick: Option<String>,
+    rows: Vec<(String, i64)>,
+) -> Result<PoolState, StoreError> {
+    let user = |u: &str| UserId::parse(u).map_err(|_| StoreError::Corrupt("pool: user_id".into()));
+    Ok(PoolState {
+        pick: pick.as_deref().map(user).transpose()?,
+        current: (rows.into_iter())
+            .map(|(u, current)| Ok((user(&u)?, current)))
+            .collect::<Result<_, StoreError>>()?,
+    })
 }
 
 /// `away` rows (user, from, to) as both backends read them.
@@ -1423,5 +1473,40 @@ mod tests {
         assert!(!moves_the_queue(Some(now + 1_000), now, now + 200));
         // A hold that grows a lot moves what arrived since.
         assert!(moves_the_queue(Some(now + 1_000), now, now + 60_000));
+    }
+}
+
+#[cfg(test)]
+mod away_cache {
+    use super::*;
+
+    fn period(day: u32) -> AwayPeriod {
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 12, day).unwrap();
+        AwayPeriod {
+            user: UserId::parse("aaaaaaaaaaaaaaaaaaaa").unwrap(),
+            from: date,
+            to: date,
+        }
+    }
+
+    /// A read kept is used; a change drops it, and a read that began before the change is
+    /// not kept (it may miss the change).
+    #[test]
+    fn a_change_drops_what_is_kept_and_refuses_a_read_from_before_it() {
+        let cache = AwayCache::default();
+        let generation = cache.get().unwrap_err();
+        cache.keep(generation, &[period(1)]);
+        assert_eq!(cache.get(), Ok(vec![period(1)]));
+        let before = cache.get().map_or_else(|g| g, |_| generation);
+        cache.forget();
+        assert!(cache.get().is_err());
+        cache.keep(before, &[period(1)]);
+        assert!(
+            cache.get().is_err(),
+            "a read from before the change is not kept"
+        );
+        let after = cache.get().unwrap_err();
+        cache.keep(after, &[period(2)]);
+        assert_eq!(cache.get(), Ok(vec![period(2)]));
     }
 }

@@ -11,7 +11,7 @@ use super::{
     Activity, AwayPeriod, Backfill, BackfillStep, Backfills, Claimed, ClaimedGroup,
     ContactSnapshot, ContactState, Erased, EventFilter, EventRecord, EventSummary, History,
     Inserted, InstallState, InstallTokens, Installation, Installations, NewEvent, NewState, Owned,
-    PoolMember, PoolTurns, Pools, Queue, QueueStats, Store, StoreError, StoredBody,
+    PoolMember, PoolState, PoolTurns, Pools, Queue, QueueStats, Store, StoreError, StoredBody,
 };
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
@@ -149,6 +149,7 @@ wrapped!(Backfills {
 
 wrapped!(Pools {
     fn take_turn(&self, at: (&LocationId, &ContactId), pool: &str, members: &[PoolMember]) -> Result<Option<UserId>, StoreError>;
+    fn pool_state(&self, at: (&LocationId, &ContactId), pool: &str) -> Result<PoolState, StoreError>;
     fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError>;
     fn set_away(&self, period: &AwayPeriod) -> Result<(), StoreError>;
     fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError>;

@@ -17,12 +17,14 @@ use serde_json::json;
 
 use super::auth::same_secret;
 use super::state::AppState;
+use crate::model::event::{self, Parsed};
 use crate::model::ids::{ContactId, LocationId};
 use crate::model::plan::{PreviousState, parse_assigned};
 use crate::model::record::EventStatus;
 use crate::model::task::{UndoScope, since_ms};
 use crate::rules::NoResolver;
 use crate::rules::RuleSet;
+use crate::rules::deal::Dealing;
 use crate::rules::explain_report;
 use crate::store::{EventFilter, Installation};
 use crate::worker::{Job, simulate};
@@ -287,7 +289,20 @@ async fn explain(
             Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
         },
     };
-    match explain_report(&state.rules.current(), &body, &previous, &NoResolver) {
+    let mut dealing = match event::parse_any(&body) {
+        Ok(Parsed::Event(e)) => match state.worker.dealing(&e).await {
+            Ok(dealing) => dealing,
+            Err(e) => return internal(e),
+        },
+        _ => Dealing::fresh(),
+    };
+    match explain_report(
+        &state.rules.current(),
+        &body,
+        &previous,
+        &NoResolver,
+        &mut dealing,
+    ) {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }

@@ -25,6 +25,7 @@ use crate::ghl::search::{PAGE, Page};
 use crate::model::event::BodyKind;
 use crate::model::ids::{ContactId, LocationId};
 use crate::model::task::{Task, TaskBody};
+use crate::rules::deal::Dealer;
 use crate::store::{Backfill, BackfillStep, NewEvent, StoreError};
 
 /// The most of a backfill's tasks waiting in its location's queue before it reads on.
@@ -79,6 +80,8 @@ impl Worker {
     /// Walks `job` page by page until it is done, fails, or another worker has it.
     async fn walk(&self, mut job: Backfill) {
         tracing::info!(backfill = job.id, location = %job.location, phase = %job.phase, seen = job.seen, "backfill: walking");
+        // A preview's pool turns, from where the store's stand at the first (nothing counted).
+        let turns = tokio::sync::Mutex::default();
         loop {
             let (page, step) = match self.next_page(&job).await {
                 Ok(Some(read)) => read,
@@ -89,7 +92,7 @@ impl Worker {
                     continue;
                 }
             };
-            let (step, tasks) = match self.previewed(&job, page, step).await {
+            let (step, tasks) = match self.previewed(&job, page, step, &turns).await {
                 Ok(made) => made,
                 Err(e) => {
                     tracing::warn!(backfill = job.id, error = %e, "backfill: store error; trying again");
@@ -212,6 +215,7 @@ impl Worker {
         job: &Backfill,
         page: Page,
         mut step: BackfillStep,
+        turns: &tokio::sync::Mutex<Dealer>,
     ) -> Result<(BackfillStep, Vec<NewEvent>), StoreError> {
         let mut report: Report = job
             .report
@@ -223,7 +227,7 @@ impl Worker {
             let Some(task) = task(&job.location, &job.phase, record, job.since) else {
                 continue;
             };
-            match self.preview(&task).await? {
+            match self.preview(&task, turns).await? {
                 Ok(plan) if plan.is_empty() => {}
                 Ok(plan) => {
                     let (location, contact) = (task.location_id.clone(), task.contact_id.clone());

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use chrono::NaiveDate;
+
 use super::load::Step;
 use super::ownership::Ownership;
 use super::{Ending, Worker};
@@ -14,8 +16,9 @@ use crate::model::event::{Event, EventType};
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
+use crate::rules::deal::{Away, Dealer, Dealing, nobody_note};
 use crate::rules::{Evaluation, Resolver, RuleSet};
-use crate::store::{Claimed, ContactSnapshot, NewState, PoolMember, StoreError, millis};
+use crate::store::{Claimed, ContactSnapshot, NewState, StoreError, millis};
 
 /// What the rules decided for a group.
 pub(super) struct Decided {
@@ -31,10 +34,21 @@ pub(super) struct Decided {
     pub known: Option<Vec<UserId>>,
 }
 
+/// Where pools' turns are taken.
+#[derive(Clone, Copy)]
+pub(super) enum Turns<'a> {
+    /// The store's sequence, counted and shared by replicas: the worker's decisions.
+    Store,
+    /// A sequence in memory that goes on from the store's and counts nothing there: previews
+    /// (a reapply's, a backfill's) and dry runs.
+    Preview(&'a tokio::sync::Mutex<Dealer>),
+}
+
 /// What deciding one step of the group works with.
 pub(super) struct Step1<'a> {
     pub rules: &'a RuleSet,
     pub token: Option<&'a Token>,
+    pub turns: Turns<'a>,
     pub previous: &'a mut Previous,
     /// The step's decision before anything is decided (attempt, batch, rule-set version).
     pub empty: Decision,
@@ -52,14 +66,14 @@ pub(super) struct Previous {
 impl Worker {
     /// Decides the group's `steps` (index in `group`, step), or says why it cannot now: the
     /// location's token was refused (parked), or a lookup failed (retry, or wait for the
-    /// budget).
+    /// budget). Pools deal by `turns`.
     pub(super) async fn decide(
         &self,
         group: &[Claimed],
         steps: &[(usize, Step)],
-        rules: &RuleSet,
-        token: Option<&Token>,
+        (rules, token): (&RuleSet, Option<&Token>),
         snapshot: &ContactSnapshot,
+        turns: Turns<'_>,
     ) -> Result<Result<Decided, Ending>, StoreError> {
         let Some((_, first)) = steps.first() else {
             return Ok(Err(Ending::done()));
@@ -104,6 +118,7 @@ impl Worker {
                     let at = Step1 {
                         rules,
                         token,
+                        turns,
                         previous: &mut previous,
                         empty,
                     };
@@ -113,6 +128,7 @@ impl Worker {
                     let at = Step1 {
                         rules,
                         token,
+                        turns,
                         previous: &mut previous,
                         empty,
                     };
@@ -167,13 +183,9 @@ impl Worker {
             Err(e) => return Ok(Err(Ending::from_lookup(e))),
         };
         let mut evaluation = at.rules.evaluate(event, &before, &resolver);
-        let unpicked = self
-            .deal(
-                &mut evaluation,
-                (&event.location_id, &event.contact_id),
-                &decided.ownership,
-            )
-            .await?;
+        let at_contact = (&event.location_id, &event.contact_id);
+        let unpicked =
+            (self.deal(&mut evaluation, at_contact, &decided.ownership, at.turns)).await?;
         let (plan, ledger) = decided.ownership.decide(at.rules, event, &evaluation);
         decided.net.merge(&plan);
         let decision = Decision {
@@ -190,54 +202,67 @@ impl Worker {
     }
 
     /// Gives each pool a matched rule adds one member: the one autofollow already keeps
-    /// following the contact for that rule (sticky), else the pool's next turn among the
-    /// members not away today (in AUTOFOLLOW_TIME_ZONE; the file's periods and those set at
-    /// run time), else
-    /// the pool's fallback. Turns are counted in the store, shared by replicas. Returns a
-    /// note for the decision when a pool had nobody to give.
-    async fn deal(
+    /// following the contact for that rule (sticky), else the pool's next turn by `turns`
+    /// among the members not away today (the file's periods and those set at run time),
+    /// else the pool's fallback. Returns a note for the decision when a pool had nobody.
+    pub(super) async fn deal(
         &self,
         evaluation: &mut Evaluation,
         at: (&LocationId, &ContactId),
         ownership: &Ownership,
+        turns: Turns<'_>,
     ) -> Result<Option<String>, StoreError> {
-        keep_picks(evaluation, ownership);
+        ownership.keep_picks(evaluation);
         if evaluation.picks.is_empty() {
             return Ok(None);
         }
+        let (today, away) = (self.today(), self.away().await?);
         let mut nobody = Vec::new();
+        for hand in evaluation.hands(today, &away) {
+            let pool = hand.pool.name.as_str();
+            let turn = match turns {
+                Turns::Store => self.store.take_turn(at, pool, &hand.here).await?,
+                Turns::Preview(dealer) => {
+                    let state = self.store.pool_state(at, pool).await?;
+                    let mut dealer = dealer.lock().await;
+                    dealer.seed(at, pool, state);
+                    dealer.take(at, pool, &hand.here)
+                }
+            };
+            nobody.extend(evaluation.give(hand, turn).err());
+        }
+        Ok(nobody_note(&nobody))
+    }
+
+    /// Today, in AUTOFOLLOW_TIME_ZONE: the day away periods are read on.
+    fn today(&self) -> NaiveDate {
         let now = chrono::DateTime::<chrono::Utc>::from(SystemTime::now());
-        let today = now.with_timezone(&self.options.time_zone).date_naive();
+        now.with_timezone(&self.options.time_zone).date_naive()
+    }
+
+    /// The away periods set at run time (the store keeps them read for a few seconds).
+    async fn away(&self) -> Result<Vec<Away>, StoreError> {
         let periods = self.store.away_periods().await?;
-        let away: Vec<_> = periods
+        Ok(periods
             .into_iter()
             .map(|p| (p.user, p.from, p.to))
-            .collect();
-        for (rule, pool) in std::mem::take(&mut evaluation.picks) {
-            let (gone, here): (Vec<_>, Vec<_>) =
-                (pool.members.iter()).partition(|(_, id, _)| pool.away_on(id, today, &away));
-            let skipped: String = gone.iter().map(|(n, ..)| format!("; {n} away")).collect();
-            let label =
-                |user: &UserId, how: &str| format!("{user} (pool {}: {how}{skipped})", pool.name);
-            let here: Vec<PoolMember> = here.iter().map(|(_, id, w)| (id.clone(), *w)).collect();
-            let turn = self.store.take_turn(at, &pool.name, &here).await?;
-            let fallback = pool.fallback.as_ref().map(|(_, id)| id.clone());
-            match (turn, fallback) {
-                (Some(user), _) => {
-                    let label = label(&user, "turn");
-                    evaluation.pick(&rule, user, label);
-                }
-                (None, Some(user)) => {
-                    let label = label(&user, "everyone away, fallback");
-                    evaluation.pick(&rule, user, label);
-                }
-                (None, None) => nobody.push(pool.name.clone()),
-            }
+            .collect())
+    }
+
+    /// How an explanation of `event` deals pools as this service would now: every pool's
+    /// sequence where the store's stands in the event's location (and the contact's earlier
+    /// picks), today's date and the away periods set at run time. Nothing is counted.
+    pub async fn dealing(&self, event: &Event) -> Result<Dealing, StoreError> {
+        let mut dealer = Dealer::default();
+        let at = (&event.location_id, &event.contact_id);
+        for pool in self.rules.current().pools().keys() {
+            dealer.seed(at, pool, self.store.pool_state(at, pool).await?);
         }
-        Ok((!nobody.is_empty()).then(|| {
-            let pools = nobody.join(", ");
-            format!("nobody added from pool {pools}: every member is away and there is no fallback")
-        }))
+        Ok(Dealing {
+            dealer,
+            today: self.today(),
+            away: self.away().await?,
+        })
     }
 
     /// Parked when GoHighLevel refused the location's token and it is still the same token;
@@ -371,21 +396,6 @@ impl Ending {
             CallError::Retryable { reason, .. } | CallError::Permanent { reason, .. } => {
                 Ending::retry(reason, None)
             }
-        }
-    }
-}
-
-/// Gives each pool pick the member autofollow already keeps following the contact for the
-/// rule (sticky); the picks left need a turn. Re-evaluations (`reapply`, drift repair) keep
-/// only these: they never deal a new turn, and a kept member never looks dropped.
-pub(super) fn keep_picks(evaluation: &mut Evaluation, ownership: &Ownership) {
-    for (rule, pool) in std::mem::take(&mut evaluation.picks) {
-        match ownership.kept(&rule, |u| pool.has(u)) {
-            Some(user) => {
-                let label = format!("{user} (pool {}: kept)", pool.name);
-                evaluation.pick(&rule, user, label);
-            }
-            None => evaluation.picks.push((rule, pool)),
         }
     }
 }

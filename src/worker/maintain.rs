@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Ending;
 use super::Worker;
-use super::decide::{Decided, Step1};
+use super::decide::{Decided, Step1, Turns};
 use super::load::{Bodies, Step};
 use super::ownership::Verdicts;
 use crate::model::event::{self, BodyKind, Event, EventType, Parsed, Subject};
@@ -22,6 +22,7 @@ use crate::model::plan::Plan;
 use crate::model::record::Decision;
 use crate::model::task::{Task, TaskBody, UndoScope};
 use crate::rules::Evaluation;
+use crate::rules::deal::Dealer;
 use crate::store::{Claimed, NewState, StoreError};
 
 /// A task's plan, ledger changes, rules matched, and the state it leaves.
@@ -423,7 +424,8 @@ impl Worker {
     /// The rules' evaluation of `event` as it stands, nothing changed since (no moment
     /// condition holds): the contact's tags as known (`fresh`: the event's own, when it carries
     /// them, as a record just read from GoHighLevel does; else the ones on record), its own
-    /// stage, its record's owner.
+    /// stage, its record's owner. A pool it adds from deals the contact a member as an event
+    /// would ([`Worker::deal`]): kept, else a turn by `at.turns`.
     pub(super) async fn as_it_stands(
         &self,
         decided: &Decided,
@@ -453,7 +455,8 @@ impl Worker {
             Err(e) => return Ok(Err(Ending::from_lookup(e))),
         };
         let mut evaluation = at.rules.evaluate(event, &steady, &resolver);
-        super::decide::keep_picks(&mut evaluation, &decided.ownership);
+        let contact = (&decided.location, &decided.contact);
+        (self.deal(&mut evaluation, contact, &decided.ownership, at.turns)).await?;
         Ok(Ok(evaluation))
     }
 }
@@ -492,13 +495,14 @@ impl Worker {
             contacts: contacts.len(),
             ..Report::default()
         };
+        let turns = tokio::sync::Mutex::default();
         for (location, contact) in contacts {
             let task = TaskBody {
                 task: job.task(rules.version()),
                 location_id: location.clone(),
                 contact_id: contact.clone(),
             };
-            match self.preview(&task).await? {
+            match self.preview(&task, &turns).await? {
                 Ok(plan) if plan.is_empty() => {}
                 Ok(plan) => {
                     report.count(Change::new(location, contact, &plan));
@@ -537,8 +541,12 @@ impl Worker {
     }
 
     /// What `task` would do now: the plan its decision would make (or why it cannot be
-    /// worked out now).
-    pub async fn preview(&self, task: &TaskBody) -> Result<Result<Plan, String>, StoreError> {
+    /// worked out now). Pools deal from `turns`, which counts nothing in the store.
+    pub async fn preview(
+        &self,
+        task: &TaskBody,
+        turns: &tokio::sync::Mutex<Dealer>,
+    ) -> Result<Result<Plan, String>, StoreError> {
         let token = self.access.token(&task.location_id).await.ok();
         let claimed = Claimed {
             id: i64::MAX,
@@ -557,7 +565,8 @@ impl Worker {
             .contact_snapshot(&task.location_id, &task.contact_id)
             .await?;
         let group = [claimed];
-        let decided = self.decide(&group, &steps, &rules, token.as_ref(), &contact);
+        let turns = Turns::Preview(turns);
+        let decided = self.decide(&group, &steps, (&rules, token.as_ref()), &contact, turns);
         match decided.await? {
             Ok(decided) => Ok(Ok(decided.net)),
             Err(Ending::Attempt { error, .. }) => Ok(Err(error.unwrap_or_default())),

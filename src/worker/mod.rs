@@ -44,7 +44,9 @@ use crate::model::event::EventType;
 use crate::model::ids::{LocationId, UserId};
 use crate::model::record::{CallRecord, Decision, Outcome};
 use crate::rules::LiveRules;
+use crate::rules::deal::Dealer;
 use crate::store::{Claimed, ClaimedGroup, ContactSnapshot, NewState, Store, StoreError};
+use decide::Turns;
 use load::{Held, Step};
 use lookups::Lookups;
 use record::Result1;
@@ -169,6 +171,8 @@ pub struct Worker {
     /// The last reapply worked out here (a reload's preview, or an operator's), without its
     /// list of changes.
     last_reapply: std::sync::Mutex<Option<Report>>,
+    /// A dry run's pool turns: it deals as it would, counting nothing in the store.
+    dry_turns: Mutex<Dealer>,
 }
 
 impl Worker {
@@ -196,6 +200,7 @@ impl Worker {
             in_hand: Arc::default(),
             metrics,
             last_reapply: std::sync::Mutex::default(),
+            dry_turns: Mutex::default(),
         }
     }
 
@@ -367,9 +372,12 @@ impl Worker {
         };
         let (token, decided) = match access {
             Ok(token) => {
-                let decided = self
-                    .decide(group, &bodies.steps, &rules, token.as_ref(), contact)
-                    .await?;
+                let turns = match self.options.dry_run {
+                    true => Turns::Preview(&self.dry_turns),
+                    false => Turns::Store,
+                };
+                let at = (&*rules, token.as_ref());
+                let decided = (self.decide(group, &bodies.steps, at, contact, turns)).await?;
                 (token, decided)
             }
             Err(ending) => (None, Err(ending)),

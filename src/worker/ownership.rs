@@ -17,10 +17,13 @@
 
 use std::collections::HashSet;
 
+use chrono::NaiveDate;
+
 use crate::model::event::{Event, EventType, Subject};
 use crate::model::ids::{OpportunityId, UserId};
 use crate::model::plan::{Follow, Plan, PlanEntry};
 use crate::model::task::UndoScope;
+use crate::rules::deal::Dealer;
 use crate::rules::{Evaluation, Rule, RuleSet, UserRef};
 use crate::store::{LedgerChange, Owned};
 
@@ -47,9 +50,24 @@ pub(super) struct Ownership {
 impl Ownership {
     /// The user autofollow keeps following the contact for `rule` among those `member`
     /// accepts (a pool's pick, kept: re-evaluations never deal again).
-    pub(super) fn kept(&self, rule: &str, member: impl Fn(&UserId) -> bool) -> Option<UserId> {
+    fn kept(&self, rule: &str, member: impl Fn(&UserId) -> bool) -> Option<UserId> {
         let row = self.rows.iter().find(|r| r.rule == rule && member(&r.user));
         row.map(|r| r.user.clone())
+    }
+
+    /// Gives each pool pick of `evaluation` the member autofollow already keeps following
+    /// the contact for the rule (sticky): re-evaluations never deal again, and a kept member
+    /// never looks dropped. The picks left need a turn.
+    pub(super) fn keep_picks(&self, evaluation: &mut Evaluation) {
+        for (rule, pool) in std::mem::take(&mut evaluation.picks) {
+            match self.kept(&rule, |u| pool.has(u)) {
+                Some(user) => {
+                    let label = format!("{user} (pool {}: kept)", pool.name);
+                    evaluation.pick(&rule, user, label);
+                }
+                None => evaluation.picks.push((rule, pool)),
+            }
+        }
     }
 
     pub(super) fn new(owned: Vec<Owned>) -> Ownership {
@@ -233,14 +251,16 @@ impl Ownership {
 }
 
 /// What the rules and the ledger decide for one event on its own, without a store or calls
-/// (`autofollow test`): the evaluation and the plan. `owned`: (user, rule) pairs autofollow
-/// keeps following the contact (the record the event is about, for while-matching rules).
+/// (`autofollow test`, `simulate`): the evaluation and the plan. `owned`: (user, rule) pairs
+/// autofollow keeps following the contact (the record the event is about, for
+/// while-matching rules). Pools deal from `dealing`'s sequence, on its day (a member kept
+/// by `owned` stays).
 pub fn decide_alone(
     rules: &RuleSet,
-    event: &Event,
-    previous: &crate::model::plan::PreviousState,
+    (event, previous): (&Event, &crate::model::plan::PreviousState),
     owned: &[(UserId, String)],
     resolver: &dyn crate::rules::Resolver,
+    (dealer, today): (&mut Dealer, NaiveDate),
 ) -> (Evaluation, Plan) {
     let subject = subject(event).flatten();
     let rows = owned.iter().map(|(user, rule)| {
@@ -260,8 +280,12 @@ pub fn decide_alone(
             removed_by: None,
         }
     });
-    let evaluation = rules.evaluate(event, previous, resolver);
-    let (plan, _) = Ownership::new(rows.collect()).decide(rules, event, &evaluation);
+    let mut evaluation = rules.evaluate(event, previous, resolver);
+    let mut ownership = Ownership::new(rows.collect());
+    ownership.keep_picks(&mut evaluation);
+    let at = (&event.location_id, &event.contact_id);
+    dealer.deal(&mut evaluation, at, today, &[]);
+    let (plan, _) = ownership.decide(rules, event, &evaluation);
     (evaluation, plan)
 }
 

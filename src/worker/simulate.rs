@@ -1,7 +1,9 @@
 //! Simulation on real history: the stored webhooks of a period replayed in order through the
 //! rules in force and a candidate set, each event from the state the ones before it left
 //! (the contact's tags, stages and owners, and each set's own ledger), with the difference in
-//! follower changes counted per rule and user. Nothing is stored and nothing is called.
+//! follower changes counted per rule and user. Nothing is stored and nothing is called. Each
+//! set deals its pools from a sequence of its own, starting fresh (a contact keeps the member
+//! it was dealt), on today's date for away periods.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -12,6 +14,7 @@ use super::ownership::decide_alone;
 use crate::model::event::{self, Event, Parsed};
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
+use crate::rules::deal::Dealer;
 use crate::rules::{Resolver, RuleOutcome, RuleSet};
 use crate::store::{Store, StoreError};
 
@@ -78,6 +81,9 @@ pub async fn simulate(
         candidate_version: candidate.version().to_owned(),
         ..Simulation::default()
     };
+    // Each set deals its pools from a fresh sequence, with today's away periods.
+    let mut dealers = [Dealer::default(), Dealer::default()];
+    let today = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).date_naive();
     for (id, kind, body) in bodies {
         let Ok(Parsed::Event(event)) = event::parse(kind, body.as_bytes()) else {
             continue;
@@ -89,8 +95,11 @@ pub async fn simulate(
         let plans: Vec<_> = [current, candidate]
             .iter()
             .zip(&state.owned)
-            .map(|(set, owned)| {
-                let (evaluation, plan) = decide_alone(set, &event, &previous, owned, resolver);
+            .zip(&mut dealers)
+            .map(|((set, owned), dealer)| {
+                let seen = (&*event, &previous);
+                let dealing = (dealer, today);
+                let (evaluation, plan) = decide_alone(set, seen, owned, resolver, dealing);
                 (evaluation.matched, evaluation.adds, plan)
             })
             .collect();

@@ -134,3 +134,38 @@ fn a_bad_test_file_says_what_is_wrong() {
         "{out}"
     );
 }
+
+/// Pools deal in rule tests from a fresh sequence (the heaviest member first) on the case's
+/// `today`, skipping who is away that day; a member already following for the rule is kept.
+#[test]
+fn cases_see_the_member_a_pool_deals_on_their_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "users: {alice: 9hTnVvSr1Q2ZyE5kHfXm, bob: 4kLmPq7Rt2WvXy9ZaBcD}\npools:\n  sales:\n    members: {alice: 2, bob: 1}\n    away: {alice: [\"2026-12-24\", \"2027-01-02\"]}\nrules:\n  - name: deal\n    add: [{pool: sales}]\n",
+    )
+    .unwrap();
+    let event = "event: {type: ContactCreate, locationId: loc1, id: c1}";
+    let file = case_file(
+        &dir,
+        &format!(
+            "tests:\n  - name: first turn\n    {event}\n    today: 2026-12-01\n    expect: {{add: [alice]}}\n  - name: alice away\n    {event}\n    today: 2026-12-25\n    expect: {{add: [bob]}}\n  - name: kept\n    {event}\n    today: 2026-12-01\n    previous: {{followers: {{bob: deal}}}}\n    expect: {{add: []}}\n  - name: wrong day\n    {event}\n    today: 2026-12-25\n    expect: {{add: [alice]}}\n  - name: no day\n    {event}\n    today: someday\n    expect: {{add: [alice]}}\n"
+        ),
+    );
+    let rules_arg = rules.display().to_string();
+    let (code, out, _) = test(&[&file, "--rules", &rules_arg]);
+    assert_eq!(code, 1, "{out}");
+    for line in [
+        "5 cases, 2 failed",
+        "wrong day",
+        "add: expected [alice], got [bob]",
+        "add 4kLmPq7Rt2WvXy9ZaBcD (pool sales: turn; alice away)",
+        "today: \"someday\" is not a date (YYYY-MM-DD)",
+    ] {
+        assert!(out.contains(line), "{line} in:\n{out}");
+    }
+    for passed in ["ok    ", "first turn", "alice away", "kept"] {
+        assert!(out.contains(passed), "{passed} in:\n{out}");
+    }
+}

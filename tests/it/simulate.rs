@@ -109,6 +109,30 @@ async fn simulate_replays_the_stored_history_through_a_candidate_and_reports_the
     app.shutdown().await;
 }
 
+/// A candidate that adds a pool deals its members as the service would, 2:1 from a fresh
+/// sequence, each contact keeping its member across its events.
+#[tokio::test]
+async fn simulate_deals_a_candidates_pool() {
+    let app =
+        spawn_app("rules:\n  - name: none\n    when: { has_tag: never }\n    add: [carol]\n").await;
+    history(&app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.yaml");
+    let pool = "pools:\n  sales:\n    members: { alice: 2, bob: 1 }\nrules:\n  - name: deal\n    add: [{ pool: sales }]\n";
+    std::fs::write(&candidate, format!("{USERS}{pool}")).unwrap();
+    let (code, out) = simulate(&app, &candidate, &["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["changed"], 3, "{report:#}");
+    assert_eq!(
+        tally(&report, "deal", ALICE),
+        (2, 0),
+        "c1 and c3: {report:#}"
+    );
+    assert_eq!(tally(&report, "deal", BOB), (1, 0), "c2: {report:#}");
+    app.shutdown().await;
+}
+
 const ADMIN: &str = "admin-token-for-simulate";
 
 #[tokio::test]

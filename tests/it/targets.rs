@@ -5,6 +5,7 @@
 use crate::common;
 use autofollow::model::ids::{LocationId, UserId};
 use autofollow::model::plan::PreviousState;
+use autofollow::rules::deal::Dealing;
 use autofollow::rules::{NoResolver, Resolver, RuleSet};
 use common::*;
 use serde_json::json;
@@ -167,20 +168,38 @@ fn a_remove_through_a_table_or_a_field_removes_only_what_autofollow_added() {
     );
 }
 
-/// `explain` shows a pool's members, weights and away periods; the member is picked when
-/// the service processes the event, so the plan itself has no add.
+/// `explain` shows a pool's members, weights and away periods, and the member it deals:
+/// on a day one member is away, the other, saying who was skipped. Evaluating leaves the
+/// pick to the service (it needs the store).
 #[test]
-fn explain_shows_the_pool_a_rule_deals_from() {
+fn explain_shows_the_member_a_pool_deals_and_who_was_away() {
     let set = rules(
         "pools:\n  sales:\n    members: { alice: 2, bob: 1 }\n    away: { alice: [\"2026-12-24\", \"2027-01-02\"] }\nrules:\n  - name: deal\n    add: [{ pool: sales }]\n",
     );
     let e = contact("ContactCreate", &[], json!({}));
+    let on = |day: &str| {
+        let mut dealing = Dealing {
+            today: day.parse().unwrap(),
+            ..Dealing::fresh()
+        };
+        let previous = PreviousState::default();
+        let x = set.explain_dealt(&e, &previous, &NoResolver, &mut dealing);
+        (x.rules[0].actions.clone(), x.plan.summary())
+    };
+    let describe = "add one member of pool sales (members alice 2, bob 1; alice away 2026-12-24 to 2027-01-02)";
+    let (actions, plan) = on("2026-12-23");
     assert_eq!(
-        actions(&set, &e, &NoResolver),
+        actions,
         [
-            "add one member of pool sales, picked when the event is processed (members alice 2, bob 1; alice away 2026-12-24 to 2027-01-02)"
+            describe.to_owned(),
+            format!("add {ALICE} (pool sales: turn)")
         ]
     );
+    assert!(plan.contains(ALICE), "{plan}");
+    let (actions, plan) = on("2026-12-24");
+    let bob = format!("add {BOB} (pool sales: turn; alice away)");
+    assert_eq!(actions, [describe.to_owned(), bob]);
+    assert!(plan.contains(BOB) && !plan.contains(ALICE), "{plan}");
     let evaluation = set.evaluate(&e, &PreviousState::default(), &NoResolver);
     assert_eq!(evaluation.picks.len(), 1);
     assert_eq!(evaluation.plan.summary(), "no change");
@@ -335,6 +354,134 @@ mod pools {
             .map(|t| t.handed)
             .collect();
         assert_eq!(handed.iter().sum::<u64>(), 1);
+        app.shutdown().await;
+    }
+
+    /// Reapplies through the admin API; its report.
+    async fn reapply(app: &TestApp, dry_run: bool) -> serde_json::Value {
+        let url = format!("{}/admin/reapply?dry_run={dry_run}", app.admin);
+        let answer = app
+            .http
+            .post(url)
+            .bearer_auth("admin-test-token")
+            .send()
+            .await;
+        answer.unwrap().json().await.unwrap()
+    }
+
+    /// The turns handed out, per member (by user id).
+    async fn handed(app: &TestApp) -> Vec<(String, u64)> {
+        let turns = app.store().pool_turns().await.unwrap().into_iter();
+        turns.map(|t| (t.user.to_string(), t.handed)).collect()
+    }
+
+    /// A pool rule added later: `reapply` deals the contacts it now matches, 2:1. Its
+    /// preview (on reload, and asked for) shows the same split and counts no turn; the run
+    /// counts them.
+    #[tokio::test]
+    async fn reapply_deals_the_contacts_a_new_pool_rule_matches_and_its_preview_counts_nothing() {
+        let app = spawn_with(Options {
+            rules: "rules:\n  - name: none\n    when: { has_tag: never }\n    add: [carol]\n"
+                .into(),
+            admin_token: Some("admin-test-token".into()),
+            ..Options::default()
+        })
+        .await;
+        ghl_adds(&app).await;
+        create(&app, "ContactCreate", (0..6).map(|i| format!("r{i}"))).await;
+        assert!(dealt(&app).await.is_empty());
+        let users = crate::common::USERS;
+        std::fs::write(&app.rules_file, format!("{users}{}", sales(""))).unwrap();
+        app.reload();
+        let gains = |report: &serde_json::Value| {
+            let summary = report["summary"].as_array().cloned().unwrap_or_default();
+            let gain = |u: &str| {
+                summary
+                    .iter()
+                    .find(|t| t["user"] == u)
+                    .map(|t| t["gain"].clone())
+            };
+            (report["changed"].clone(), gain(ALICE), gain(BOB))
+        };
+        let preview = reapply(&app, true).await;
+        assert_eq!(
+            gains(&preview),
+            (json!(6), Some(json!(4)), Some(json!(2))),
+            "{preview:#}"
+        );
+        assert!(handed(&app).await.is_empty(), "a preview counts no turn");
+        let run = reapply(&app, false).await;
+        assert_eq!(run["queued"], 6, "{run:#}");
+        app.drain().await;
+        let dealt = dealt(&app).await;
+        assert_eq!(dealt.iter().filter(|u| *u == ALICE).count(), 4, "{dealt:?}");
+        assert_eq!(dealt.iter().filter(|u| *u == BOB).count(), 2, "{dealt:?}");
+        assert_eq!(
+            handed(&app).await,
+            [(BOB.to_owned(), 2), (ALICE.to_owned(), 4)]
+        );
+        let again = reapply(&app, true).await;
+        assert_eq!(
+            again["changed"], 0,
+            "each contact keeps its member: {again:#}"
+        );
+        app.shutdown().await;
+    }
+
+    /// `POST /admin/explain` deals as the service would now, counting nothing: a contact
+    /// dealt already shows its member, a new one the pool's next turn in the store.
+    #[tokio::test]
+    async fn the_admin_explain_shows_the_stores_next_turn_and_a_contacts_member() {
+        let app = spawn_with(Options {
+            rules: sales(""),
+            admin_token: Some("admin-test-token".into()),
+            ..Options::default()
+        })
+        .await;
+        ghl_adds(&app).await;
+        create(&app, "ContactCreate", ["e0".to_owned()]).await;
+        let explain = |contact: &str| {
+            let body = json!({"type": "ContactCreate", "locationId": LOCATION, "id": contact});
+            let url = format!("{}/admin/explain", app.admin);
+            let request = app.http.post(url).bearer_auth("admin-test-token");
+            async move {
+                let answer = request.body(body.to_string()).send().await.unwrap();
+                let answer: serde_json::Value = answer.json().await.unwrap();
+                answer["rules"][0]["actions"][1].clone()
+            }
+        };
+        assert_eq!(
+            explain("e0").await,
+            format!("add {ALICE} (pool sales: turn)")
+        );
+        assert_eq!(explain("e1").await, format!("add {BOB} (pool sales: turn)"));
+        assert_eq!(explain("e1").await, format!("add {BOB} (pool sales: turn)"));
+        let counted = [(BOB.to_owned(), 0), (ALICE.to_owned(), 1)];
+        assert_eq!(handed(&app).await, counted, "explaining counts nothing");
+        app.shutdown().await;
+    }
+
+    /// A dry run deals as the service would (2:1, each contact keeping its member) and counts
+    /// no turn in the store.
+    #[tokio::test]
+    async fn a_dry_run_deals_without_counting_turns() {
+        let app = spawn_with(Options {
+            rules: sales(""),
+            dry_run: Some(true),
+            ..Options::default()
+        })
+        .await;
+        let mut added = Vec::new();
+        for contact in ["d0", "d1", "d2", "d0"] {
+            let body = json!({"type": "ContactCreate", "locationId": LOCATION, "id": contact});
+            let id = accepted(app.post_app(&body).await).await;
+            app.drain().await;
+            let decision = app.decisions(id).await.remove(0);
+            added.push(decision.plan.add[0].user.to_string());
+        }
+        assert_eq!(added, [ALICE, BOB, ALICE, ALICE]);
+        assert!(handed(&app).await.is_empty());
+        assert!(app.followers_calls().await.is_empty());
         app.shutdown().await;
     }
 

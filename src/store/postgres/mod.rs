@@ -29,6 +29,7 @@ pub struct PgStore {
     intake: super::pg_intake::Intake,
     /// So are finished groups.
     finisher: finish::Finisher,
+    away: AwayCache,
 }
 
 impl PgStore {
@@ -44,6 +45,7 @@ impl PgStore {
             pool,
             intake,
             finisher,
+            away: AwayCache::default(),
         })
     }
 

@@ -62,6 +62,7 @@ pub struct SqliteStore {
     /// Every write of the process goes through this one connection's thread, which commits
     /// the writes that queue while it works together (group commit).
     writer: Writer,
+    away: AwayCache,
 }
 
 impl SqliteStore {
@@ -104,7 +105,11 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         let writer = Writer::start(options.get_filename()).await?;
-        Ok(SqliteStore { pool, writer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            away: AwayCache::default(),
+        })
     }
 }
 

@@ -65,6 +65,29 @@ impl Pools for SqliteStore {
         Ok(picked)
     }
 
+    async fn pool_state(
+        &self,
+        (location, contact): (&LocationId, &ContactId),
+        pool: &str,
+    ) -> Result<PoolState, StoreError> {
+        let pick: Option<String> = sqlx::query_scalar(
+            "SELECT user_id FROM pool_picks WHERE location_id = ?1 AND pool = ?2 AND contact_id = ?3",
+        )
+        .bind(location.as_str())
+        .bind(pool)
+        .bind(contact.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT user_id, current FROM pool_turns WHERE location_id = ?1 AND pool = ?2",
+        )
+        .bind(location.as_str())
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await?;
+        pool_state(pick, rows)
+    }
+
     async fn pool_turns(&self) -> Result<Vec<PoolTurns>, StoreError> {
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(SELECT_POOL_TURNS)
             .fetch_all(&self.pool)
@@ -87,24 +110,35 @@ impl Pools for SqliteStore {
                 .execute((&row.0, &row.1, &row.2, now_ms()))?;
                 Ok(())
             })
-            .await
+            .await?;
+        self.away.forget();
+        Ok(())
     }
 
     async fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError> {
+        let generation = match self.away.get() {
+            Ok(periods) => return Ok(periods),
+            Err(generation) => generation,
+        };
         let rows: Vec<(String, String, String)> =
             sqlx::query_as(SELECT_AWAY).fetch_all(&self.pool).await?;
-        away_periods(rows)
+        let periods = away_periods(rows)?;
+        self.away.keep(generation, &periods);
+        Ok(periods)
     }
 
     async fn clear_away(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.as_str().to_owned();
-        self.writer
+        let cleared = self
+            .writer
             .write(move |conn| {
                 let gone = conn
                     .prepare_cached("DELETE FROM away WHERE user_id = ?1")?
                     .execute([&user])?;
                 Ok(u64::try_from(gone).unwrap_or(0))
             })
-            .await
+            .await;
+        self.away.forget();
+        cleared
     }
 }

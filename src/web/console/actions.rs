@@ -385,7 +385,7 @@ async fn playground(state: &AppState, form: &Playground) -> Result<ExplainView, 
                 .body
         }
     };
-    explain_body(state, body.as_bytes(), &previous)
+    explain_body(state, body.as_bytes(), &previous).await
 }
 
 async fn rules_page(state: &AppState, v: &Visitor, extras: Extras) -> Response {

@@ -322,15 +322,17 @@ fn pretty(body: &str) -> String {
         .unwrap_or_else(|| body.to_owned())
 }
 
-/// Why the rules in force decide `body` as they do (no earlier state, no lookups).
-pub fn explain_body(
+/// Why the rules in force decide `body` as they do (no lookups); pools deal as the service
+/// would now, counting nothing.
+pub async fn explain_body(
     state: &AppState,
     body: &[u8],
     previous: &PreviousState,
 ) -> Result<ExplainView, String> {
     match event::parse_any(body).map_err(|e| e.to_string())? {
         Parsed::Event(e) => {
-            let x = state.rules.current().explain(&e, previous, &NoResolver);
+            let mut dealing = state.worker.dealing(&e).await.map_err(|e| e.to_string())?;
+            let x = (state.rules.current()).explain_dealt(&e, previous, &NoResolver, &mut dealing);
             Ok(ExplainView::from(&x))
         }
         other => {
@@ -359,7 +361,7 @@ pub async fn event(
         (Err(e), _) | (_, Err(e)) => return unavailable(&e),
     };
     let (body, received) = (stored.body, when_ms(stored.received_at));
-    let explained = explain_body(&state, body.as_bytes(), &PreviousState::default());
+    let explained = explain_body(&state, body.as_bytes(), &PreviousState::default()).await;
     let (explanation, explain_error) = match explained {
         Ok(x) => (Some(x), None),
         Err(e) => (None, Some(e)),
