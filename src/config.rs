@@ -126,8 +126,9 @@ pub struct ServeArgs {
     /// least this often (at least AUTOFOLLOW_SETTLE_DELAY).
     #[arg(long, env = "AUTOFOLLOW_SETTLE_MAX", default_value = "30s")]
     pub settle_max: String,
-    /// The time zone whose days pools' away dates are (an IANA name: Europe/Paris, UTC).
-    #[arg(long, env = "AUTOFOLLOW_TIME_ZONE", default_value = "UTC")]
+    /// The time zone whose days pools' away dates are: `location` (each location's own, read
+    /// from GoHighLevel; UTC when it cannot be read), or an IANA name (Europe/Paris, UTC).
+    #[arg(long, env = "AUTOFOLLOW_TIME_ZONE", default_value = "location")]
     pub time_zone: String,
     /// Drift repair: re-read from GoHighLevel, this often, the followers of each contact
     /// autofollow added someone to, and bring them to what the rules and the ledger want
@@ -631,8 +632,12 @@ fn worker(args: &ServeArgs, p: &mut Problems) -> Option<WorkerOptions> {
     let zone = args.time_zone.trim();
     let time_zone = p.check(
         "AUTOFOLLOW_TIME_ZONE",
-        zone.parse::<chrono_tz::Tz>()
-            .map_err(|_| format!("`{zone}` is not a time zone name such as Europe/Paris or UTC")),
+        match zone.eq_ignore_ascii_case("location") {
+            true => Ok(None),
+            false => zone.parse::<chrono_tz::Tz>().map(Some).map_err(|_| {
+                format!("`{zone}` is not a time zone name (such as Europe/Paris) nor `location`")
+            }),
+        },
     );
     let defaults = WorkerOptions::default();
     Some(WorkerOptions {

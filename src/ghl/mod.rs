@@ -63,6 +63,14 @@ pub enum CallError {
     Deferred { wait: Duration },
 }
 
+/// What autofollow reads of a location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocationInfo {
+    pub company_id: String,
+    /// Its time zone, when it names one this build knows (an IANA name).
+    pub time_zone: Option<chrono_tz::Tz>,
+}
+
 #[derive(Debug, Clone)]
 pub struct GhlClient {
     http: reqwest::Client,
@@ -163,12 +171,13 @@ impl GhlClient {
         })
     }
 
-    /// The location's company id (`GET /locations/{id}`), which the users search needs.
-    pub async fn company_id(
+    /// The location (`GET /locations/{id}`): its company, which the users search needs, and
+    /// its time zone, whose days pools' away dates are.
+    pub async fn location(
         &self,
         token: &SecretString,
         location: &LocationId,
-    ) -> Result<String, CallError> {
+    ) -> Result<LocationInfo, CallError> {
         let path = format!("/locations/{location}");
         let (_, body) = self
             .send(
@@ -180,13 +189,17 @@ impl GhlClient {
                 None,
             )
             .await?;
-        body.pointer("/location/companyId")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| CallError::Permanent {
-                status: None,
-                reason: "GET /locations/{id} answered without location.companyId".into(),
-            })
+        let text = |pointer: &str| body.pointer(pointer).and_then(Value::as_str);
+        let company_id = text("/location/companyId").map(str::to_owned);
+        let company_id = company_id.ok_or_else(|| CallError::Permanent {
+            status: None,
+            reason: "GET /locations/{id} answered without location.companyId".into(),
+        })?;
+        let time_zone = text("/location/timezone").and_then(|z| z.trim().parse().ok());
+        Ok(LocationInfo {
+            company_id,
+            time_zone,
+        })
     }
 
     /// One call: a request from the location's budget, the answer's rate-limit headers

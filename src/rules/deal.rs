@@ -95,6 +95,22 @@ impl Evaluation {
     }
 }
 
+/// Whether who is away among the members of these pools (`picks`) differs between `day`
+/// and the days either side: every place's today is one of them, so only then does the time
+/// zone matter.
+pub fn day_matters(picks: &[(String, Arc<Pool>)], more: &[Away], day: NaiveDate) -> bool {
+    let days: Vec<NaiveDate> = [day.pred_opt(), Some(day), day.succ_opt()]
+        .into_iter()
+        .flatten()
+        .collect();
+    picks.iter().any(|(_, pool)| {
+        pool.members.iter().any(|(_, id, _)| {
+            let away: Vec<bool> = days.iter().map(|d| pool.away_on(id, *d, more)).collect();
+            away.windows(2).any(|w| w[0] != w[1])
+        })
+    })
+}
+
 /// The decision's note for the pools that had nobody to give, if any.
 pub fn nobody_note(pools: &[String]) -> Option<String> {
     (!pools.is_empty()).then(|| {

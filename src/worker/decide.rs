@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::NaiveDate;
@@ -16,7 +17,8 @@ use crate::model::event::{Event, EventType};
 use crate::model::ids::{ContactId, LocationId, OpportunityId, UserId};
 use crate::model::plan::{Plan, PreviousState};
 use crate::model::record::{Decision, Outcome};
-use crate::rules::deal::{Away, Dealer, Dealing, nobody_note};
+use crate::rules::Pool;
+use crate::rules::deal::{Away, Dealer, Dealing, day_matters, nobody_note};
 use crate::rules::{Evaluation, Resolver, RuleSet};
 use crate::store::{Claimed, ContactSnapshot, NewState, StoreError, millis};
 
@@ -184,8 +186,14 @@ impl Worker {
         };
         let mut evaluation = at.rules.evaluate(event, &before, &resolver);
         let at_contact = (&event.location_id, &event.contact_id);
-        let unpicked =
-            (self.deal(&mut evaluation, at_contact, &decided.ownership, at.turns)).await?;
+        let how = (at.token, at.turns);
+        let unpicked = match self
+            .deal(&mut evaluation, at_contact, &decided.ownership, how)
+            .await?
+        {
+            Ok(unpicked) => unpicked,
+            Err(ending) => return Ok(Err(ending)),
+        };
         let (plan, ledger) = decided.ownership.decide(at.rules, event, &evaluation);
         decided.net.merge(&plan);
         let decision = Decision {
@@ -204,19 +212,24 @@ impl Worker {
     /// Gives each pool a matched rule adds one member: the one autofollow already keeps
     /// following the contact for that rule (sticky), else the pool's next turn by `turns`
     /// among the members not away today (the file's periods and those set at run time),
-    /// else the pool's fallback. Returns a note for the decision when a pool had nobody.
+    /// else the pool's fallback. Returns a note for the decision when a pool had nobody, or
+    /// why it cannot deal now (the location's time zone could not be read yet).
     pub(super) async fn deal(
         &self,
         evaluation: &mut Evaluation,
         at: (&LocationId, &ContactId),
         ownership: &Ownership,
-        turns: Turns<'_>,
-    ) -> Result<Option<String>, StoreError> {
+        (token, turns): (Option<&Token>, Turns<'_>),
+    ) -> Result<Result<Option<String>, Ending>, StoreError> {
         ownership.keep_picks(evaluation);
         if evaluation.picks.is_empty() {
-            return Ok(None);
+            return Ok(Ok(None));
         }
-        let (today, away) = (self.today(), self.away().await?);
+        let away = self.away().await?;
+        let today = match self.today(&evaluation.picks, at.0, token, &away).await {
+            Ok(today) => today,
+            Err(e) => return Ok(Err(Ending::from_lookup(e))),
+        };
         let mut nobody = Vec::new();
         for hand in evaluation.hands(today, &away) {
             let pool = hand.pool.name.as_str();
@@ -231,13 +244,29 @@ impl Worker {
             };
             nobody.extend(evaluation.give(hand, turn).err());
         }
-        Ok(nobody_note(&nobody))
+        Ok(Ok(nobody_note(&nobody)))
     }
 
-    /// Today, in AUTOFOLLOW_TIME_ZONE: the day away periods are read on.
-    fn today(&self) -> NaiveDate {
-        let now = chrono::DateTime::<chrono::Utc>::from(SystemTime::now());
-        now.with_timezone(&self.options.time_zone).date_naive()
+    /// Today, where pools' away dates are days: of AUTOFOLLOW_TIME_ZONE, else of the
+    /// location's time zone (read from GoHighLevel only when it can change who is away
+    /// today: [`day_matters`]), else of UTC.
+    async fn today(
+        &self,
+        picks: &[(String, Arc<Pool>)],
+        location: &LocationId,
+        token: Option<&Token>,
+        away: &[Away],
+    ) -> Result<NaiveDate, CallError> {
+        let utc = today_in(None);
+        let zone = match self.options.time_zone {
+            Some(zone) => Some(zone),
+            None if !day_matters(picks, away, utc) => None,
+            None => {
+                let secret = token.map(|t| &t.secret);
+                (self.lookups.time_zone(&self.ghl, location, secret)).await?
+            }
+        };
+        Ok(today_in(zone))
     }
 
     /// The away periods set at run time (the store keeps them read for a few seconds).
@@ -251,16 +280,21 @@ impl Worker {
 
     /// How an explanation of `event` deals pools as this service would now: every pool's
     /// sequence where the store's stands in the event's location (and the contact's earlier
-    /// picks), today's date and the away periods set at run time. Nothing is counted.
+    /// picks), today's date (in the location's time zone as last read, when none is
+    /// configured) and the away periods set at run time. Nothing is counted.
     pub async fn dealing(&self, event: &Event) -> Result<Dealing, StoreError> {
         let mut dealer = Dealer::default();
         let at = (&event.location_id, &event.contact_id);
         for pool in self.rules.current().pools().keys() {
             dealer.seed(at, pool, self.store.pool_state(at, pool).await?);
         }
+        let zone = match self.options.time_zone {
+            Some(zone) => Some(zone),
+            None => self.lookups.known_time_zone(&event.location_id).await,
+        };
         Ok(Dealing {
             dealer,
-            today: self.today(),
+            today: today_in(zone),
             away: self.away().await?,
         })
     }
@@ -398,4 +432,10 @@ impl Ending {
             }
         }
     }
+}
+
+/// Today's date in `zone` (UTC when `None`).
+fn today_in(zone: Option<chrono_tz::Tz>) -> NaiveDate {
+    let now = chrono::DateTime::<chrono::Utc>::from(SystemTime::now());
+    zone.map_or(now.date_naive(), |z| now.with_timezone(&z).date_naive())
 }

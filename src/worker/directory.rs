@@ -73,7 +73,7 @@ pub struct Need {
 
 pub const LOCATIONS: Need = Need {
     scope: "locations.readonly",
-    reads: "GET /locations/{id} (the company, for the users search)",
+    reads: "GET /locations/{id} (the company, for the users search; the time zone, for pools)",
 };
 pub const USERS: Need = Need {
     scope: "users.readonly",
@@ -289,7 +289,8 @@ fn custom_field_by_id(id: &str, fields: &[CustomField]) -> Option<(Severity, Str
 
 /// The scopes the rules that decide for `location` need at run time, with why: every
 /// followers call needs [`FOLLOWERS`]; pipeline and stage names (not ids) need pipelines
-/// read; a workflow event's assignee is found by email through the users search.
+/// read; a workflow event's assignee is found by email through the users search; pools
+/// read the location's time zone.
 pub fn scopes_needed(set: &RuleSet, location: &LocationId) -> Vec<(&'static str, String)> {
     let rules: Vec<&Rule> = set
         .rules()
@@ -345,6 +346,19 @@ pub fn scopes_needed(set: &RuleSet, location: &LocationId) -> Vec<(&'static str,
         out.push((USERS.scope, why.clone()));
         out.push((LOCATIONS.scope, why));
     }
+    let pool = |u: &UserRef| matches!(u, UserRef::Pool(_));
+    let pooled: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| targets(r, &pool))
+        .collect();
+    if !pooled.is_empty() {
+        let why = format!(
+            "to read the location's time zone, whose days pools' away dates are (unless AUTOFOLLOW_TIME_ZONE names one), for rules {}",
+            names(&pooled)
+        );
+        out.push((LOCATIONS.scope, why));
+    }
     out
 }
 
@@ -388,6 +402,22 @@ mod tests {
         }];
         let found = user("Other000000000000004", None, &users(), &elsewhere);
         assert!(found.is_some_and(|(_, m)| m.contains("(Otto) has no access to this sub-account")));
+    }
+
+    #[test]
+    fn rules_adding_from_a_pool_need_the_location_read_for_its_time_zone() {
+        let yaml = "pools:\n  sales:\n    members: [9hTnVvSr1Q2ZyE5kHfXm]\nrules:\n  - name: deal\n    add: [{pool: sales}]\n";
+        let set = RuleSet::from_sources(&[("r.yaml", yaml)]).expect("rules");
+        let location = LocationId::parse("ve9EPM428h8vShlRW1KT").unwrap();
+        let needed = scopes_needed(&set, &location);
+        let zone = needed
+            .iter()
+            .find(|(scope, _)| *scope == "locations.readonly");
+        let why = zone.map(|(_, why)| why.as_str()).unwrap_or_default();
+        assert!(
+            why.contains("time zone") && why.contains("`deal`"),
+            "{needed:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the rules may need and an event does not carry, fetched from GoHighLevel and cached
-//! per location: pipeline and stage names, a location's company, users by email.
+//! per location: pipeline and stage names, a location's company and time zone, users by
+//! email.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,13 +11,15 @@ use tokio::sync::Mutex;
 
 use crate::access::Scopes;
 use crate::ghl::pipelines::Pipelines;
-use crate::ghl::{CallError, GhlClient};
+use crate::ghl::{CallError, GhlClient, LocationInfo};
 use crate::model::event::{AssignedUser, Event};
 use crate::model::ids::{LocationId, UserId};
 use crate::rules::Resolver;
 
 /// Refetch pipelines for an unknown id, or look a missing email up again, at most this often.
 const LOOKUP_REFRESH: Duration = Duration::from_secs(60);
+/// Read a location again (its time zone may change) at most this often.
+const LOCATION_REFRESH: Duration = Duration::from_secs(3600);
 
 /// A location and a lowercased email.
 type EmailKey = (LocationId, String);
@@ -27,8 +30,8 @@ pub struct Lookups {
     /// Where a scope a lookup needs is found missing.
     scopes: Arc<Scopes>,
     pipelines: Mutex<HashMap<LocationId, (Arc<Pipelines>, Instant)>>,
-    /// A location's company id (`None`: the lookup was refused) and when it was looked up.
-    companies: Mutex<HashMap<LocationId, (Option<String>, Instant)>>,
+    /// A location as read (`None`: the lookup was refused) and when.
+    locations: Mutex<HashMap<LocationId, (Option<LocationInfo>, Instant)>>,
     /// (location, lowercased email) → the user id found (or not) and when it was looked up.
     users: Mutex<HashMap<EmailKey, (Option<UserId>, Instant)>>,
 }
@@ -70,8 +73,8 @@ const USERS: Lookup = Lookup {
     what: "search users; assigned_user stays unresolved",
     scope: "users.readonly",
 };
-const COMPANY: Lookup = Lookup {
-    what: "read the location's company; assigned_user stays unresolved",
+const LOCATION: Lookup = Lookup {
+    what: "read the location; users by email stay unresolved, pools' away dates are days of UTC",
     scope: "locations.readonly",
 };
 
@@ -232,16 +235,54 @@ impl Lookups {
         location: &LocationId,
         token: &SecretString,
     ) -> Result<Option<String>, CallError> {
-        let cached = self.companies.lock().await.get(location).cloned();
-        if let Some((company, at)) = cached {
-            if company.is_some() || at.elapsed() < LOOKUP_REFRESH {
-                return Ok(company);
+        let info = self.location(ghl, location, token).await?;
+        Ok(info.map(|i| i.company_id))
+    }
+
+    /// The location's time zone, whose days pools' away dates are: `None` when it cannot be
+    /// read or names no zone known here.
+    pub async fn time_zone(
+        &self,
+        ghl: &GhlClient,
+        location: &LocationId,
+        token: Option<&SecretString>,
+    ) -> Result<Option<chrono_tz::Tz>, CallError> {
+        let Some(token) = token else {
+            return Ok(self.known_time_zone(location).await);
+        };
+        let info = self.location(ghl, location, token).await?;
+        Ok(info.and_then(|i| i.time_zone))
+    }
+
+    /// The location's time zone as last read, without asking.
+    pub async fn known_time_zone(&self, location: &LocationId) -> Option<chrono_tz::Tz> {
+        let cached = self.locations.lock().await.get(location).cloned();
+        cached.and_then(|(info, _)| info?.time_zone)
+    }
+
+    /// The location as read (`None`: the lookup was refused): cached for an hour (a refusal
+    /// for a minute).
+    async fn location(
+        &self,
+        ghl: &GhlClient,
+        location: &LocationId,
+        token: &SecretString,
+    ) -> Result<Option<LocationInfo>, CallError> {
+        let cached = self.locations.lock().await.get(location).cloned();
+        if let Some((info, at)) = cached {
+            let fresh = if info.is_some() {
+                LOCATION_REFRESH
+            } else {
+                LOOKUP_REFRESH
+            };
+            if at.elapsed() < fresh {
+                return Ok(info);
             }
         }
-        let company = ghl.company_id(token, location).await;
-        let company = self.tolerated(company, location, &COMPANY)?;
-        let mut companies = self.companies.lock().await;
-        companies.insert(location.clone(), (company.clone(), Instant::now()));
-        Ok(company)
+        let info = ghl.location(token, location).await;
+        let info = self.tolerated(info, location, &LOCATION)?;
+        let mut locations = self.locations.lock().await;
+        locations.insert(location.clone(), (info.clone(), Instant::now()));
+        Ok(info)
     }
 }

@@ -456,8 +456,14 @@ impl Worker {
         };
         let mut evaluation = at.rules.evaluate(event, &steady, &resolver);
         let contact = (&decided.location, &decided.contact);
-        (self.deal(&mut evaluation, contact, &decided.ownership, at.turns)).await?;
-        Ok(Ok(evaluation))
+        let how = (at.token, at.turns);
+        match self
+            .deal(&mut evaluation, contact, &decided.ownership, how)
+            .await?
+        {
+            Ok(_) => Ok(Ok(evaluation)),
+            Err(ending) => Ok(Err(ending)),
+        }
     }
 }
 

@@ -71,7 +71,7 @@ pub struct WorkerOptions {
     /// Drift repair: how often each ledger contact's followers are read again (`None`: off).
     pub reconcile_every: Option<Duration>,
     /// The time zone whose days pools' away dates are.
-    pub time_zone: chrono_tz::Tz,
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 impl Default for WorkerOptions {
@@ -86,7 +86,7 @@ impl Default for WorkerOptions {
             settle_delay: Duration::from_secs(1),
             settle_max: Duration::from_secs(30),
             reconcile_every: None,
-            time_zone: chrono_tz::Tz::UTC,
+            time_zone: None,
         }
     }
 }

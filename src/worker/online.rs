@@ -164,8 +164,10 @@ impl Reader<'_> {
         dir: &mut Directory,
         companies: &mut Companies,
     ) {
-        let company = patiently(|| self.ghl.company_id(token, self.location)).await;
-        let Some(company) = self.lookup(company, &directory::LOCATIONS).into_read() else {
+        let location = patiently(|| self.ghl.location(token, self.location)).await;
+        let Some(company) =
+            (self.lookup(location, &directory::LOCATIONS).into_read()).map(|l| l.company_id)
+        else {
             return;
         };
         let users = patiently(|| self.ghl.location_users(token, &company, self.location)).await;

@@ -485,18 +485,23 @@ mod pools {
         app.shutdown().await;
     }
 
-    /// Away dates are days of AUTOFOLLOW_TIME_ZONE: a member away "today" where the clock is
-    /// 12 or 14 hours from UTC (one of them is on another day than UTC now) is skipped only
-    /// with that zone configured.
-    #[tokio::test]
-    async fn away_dates_are_days_of_the_configured_time_zone() {
+    /// A time zone 12 or 14 hours from UTC that is on another day than UTC now, and its day.
+    fn elsewhere() -> (chrono_tz::Tz, chrono::NaiveDate) {
         let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
         let zones = [chrono_tz::Etc::GMTPlus12, chrono_tz::Pacific::Kiritimati];
         let zone = zones
             .into_iter()
             .find(|z| now.with_timezone(z).date_naive() != now.date_naive())
             .expect("one of them is on another day");
-        let there = now.with_timezone(&zone).date_naive();
+        (zone, now.with_timezone(&zone).date_naive())
+    }
+
+    /// Away dates are days of AUTOFOLLOW_TIME_ZONE: a member away "today" where the clock is
+    /// 12 or 14 hours from UTC (one of them is on another day than UTC now) is skipped only
+    /// with that zone configured.
+    #[tokio::test]
+    async fn away_dates_are_days_of_the_configured_time_zone() {
+        let (zone, there) = elsewhere();
         let away = format!("    away:\n      alice: [\"{there}\", \"{there}\"]\n");
         for (time_zone, expected) in [("UTC", ALICE), (zone.name(), BOB)] {
             let options = Options {
@@ -508,6 +513,50 @@ mod pools {
             ghl_adds(&app).await;
             create(&app, "ContactCreate", ["z0".to_owned()]).await;
             assert_eq!(dealt(&app).await, [expected], "{time_zone}");
+            app.shutdown().await;
+        }
+    }
+
+    /// GET /locations/{id} calls the stand-in received.
+    async fn location_reads(app: &TestApp) -> usize {
+        let requests = app.ghl.received_requests().await.unwrap_or_default();
+        let path = format!("/locations/{LOCATION}");
+        requests.iter().filter(|r| r.url.path() == path).count()
+    }
+
+    /// By default away dates are days of the location's own time zone, read from
+    /// GoHighLevel (once, kept) and only when the day decides who is away.
+    #[tokio::test]
+    async fn away_dates_are_days_of_the_locations_time_zone_read_only_when_they_matter() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, ResponseTemplate};
+        let (zone, there) = elsewhere();
+        let far = there + chrono::Days::new(30);
+        for (day, expected, reads) in [(there, BOB, 1), (far, ALICE, 0)] {
+            let away = format!("    away:\n      alice: [\"{day}\", \"{day}\"]\n");
+            let options = Options {
+                rules: sales(&away),
+                time_zone: "location".into(),
+                ..Options::default()
+            };
+            let app = spawn_with(options).await;
+            let location =
+                json!({"location": {"id": LOCATION, "companyId": "Co1", "timezone": zone.name()}});
+            Mock::given(method("GET"))
+                .and(path(format!("/locations/{LOCATION}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(location))
+                .mount(&app.ghl)
+                .await;
+            ghl_adds(&app).await;
+            create(&app, "ContactCreate", ["t0".to_owned(), "t1".to_owned()]).await;
+            let dealt = dealt(&app).await;
+            assert_eq!(
+                dealt[0],
+                expected,
+                "away {day}, the location in {}",
+                zone.name()
+            );
+            assert_eq!(location_reads(&app).await, reads, "away {day}");
             app.shutdown().await;
         }
     }
