@@ -24,8 +24,8 @@ use crate::model::ids::{UserId, looks_like_ghl_id};
 
 mod targets;
 
-use targets::RawTarget;
 pub use targets::{POOL_KEYS, TARGET_KEYS};
+use targets::{RawPool, RawTable, RawTarget};
 
 /// GoHighLevel's cap on followers per contact, so no rule can sensibly add more.
 pub const MAX_FOLLOWERS: usize = 10;
@@ -321,8 +321,8 @@ fn is_null(s: &MarkedScalarNode) -> bool {
 /// A file before aliases and rule names are checked across files.
 struct FileSpec {
     users: Vec<(String, UserId, Span)>,
-    tables: Vec<targets::RawTable>,
-    pools: Vec<targets::RawPool>,
+    tables: Vec<RawTable>,
+    pools: Vec<RawPool>,
     rules: Vec<RawRule>,
 }
 
@@ -373,8 +373,8 @@ fn parse_file(cx: &mut Cx, text: &str) -> Option<FileSpec> {
     cx.unknown_keys(top, TOP_KEYS, "the rule file");
     check_version(cx, top);
     let users = parse_users(cx, top);
-    let tables = targets::parse_tables(cx, top);
-    let pools = targets::parse_pools(cx, top);
+    let tables = targets::parse_all::<RawTable>(cx, top);
+    let pools = targets::parse_all::<RawPool>(cx, top);
     let rules = parse_rules(cx, top);
     Some(FileSpec {
         users,
@@ -877,8 +877,8 @@ fn link(
     references: &mut Vec<Reference>,
 ) -> Linked {
     let aliases = collect_aliases(diags, &files);
-    let tables = targets::link_tables(diags, &mut files, &aliases, references);
-    let pools = targets::link_pools(diags, &mut files, &aliases, references);
+    let tables = targets::link_all::<RawTable>(diags, &mut files, &aliases, references);
+    let pools = targets::link_all::<RawPool>(diags, &mut files, &aliases, references);
     let known = Known {
         aliases: &aliases,
         tables: &tables,
@@ -1023,13 +1023,16 @@ fn resolve(cx: &mut Cx, entries: &[RawTarget], known: &Known) -> Vec<UserRef> {
             RawTarget::User(name, span) => user(cx, name, span, known.aliases),
             RawTarget::Field(path, _) => Some(UserRef::Field(path.clone())),
             RawTarget::Pool(name, span) => {
-                targets::pool(cx, name, span, known.pools).map(UserRef::Pool)
+                targets::find::<RawPool>(cx, name, span, known.pools).map(UserRef::Pool)
             }
-            RawTarget::Table { name, span, key } => targets::table(cx, name, span, known.tables)
-                .map(|table| UserRef::Table {
-                    table,
-                    key: key.clone(),
-                }),
+            RawTarget::Table { name, span, key } => {
+                targets::find::<RawTable>(cx, name, span, known.tables).map(|table| {
+                    UserRef::Table {
+                        table,
+                        key: key.clone(),
+                    }
+                })
+            }
         };
         out.extend(user);
     }

@@ -1,5 +1,6 @@
-//! Targets beyond named users: `{ field: path }`, `{ table: name, key: path }`, and the
-//! `tables:` section they refer to. Tables are shared by every file, like aliases.
+//! Targets beyond named users: `{ field: path }`, `{ table: name, key: path }`,
+//! `{ pool: name }`, and the `tables:` and `pools:` sections they refer to, which every file
+//! shares, like aliases ([`Defined`]).
 
 use super::*;
 use crate::rules::model::{Pool, Table, TableEntry};
@@ -158,23 +159,136 @@ fn mapped(cx: &mut Cx, map: &MarkedMappingNode, key: &str) -> Option<RawTarget> 
     }
 }
 
-/// A top-level section mapping names to definitions; `None` when absent or not a mapping
-/// (reported).
-fn section<'a>(
-    cx: &mut Cx,
-    top: &'a MarkedMappingNode,
-    key: &str,
-    what: &str,
-) -> Option<&'a MarkedMappingNode> {
-    match top.get_node(key)? {
-        Node::Mapping(map) => Some(map),
-        other => {
-            cx.error(
-                other.span(),
-                format!("`{key}` must map {what}, found {}", kind(other)),
-            );
-            None
+/// A definition of a top-level section that every file shares, like aliases (a table, a
+/// pool): how it is read, linked and looked up, so both sections work the same way.
+pub(super) trait Defined: Sized {
+    type Linked;
+    /// The section's key (`tables`), one definition (`table`), and what a body must be.
+    const SECTION: &'static str;
+    const ONE: &'static str;
+    const BODY: &'static str;
+    fn parse(cx: &mut Cx, name: &MarkedScalarNode, body: &MarkedMappingNode) -> Self;
+    fn head(&self) -> (&str, &Span);
+    /// This kind's definitions of a file, taken out of it.
+    fn take(spec: &mut FileSpec) -> Vec<Self>;
+    fn link(self, cx: &mut Cx, aliases: &Aliases) -> Self::Linked;
+    fn origin(linked: &Self::Linked) -> &Origin;
+}
+
+/// A file's definitions of one section (name → mapping); a section or a body that is not a
+/// mapping is reported.
+pub(super) fn parse_all<D: Defined>(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<D> {
+    let Some(section) = top.get_node(D::SECTION) else {
+        return Vec::new();
+    };
+    let Node::Mapping(map) = section else {
+        let what = format!("`{}` must map {} names to {}s", D::SECTION, D::ONE, D::ONE);
+        cx.error(section.span(), format!("{what}, found {}", kind(section)));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, body) in map.iter() {
+        match body {
+            Node::Mapping(body) => out.push(D::parse(cx, name, body)),
+            other => {
+                let (one, what) = (D::ONE, D::BODY);
+                let message = format!(
+                    "{one} `{}` must {what}, found {}",
+                    name.as_str(),
+                    kind(other)
+                );
+                cx.error(other.span(), message);
+            }
         }
+    }
+    out
+}
+
+/// Every file's definitions of one section, linked (their users resolved); a name defined
+/// twice is reported at the second.
+pub(super) fn link_all<D: Defined>(
+    diags: &mut Vec<Diagnostic>,
+    files: &mut [(Arc<str>, FileSpec)],
+    aliases: &Aliases,
+    references: &mut Vec<Reference>,
+) -> BTreeMap<String, Arc<D::Linked>> {
+    let mut linked: BTreeMap<String, Arc<D::Linked>> = BTreeMap::new();
+    for (file, spec) in files.iter_mut() {
+        let mut cx = Cx::new(file.clone(), diags);
+        for raw in D::take(spec) {
+            let (name, span) = raw.head();
+            if let Some(first) = linked.get(name) {
+                let first = D::origin(first);
+                let message = format!("{} `{name}` is already defined at {first}", D::ONE);
+                cx.error(span, message);
+                continue;
+            }
+            let name = name.to_owned();
+            linked.insert(name, Arc::new(raw.link(&mut cx, aliases)));
+        }
+        references.append(&mut cx.found);
+    }
+    linked
+}
+
+/// The definition a target names, or an error at the name (with the closest name).
+pub(super) fn find<D: Defined>(
+    cx: &mut Cx,
+    name: &str,
+    span: &Span,
+    all: &BTreeMap<String, Arc<D::Linked>>,
+) -> Option<Arc<D::Linked>> {
+    if let Some(found) = all.get(name) {
+        return Some(Arc::clone(found));
+    }
+    let hint = closest(name, all.keys().map(String::as_str))
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_else(|| format!("; {} are defined under `{}:`", D::SECTION, D::SECTION));
+    cx.error(span, format!("unknown {} `{name}`{hint}", D::ONE));
+    None
+}
+
+impl Defined for RawTable {
+    type Linked = Table;
+    const SECTION: &'static str = "tables";
+    const ONE: &'static str = "table";
+    const BODY: &'static str = "map values to users";
+    fn parse(cx: &mut Cx, name: &MarkedScalarNode, body: &MarkedMappingNode) -> RawTable {
+        parse_table(cx, name, body)
+    }
+    fn head(&self) -> (&str, &Span) {
+        (&self.name, &self.span)
+    }
+    fn take(spec: &mut FileSpec) -> Vec<RawTable> {
+        std::mem::take(&mut spec.tables)
+    }
+    fn link(self, cx: &mut Cx, aliases: &Aliases) -> Table {
+        link_table(cx, self, aliases)
+    }
+    fn origin(linked: &Table) -> &Origin {
+        &linked.origin
+    }
+}
+
+impl Defined for RawPool {
+    type Linked = Pool;
+    const SECTION: &'static str = "pools";
+    const ONE: &'static str = "pool";
+    const BODY: &'static str = "be a mapping with `members`";
+    fn parse(cx: &mut Cx, name: &MarkedScalarNode, body: &MarkedMappingNode) -> RawPool {
+        parse_pool(cx, name, body)
+    }
+    fn head(&self) -> (&str, &Span) {
+        (&self.name, &self.span)
+    }
+    fn take(spec: &mut FileSpec) -> Vec<RawPool> {
+        std::mem::take(&mut spec.pools)
+    }
+    fn link(self, cx: &mut Cx, aliases: &Aliases) -> Pool {
+        link_pool(cx, self, aliases)
+    }
+    fn origin(linked: &Pool) -> &Origin {
+        &linked.origin
     }
 }
 
@@ -189,78 +303,34 @@ pub(super) struct RawTable {
     default: Option<(Span, Written)>,
 }
 
-/// The `tables` section: name → value → user or list of users.
-pub(super) fn parse_tables(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<RawTable> {
-    let Some(map) = section(cx, top, "tables", "table names to tables") else {
-        return Vec::new();
+/// A table as written: name → value → user or list of users.
+fn parse_table(cx: &mut Cx, name: &MarkedScalarNode, entries: &MarkedMappingNode) -> RawTable {
+    let mut table = RawTable {
+        name: name.as_str().trim().to_owned(),
+        span: *name.span(),
+        entries: Vec::new(),
+        default: None,
     };
-    let mut tables = Vec::new();
-    for (name, body) in map.iter() {
-        let Node::Mapping(entries) = body else {
-            let message = format!(
-                "table `{}` must map values to users, found {}",
-                name.as_str(),
-                kind(body)
-            );
-            cx.error(body.span(), message);
+    for (value, users) in entries.iter() {
+        let Some(users) = strings(
+            cx,
+            users,
+            &format!("tables.{}.{}", table.name, value.as_str()),
+        ) else {
             continue;
         };
-        let mut table = RawTable {
-            name: name.as_str().trim().to_owned(),
-            span: *name.span(),
-            entries: Vec::new(),
-            default: None,
-        };
-        for (value, users) in entries.iter() {
-            let Some(users) = strings(
-                cx,
-                users,
-                &format!("tables.{}.{}", table.name, value.as_str()),
-            ) else {
-                continue;
-            };
-            match value.as_str() {
-                "default" => table.default = Some((*value.span(), users)),
-                v => table.entries.push((v.to_owned(), *value.span(), users)),
-            }
+        match value.as_str() {
+            "default" => table.default = Some((*value.span(), users)),
+            v => table.entries.push((v.to_owned(), *value.span(), users)),
         }
-        if table.entries.is_empty() && table.default.is_none() {
-            cx.error(
-                name.span(),
-                format!("table `{}` has no entries", table.name),
-            );
-        }
-        tables.push(table);
     }
-    tables
-}
-
-/// Every file's tables with their users resolved: a name defined twice, a user that is not
-/// an alias or an id, and an entry an earlier one always wins over are reported.
-pub(super) fn link_tables(
-    diags: &mut Vec<Diagnostic>,
-    files: &mut [(Arc<str>, FileSpec)],
-    aliases: &Aliases,
-    references: &mut Vec<Reference>,
-) -> BTreeMap<String, Arc<Table>> {
-    let mut tables: BTreeMap<String, Arc<Table>> = BTreeMap::new();
-    for (file, spec) in files.iter_mut() {
-        let mut cx = Cx::new(file.clone(), diags);
-        for raw in std::mem::take(&mut spec.tables) {
-            if let Some(first) = tables.get(&raw.name) {
-                let message = format!(
-                    "table `{}` is already defined at {}",
-                    raw.name, first.origin
-                );
-                cx.error(&raw.span, message);
-                continue;
-            }
-            let table = link_table(&mut cx, raw, aliases);
-            tables.insert(table.name.clone(), Arc::new(table));
-        }
-        references.append(&mut cx.found);
+    if table.entries.is_empty() && table.default.is_none() {
+        cx.error(
+            name.span(),
+            format!("table `{}` has no entries", table.name),
+        );
     }
-    tables
+    table
 }
 
 fn link_table(cx: &mut Cx, raw: RawTable, aliases: &Aliases) -> Table {
@@ -320,23 +390,6 @@ fn link_table(cx: &mut Cx, raw: RawTable, aliases: &Aliases) -> Table {
     }
 }
 
-/// The table a target names, or an error at the name (with the closest table's name).
-pub(super) fn table(
-    cx: &mut Cx,
-    name: &str,
-    span: &Span,
-    tables: &BTreeMap<String, Arc<Table>>,
-) -> Option<Arc<Table>> {
-    if let Some(t) = tables.get(name) {
-        return Some(Arc::clone(t));
-    }
-    let hint = closest(name, tables.keys().map(String::as_str))
-        .map(|t| format!("; did you mean `{t}`?"))
-        .unwrap_or_else(|| "; tables are defined under `tables:`".to_owned());
-    cx.error(span, format!("unknown table `{name}`{hint}"));
-    None
-}
-
 /// A pool as written.
 pub(super) struct RawPool {
     name: String,
@@ -348,47 +401,31 @@ pub(super) struct RawPool {
     fallback: Option<(String, Span)>,
 }
 
-/// The `pools` section: name → `members` (a list, or member → weight), `away` (member →
-/// `[from, to]`, inclusive dates), `fallback` (a user).
-pub(super) fn parse_pools(cx: &mut Cx, top: &MarkedMappingNode) -> Vec<RawPool> {
-    let Some(map) = section(cx, top, "pools", "pool names to pools") else {
-        return Vec::new();
+/// A pool as written: `members` (a list, or member → weight), `away` (member → `[from, to]`,
+/// inclusive dates), `fallback` (a user).
+fn parse_pool(cx: &mut Cx, name: &MarkedScalarNode, body: &MarkedMappingNode) -> RawPool {
+    cx.unknown_keys(body, POOL_KEYS, &format!("pool `{}`", name.as_str()));
+    let mut pool = RawPool {
+        name: name.as_str().trim().to_owned(),
+        span: *name.span(),
+        members: Vec::new(),
+        away: Vec::new(),
+        fallback: None,
     };
-    let mut pools = Vec::new();
-    for (name, body) in map.iter() {
-        let Node::Mapping(body) = body else {
-            let message = format!(
-                "pool `{}` must be a mapping with `members`, found {}",
-                name.as_str(),
-                kind(body)
+    pool.members = pool_members(cx, body, &pool.name, name.span());
+    pool.away = pool_away(cx, body);
+    pool.fallback = match body.get_node("fallback") {
+        Some(Node::Scalar(s)) if !is_null(s) => Some((s.as_str().trim().to_owned(), *s.span())),
+        Some(other) => {
+            cx.error(
+                other.span(),
+                format!("`fallback` must be one user, found {}", kind(other)),
             );
-            cx.error(body.span(), message);
-            continue;
-        };
-        cx.unknown_keys(body, POOL_KEYS, &format!("pool `{}`", name.as_str()));
-        let mut pool = RawPool {
-            name: name.as_str().trim().to_owned(),
-            span: *name.span(),
-            members: Vec::new(),
-            away: Vec::new(),
-            fallback: None,
-        };
-        pool.members = pool_members(cx, body, &pool.name, name.span());
-        pool.away = pool_away(cx, body);
-        pool.fallback = match body.get_node("fallback") {
-            Some(Node::Scalar(s)) if !is_null(s) => Some((s.as_str().trim().to_owned(), *s.span())),
-            Some(other) => {
-                cx.error(
-                    other.span(),
-                    format!("`fallback` must be one user, found {}", kind(other)),
-                );
-                None
-            }
-            None => None,
-        };
-        pools.push(pool);
-    }
-    pools
+            None
+        }
+        None => None,
+    };
+    pool
 }
 
 /// `members`: a list (weights 1) or member → weight (a whole number from 1).
@@ -490,31 +527,6 @@ fn pool_away(
     out
 }
 
-/// Every file's pools with their users resolved: a name defined twice, a member or
-/// fallback that is not an alias or an id, and an away member not in the pool are reported.
-pub(super) fn link_pools(
-    diags: &mut Vec<Diagnostic>,
-    files: &mut [(Arc<str>, FileSpec)],
-    aliases: &Aliases,
-    references: &mut Vec<Reference>,
-) -> BTreeMap<String, Arc<Pool>> {
-    let mut pools: BTreeMap<String, Arc<Pool>> = BTreeMap::new();
-    for (file, spec) in files.iter_mut() {
-        let mut cx = Cx::new(file.clone(), diags);
-        for raw in std::mem::take(&mut spec.pools) {
-            if let Some(first) = pools.get(&raw.name) {
-                let message = format!("pool `{}` is already defined at {}", raw.name, first.origin);
-                cx.error(&raw.span, message);
-                continue;
-            }
-            let pool = link_pool(&mut cx, raw, aliases);
-            pools.insert(pool.name.clone(), Arc::new(pool));
-        }
-        references.append(&mut cx.found);
-    }
-    pools
-}
-
 fn link_pool(cx: &mut Cx, raw: RawPool, aliases: &Aliases) -> Pool {
     let one = |cx: &mut Cx, name: &str, span: &Span| -> Option<UserId> {
         match user(cx, name, span, aliases) {
@@ -560,21 +572,4 @@ fn link_pool(cx: &mut Cx, raw: RawPool, aliases: &Aliases) -> Pool {
         fallback,
         origin: cx.origin(&raw.span),
     }
-}
-
-/// The pool a target names, or an error at the name (with the closest pool's name).
-pub(super) fn pool(
-    cx: &mut Cx,
-    name: &str,
-    span: &Span,
-    pools: &BTreeMap<String, Arc<Pool>>,
-) -> Option<Arc<Pool>> {
-    if let Some(p) = pools.get(name) {
-        return Some(Arc::clone(p));
-    }
-    let hint = closest(name, pools.keys().map(String::as_str))
-        .map(|p| format!("; did you mean `{p}`?"))
-        .unwrap_or_else(|| "; pools are defined under `pools:`".to_owned());
-    cx.error(span, format!("unknown pool `{name}`{hint}"));
-    None
 }
