@@ -36,6 +36,10 @@ pub(super) struct Decided {
     pub known: Option<Vec<UserId>>,
 }
 
+/// What a task decides for its contact (`reapply`, `undo`, a backfilled record, drift
+/// repair): the plan, the ledger changes, the rules matched, and the state it leaves.
+pub(super) type Made = (Plan, Vec<crate::store::LedgerChange>, Vec<String>, NewState);
+
 /// Where pools' turns are taken.
 #[derive(Clone, Copy)]
 pub(super) enum Turns<'a> {

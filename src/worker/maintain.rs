@@ -4,16 +4,13 @@
 //! queue a task for each contact that changes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use tokio::sync::watch;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use super::Ending;
 use super::Worker;
-use super::decide::{Decided, Step1, Turns};
+use super::decide::{Decided, Made, Step1, Turns};
 use super::load::{Bodies, Step};
 use super::ownership::Verdicts;
 use crate::model::event::{self, BodyKind, Event, EventType, Parsed, Subject};
@@ -24,9 +21,6 @@ use crate::model::task::{Task, TaskBody, UndoScope};
 use crate::rules::Evaluation;
 use crate::rules::deal::Dealer;
 use crate::store::{Claimed, NewState, StoreError};
-
-/// A task's plan, ledger changes, rules matched, and the state it leaves.
-type Made = (Plan, Vec<crate::store::LedgerChange>, Vec<String>, NewState);
 
 /// How many of a contact's latest events `reapply` reads to find each record's latest state.
 const LATEST: u32 = 50;
@@ -274,7 +268,7 @@ impl Worker {
     /// Reapply: each record's latest stored state evaluated again, against the ledger; with
     /// `following` (drift repair), only adding users GoHighLevel does not list and removing
     /// users it does.
-    async fn reapplied(
+    pub(super) async fn reapplied(
         &self,
         decided: &mut Decided,
         id: i64,
@@ -299,46 +293,6 @@ impl Worker {
             }
         }
         Ok(Ok(Some((plan, ledger, matched, NewState::default()))))
-    }
-
-    /// Drift repair: the followers GoHighLevel lists now confirm the ledger (a follower
-    /// autofollow added that is gone was removed by hand: its rows end, and it is not added
-    /// back), then reapply against them. Nothing without a token (a dry run) or a list.
-    async fn reconciled(
-        &self,
-        decided: &mut Decided,
-        id: i64,
-        at: &Step1<'_>,
-    ) -> Result<Result<Option<Made>, Ending>, StoreError> {
-        let Some(token) = at.token else {
-            return Ok(Ok(None));
-        };
-        let (location, contact) = (&decided.location, &decided.contact);
-        let read = self
-            .ghl
-            .contact_followers(&token.secret, location, contact)
-            .await;
-        let following = match read {
-            Ok(Some(following)) => following,
-            Ok(None) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(Ending::from_lookup(e))),
-        };
-        // The list on record says so too, so a later add is not skipped as needless (only
-        // under this task's lease: a preview records nothing).
-        let holder = Some((self.owner.as_str(), id));
-        let (location, contact) = (&decided.location, &decided.contact);
-        self.store
-            .set_known_followers(location, contact, &following, holder)
-            .await?;
-        decided.known = Some(following.clone());
-        let removed = decided.ownership.confirm(&following);
-        let made = self.reapplied(decided, id, at, Some(&following)).await?;
-        Ok(made.map(|made| {
-            made.map(|(plan, mut ledger, matched, state)| {
-                ledger.splice(0..0, removed);
-                (plan, ledger, matched, state)
-            })
-        }))
     }
 
     /// A backfilled record, evaluated as it stands: the plan (without adding anyone the record
@@ -584,49 +538,8 @@ impl Worker {
         }
     }
 
-    /// Drift repair, when `AUTOFOLLOW_RECONCILE_EVERY` is set: every tenth of the period (at
-    /// least every 100 ms, at most every minute), queues a `Reconcile` task for up to 100
-    /// contacts not read for a period, skipping locations with webhooks due (live first).
-    pub async fn run_reconcile(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let Some(every) = self.options.reconcile_every else {
-            return;
-        };
-        let tick = (every / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(tick) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            if let Err(e) = self.reconcile_round(every).await {
-                tracing::warn!(error = %e, "drift repair: cannot queue reads; trying again");
-            }
-        }
-    }
-
-    async fn reconcile_round(&self, every: Duration) -> Result<(), StoreError> {
-        let since = crate::store::millis(SystemTime::now())
-            - i64::try_from(every.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut busy: Vec<LocationId> = Vec::new();
-        for (location, contact) in self.store.stale_contacts(since, 100).await? {
-            if busy.contains(&location) {
-                continue;
-            }
-            if self.store.location_queue(&location).await?.0 > 0 {
-                busy.push(location);
-                continue;
-            }
-            let task = TaskBody {
-                task: Task::Reconcile,
-                location_id: location,
-                contact_id: contact,
-            };
-            self.queue(&task).await?;
-        }
-        Ok(())
-    }
-
     /// Queues `task` in its contact's queue, due now.
-    async fn queue(&self, task: &TaskBody) -> Result<(), StoreError> {
+    pub(super) async fn queue(&self, task: &TaskBody) -> Result<(), StoreError> {
         self.store
             .insert_event(task.queued(), std::time::Duration::ZERO)
             .await?;

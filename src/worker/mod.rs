@@ -20,6 +20,7 @@ mod lookups;
 mod maintain;
 pub mod online;
 mod ownership;
+mod reconcile;
 mod record;
 mod retry;
 pub mod simulate;
