@@ -1092,6 +1092,45 @@ async fn turns(
     out
 }
 
+/// A preview's dealer seeded from `pool_state` deals exactly what the store then deals, and
+/// reading the state changes nothing; a dealt contact's state names its member.
+async fn a_dealer_seeded_from_the_store_deals_what_the_store_would(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let sales = members(&[("alice", 2), ("bob", 1)]);
+    turns(s, "L1", "sales", &sales, 4).await;
+    let location = LocationId::parse("L1").unwrap();
+    let contacts: Vec<ContactId> = (0..9)
+        .map(|i| ContactId::parse(&format!("seeded{i}")).unwrap())
+        .collect();
+    let mut dealer = autofollow::rules::deal::Dealer::default();
+    let mut previewed = Vec::new();
+    for c in &contacts {
+        let state = s.pool_state((&location, c), "sales").await.unwrap();
+        assert_eq!(state.pick, None);
+        dealer.seed((&location, c), "sales", state);
+        previewed.push(dealer.take((&location, c), "sales", &sales));
+    }
+    let handed =
+        |turns: Vec<autofollow::store::PoolTurns>| -> u64 { turns.iter().map(|t| t.handed).sum() };
+    assert_eq!(
+        handed(s.pool_turns().await.unwrap()),
+        4,
+        "previews count nothing"
+    );
+    let mut dealt = Vec::new();
+    for c in &contacts {
+        dealt.push(s.take_turn((&location, c), "sales", &sales).await.unwrap());
+    }
+    assert_eq!(previewed, dealt);
+    let state = s
+        .pool_state((&location, &contacts[1]), "sales")
+        .await
+        .unwrap();
+    assert_eq!(state.pick, dealt[1]);
+    let current: i64 = state.current.iter().map(|(_, c)| c).sum();
+    assert_eq!((state.current.len(), current), (2, 0), "{state:?}");
+}
+
 /// A pool's turns go by smooth weighted round robin, counted per location and pool; a
 /// member left out (away) gets none and the others share its turns; every turn is counted.
 async fn a_pool_hands_out_turns_by_weight_per_location(store: Arc<dyn Store>) {
@@ -1501,6 +1540,7 @@ contract!(
     a_claimed_group_brings_its_events_and_what_is_known_of_the_contact,
     groups_finished_at_once_are_each_recorded_whole,
     a_pool_hands_out_turns_by_weight_per_location,
+    a_dealer_seeded_from_the_store_deals_what_the_store_would,
     away_periods_are_kept_listed_and_cleared,
 );
 
