@@ -119,6 +119,11 @@ pub fn nobody_note(pools: &[String]) -> Option<String> {
     })
 }
 
+/// The most contacts' members a [`Dealer`] remembers: a dry-run service's dealer lives as long
+/// as the service, so its memory is bounded. Past it, the dealer forgets them all and goes on
+/// (a contact dealt before may be dealt anew; only dry runs live that long).
+pub const MAX_PICKS: usize = 100_000;
+
 /// A pool sequence kept in memory: deals as the store does, counting nowhere else. Starts
 /// empty (a fresh sequence) or where the store's stands ([`Dealer::seed`]).
 #[derive(Debug, Default)]
@@ -142,10 +147,18 @@ impl Dealer {
         self.current
             .entry(key)
             .or_insert_with(|| state.current.into_iter().collect());
-        if let Some(user) = state.pick {
-            let key = (location.clone(), pool.to_owned(), contact.clone());
-            self.picks.entry(key).or_insert(user);
+        let key = (location.clone(), pool.to_owned(), contact.clone());
+        if let (Some(user), false) = (state.pick, self.picks.contains_key(&key)) {
+            self.remember(key, user);
         }
+    }
+
+    /// Remembers a contact's member, within [`MAX_PICKS`].
+    fn remember(&mut self, key: (LocationId, String, ContactId), user: UserId) {
+        if self.picks.len() >= MAX_PICKS {
+            self.picks.clear();
+        }
+        self.picks.insert(key, user);
     }
 
     /// What `Pools::take_turn` does, in memory: the contact's earlier pick while it is among
@@ -177,7 +190,7 @@ impl Dealer {
             weights.insert(user.clone(), now);
         }
         let user = members[pick].0.clone();
-        self.picks.insert(key, user.clone());
+        self.remember(key, user.clone());
         Some(user)
     }
 
@@ -276,6 +289,23 @@ mod tests {
         assert_eq!(
             dealer.take((&location, &contact), "sales", &members[1..]),
             Some(b)
+        );
+    }
+
+    #[test]
+    fn a_dealer_remembers_a_bounded_number_of_contacts() {
+        let members = [(user("aaaaaaaaaaaaaaaaaaaa"), 1)];
+        let location = LocationId::parse("loc00000000000000001").unwrap();
+        let mut dealer = Dealer::default();
+        for i in 0..=MAX_PICKS {
+            let contact = ContactId::parse(&format!("c{i}")).unwrap();
+            dealer.take((&location, &contact), "sales", &members);
+            assert!(dealer.picks.len() <= MAX_PICKS);
+        }
+        assert_eq!(
+            dealer.picks.len(),
+            1,
+            "forgotten at the bound, then going on"
         );
     }
 
