@@ -45,6 +45,9 @@ pub struct RuleSet {
     files: Vec<Arc<str>>,
     aliases: BTreeMap<String, UserId>,
     pools: BTreeMap<String, Arc<Pool>>,
+    /// The paths of the enabled rules' field targets, each once: read for every event
+    /// ([`RuleSet::target_emails`]), so gathered once here.
+    field_targets: Vec<FieldPath>,
     warnings: Vec<Diagnostic>,
     references: Vec<Reference>,
     version: String,
@@ -146,6 +149,7 @@ impl RuleSet {
         };
         Ok(RuleSet {
             version,
+            field_targets: field_targets(&loaded.rules),
             index: RuleIndex::build(&loaded.rules),
             rules: loaded.rules,
             files: loaded.files,
@@ -231,14 +235,10 @@ impl RuleSet {
     /// evaluating, as it does a workflow event's assignee.
     pub fn target_emails(&self, event: &Event) -> Vec<String> {
         let mut emails = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.enabled) {
-            for target in rule.add.iter().chain(&rule.remove) {
-                if let UserRef::Field(path) = target {
-                    let value = eval::field_values(&event.raw, path).into_iter().next();
-                    let value = value.map(|v| v.trim().to_owned());
-                    emails.extend(value.filter(|v| v.contains('@')));
-                }
-            }
+        for path in &self.field_targets {
+            let value = eval::field_values(&event.raw, path).into_iter().next();
+            let value = value.map(|v| v.trim().to_owned());
+            emails.extend(value.filter(|v| v.contains('@')));
         }
         emails.sort();
         emails.dedup();
@@ -274,4 +274,18 @@ impl RuleSet {
             plan,
         }
     }
+}
+
+/// The paths of the enabled rules' field targets, each once.
+fn field_targets(rules: &[Rule]) -> Vec<FieldPath> {
+    let mut paths: Vec<FieldPath> = Vec::new();
+    for rule in rules.iter().filter(|r| r.enabled) {
+        for target in rule.add.iter().chain(&rule.remove) {
+            match target {
+                UserRef::Field(path) if !paths.contains(path) => paths.push(path.clone()),
+                _ => {}
+            }
+        }
+    }
+    paths
 }

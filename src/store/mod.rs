@@ -1019,8 +1019,22 @@ pub(crate) struct AwayCache(std::sync::Arc<std::sync::Mutex<AwayKept>>);
 type AwayKept = (u64, Option<(std::time::Instant, Vec<AwayPeriod>)>);
 
 impl AwayCache {
+    /// The periods kept while fresh, else `read` and kept (unless a change came meanwhile).
+    pub(crate) async fn through<F>(&self, read: F) -> Result<Vec<AwayPeriod>, StoreError>
+    where
+        F: std::future::Future<Output = Result<Vec<AwayPeriod>, StoreError>>,
+    {
+        let generation = match self.get() {
+            Ok(periods) => return Ok(periods),
+            Err(generation) => generation,
+        };
+        let periods = read.await?;
+        self.keep(generation, &periods);
+        Ok(periods)
+    }
+
     /// The periods while fresh; else the generation to [`AwayCache::keep`] a read under.
-    pub(crate) fn get(&self) -> Result<Vec<AwayPeriod>, u64> {
+    fn get(&self) -> Result<Vec<AwayPeriod>, u64> {
         let held = self
             .0
             .lock()
@@ -1032,7 +1046,7 @@ impl AwayCache {
     }
 
     /// Keeps `periods`, read at `generation`, unless a change came since.
-    pub(crate) fn keep(&self, generation: u64, periods: &[AwayPeriod]) {
+    fn keep(&self, generation: u64, periods: &[AwayPeriod]) {
         let mut held = self
             .0
             .lock()

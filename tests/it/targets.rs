@@ -269,15 +269,8 @@ mod pools {
         assert_eq!(first.iter().filter(|u| *u == ALICE).count(), 20);
         assert_eq!(first.iter().filter(|u| *u == BOB).count(), 10);
         create(&app, "ContactUpdate", contacts()).await;
-        let handed: Vec<u64> = app
-            .store()
-            .pool_turns()
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.handed)
-            .collect();
-        assert_eq!(handed, [10, 20], "bob's and alice's: sticky, no new turns");
+        let counted = [(BOB.to_owned(), 10), (ALICE.to_owned(), 20)];
+        assert_eq!(handed(&app).await, counted, "sticky, no new turns");
         let mut per_contact = std::collections::HashMap::new();
         for (_, path, users) in app.followers_calls().await {
             per_contact.entry(path).or_insert_with(Vec::new).push(users);
@@ -336,24 +329,10 @@ mod pools {
         accepted(app.post_app(&body).await).await;
         app.drain().await;
         assert_eq!(dealt(&app).await, [ALICE]);
-        let preview = app
-            .http
-            .post(format!("{}/admin/reapply?dry_run=true", app.admin))
-            .bearer_auth("admin-test-token")
-            .send()
-            .await
-            .unwrap();
-        let preview: serde_json::Value = preview.json().await.unwrap();
+        let preview = reapply(&app, true).await;
         assert_eq!(preview["changed"], 0, "{preview:#}");
-        let handed: Vec<u64> = app
-            .store()
-            .pool_turns()
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.handed)
-            .collect();
-        assert_eq!(handed.iter().sum::<u64>(), 1);
+        let handed: u64 = handed(&app).await.iter().map(|(_, n)| n).sum();
+        assert_eq!(handed, 1);
         app.shutdown().await;
     }
 

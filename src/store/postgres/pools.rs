@@ -99,15 +99,13 @@ impl Pools for PgStore {
     }
 
     async fn away_periods(&self) -> Result<Vec<AwayPeriod>, StoreError> {
-        let generation = match self.away.get() {
-            Ok(periods) => return Ok(periods),
-            Err(generation) => generation,
-        };
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as(SELECT_AWAY).fetch_all(&self.pool).await?;
-        let periods = away_periods(rows)?;
-        self.away.keep(generation, &periods);
-        Ok(periods)
+        self.away
+            .through(async {
+                let rows: Vec<(String, String, String)> =
+                    sqlx::query_as(SELECT_AWAY).fetch_all(&self.pool).await?;
+                away_periods(rows)
+            })
+            .await
     }
 
     async fn clear_away(&self, user: &UserId) -> Result<u64, StoreError> {
